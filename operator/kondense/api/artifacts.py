@@ -1,0 +1,107 @@
+"""Contracts between the compression Job, the model server and the operator.
+
+* ``VariantMetrics``: what evaluation measured (also copied into ``status.variants[].metrics``).
+* ``Manifest``: ``manifest.json`` written next to every ``model.onnx``; whoever loads the model checks
+  ``artifact.sha256``.
+* ``JobResult``: the compact JSON (< 4 KiB) a compression Job writes to its termination log; the
+  operator reads it from the pod status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kondense.api.techniques import Task, Technique
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+TERMINATION_LOG_LIMIT = 4096
+
+
+class _Open(BaseModel):
+    # Written by our own code and read back by newer/older versions: tolerate extra fields.
+    model_config = ConfigDict(extra="allow")
+
+
+class VariantMetrics(_Open):
+    """Offline evaluation of a variant against its base model, measured in one interleaved run.
+
+    ``sizeRatio`` is variant bytes / base bytes (0.25 = four times smaller). ``accuracyDelta`` is the
+    loss against the base model: top-1 accuracy difference with labels, else 1 - agreement
+    (classification); 1 - mean cosine (embedding); relative MAE (regression). Lower is better.
+    """
+
+    sizeRatio: float | None = Field(None, ge=0)
+    p50Ms: float | None = Field(None, ge=0)
+    p99Ms: float | None = Field(None, ge=0)
+    baseP50Ms: float | None = Field(None, ge=0)
+    baseP99Ms: float | None = Field(None, ge=0)
+    accuracyDelta: float | None = None
+
+
+class ArtifactRef(_Open):
+    uri: str | None = None
+    file: str = MODEL_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sizeBytes: int = Field(ge=0)
+
+
+class ManifestStep(_Open):
+    technique: Technique
+    params: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict, description="What the pass did (e.g. sparsity).")
+
+
+class Trial(_Open):
+    """One configuration tried by accuracy-aware tuning."""
+
+    config: dict[str, Any]
+    accuracyDelta: float | None = None
+    sizeRatio: float | None = None
+    p50Ms: float | None = None
+    withinBudget: bool = False
+    message: str | None = None
+
+
+class Gate(_Open):
+    maxAccuracyDelta: float | None = None
+    passed: bool
+
+
+class Manifest(_Open):
+    schemaVersion: Literal[1] = 1
+    name: str
+    task: Task
+    base: ArtifactRef
+    artifact: ArtifactRef
+    steps: list[ManifestStep] = Field(default_factory=list)
+    tools: dict[str, str] = Field(default_factory=dict, description="Versions of the tools used.")
+    metrics: VariantMetrics = Field(default_factory=VariantMetrics)
+    trials: list[Trial] = Field(default_factory=list)
+    gate: Gate | None = None
+    createdAt: str | None = None
+
+
+class JobResult(_Open):
+    """Termination message of a compression Job (kept under TERMINATION_LOG_LIMIT bytes)."""
+
+    name: str
+    ok: bool
+    reason: Literal["Succeeded", "BudgetNotMet", "BadInput", "Error"]
+    message: str | None = None
+    artifact: ArtifactRef | None = None
+    metrics: VariantMetrics | None = None
+    technique: str | None = None
+    trials: int = 0
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,46 @@
+"""The `kondense` console script.
+
+Each area registers its own subcommands (``register(app)`` in ``kondense.<area>.cli``), so importing
+this module stays cheap: torch, onnxruntime and kopf are only imported by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+COMMAND_MODULES = (
+    "kondense.api.cli",  # crd, validate
+    "kondense.compression.cli",  # compress, report, example
+    "kondense.serving.cli",  # serve
+    "kondense.operator.cli",  # operator
+    "kondense.localcluster.cli",  # demo
+)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="kondense",
+        help="Compress models, evaluate the variants and roll the best one out as a canary.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that area is not part of this build
+                continue
+            raise
+        module.register(app)
+    return app
+
+
+def main() -> None:
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()
