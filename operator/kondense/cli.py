@@ -31,7 +31,7 @@ def build_app() -> typer.Typer:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # that area is not part of this build
+            if exc.name and name.startswith(exc.name):  # that area is not part of this build
                 continue
             raise
         module.register(app)

@@ -38,7 +38,8 @@ class StrictModel(BaseModel):
 # Shared parameter types (one declaration per name, see module docstring).
 PerChannel = Annotated[bool, Field(description="Quantize weights per output channel instead of per tensor.")]
 ReduceRange = Annotated[
-    bool, Field(description="Use 7-bit weights: avoids overflow on CPUs without VNNI at a small accuracy cost.")
+    bool,
+    Field(description="Use 7-bit weights: avoids overflow on CPUs without VNNI at a small accuracy cost."),
 ]
 IntType = Literal["int8", "uint8"]
 Tune = Annotated[
@@ -122,7 +123,9 @@ class LowRankParams(StrictModel):
     """SVD factorization of large MatMul/Gemm weights into two thinner ones."""
 
     rankRatio: float = Field(0.5, gt=0, le=1, description="Kept rank as a fraction of min(rows, cols).")
-    minDim: int = Field(64, ge=1, le=1_000_000, description="Only factor weights whose both dims are at least this.")
+    minDim: int = Field(
+        64, ge=1, le=1_000_000, description="Only factor weights whose both dims are at least this."
+    )
     fineTuneEpochs: FineTuneEpochs = 0
     learningRate: LearningRate = 1e-3
     batchSize: BatchSize = 64

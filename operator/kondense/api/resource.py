@@ -1,0 +1,639 @@
+"""The `CompressedModel` custom resource (group `kondense.dev`, version `v1alpha1`).
+
+These pydantic models are the single source of truth: the CRD in `crds/` is generated from them
+(`kondense crd`), `kondense validate` checks files with them, and the operator parses every object
+it receives with them. Rules that OpenAPI cannot express are written twice on purpose: once as a
+pydantic validator (the error users see from `kondense validate` and the operator) and once as a CEL
+rule in ``x-kubernetes-validations`` (what the API server enforces on `kubectl apply`). The tests
+prove both reject every file in `examples/invalid/`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from kondense.api.artifacts import ArtifactRef, VariantMetrics
+from kondense.api.techniques import (
+    PARAMS_BY_TECHNIQUE,
+    TECHNIQUES_NEEDING_CALIBRATION,
+    StrictModel,
+    Task,
+    Technique,
+)
+
+GROUP = "kondense.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "CompressedModel"
+PLURAL = "compressedmodels"
+SINGULAR = "compressedmodel"
+SHORT_NAMES = ("cmodel", "cmodels")
+CATEGORIES = ("kondense",)
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+URI_PATTERN = r"^(pvc|file|https?)://.+$"
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+
+MAX_TARGETS = 16
+MAX_STEPS = 8
+MAX_ROLLOUT_STEPS = 20
+MAX_CHECKS = 20  # bounded history of analysis checks kept in status
+MIN_INTERVAL = timedelta(seconds=5)
+MAX_INTERVAL = timedelta(hours=24)
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS1123_LABEL,
+        description="DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric.",
+    ),
+]
+Uri = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        pattern=URI_PATTERN,
+        description="pvc://CLAIM/PATH (mounted from a PersistentVolumeClaim), file://PATH, or http(s)://URL.",
+    ),
+]
+
+
+def _quantity(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a quantity such as 500m, 2Gi or 4")
+    if isinstance(value, str) and (len(value) > 64 or not re.fullmatch(QUANTITY_PATTERN, value)):
+        raise ValueError(f"{value!r} is not a quantity such as 500m, 2Gi or 4")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse `30s`, `2m`, `1h30m`, `500ms` (the subset of Go durations Kubernetes users write)."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration like '30s', '2m' or '1h30m'")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h)", text))
+    return timedelta(seconds=seconds)
+
+
+def _duration_field(default: str, minimum: timedelta, maximum: timedelta, description: str) -> Any:
+    lo, hi = f"{int(minimum.total_seconds())}s", f"{int(maximum.total_seconds())}s"
+    return Field(
+        default,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description=f"{description} Between {lo} and {hi}.",
+        json_schema_extra=cel_rules(
+            cel(
+                f"duration(self) >= duration('{lo}') && duration(self) <= duration('{hi}')",
+                f"must be between {lo} and {hi}",
+            )
+        ),
+    )
+
+
+def _check_duration(value: str, minimum: timedelta, maximum: timedelta) -> str:
+    parsed = parse_duration(value)
+    if not minimum <= parsed <= maximum:
+        raise ValueError(
+            f"must be between {int(minimum.total_seconds())}s and {int(maximum.total_seconds())}s, got {value!r}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes-shaped helpers
+
+
+class ResourceRequirements(StrictModel):
+    requests: dict[str, Quantity] | None = Field(None, max_length=16)
+    limits: dict[str, Quantity] | None = Field(None, max_length=16)
+
+
+class Toleration(StrictModel):
+    key: str | None = Field(None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+
+class Placement(StrictModel):
+    """Where pods go and what they may use (copied into the pod specs)."""
+
+    resources: ResourceRequirements | None = None
+    nodeSelector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(None, max_length=32)
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.baseModel, spec.data
+
+
+class ModelRef(StrictModel):
+    uri: Uri
+    format: Literal["onnx"] = Field("onnx", description="Serving format of the base model (default: onnx).")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Optional pin: compression refuses a base model that differs.",
+    )
+
+
+class DataRef(StrictModel):
+    uri: Uri
+
+
+class DataSpec(StrictModel):
+    calibration: DataRef | None = Field(
+        None,
+        description="Calibration inputs (.npz, arrays named after the model inputs). static-int8 needs it.",
+    )
+    evaluation: DataRef = Field(description="Held-out inputs (+ optional `labels`) for offline evaluation.")
+    training: DataRef | None = Field(
+        None, description="Fine-tuning and distillation inputs; default: the calibration data."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.targets: one compression Job and one candidate variant each
+
+
+def _technique_discriminator(value: Any) -> str | None:
+    if isinstance(value, dict):
+        technique = value.get("technique")
+        return technique if isinstance(technique, str) else None
+    return getattr(value, "technique", None)
+
+
+class StepBase(StrictModel):
+    technique: Technique
+    params: StrictModel
+
+
+def _tagged(technique: Technique, base: type[BaseModel], suffix: str) -> Any:
+    params_model = PARAMS_BY_TECHNIQUE[technique]
+    cls = create_model(
+        "".join(p.capitalize() for p in re.split(r"[-_]", technique.value)) + suffix,
+        __base__=base,
+        technique=(Literal[technique.value], Field(description="Compression technique.")),  # type: ignore[arg-type]
+        params=(params_model, Field(default_factory=params_model, description=params_model.__doc__)),
+    )
+    return Annotated[cls, Tag(technique.value)]
+
+
+PIPELINE = "pipeline"
+
+if TYPE_CHECKING:  # the unions below are built at run time; type checkers see their common base
+    Step = StepBase
+else:
+    Step = Annotated[
+        Union[tuple(_tagged(t, StepBase, "Step") for t in Technique)],  # noqa: UP007
+        Discriminator(_technique_discriminator),
+    ]
+
+
+class TargetBase(StrictModel):
+    name: Name = Field(description="Variant name; also names the compression Job.")
+    maxAccuracyDelta: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Accuracy budget for this target; default: spec.selection.maxAccuracyDelta.",
+    )
+
+    def pipeline(self) -> list[Any]:
+        """The steps this target runs, in order (a single-technique target is a one-step pipeline)."""
+        steps = getattr(self, "steps", None)
+        if steps is not None:
+            return list(steps)
+        return [self]
+
+    def techniques(self) -> list[Technique]:
+        return [Technique(step.technique) for step in self.pipeline()]
+
+
+class PipelineTarget(TargetBase):
+    steps: list[Step] = Field(
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="Techniques applied in order, e.g. prune then static-int8.",
+    )
+
+
+def _target_discriminator(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "technique" in value:
+            technique = value["technique"]
+            return technique if isinstance(technique, str) else None
+        return PIPELINE if "steps" in value else None
+    return getattr(value, "technique", None) or (PIPELINE if hasattr(value, "steps") else None)
+
+
+if TYPE_CHECKING:
+    Target = TargetBase
+else:
+    Target = Annotated[
+        Union[
+            (
+                *tuple(_tagged(t, TargetBase, "Target") for t in Technique),
+                Annotated[PipelineTarget, Tag(PIPELINE)],
+            )
+        ],
+        Discriminator(_target_discriminator),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.selection, spec.compression, spec.serving
+
+
+class Prefer(StrEnum):
+    SMALLEST = "smallest"
+    FASTEST = "fastest"
+    PARETO = "pareto"
+
+
+class SelectionSpec(StrictModel):
+    maxAccuracyDelta: float = Field(
+        0.01, ge=0, le=1, description="Offline gate: variants losing more than this are not rolled out."
+    )
+    prefer: Prefer = Field(
+        Prefer.SMALLEST, description="Order of the passing variants (the fallback ladder)."
+    )
+
+
+class CompressionSpec(Placement):
+    """Settings of the compression Jobs."""
+
+    backoffLimit: int = Field(1, ge=0, le=10, description="Job retries before the variant fails.")
+    activeDeadlineSeconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Job time limit.")
+    image: str | None = Field(None, max_length=512, description="Override the compression image.")
+
+
+class Runtime(StrEnum):
+    ONNXRUNTIME = "onnxruntime"
+    TRITON = "triton"
+
+
+class InstanceKind(StrEnum):
+    CPU = "KIND_CPU"
+    GPU = "KIND_GPU"
+
+
+class DynamicBatching(StrictModel):
+    maxQueueDelayMicroseconds: int = Field(100, ge=0, le=10_000_000)
+    preferredBatchSize: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(None, max_length=16)
+
+
+class TritonSpec(StrictModel):
+    maxBatchSize: int = Field(8, ge=0, le=4096, description="0 disables batching in Triton.")
+    dynamicBatching: DynamicBatching | None = None
+    instanceKind: InstanceKind = InstanceKind.CPU
+    instanceCount: int = Field(1, ge=1, le=64)
+
+
+class ServingSpec(Placement):
+    runtime: Runtime = Field(Runtime.ONNXRUNTIME, description="onnxruntime (kondense's server) or triton.")
+    replicas: int = Field(4, ge=1, le=100, description="Pods serving the model (stable + canary).")
+    threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads per pod.")
+    image: str | None = Field(None, max_length=512, description="Override the serving image.")
+    port: int = Field(8080, ge=1, le=65535)
+    triton: TritonSpec | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.rollout
+
+
+class RouterType(StrEnum):
+    REPLICAS = "replicas"
+    GATEWAY_API = "gatewayAPI"
+
+
+class HTTPRouteRef(StrictModel):
+    name: Name
+    namespace: Name | None = None
+
+
+class TrafficRouting(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "self.type != 'gatewayAPI' || has(self.httpRoute)",
+                "gatewayAPI routing needs httpRoute",
+                ".httpRoute",
+            )
+        )
+    )
+
+    type: RouterType = Field(RouterType.REPLICAS, description="replicas (ready-pod ratio) or gatewayAPI.")
+    httpRoute: HTTPRouteRef | None = None
+
+    @model_validator(mode="after")
+    def _route_needed(self) -> TrafficRouting:
+        if self.type is RouterType.GATEWAY_API and self.httpRoute is None:
+            raise ValueError("httpRoute: required when type is gatewayAPI")
+        return self
+
+
+class PrometheusRef(StrictModel):
+    url: str = Field(pattern=r"^https?://.+$", max_length=2048)
+
+
+class MaxThreshold(StrictModel):
+    max: float = Field(gt=0, description="Breach when the reading is above this.")
+
+
+class FractionThreshold(StrictModel):
+    max: float = Field(gt=0, le=1, description="Breach when the reading is above this (0 < max <= 1).")
+
+
+class LoadTest(StrictModel):
+    rps: float = Field(gt=0, le=100_000, description="Requests per second replayed from the evaluation data.")
+
+
+class AnalysisSpec(StrictModel):
+    prometheus: PrometheusRef | None = Field(
+        None, description="Prometheus to query; default: the operator's KONDENSE_PROMETHEUS_URL."
+    )
+    window: str = _duration_field("1m", timedelta(seconds=5), timedelta(hours=1), "PromQL range window.")
+    minRequests: int = Field(
+        20, ge=1, le=1_000_000, description="Fewer canary requests in the window counts as no data."
+    )
+    p99LatencyMs: MaxThreshold | None = None
+    errorRate: FractionThreshold | None = None
+    accuracyDelta: FractionThreshold | None = Field(
+        None, description="Live: 1 - agreement of the canary with the stable model (shadow requests)."
+    )
+    loadTest: LoadTest | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _window_range(cls, value: str) -> str:
+        return _check_duration(value, timedelta(seconds=5), timedelta(hours=1))
+
+
+_STEPS_INCREASING = (
+    "[" + ", ".join(str(i) for i in range(MAX_ROLLOUT_STEPS - 1)) + "]"
+    ".all(i, i + 1 >= size(self) || self[i] < self[i + 1])"
+)
+
+
+class RolloutSpec(StrictModel):
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [10, 25, 50, 100],
+        min_length=1,
+        max_length=MAX_ROLLOUT_STEPS,
+        description="Canary traffic percent per step: strictly increasing, ending at 100.",
+        json_schema_extra=cel_rules(
+            cel(_STEPS_INCREASING, "must be strictly increasing"),
+            cel("self[size(self) - 1] == 100", "must end at 100"),
+        ),
+    )
+    interval: str = _duration_field("30s", MIN_INTERVAL, MAX_INTERVAL, "One analysis per interval.")
+    failureLimit: int = Field(1, ge=0, le=100, description="Failed checks tolerated; one more rolls back.")
+    trafficRouting: TrafficRouting = Field(default_factory=TrafficRouting)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_shape(cls, steps: list[int]) -> list[int]:
+        for before, after in itertools.pairwise(steps):
+            if after <= before:
+                raise ValueError(f"must be strictly increasing ({before} then {after})")
+        if steps[-1] != 100:
+            raise ValueError(f"must end at 100 (ends at {steps[-1]})")
+        return steps
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_range(cls, value: str) -> str:
+        return _check_duration(value, MIN_INTERVAL, MAX_INTERVAL)
+
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval).total_seconds()
+
+
+# ---------------------------------------------------------------------------------------------
+# spec
+
+
+_USES_STATIC_INT8 = (
+    "self.targets.exists(t, (has(t.technique) && t.technique == 'static-int8') || "
+    "(has(t.steps) && t.steps.exists(s, s.technique == 'static-int8')))"
+)
+
+
+class CompressedModelSpec(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                f"has(self.data.calibration) || !({_USES_STATIC_INT8})",
+                "static-int8 needs spec.data.calibration",
+                ".data.calibration",
+            )
+        )
+    )
+
+    baseModel: ModelRef
+    task: Task = Field(Task.CLASSIFICATION, description="classification, embedding or regression.")
+    data: DataSpec
+    targets: list[Target] = Field(
+        min_length=1,
+        max_length=MAX_TARGETS,
+        description="Each target becomes one compression Job and one candidate variant.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **cel_rules(
+                cel("self.all(t, self.exists_one(u, u.name == t.name))", "target names must be unique")
+            ),
+        },
+    )
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for index, target in enumerate(targets):
+            if target.name in seen:
+                raise ValueError(
+                    f"[{index}].name: duplicate target name {target.name!r} (names must be unique)"
+                )
+            seen.add(target.name)
+        return targets
+
+    @model_validator(mode="after")
+    def _calibration_present(self) -> CompressedModelSpec:
+        if self.data.calibration is None:
+            needing = [t.name for t in self.targets if set(t.techniques()) & TECHNIQUES_NEEDING_CALIBRATION]
+            if needing:
+                raise ValueError(f"data.calibration: required by static-int8 (targets: {', '.join(needing)})")
+        return self
+
+    def target(self, name: str) -> Any:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(name)
+
+    def budget_for(self, target: Any) -> float:
+        return (
+            target.maxAccuracyDelta
+            if target.maxAccuracyDelta is not None
+            else self.selection.maxAccuracyDelta
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# status (written by the operator only)
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    COMPRESSING = "Compressing"
+    EVALUATING = "Evaluating"
+    CANARY = "Canary"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class VariantPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    REJECTED = "Rejected"  # compressed, but outside the accuracy budget
+    FAILED = "Failed"
+    ROLLED_BACK = "RolledBack"
+    PROMOTED = "Promoted"
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class VariantStatus(StatusModel):
+    name: str
+    phase: VariantPhase = VariantPhase.PENDING
+    technique: str | None = Field(None, description="Techniques in order, joined by '+'.")
+    artifact: ArtifactRef | None = None
+    metrics: VariantMetrics | None = None
+    job: str | None = None
+    reason: str | None = None
+    message: str | None = Field(None, max_length=4096)
+
+
+class Check(StatusModel):
+    time: str
+    sli: str
+    value: float | None = Field(None, description="Reading; absent when there was no data.")
+    threshold: float | None = None
+    window: str | None = None
+    passed: bool
+    message: str | None = None
+
+
+class CanaryStatus(StatusModel):
+    variant: str | None = None
+    step: int = Field(0, ge=0, description="Index into spec.rollout.steps.")
+    weight: int = Field(0, ge=0, le=100, description="Canary traffic percent actually achieved.")
+    requestedWeight: int = Field(0, ge=0, le=100)
+    failedChecks: int = Field(0, ge=0)
+    stepStartedAt: str | None = None
+    lastAnalysisAt: str | None = None
+    p99Ms: float | None = None
+    accuracyDelta: float | None = None
+    checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
+
+
+class StableStatus(StatusModel):
+    variant: str | None = Field(None, description="Variant served as stable; absent for the base model.")
+    artifact: ArtifactRef | None = None
+
+
+class Condition(StatusModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+    observedGeneration: int | None = None
+
+
+class CompressedModelStatus(StatusModel):
+    phase: Phase = Phase.PENDING
+    observedGeneration: int | None = None
+    message: str | None = None
+    variants: list[VariantStatus] = Field(default_factory=list)
+    selectedVariant: str | None = None
+    ladder: list[str] = Field(default_factory=list, description="Variants still to try, best first.")
+    stable: StableStatus | None = None
+    canary: CanaryStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Name | None = None
+    namespace: str | None = None
+
+
+class CompressedModel(StrictModel):
+    apiVersion: Literal["kondense.dev/v1alpha1"]
+    kind: Literal["CompressedModel"]
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: CompressedModelSpec
+    status: CompressedModelStatus | None = None
