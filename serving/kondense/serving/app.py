@@ -1,0 +1,346 @@
+"""The HTTP layer: Open Inference Protocol v2 REST endpoints and ``/metrics`` on Starlette.
+
+Knows nothing of ONNX Runtime: it gets a loader returning an ``InferenceModel`` and calls it
+through an ``InferenceRunner`` (inline or micro-batched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from time import perf_counter
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kondense.api.techniques import Task
+from kondense.serving.batching import DynamicBatcher, InferenceRunner, InlineRunner
+from kondense.serving.metrics import ServerMetrics
+from kondense.serving.protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    decode_request,
+    encode_response,
+    parse_header_length,
+)
+from kondense.serving.shadow import ShadowComparer
+from kondense.serving.tensors import InferenceModel, InputRejectedError
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    stable_url: str
+    task: Task
+    sample: float = 1.0
+    cosine_threshold: float = 0.99
+    rel_error_threshold: float = 0.05
+    timeout_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    model_name: str
+    sha256: str
+    variant: str = "stable"
+    platform: str = "onnxruntime_onnx"
+    model_version: str = "1"
+    verified: bool = True
+    max_body_bytes: int = 64 * 1024 * 1024
+    allow_non_finite: bool = False
+    max_batch_size: int = 1
+    max_batch_delay_s: float = 0.002
+    inject_latency_s: float = 0.0
+    """Tests and demos only: a fixed delay added to every inference."""
+    inject_error_rate: float = 0.0
+    """Tests and demos only: this fraction of inference requests is answered 500."""
+    shadow: ShadowSettings | None = None
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status, media_type=JSON)
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type=JSON)
+
+
+class ModelServer:
+    """State and handlers of one served model: ready only after the loader returned a model."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        load_model: Callable[[], InferenceModel],
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics(settings.model_name, settings.variant)
+        self.metrics.set_model(settings.sha256, ready=False)
+        self._load_model = load_model
+        self._on_fatal = on_fatal
+        self.model: InferenceModel | None = None
+        self._runner: InferenceRunner | None = None
+        self._shadow: ShadowComparer | None = None
+        try:
+            self._server_version = version("kondense")
+        except PackageNotFoundError:
+            self._server_version = "unknown"
+
+    @property
+    def ready(self) -> bool:
+        return self._runner is not None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        # Load in the background: liveness answers while a large model loads.
+        loading = asyncio.create_task(self._load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            runner, self._runner = self._runner, None
+            self.metrics.set_model(self.settings.sha256, ready=False)
+            if runner is not None:
+                await runner.stop()
+            if self._shadow is not None:
+                await self._shadow.stop()
+
+    async def _load(self) -> None:
+        settings = self.settings
+        try:
+            model = await asyncio.to_thread(self._load_model)
+            runner: InferenceRunner = (
+                DynamicBatcher(
+                    model, max_batch_size=settings.max_batch_size, max_delay_s=settings.max_batch_delay_s
+                )
+                if settings.max_batch_size > 1
+                else InlineRunner(model)
+            )
+        except Exception as exc:  # any load failure must stop the server, not leave it half-alive
+            self._on_fatal(f"model '{settings.model_name}' failed to load: {exc}")
+            return
+        if settings.shadow is not None:
+            self._shadow = ShadowComparer(
+                stable_url=settings.shadow.stable_url,
+                model_name=settings.model_name,
+                task=settings.shadow.task,
+                sample=settings.shadow.sample,
+                cosine_threshold=settings.shadow.cosine_threshold,
+                rel_error_threshold=settings.shadow.rel_error_threshold,
+                metrics=self.metrics,
+                timeout_s=settings.shadow.timeout_s,
+            )
+            await self._shadow.start()
+        await runner.start()
+        self.model = model
+        self._runner = runner
+        self.metrics.set_model(settings.sha256, ready=True)
+        log.info(
+            "model '%s' (%s, sha256 %s) is ready", settings.model_name, settings.variant, settings.sha256
+        )
+
+    # --- health and metadata -------------------------------------------------------------------
+
+    async def live(self, _request: Request) -> Response:
+        return _json({"live": True})
+
+    async def server_ready(self, _request: Request) -> Response:
+        return _json({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def server_metadata(self, _request: Request) -> Response:
+        return _json(
+            {"name": "kondense", "version": self._server_version, "extensions": ["binary_tensor_data"]}
+        )
+
+    def _check_name(self, request: Request) -> Response | None:
+        name = request.path_params["name"]
+        wanted = request.path_params.get("version")
+        if name != self.settings.model_name:
+            return error_response(
+                404, f"model '{name}' is not served here; this server serves '{self.settings.model_name}'"
+            )
+        if wanted is not None and wanted != self.settings.model_version:
+            return error_response(
+                404,
+                f"model '{name}' has no version '{wanted}'; served version: '{self.settings.model_version}'",
+            )
+        return None
+
+    async def model_ready(self, request: Request) -> Response:
+        if (problem := self._check_name(request)) is not None:
+            return problem
+        return _json({"name": self.settings.model_name, "ready": self.ready}, 200 if self.ready else 503)
+
+    async def model_metadata(self, request: Request) -> Response:
+        if (problem := self._check_name(request)) is not None:
+            return problem
+        model = self.model
+        if model is None or not self.ready:
+            return error_response(503, f"model '{self.settings.model_name}' is not ready yet")
+        settings = self.settings
+        return _json(
+            {
+                "name": settings.model_name,
+                "versions": [settings.model_version],
+                "platform": settings.platform,
+                "inputs": [spec.metadata() for spec in model.inputs],
+                "outputs": [spec.metadata() for spec in model.outputs],
+                "parameters": {
+                    "variant": settings.variant,
+                    "sha256": settings.sha256,
+                    "verified": settings.verified,
+                },
+            }
+        )
+
+    async def metrics_endpoint(self, _request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- inference -------------------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        started = perf_counter()
+        response = await self._infer(request)
+        self.metrics.observe_request(response.status_code, perf_counter() - started)
+        return response
+
+    async def _infer(self, request: Request) -> Response:
+        if (problem := self._check_name(request)) is not None:
+            return problem
+        model, runner, settings = self.model, self._runner, self.settings
+        if model is None or runner is None:
+            return error_response(503, f"model '{settings.model_name}' is not ready yet")
+        try:
+            body = await self._read_body(request)
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            decoded = decode_request(
+                body, header_length, model.inputs, model.outputs, allow_non_finite=settings.allow_non_finite
+            )
+        except _BodyError as exc:
+            return error_response(exc.status, str(exc))
+        except ProtocolError as exc:
+            return error_response(400, str(exc))
+
+        if settings.inject_latency_s:
+            await asyncio.sleep(settings.inject_latency_s)
+        if settings.inject_error_rate and random.random() < settings.inject_error_rate:
+            return error_response(500, "injected error (--inject-error-rate, for tests and demos only)")
+        try:
+            outputs = await runner.run(decoded.inputs, decoded.outputs)
+        except InputRejectedError as exc:
+            return error_response(400, f"the model rejected the inputs: {exc}")
+        except Exception as exc:
+            log.exception("inference failed")
+            return error_response(500, f"inference failed: {exc}")
+        try:
+            content, response_header_length = encode_response(
+                settings.model_name, settings.model_version, decoded.id, outputs, decoded.binary_outputs
+            )
+        except ProtocolError as exc:
+            return error_response(400, str(exc))
+        if self._shadow is not None:
+            self._shadow.offer(body, header_length, outputs)
+        if response_header_length is None:
+            return Response(content, media_type=JSON)
+        return Response(
+            content,
+            headers={HEADER_LENGTH: str(response_header_length)},
+            media_type="application/octet-stream",
+        )
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _BodyError(
+                413, f"request body of {declared} bytes is over the limit of {limit} (--max-body-bytes)"
+            )
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyError(413, f"request body is over the limit of {limit} bytes (--max-body-bytes)")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise _BodyError(
+                415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or identity)"
+            )
+        # gzip: 16 + window bits; "deflate" in HTTP means the zlib format.
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            inflated = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise _BodyError(400, f"request body is not valid {encoding} data: {exc}") from None
+        if len(inflated) > limit:
+            raise _BodyError(
+                413, f"decompressed request body is over the limit of {limit} bytes (--max-body-bytes)"
+            )
+        if not inflater.eof:
+            raise _BodyError(400, f"request body is truncated {encoding} data")
+        return inflated
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, f"{exc.detail}: {_request.method} {_request.url.path}")
+
+
+async def _internal_error(_request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", _request.method, _request.url.path, exc_info=exc)
+    return error_response(500, f"internal server error: {exc!r}")
+
+
+def build_app(
+    settings: ServerSettings,
+    load_model: Callable[[], InferenceModel],
+    on_fatal: Callable[[str], None],
+) -> Starlette:
+    server = ModelServer(settings, load_model, on_fatal)
+    model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    routes = [
+        Route("/v2/health/live", server.live, methods=["GET"]),
+        Route("/v2/health/ready", server.server_ready, methods=["GET"]),
+        Route("/v2", server.server_metadata, methods=["GET"]),
+        Route("/metrics", server.metrics_endpoint, methods=["GET"]),
+    ]
+    for path in model_paths:
+        routes += [
+            Route(path, server.model_metadata, methods=["GET"]),
+            Route(f"{path}/ready", server.model_ready, methods=["GET"]),
+            Route(f"{path}/infer", server.infer, methods=["POST"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        lifespan=server.lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.server = server
+    return app

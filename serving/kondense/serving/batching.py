@@ -1,0 +1,199 @@
+"""How the HTTP layer calls a model: inline, or through a dynamic micro-batcher.
+
+Inline runs the model on the event loop thread: for a model that answers in microseconds a thread
+hop costs more than the inference. The ``DynamicBatcher`` works like Triton's dynamic batcher: it
+holds a request up to ``max_delay`` for others of the same shape, concatenates them along the first
+dimension, runs one session call on a worker thread (so the event loop keeps parsing requests) and
+splits the outputs again. It is the way past one request per session call for compute-bound models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from kondense.serving.tensors import InferenceModel, InputRejectedError
+
+
+class BatchSplitError(RuntimeError):
+    """The model's outputs do not have the batch as their first dimension."""
+
+
+class InferenceRunner(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]: ...
+
+
+class InlineRunner:
+    def __init__(self, model: InferenceModel) -> None:
+        self._model = model
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        return self._model.predict(inputs, outputs)
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    signature: tuple[object, ...]
+    arrived: float
+    future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
+
+
+def _batch_rows(inputs: Mapping[str, np.ndarray]) -> int | None:
+    """The common first dimension of all inputs, or None when they have none."""
+    firsts = {array.shape[0] if array.ndim else None for array in inputs.values()}
+    if len(firsts) != 1:
+        return None
+    return firsts.pop()
+
+
+class DynamicBatcher:
+    def __init__(self, model: InferenceModel, *, max_batch_size: int, max_delay_s: float) -> None:
+        if not_batchable := [spec.name for spec in model.inputs if not spec.shape or spec.shape[0] >= 0]:
+            raise ValueError(
+                "micro-batching needs a dynamic first (batch) dimension on every input; fixed or missing on: "
+                + ", ".join(not_batchable)
+            )
+        self._model = model
+        self._max_batch_size = max_batch_size
+        self._max_delay_s = max_delay_s
+        self._pending: deque[_Pending] = deque()
+        self._arrival = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kondense-batch")
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._collect())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        rows = _batch_rows(inputs)
+        if rows is None or rows >= self._max_batch_size:
+            # Nothing to gain from waiting; same single thread, so session calls stay serial.
+            return await loop.run_in_executor(self._executor, self._model.predict, inputs, outputs)
+        signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+        pending = _Pending(inputs, rows, signature, loop.time(), loop.create_future())
+        self._pending.append(pending)
+        self._arrival.set()
+        result = await pending.future
+        return result if outputs is None else {name: result[name] for name in outputs}
+
+    def _compatible_rows(self) -> int:
+        first = self._pending[0]
+        rows = 0
+        for item in self._pending:
+            if item.signature == first.signature:
+                if rows + item.rows > self._max_batch_size:
+                    break
+                rows += item.rows
+        return rows
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._arrival.clear()
+                await self._arrival.wait()
+            deadline = self._pending[0].arrived + self._max_delay_s
+            while (
+                self._compatible_rows() < self._max_batch_size and (remaining := deadline - loop.time()) > 0
+            ):
+                self._arrival.clear()
+                try:
+                    await asyncio.wait_for(self._arrival.wait(), remaining)
+                except TimeoutError:
+                    break
+            await self._execute(self._take_batch())
+
+    def _take_batch(self) -> list[_Pending]:
+        first = self._pending[0]
+        batch: list[_Pending] = []
+        rest: deque[_Pending] = deque()
+        rows = 0
+        for item in self._pending:
+            if item.signature == first.signature and rows + item.rows <= self._max_batch_size:
+                batch.append(item)
+                rows += item.rows
+            else:
+                rest.append(item)
+        self._pending = rest
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        if len(batch) == 1:
+            feed = batch[0].inputs
+        else:
+            feed = {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
+        try:
+            result = await loop.run_in_executor(self._executor, self._model.predict, feed, None)
+        except InputRejectedError as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            for item in batch:  # one bad request must not fail the others: retry them one by one
+                try:
+                    _settle(
+                        item,
+                        await loop.run_in_executor(self._executor, self._model.predict, item.inputs, None),
+                    )
+                except Exception as single:
+                    _settle(item, single)
+            return
+        except Exception as exc:
+            for item in batch:
+                _settle(item, exc)
+            return
+        total = sum(item.rows for item in batch)
+        if any(array.ndim == 0 or array.shape[0] != total for array in result.values()):
+            error = BatchSplitError(
+                "the model's outputs do not keep the batch as their first dimension; serve it without "
+                "--max-batch-size"
+            )
+            for item in batch:
+                _settle(item, error)
+            return
+        start = 0
+        for item in batch:
+            _settle(item, {name: array[start : start + item.rows] for name, array in result.items()})
+            start += item.rows
+
+
+def _settle(item: _Pending, outcome: dict[str, np.ndarray] | BaseException) -> None:
+    if item.future.done():  # the client went away
+        return
+    if isinstance(outcome, BaseException):
+        item.future.set_exception(outcome)
+    else:
+        item.future.set_result(outcome)

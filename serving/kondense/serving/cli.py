@@ -1,0 +1,134 @@
+"""``kondense serve``: the ONNX Runtime model server. Imports nothing heavy until the command runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kondense.api.techniques import Task
+
+_EPILOG = (
+    "--inject-latency-ms and --inject-error-rate are for tests and demos only (the rollback scenario "
+    "uses them to make a canary breach its SLIs)."
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    print(f"kondense serve: error: {message}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Directory holding model.onnx and manifest.json.")],
+    name: Annotated[str, typer.Option("--name", help="Model name in the /v2/models/{name} URLs.")],
+    variant: Annotated[str, typer.Option(help="Value of the 'variant' label on all metrics.")] = "stable",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)."),
+    ] = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="Serve even without a manifest.json or with a sha256 mismatch."),
+    ] = False,
+    shadow_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of the stable server (e.g. http://stable:8080) to compare a sample against."
+        ),
+    ] = None,
+    shadow_sample: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Fraction of requests compared (default 1.0).")
+    ] = None,
+    task: Annotated[
+        Task | None, typer.Option(help="How outputs are compared (default: the manifest's task).")
+    ] = None,
+    shadow_cosine_threshold: Annotated[
+        float, typer.Option(min=-1.0, max=1.0, help="Embeddings agree at this cosine similarity or above.")
+    ] = 0.99,
+    shadow_rel_error_threshold: Annotated[
+        float, typer.Option(min=0.0, help="Regression outputs agree at this relative error or below.")
+    ] = 0.05,
+    shadow_timeout_ms: Annotated[
+        float, typer.Option(min=1.0, help="A stable answer slower than this counts as a shadow error.")
+    ] = 1000.0,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Larger request bodies get 413.")] = 64
+    * 1024
+    * 1024,
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, help="Micro-batch up to this many rows per session call (1 = no batching).")
+    ] = 1,
+    max_batch_delay_ms: Annotated[
+        float, typer.Option(min=0.0, help="How long a request may wait for others to batch with.")
+    ] = 2.0,
+    allow_non_finite: Annotated[
+        bool, typer.Option("--allow-non-finite", help="Pass NaN/Infinity inputs to the model instead of 400.")
+    ] = False,
+    graceful_timeout_s: Annotated[
+        int, typer.Option(min=0, help="After SIGTERM, seconds in-flight requests may take to finish.")
+    ] = 30,
+    inject_latency_ms: Annotated[
+        float, typer.Option(min=0.0, help="Tests/demos only: add this delay to every inference.")
+    ] = 0.0,
+    inject_error_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Tests/demos only: answer this fraction with HTTP 500.")
+    ] = 0.0,
+) -> None:
+    """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST) with metrics."""
+    import httpx
+
+    from kondense.serving.app import ServerSettings, ShadowSettings
+    from kondense.serving.artifact import ArtifactError, check_artifact
+    from kondense.serving.server import ListenOptions
+    from kondense.serving.server import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    if shadow_of is None and (shadow_sample is not None or task is not None):
+        raise _fail("--shadow-sample and --task only apply with --shadow-of")
+    try:
+        artifact = check_artifact(model, verify=not no_verify)
+    except ArtifactError as exc:
+        raise _fail(f"{exc}; refusing to serve") from None
+
+    shadow = None
+    if shadow_of is not None:
+        url = httpx.URL(shadow_of)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise _fail(f"--shadow-of {shadow_of!r} is not an http(s) base URL like http://stable:8080")
+        shadow_task = task or (artifact.manifest.task if artifact.manifest else None)
+        if shadow_task is None:
+            raise _fail("--task is needed with --shadow-of when the model directory has no manifest.json")
+        shadow = ShadowSettings(
+            stable_url=shadow_of,
+            task=shadow_task,
+            sample=1.0 if shadow_sample is None else shadow_sample,
+            cosine_threshold=shadow_cosine_threshold,
+            rel_error_threshold=shadow_rel_error_threshold,
+            timeout_s=shadow_timeout_ms / 1000.0,
+        )
+    settings = ServerSettings(
+        model_name=name,
+        sha256=artifact.sha256,
+        variant=variant,
+        verified=artifact.verified,
+        max_body_bytes=max_body_bytes,
+        allow_non_finite=allow_non_finite,
+        max_batch_size=max_batch_size,
+        max_batch_delay_s=max_batch_delay_ms / 1000.0,
+        inject_latency_s=inject_latency_ms / 1000.0,
+        inject_error_rate=inject_error_rate,
+        shadow=shadow,
+    )
+    listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s)
+    code = run_server(artifact, settings, listen, threads)
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", epilog=_EPILOG)(serve)

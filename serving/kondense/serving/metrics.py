@@ -1,0 +1,98 @@
+"""Prometheus metrics of one served model (prometheus-client, one registry per server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+# Fine enough from 100 µs to 10 s that histogram_quantile(0.99, ...) interpolates within ~25-50 %.
+LATENCY_BUCKETS = (
+    0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075,
+    0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+)  # fmt: skip
+# Cosine similarities crowd just below 1; relative errors crowd just above 0.
+SCORE_BUCKETS = (
+    0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+    0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 1.0, 2.0, 10.0,
+)  # fmt: skip
+SHADOW_RESULTS = ("agree", "disagree", "error")
+
+
+class ServerMetrics:
+    """Metric families labelled ``model`` and ``variant``; children are bound once, off the hot path."""
+
+    def __init__(self, model: str, variant: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._labels = {"model": model, "variant": variant}
+        self.request_duration = Histogram(
+            "kondense_request_duration_seconds",
+            "Time to answer an inference request (any status), from its arrival in the handler.",
+            ["model", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(**self._labels)
+        self._requests = Counter(
+            "kondense_requests",
+            "Inference requests answered, by HTTP status code.",
+            ["model", "variant", "code"],
+            registry=self.registry,
+        )
+        self._requests_by_code = {code: self._requests.labels(**self._labels, code=code) for code in ("200",)}
+        shadow = Counter(
+            "kondense_shadow_comparisons",
+            "Samples compared with the stable server: agree, disagree, or error (not compared: stable slow, "
+            "down or the shadow queue full).",
+            ["model", "variant", "result"],
+            registry=self.registry,
+        )
+        # Create every result series at 0 so ratios over them exist before the first disagreement.
+        self.shadow = {result: shadow.labels(**self._labels, result=result) for result in SHADOW_RESULTS}
+        self.shadow_score = Histogram(
+            "kondense_shadow_score",
+            "Per-sample shadow score: cosine similarity (embedding) or relative error (regression).",
+            ["model", "variant"],
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        ).labels(**self._labels)
+        self._info = Info(
+            "kondense_model", "The artifact this server serves.", ["model", "variant"], registry=self.registry
+        )
+        self._ready = Gauge(
+            "kondense_model_ready", "1 once the model loaded and passed its checks.", ["model", "variant"],
+            registry=self.registry,
+        ).labels(**self._labels)  # fmt: skip
+        self._queue_depth = Gauge(
+            "kondense_shadow_queue_depth",
+            "Shadow comparisons waiting to be sent to the stable server.",
+            ["model", "variant"],
+            registry=self.registry,
+        ).labels(**self._labels)
+
+    def observe_request(self, code: int, seconds: float) -> None:
+        self.request_duration.observe(seconds)
+        key = str(code)
+        child = self._requests_by_code.get(key)
+        if child is None:
+            child = self._requests_by_code[key] = self._requests.labels(**self._labels, code=key)
+        child.inc()
+
+    def set_model(self, sha256: str, ready: bool) -> None:
+        self._info.labels(**self._labels).info({"sha256": sha256})
+        self._ready.set(1 if ready else 0)
+
+    def track_shadow_queue(self, depth: Callable[[], float]) -> None:
+        self._queue_depth.set_function(depth)

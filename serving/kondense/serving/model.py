@@ -1,0 +1,121 @@
+"""The ONNX Runtime model wrapper: load a session, describe its tensors, run it.
+
+Knows nothing of HTTP. Bad inputs that only ONNX Runtime can detect raise ``ModelInputError``;
+anything else that fails inside the runtime raises ``ModelRuntimeError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from kondense.serving.tensors import InputRejectedError, TensorSpec
+
+# ONNX Runtime element types -> Open Inference Protocol v2 datatypes.
+_ORT_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot be served (unreadable, unsupported tensor types, failed warm-up)."""
+
+
+class ModelInputError(InputRejectedError):
+    """ONNX Runtime rejected the inputs (e.g. a dimension the graph cannot take)."""
+
+
+class ModelRuntimeError(RuntimeError):
+    """ONNX Runtime failed while running valid inputs."""
+
+
+def _spec(arg: ort.NodeArg, role: str) -> TensorSpec:
+    datatype = _ORT_DATATYPES.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(
+            f"{role} '{arg.name}' has type {arg.type}, which the server does not serve "
+            "(tensors of bool, integer, float16/32/64 or string only; export classifiers without ZipMap)"
+        )
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxModel:
+    """One ONNX Runtime session on the CPU."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
+            raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a, "input") for a in self._session.get_inputs())
+        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a, "output") for a in self._session.get_outputs())
+        self._output_names = [spec.name for spec in self.outputs]
+        self._string_inputs = {spec.name for spec in self.inputs if spec.datatype == "BYTES"}
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the session; returns the requested outputs (all when ``outputs`` is None) in order."""
+        feed = dict(inputs)
+        for name in self._string_inputs:  # ORT string tensors take str, the wire gives bytes or str
+            feed[name] = _as_str_array(feed[name], name)
+        names = list(outputs) if outputs is not None else self._output_names
+        try:
+            results = self._session.run(names, feed)
+        except InvalidArgument as exc:
+            raise ModelInputError(
+                str(exc).removeprefix("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ")
+            ) from exc
+        except Exception as exc:  # ORT's Fail/RuntimeException have no common public base
+            raise ModelRuntimeError(f"ONNX Runtime failed: {exc}") from exc
+        return dict(zip(names, results, strict=True))
+
+    def warm_up(self) -> None:
+        """Run once on zeros (dynamic dimensions = 1): proves the graph runs before readiness."""
+        sample = {}
+        for spec in self.inputs:
+            shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
+            sample[spec.name] = (
+                np.full(shape, "", dtype=object)
+                if spec.datatype == "BYTES"
+                else np.zeros(shape, dtype=spec.dtype)
+            )
+        try:
+            self.predict(sample)
+        except (ModelInputError, ModelRuntimeError) as exc:
+            raise ModelLoadError(f"warm-up inference on zeros failed: {exc}") from exc
+
+
+def _as_str_array(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype.kind == "U" or all(isinstance(v, str) for v in array.reshape(-1)):
+        return array
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for index, value in enumerate(array.reshape(-1)):
+        try:
+            flat[index] = value if isinstance(value, str) else bytes(value).decode()
+        except UnicodeDecodeError:
+            raise ModelInputError(f"input '{name}': value at flat index {index} is not UTF-8 text") from None
+    return out

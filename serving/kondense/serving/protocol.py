@@ -1,0 +1,400 @@
+"""Open Inference Protocol v2 (KServe v2 / Triton) tensors on the wire, with the binary tensor data
+extension Triton clients use by default.
+
+Decoding checks a request against the model's ``TensorSpec`` s and turns it into numpy arrays; every
+problem becomes a ``ProtocolError`` whose message names the input and what is wrong with it. Encoding
+turns output arrays into a response body. Knows numpy, not HTTP and not ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kondense.serving.tensors import DATATYPES, TensorSpec, datatype_of
+
+HEADER_LENGTH = "inference-header-content-length"
+_LENGTH_PREFIX = struct.Struct("<I")
+_MAX_REPORTED_ERRORS = 5
+
+
+class ProtocolError(ValueError):
+    """The request does not follow the protocol or does not fit the model (a client error)."""
+
+
+class _RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class _RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class _InferenceRequest(BaseModel):
+    # Unknown top-level fields are tolerated (newer clients); tensors are strict (typos are errors).
+    model_config = ConfigDict(strict=True)
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[_RequestInput] = Field(min_length=1)
+    outputs: list[_RequestOutput] | None = None
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    """Requested output names in request order; ``None`` means every output."""
+    binary_outputs: frozenset[str]
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise ProtocolError(f"header Inference-Header-Content-Length: {value!r} is not an integer") from None
+    if not 0 < length <= body_length:
+        raise ProtocolError(
+            f"header Inference-Header-Content-Length: {length} is outside the body's {body_length} bytes"
+        )
+    return length
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False)[:_MAX_REPORTED_ERRORS]:
+        if error["type"] == "json_invalid":
+            return f"malformed JSON body: {error['msg'].removeprefix('Invalid JSON: ')}"
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+        problems.append(f"{where.lstrip('.') or 'body'}: {error['msg']}")
+    more = exc.error_count() - len(problems)
+    return "invalid inference request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def decode_request(
+    body: bytes,
+    header_length: int | None,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    *,
+    allow_non_finite: bool = False,
+) -> DecodedRequest:
+    """Parse and check an inference request body against the model's inputs and outputs."""
+    header, blob = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    try:
+        request = _InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        raise ProtocolError(_describe_validation(exc)) from None
+
+    specs = {spec.name: spec for spec in inputs}
+    seen: set[str] = set()
+    for item in request.inputs:
+        if item.name in seen:
+            raise ProtocolError(f"input '{item.name}' is given more than once")
+        seen.add(item.name)
+        if item.name not in specs:
+            raise ProtocolError(
+                f"input '{item.name}' is not an input of the model; inputs are: {_names(inputs)}"
+            )
+    if missing := [name for name in specs if name not in seen]:
+        raise ProtocolError(f"missing input {_quoted(missing)}; the model needs: {_names(inputs)}")
+
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in request.inputs:
+        size = _binary_size(item.parameters, f"input '{item.name}'")
+        chunk = None
+        if size is not None:
+            if offset + size > len(blob):
+                raise ProtocolError(
+                    f"input '{item.name}': binary_data_size {size} runs past the end of the binary data "
+                    f"({len(blob) - offset} bytes left)"
+                )
+            chunk = blob[offset : offset + size]
+            offset += size
+        arrays[item.name] = _decode_input(item, specs[item.name], chunk, allow_non_finite)
+    if offset != len(blob):
+        raise ProtocolError(f"{len(blob) - offset} bytes of binary data are not claimed by any input")
+
+    binary_all = _flag((request.parameters or {}).get("binary_data_output"), "parameters.binary_data_output")
+    requested: list[str] | None = None
+    binary: set[str] = {spec.name for spec in outputs} if binary_all else set()
+    if request.outputs is not None:
+        known = {spec.name for spec in outputs}
+        requested = []
+        for out in request.outputs:
+            if out.name not in known:
+                raise ProtocolError(
+                    f"requested output '{out.name}' is not an output of the model; outputs are: {_names(outputs)}"
+                )
+            if out.name in requested:
+                raise ProtocolError(f"output '{out.name}' is requested more than once")
+            requested.append(out.name)
+            params = out.parameters or {}
+            if "classification" in params:
+                raise ProtocolError(f"output '{out.name}': the classification extension is not supported")
+            if _flag(params.get("binary_data"), f"output '{out.name}' parameters.binary_data"):
+                binary.add(out.name)
+    return DecodedRequest(request.id, arrays, requested, frozenset(binary))
+
+
+def _decode_input(
+    item: _RequestInput, spec: TensorSpec, chunk: bytes | None, allow_non_finite: bool
+) -> np.ndarray:
+    where = f"input '{item.name}'"
+    if item.datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: unknown datatype {item.datatype!r}; known: {', '.join(DATATYPES)}")
+    if item.datatype != spec.datatype:
+        raise ProtocolError(f"{where}: datatype {item.datatype} does not match the model's {spec.datatype}")
+    if not spec.accepts_shape(item.shape):
+        raise ProtocolError(
+            f"{where}: shape {item.shape} does not match the model's {list(spec.shape)} (-1 means any size)"
+        )
+    count = math.prod(item.shape)
+    if chunk is not None:
+        if item.data is not None:
+            raise ProtocolError(f"{where}: has both 'data' and binary_data_size; give one")
+        array = _from_binary(chunk, item.datatype, item.shape, count, where)
+    elif item.data is None:
+        raise ProtocolError(f"{where}: has no 'data' (and no binary_data_size)")
+    else:
+        array = _from_json(item.data, item.datatype, item.shape, count, where)
+    if array.dtype.kind == "f" and not allow_non_finite:
+        finite = np.isfinite(array)
+        if not finite.all():
+            index = int(np.argmin(finite.reshape(-1)))
+            raise ProtocolError(
+                f"{where}: value at flat index {index} is {array.reshape(-1)[index]} as {item.datatype}; "
+                "the model takes finite numbers only"
+            )
+    return array
+
+
+def _from_json(data: list[Any], datatype: str, shape: list[int], count: int, where: str) -> np.ndarray:
+    if datatype == "BYTES":
+        flat = list(_flatten(data, where))
+        if len(flat) != count:
+            raise ProtocolError(f"{where}: data has {len(flat)} values but shape {shape} needs {count}")
+        for index, value in enumerate(flat):
+            if not isinstance(value, str):
+                raise ProtocolError(f"{where}: BYTES value at flat index {index} is not a string")
+        array = np.empty(count, dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    try:
+        values = np.array(data)
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(f"{where}: data is not a rectangular (row-major) array of values") from None
+    if values.size != count:
+        raise ProtocolError(f"{where}: data has {values.size} values but shape {shape} needs {count}")
+    target = DATATYPES[datatype]
+    if count and not _kind_fits(values.dtype.kind, target.kind):
+        raise ProtocolError(
+            f"{where}: data must be {_KIND_WORDS[target.kind]} for {datatype}, got {_got(values.dtype.kind)}"
+        )
+    if count and target.kind in "iu":
+        info = np.iinfo(target)
+        low, high = values.min(), values.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise ProtocolError(f"{where}: value {bad} is out of range for {datatype}")
+    with np.errstate(over="ignore"):  # overflow to inf is reported by the finite check
+        return values.astype(target, copy=False).reshape(shape)
+
+
+_KIND_WORDS = {"b": "booleans", "i": "integers", "u": "non-negative integers", "f": "numbers"}
+
+
+def _kind_fits(got: str, want: str) -> bool:
+    if want == "b":
+        return got == "b"
+    if want in "iu":
+        return got in "iu"
+    return got in "iuf"
+
+
+def _got(kind: str) -> str:
+    return {
+        "b": "booleans",
+        "f": "non-integer numbers",
+        "U": "strings",
+        "O": "non-numeric or out-of-range values",
+    }.get(kind, f"values of kind {kind!r}")
+
+
+def _flatten(data: Any, where: str, depth: int = 0) -> Iterator[Any]:
+    if depth > 64:
+        raise ProtocolError(f"{where}: data is nested deeper than 64 levels")
+    for value in data:
+        if isinstance(value, list):
+            yield from _flatten(value, where, depth + 1)
+        else:
+            yield value
+
+
+def _from_binary(chunk: bytes, datatype: str, shape: list[int], count: int, where: str) -> np.ndarray:
+    if datatype == "BYTES":
+        items = _split_length_prefixed(chunk, where)
+        if len(items) != count:
+            raise ProtocolError(
+                f"{where}: binary data holds {len(items)} values but shape {shape} needs {count}"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    dtype = DATATYPES[datatype].newbyteorder("<")
+    if len(chunk) != count * dtype.itemsize:
+        raise ProtocolError(
+            f"{where}: binary data has {len(chunk)} bytes but shape {shape} of {datatype} needs "
+            f"{count * dtype.itemsize}"
+        )
+    if datatype == "BOOL":
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise ProtocolError(f"{where}: BOOL binary data must be bytes 0 or 1")
+        return raw.view(np.bool_).reshape(shape)
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+def _split_length_prefixed(chunk: bytes, where: str) -> list[bytes]:
+    items = []
+    offset = 0
+    while offset < len(chunk):
+        if offset + 4 > len(chunk):
+            raise ProtocolError(f"{where}: BYTES binary data ends inside a length prefix")
+        (length,) = _LENGTH_PREFIX.unpack_from(chunk, offset)
+        offset += 4
+        if offset + length > len(chunk):
+            raise ProtocolError(f"{where}: BYTES element of {length} bytes runs past the end of its data")
+        items.append(chunk[offset : offset + length])
+        offset += length
+    return items
+
+
+def _binary_size(parameters: dict[str, Any] | None, where: str) -> int | None:
+    if not parameters or "binary_data_size" not in parameters:
+        return None
+    size = parameters["binary_data_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ProtocolError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+    return size
+
+
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def _names(specs: Sequence[TensorSpec]) -> str:
+    return ", ".join(f"'{spec.name}' ({spec.datatype} {list(spec.shape)})" for spec in specs)
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    binary: frozenset[str] = frozenset(),
+) -> tuple[bytes, int | None]:
+    """Response body and, when some outputs travel as binary data, the JSON header's length."""
+    described: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in outputs.items():
+        datatype = datatype_of(array)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in binary:
+            blob = _to_binary(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = [_as_text(value, name) for value in array.reshape(-1)]
+        else:
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+        described.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = described
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def _to_binary(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for value in array.reshape(-1):
+            raw = value.encode() if isinstance(value, str) else bytes(value)
+            parts.append(_LENGTH_PREFIX.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _as_text(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return bytes(value).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            f"output '{name}' holds bytes that are not UTF-8; request it as binary_data"
+        ) from None
+
+
+def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+    """Output arrays of another v2 server's response (JSON or binary outputs)."""
+    header, blob = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    try:
+        parsed = orjson.loads(header)
+        described = parsed["outputs"]
+        arrays: dict[str, np.ndarray] = {}
+        offset = 0
+        for entry in described:
+            name, datatype, shape = entry["name"], entry["datatype"], [int(d) for d in entry["shape"]]
+            where = f"output '{name}'"
+            if datatype not in DATATYPES:
+                raise ProtocolError(f"{where}: unknown datatype {datatype!r}")
+            size = _binary_size(entry.get("parameters"), where)
+            if size is None:
+                if datatype == "BYTES":
+                    arrays[name] = np.array(entry["data"], dtype=object).reshape(shape)
+                else:
+                    arrays[name] = np.array(entry["data"], dtype=DATATYPES[datatype]).reshape(shape)
+            else:
+                arrays[name] = _from_binary(
+                    blob[offset : offset + size], datatype, shape, math.prod(shape), where
+                )
+                offset += size
+        return arrays
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(f"unreadable inference response: {exc!r}") from None

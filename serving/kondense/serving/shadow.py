@@ -1,0 +1,186 @@
+"""Shadow agreement: the live accuracy-delta SLI of a canary.
+
+A sample of the canary's requests is re-sent to the stable server in the background and the two
+outputs are compared per sample (row): top-1 for classification, cosine similarity for embeddings,
+relative error for regression. The queue is bounded: when the stable server is slow or down,
+comparisons are dropped and counted as ``error`` instead of piling up or delaying clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+from kondense.api.techniques import Task
+from kondense.serving.metrics import ServerMetrics
+from kondense.serving.protocol import HEADER_LENGTH, ProtocolError, decode_response, parse_header_length
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    agree: int
+    disagree: int
+    scores: np.ndarray | None = None
+    """Per-sample cosine (embedding) or relative error (regression)."""
+
+
+def sample_count(array: np.ndarray, task: Task) -> int:
+    """Samples in an output: its first dimension, except a 1-D float vector of one sample's scores."""
+    if array.ndim == 0:
+        return 1
+    if array.ndim == 1 and array.dtype.kind == "f" and task is not Task.REGRESSION:
+        return 1
+    return int(array.shape[0])
+
+
+def compare_outputs(
+    task: Task,
+    canary: Mapping[str, np.ndarray],
+    stable: Mapping[str, np.ndarray],
+    *,
+    cosine_threshold: float,
+    rel_error_threshold: float,
+) -> Comparison:
+    """Compare the first output both servers returned; a differing shape disagrees on every sample."""
+    name = next((name for name in canary if name in stable), None)
+    first = next(iter(canary.values()))
+    rows = sample_count(first, task)
+    if name is None:
+        return Comparison(0, rows)
+    a, b = canary[name], stable[name]
+    rows = sample_count(a, task)
+    if a.shape != b.shape:
+        return Comparison(0, rows)
+    a2, b2 = a.reshape(rows, -1), b.reshape(rows, -1)
+    if task is Task.CLASSIFICATION or a.dtype.kind not in "iufb":
+        if a.dtype.kind == "f":
+            same = np.argmax(a2, axis=1) == np.argmax(b2, axis=1)
+        else:
+            same = np.all(a2 == b2, axis=1)
+        agree = int(np.count_nonzero(same))
+        return Comparison(agree, rows - agree)
+    a64, b64 = a2.astype(np.float64), b2.astype(np.float64)
+    if task is Task.EMBEDDING:
+        norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+        both_zero = (norms == 0) & np.all(a64 == b64, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores = np.where(both_zero, 1.0, np.sum(a64 * b64, axis=1) / norms)
+        passed = scores >= cosine_threshold  # NaN compares False: a non-finite output disagrees
+    else:
+        scale = np.maximum(np.linalg.norm(b64, axis=1), 1e-12)
+        scores = np.linalg.norm(a64 - b64, axis=1) / scale
+        passed = scores <= rel_error_threshold
+    agree = int(np.count_nonzero(passed))
+    return Comparison(agree, rows - agree, scores)
+
+
+@dataclass(slots=True)
+class _Job:
+    body: bytes
+    header_length: int | None
+    outputs: dict[str, np.ndarray]
+    rows: int
+
+
+class ShadowComparer:
+    """Sends sampled requests to the stable server from a bounded queue and counts the results."""
+
+    def __init__(
+        self,
+        *,
+        stable_url: str,
+        model_name: str,
+        task: Task,
+        sample: float,
+        cosine_threshold: float,
+        rel_error_threshold: float,
+        metrics: ServerMetrics,
+        timeout_s: float = 1.0,
+        queue_size: int = 128,
+        concurrency: int = 4,
+    ) -> None:
+        self.infer_url = f"{stable_url.rstrip('/')}/v2/models/{model_name}/infer"
+        self._task = task
+        self._sample = sample
+        self._cosine_threshold = cosine_threshold
+        self._rel_error_threshold = rel_error_threshold
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self._concurrency = concurrency
+        self._workers: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+        metrics.track_shadow_queue(self._queue.qsize)
+
+    def offer(self, body: bytes, header_length: int | None, outputs: dict[str, np.ndarray]) -> None:
+        """Maybe queue a comparison; never blocks. A full queue counts the samples as ``error``."""
+        if self._sample < 1.0 and random.random() >= self._sample:
+            return
+        rows = sample_count(next(iter(outputs.values())), self._task)
+        try:
+            self._queue.put_nowait(_Job(body, header_length, outputs, rows))
+        except asyncio.QueueFull:
+            self._metrics.shadow["error"].inc(rows)
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=self._timeout_s,
+            limits=httpx.Limits(
+                max_connections=self._concurrency, max_keepalive_connections=self._concurrency
+            ),
+        )
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                comparison = await self._compare(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a worker must outlive any failure of the stable server
+                log.debug("shadow comparison failed: %r", exc)
+                self._metrics.shadow["error"].inc(job.rows)
+            else:
+                self._metrics.shadow["agree"].inc(comparison.agree)
+                self._metrics.shadow["disagree"].inc(comparison.disagree)
+                if comparison.scores is not None:
+                    for score in comparison.scores:
+                        self._metrics.shadow_score.observe(float(score))
+
+    async def _compare(self, job: _Job) -> Comparison:
+        assert self._client is not None
+        headers = {"content-type": "application/json"}
+        if job.header_length is not None:
+            headers[HEADER_LENGTH] = str(job.header_length)
+        response = await self._client.post(self.infer_url, content=job.body, headers=headers)
+        if response.status_code != 200:
+            raise ProtocolError(f"stable server answered {response.status_code}: {response.text[:200]}")
+        stable = decode_response(
+            response.content, parse_header_length(response.headers.get(HEADER_LENGTH), len(response.content))
+        )
+        return compare_outputs(
+            self._task,
+            job.outputs,
+            stable,
+            cosine_threshold=self._cosine_threshold,
+            rel_error_threshold=self._rel_error_threshold,
+        )
