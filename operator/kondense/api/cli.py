@@ -8,8 +8,15 @@ from pathlib import Path
 import typer
 
 
-def crd() -> None:
+def crd(
+    reference: bool = typer.Option(False, "--reference", help="Print the Markdown field reference instead."),
+) -> None:
     """Print the CompressedModel CRD generated from the models."""
+    if reference:
+        from kondense.api.reference import markdown
+
+        sys.stdout.write(markdown())
+        return
     from kondense.api.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())

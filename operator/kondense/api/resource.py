@@ -177,8 +177,10 @@ class Placement(StrictModel):
 
 
 class ModelRef(StrictModel):
+    """The model to compress, in its serving format."""
+
     uri: Uri
-    format: Literal["onnx"] = Field("onnx", description="Serving format of the base model (default: onnx).")
+    format: Literal["onnx"] = Field("onnx", description="Serving format of the base model.")
     sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{64}$",
@@ -191,6 +193,8 @@ class DataRef(StrictModel):
 
 
 class DataSpec(StrictModel):
+    """Data files (.npz) for calibration, evaluation and training."""
+
     calibration: DataRef | None = Field(
         None,
         description="Calibration inputs (.npz, arrays named after the model inputs). static-int8 needs it.",
