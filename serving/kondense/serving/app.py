@@ -276,7 +276,7 @@ class ModelServer:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _BodyError(
-                413, f"request body of {declared} bytes is over the limit of {limit} (--max-body-bytes)"
+                413, f"request body of {declared} bytes is over the limit of {limit} bytes (--max-body-bytes)"
             )
         chunks = []
         size = 0
