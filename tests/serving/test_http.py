@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,8 +20,8 @@ from kondense.api.artifacts import MODEL_FILE, sha256_file
 from .conftest import Digits, Server
 
 
-def _infer(server: Server, payload: object, **kwargs: object) -> httpx.Response:
-    return httpx.post(server.infer_url, content=json.dumps(payload), timeout=10, **kwargs)  # type: ignore[arg-type]
+def _infer(server: Server, payload: object) -> httpx.Response:
+    return httpx.post(server.infer_url, content=json.dumps(payload), timeout=10)
 
 
 def _digits_request(batch: np.ndarray, nested: bool = True) -> dict[str, object]:
@@ -79,7 +80,7 @@ def test_gzip_request_body(digits_server: Server, digits: Digits) -> None:
     )
 
 
-def _input(**change: object) -> dict[str, object]:
+def _input(**change: object) -> dict[str, Any]:
     tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}
     return {"inputs": [{**tensor, **change}]}
 
@@ -100,7 +101,7 @@ def _input(**change: object) -> dict[str, object]:
                     _input()["inputs"][0],
                     {"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]},
                 ]
-            },  # type: ignore[index]
+            },
             400,
             "input 'extra' is not an input of the model",
         ),
@@ -204,7 +205,7 @@ def test_fuzzed_requests_never_get_a_5xx(
 
 
 def test_datatypes_round_trip_through_json(datatypes_server: Server, datatypes_dir: Path) -> None:
-    feed = {
+    feed: dict[str, np.ndarray] = {
         "x": np.array([[1.5, -2, 0, 4]], np.float32),
         "ids": np.array([[1, -5, 2**40]], np.int64),
         "flag": np.array([[True, False]]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import numpy as np
 import orjson
@@ -11,7 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kondense.serving.protocol import ProtocolError, decode_request, decode_response, encode_response
+from kondense.serving.protocol import (
+    DecodedRequest,
+    ProtocolError,
+    decode_request,
+    decode_response,
+    encode_response,
+)
 from kondense.serving.tensors import TensorSpec
 
 INPUTS = (
@@ -22,7 +29,7 @@ INPUTS = (
 OUTPUTS = (TensorSpec("y", "FP32", (-1, 4)),)
 
 
-def _request(**overrides: object) -> dict[str, object]:
+def _request(**overrides: Any) -> dict[str, Any]:
     inputs = {
         "x": {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [5, 6, 7, 8.5]]},
         "ids": {"name": "ids", "shape": [2, 2], "datatype": "INT8", "data": [1, -2, 3, 127]},
@@ -32,13 +39,13 @@ def _request(**overrides: object) -> dict[str, object]:
         if change is None:
             del inputs[name]
         else:
-            inputs[name] = {**inputs[name], **change}  # type: ignore[dict-item]
+            inputs[name] = {**inputs[name], **change}
     return {"id": "req-1", "inputs": list(inputs.values())}
 
 
-def _decode(payload: object, **kwargs: object) -> object:
+def _decode(payload: object, allow_non_finite: bool = False) -> DecodedRequest:
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    return decode_request(body, None, INPUTS, OUTPUTS, **kwargs)  # type: ignore[arg-type]
+    return decode_request(body, None, INPUTS, OUTPUTS, allow_non_finite=allow_non_finite)
 
 
 def test_nested_and_flat_data_decode_to_the_same_arrays() -> None:
@@ -74,10 +81,10 @@ def test_nested_and_flat_data_decode_to_the_same_arrays() -> None:
         (_request(x={"data": None}), "input 'x': has no 'data'"),
         (_request(x=None), "missing input 'x'"),
         (
-            {"inputs": [*_request()["inputs"], {"name": "z", "shape": [1], "datatype": "FP32", "data": [1]}]},  # type: ignore[list-item]
+            {"inputs": [*_request()["inputs"], {"name": "z", "shape": [1], "datatype": "FP32", "data": [1]}]},
             "input 'z' is not an input of the model",
         ),
-        ({"inputs": [*_request()["inputs"], _request()["inputs"][0]]}, "input 'x' is given more than once"),  # type: ignore[index, list-item]
+        ({"inputs": [*_request()["inputs"], _request()["inputs"][0]]}, "input 'x' is given more than once"),
         (
             {**_request(), "outputs": [{"name": "nope"}]},
             "requested output 'nope' is not an output of the model",
@@ -139,7 +146,7 @@ def test_binary_tensor_data_extension() -> None:
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_responses_round_trip(binary: bool) -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "y": np.array([[0.5, -1.0]], dtype=np.float32),
         "half": np.array([1.5], dtype=np.float16),
         "flags": np.array([True, False]),

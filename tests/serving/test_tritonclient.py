@@ -45,7 +45,7 @@ def test_infer_equals_in_process_onnxruntime(
 
 
 def test_every_datatype_through_binary_tensors(datatypes_server: Server, datatypes_dir: Path) -> None:
-    feed = {
+    feed: dict[str, tuple[str, np.ndarray]] = {
         "x": ("FP32", np.array([[1.5, -2, 0, 4], [7, 8, 9, 10]], np.float32)),
         "ids": ("INT64", np.array([[1, -5, 2**40], [0, 0, -1]], np.int64)),
         "flag": ("BOOL", np.array([[True, False], [False, False]])),
