@@ -475,6 +475,16 @@ _USES_STATIC_INT8 = (
 )
 
 
+class ArtifactsSpec(StrictModel):
+    """Where compression Jobs write the variants (must be writable by the Jobs, readable by the servers)."""
+
+    uri: str = Field(
+        max_length=2048,
+        pattern=r"^(pvc|file)://.+$",
+        description="pvc://CLAIM/DIR or file://DIR. Default: a `kondense/` folder beside the base model.",
+    )
+
+
 class CompressedModelSpec(StrictModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -482,11 +492,23 @@ class CompressedModelSpec(StrictModel):
                 f"has(self.data.calibration) || !({_USES_STATIC_INT8})",
                 "static-int8 needs spec.data.calibration",
                 ".data.calibration",
-            )
+            ),
+            cel(
+                "has(self.artifacts) || !self.baseModel.uri.startsWith('http')",
+                "an http(s) base model needs spec.artifacts (where variants are written)",
+                ".artifacts",
+            ),
+            cel(
+                "!has(self.rollout) || !has(self.rollout.analysis) || !has(self.rollout.analysis.accuracyDelta)"
+                " || !has(self.serving) || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'",
+                "live accuracyDelta needs the onnxruntime runtime (its canary shadows the stable model)",
+                ".rollout.analysis.accuracyDelta",
+            ),
         )
     )
 
     baseModel: ModelRef
+    artifacts: ArtifactsSpec | None = None
     task: Task = Field(Task.CLASSIFICATION, description="classification, embedding or regression.")
     data: DataSpec
     targets: list[Target] = Field(
@@ -517,6 +539,22 @@ class CompressedModelSpec(StrictModel):
                 )
             seen.add(target.name)
         return targets
+
+    @model_validator(mode="after")
+    def _artifacts_and_shadow(self) -> CompressedModelSpec:
+        if self.artifacts is None and self.baseModel.uri.startswith("http"):
+            raise ValueError(
+                "artifacts: required when the base model is http(s) (where variants are written)"
+            )
+        if (
+            self.rollout.analysis.accuracyDelta is not None
+            and self.serving.runtime is not Runtime.ONNXRUNTIME
+        ):
+            raise ValueError(
+                "rollout.analysis.accuracyDelta: live accuracy delta needs the onnxruntime runtime "
+                "(its canary shadows the stable model)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _calibration_present(self) -> CompressedModelSpec:
@@ -616,10 +654,19 @@ class Condition(StatusModel):
     observedGeneration: int | None = None
 
 
+class SpecHashes(StatusModel):
+    """What the current variants and topology were built from: a spec change restarts from the
+    earliest stage whose inputs changed."""
+
+    compression: str | None = None
+    rollout: str | None = None
+
+
 class CompressedModelStatus(StatusModel):
     phase: Phase = Phase.PENDING
     observedGeneration: int | None = None
     message: str | None = None
+    hashes: SpecHashes = Field(default_factory=SpecHashes)
     variants: list[VariantStatus] = Field(default_factory=list)
     selectedVariant: str | None = None
     ladder: list[str] = Field(default_factory=list, description="Variants still to try, best first.")
