@@ -1,0 +1,210 @@
+"""``kondense-compress``: the entrypoint of a compression Job.
+
+Reads one target (JSON, as in the CR) and model/data URIs, writes ``model.onnx`` + ``manifest.json``
+to the output, and a compact ``JobResult`` (< 4 KiB) to the termination log, which the operator reads
+from the pod status.
+
+Exit codes: 0 ok, 1 other failure, 2 bad input, 3 accuracy budget not met (artifact written, gate
+failed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kondense.api.artifacts import MODEL_FILE, TERMINATION_LOG_LIMIT, JobResult
+from kondense.api.techniques import Task
+from kondense.compression.errors import BadInputError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_BUDGET_NOT_MET = 0, 1, 2, 3
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+REASON_EXIT = {
+    "Succeeded": EXIT_OK,
+    "Error": EXIT_ERROR,
+    "BadInput": EXIT_BAD_INPUT,
+    "BudgetNotMet": EXIT_BUDGET_NOT_MET,
+}
+
+
+def read_target_argument(text: str) -> dict[str, Any]:
+    """``--target``: inline JSON, or ``@path`` to a JSON (or YAML) file."""
+    where = "--target"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BadInputError(where, f"cannot read target file: {exc.strerror or exc}") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise BadInputError(where, f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BadInputError(where, "the target must be a JSON object")
+    return value
+
+
+def termination_message(result: JobResult, limit: int = TERMINATION_LOG_LIMIT) -> str:
+    """Compact JSON under ``limit`` bytes; the free-text message is shortened first if needed."""
+    text = result.model_dump_json(exclude_none=True)
+    if len(text.encode()) < limit:
+        return text
+    overflow = len(text.encode()) - limit + 16
+    message = (result.message or "")[: max(0, len(result.message or "") - overflow)] + "…"
+    text = result.model_copy(update={"message": message}).model_dump_json(exclude_none=True)
+    if len(text.encode()) >= limit:  # pathological: drop everything optional
+        text = JobResult(name=result.name[:63], ok=result.ok, reason=result.reason).model_dump_json()
+    return text
+
+
+def write_termination_log(path: str, result: JobResult) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(termination_message(result))
+    except OSError as exc:
+        print(f"warning: cannot write termination log {path}: {exc}", file=sys.stderr)
+
+
+def run_job(
+    target_text: str,
+    model_uri: str,
+    eval_uri: str,
+    output: str,
+    *,
+    calibration_uri: str | None = None,
+    train_uri: str | None = None,
+    task: str = Task.CLASSIFICATION.value,
+    max_accuracy_delta: float | None = None,
+    pvc_root: Path | None = None,
+    threads: int = 1,
+    latency_runs: int = 200,
+) -> JobResult:
+    """Do the Job's work; every failure becomes a JobResult instead of an exception."""
+    from kondense.compression.pipeline import DataFiles, compress_model, parse_target
+    from kondense.compression.uris import UriResolver
+
+    name = "unknown"
+    try:
+        raw = read_target_argument(target_text)
+        name = str(raw.get("name") or name)[:63]
+        spec = parse_target(raw)
+        try:
+            task_value = Task(task)
+        except ValueError:
+            raise BadInputError(
+                "--task", f"unknown task {task!r}; known: {[t.value for t in Task]}"
+            ) from None
+        with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
+            resolver = UriResolver(download_dir=Path(downloads))
+            if pvc_root is not None:
+                resolver = UriResolver(pvc_root=pvc_root, download_dir=Path(downloads))
+            output_dir = resolver.local_path(output, "--output")
+            model = resolver.fetch(model_uri, "--model")
+            uris = {"evaluation": eval_uri}
+            data = DataFiles(evaluation=resolver.fetch(eval_uri, "--eval"), uris=uris)
+            if calibration_uri:
+                data.calibration = resolver.fetch(calibration_uri, "--calibration")
+                uris["calibration"] = calibration_uri
+            if train_uri:
+                data.train = resolver.fetch(train_uri, "--train")
+                uris["train"] = train_uri
+            output_uri = output if "://" in output else output_dir.resolve().as_uri()
+            manifest = compress_model(
+                model,
+                spec,
+                data,
+                output_dir,
+                task=task_value,
+                max_accuracy_delta=max_accuracy_delta,
+                model_uri=model_uri,
+                output_uri=f"{output_uri.rstrip('/')}/{MODEL_FILE}",
+                threads=threads,
+                latency_runs=latency_runs,
+            )
+    except BadInputError as exc:
+        return JobResult(name=name, ok=False, reason="BadInput", message=str(exc))
+    except Exception as exc:
+        return JobResult(name=name, ok=False, reason="Error", message=f"{type(exc).__name__}: {exc}")
+
+    metrics, gate = manifest.metrics, manifest.gate
+    passed = gate is None or gate.passed
+    budget = gate.maxAccuracyDelta if gate else None
+    summary = f"sizeRatio {metrics.sizeRatio:.4f}, accuracyDelta {metrics.accuracyDelta:.5f}" + (
+        f" (budget {budget})" if budget is not None else ""
+    )
+    if not passed:
+        summary = f"accuracy budget not met: {summary}; best of {len(manifest.trials)} trial(s) kept"
+    return JobResult(
+        name=manifest.name,
+        ok=passed,
+        reason="Succeeded" if passed else "BudgetNotMet",
+        message=summary,
+        artifact=manifest.artifact,
+        metrics=metrics,
+        technique=spec.technique_label,
+        trials=len(manifest.trials),
+    )
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+
+@app.command()
+def compress_job(
+    target: Annotated[str, typer.Option(help="Target as JSON (as in the CR), or @file.")],
+    model: Annotated[str, typer.Option(help="Base model URI: file://, pvc://claim/path, http(s)://.")],
+    eval: Annotated[str, typer.Option("--eval", help="Evaluation data (.npz) URI.")],
+    output: Annotated[str, typer.Option(help="Output directory (path, file:// or pvc:// URI).")],
+    calibration: Annotated[str | None, typer.Option(help="Calibration data (.npz) URI.")] = None,
+    train: Annotated[str | None, typer.Option(help="Training data URI (default: calibration).")] = None,
+    task: Annotated[str, typer.Option(help="classification | embedding | regression.")] = "classification",
+    max_accuracy_delta: Annotated[
+        float | None, typer.Option(help="Budget unless the target sets its own.")
+    ] = None,
+    termination_log: Annotated[
+        str, typer.Option(help="Where the JobResult JSON goes.")
+    ] = DEFAULT_TERMINATION_LOG,
+    pvc_root: Annotated[
+        Path | None, typer.Option(envvar="KONDENSE_PVC_ROOT", help="Where pvc://<claim>/ is mounted.")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, max=64, help="ORT threads for latency measurement.")] = 1,
+    latency_runs: Annotated[int, typer.Option(min=10, max=100000, help="Timed runs per model.")] = 200,
+) -> None:
+    result = run_job(
+        target,
+        model,
+        eval,
+        output,
+        calibration_uri=calibration,
+        train_uri=train,
+        task=task,
+        max_accuracy_delta=max_accuracy_delta,
+        pvc_root=pvc_root,
+        threads=threads,
+        latency_runs=latency_runs,
+    )
+    write_termination_log(termination_log, result)
+    print(termination_message(result))
+    if not result.ok:
+        print(f"{result.reason}: {result.message}", file=sys.stderr)
+    raise typer.Exit(REASON_EXIT[result.reason])
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

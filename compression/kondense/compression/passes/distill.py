@@ -1,0 +1,112 @@
+"""Knowledge distillation into a smaller student; the teacher is the base model run in ONNX Runtime.
+
+Students:
+* ``hiddenSizes``: an MLP over the flattened input (single float input models).
+* ``widthMultiplier`` (default 0.5 when nothing is given): the teacher's own architecture with only
+  that fraction of channels/neurons per layer, initialised from the teacher's largest-magnitude
+  channels (torch-pruning), then trained on the teacher's outputs.
+* ``keepLayers`` (transformers): not implemented for ONNX graphs yet; refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kondense.api.techniques import DistillParams, Task, Technique
+from kondense.compression.errors import BadInputError, UnsupportedModelError
+from kondense.compression.passes import Pass, PassContext, PassResult, register
+
+DEFAULT_WIDTH = 0.5
+
+
+def mlp_student(input_shape: tuple[int, ...], output_shape: tuple[int, ...], hidden: list[int]) -> Any:
+    import torch
+    from torch import nn
+
+    class MlpStudent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            sizes = [int(np.prod(input_shape)), *hidden, int(np.prod(output_shape))]
+            layers: list[nn.Module] = []
+            for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+                layers.append(nn.Linear(a, b))
+                if i < len(sizes) - 2:
+                    layers.append(nn.ReLU())
+            self.net = nn.Sequential(*layers)
+            self.output_shape = output_shape
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.flatten(1)).reshape(-1, *self.output_shape)
+
+    return MlpStudent()
+
+
+@register
+class DistillPass(Pass):
+    technique: ClassVar[Technique] = Technique.DISTILL
+    params: DistillParams
+
+    def run(self, source: Path, destination: Path, context: PassContext) -> PassResult:
+        import torch
+
+        from kondense.compression.model_files import load_model, signature_of
+        from kondense.compression.onnx_torch import export_onnx, to_torch
+        from kondense.compression.passes.prune import shrink_channels
+        from kondense.compression.training import TrainingSettings, teacher_outputs, train_against_teacher
+
+        p = self.params
+        if context.train is None:
+            raise BadInputError("train", "distillation needs training (or calibration) data")
+        chosen = [k for k in ("hiddenSizes", "widthMultiplier", "keepLayers") if getattr(p, k) is not None]
+        if len(chosen) > 1:
+            raise BadInputError("params", f"give at most one student shape, got {chosen}")
+        if p.keepLayers is not None:
+            raise UnsupportedModelError(
+                str(source), "keepLayers (transformer layer selection) is not supported for ONNX graphs yet"
+            )
+        train = context.train
+        teacher = teacher_outputs(context.reference.base_path, train, context.threads)
+        signature = signature_of(load_model(source, with_weights=False))
+        example_np = {name: array[:2] for name, array in train.inputs.items()}
+        details: dict[str, Any] = {
+            "teacher": "base model (ONNX Runtime)",
+            "temperature": p.temperature,
+            "alpha": p.alpha,
+        }
+
+        if p.hiddenSizes is not None:
+            if len(signature.inputs) != 1 or signature.inputs[0].dtype.kind != "f":
+                raise UnsupportedModelError(str(source), "an MLP student needs a model with one float input")
+            sample_shape = train.inputs[signature.inputs[0].name].shape[1:]
+            student = mlp_student(sample_shape, teacher.shape[1:], p.hiddenSizes)
+            details["student"] = {"kind": "mlp", "hiddenSizes": p.hiddenSizes}
+        else:
+            width = p.widthMultiplier if p.widthMultiplier is not None else DEFAULT_WIDTH
+            student, signature = to_torch(source)
+            example = tuple(torch.from_numpy(example_np[s.name]) for s in signature.inputs)
+            details["student"] = {"kind": "teacher architecture", "widthMultiplier": width}
+            if width < 1:
+                details["student"].update(shrink_channels(student, example, 1 - width, str(source)))
+        details["studentParameters"] = sum(q.numel() for q in student.parameters())
+
+        alpha = p.alpha if (train.labels is not None and context.task is not Task.EMBEDDING) else 0.0
+        if alpha != p.alpha:
+            details["note"] = "no usable labels in the training data: trained on the teacher's outputs only"
+        settings = TrainingSettings(p.epochs, p.learningRate, p.batchSize, p.temperature, alpha)
+        losses = train_against_teacher(
+            student,
+            signature,
+            train,
+            teacher,
+            context.task,
+            settings,
+            context.progress,
+            "distill: training student",
+        )
+        details["loss"] = [round(v, 6) for v in losses[:: max(1, len(losses) // 10)]]
+        export_onnx(student, signature, example_np, destination)
+        return PassResult(details)

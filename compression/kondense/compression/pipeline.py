@@ -1,0 +1,318 @@
+"""Run a target (one technique or a chain of steps) on a base ONNX model and write the variant.
+
+``compress_model`` is the public entry point used by the CLI, the Job and the operator's demo. The
+output directory receives ``model.onnx`` and ``manifest.json`` all at once (staged next to it, then
+renamed), so a failed or interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from kondense.api.artifacts import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ArtifactRef,
+    Gate,
+    Manifest,
+    ManifestStep,
+    Trial,
+    sha256_file,
+)
+from kondense.api.techniques import Task, Technique, params_for
+from kondense.compression.data import Dataset, load_for_model
+from kondense.compression.errors import BadInputError
+from kondense.compression.evaluation import Reference, evaluate_variant
+from kondense.compression.model_files import load_model, open_session, signature_of
+from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
+
+TOOL_PACKAGES = ("onnx", "onnxruntime", "numpy", "torch", "torch-pruning", "onnxconverter-common")
+TARGET_NAME_MAX = 63
+
+
+@dataclass(frozen=True)
+class Step:
+    technique: Technique
+    params: dict[str, Any]  # validated and with defaults filled in
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    steps: tuple[Step, ...]
+    max_accuracy_delta: float | None = None
+
+    @property
+    def technique_label(self) -> str:
+        return "+".join(step.technique.value for step in self.steps)
+
+
+def parse_target(raw: Mapping[str, Any], where: str = "target") -> TargetSpec:
+    """Validate a target exactly as written in the CR (``technique``+``params`` or ``steps``)."""
+    if not isinstance(raw, Mapping):
+        raise BadInputError(where, f"must be an object, got {type(raw).__name__}")
+    allowed = {"name", "technique", "params", "steps", "maxAccuracyDelta"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise BadInputError(where, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or len(name) > TARGET_NAME_MAX:
+        raise BadInputError(
+            f"{where}.name", f"must be a non-empty string of at most {TARGET_NAME_MAX} characters"
+        )
+    if ("technique" in raw) == ("steps" in raw):
+        raise BadInputError(where, "give exactly one of 'technique' (with optional 'params') or 'steps'")
+    if "steps" in raw:
+        if "params" in raw:
+            raise BadInputError(f"{where}.params", "params belong inside each step when 'steps' is used")
+        raw_steps = raw["steps"]
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise BadInputError(f"{where}.steps", "must be a non-empty list")
+        items = [(f"{where}.steps[{i}]", s) for i, s in enumerate(raw_steps)]
+    else:
+        items = [(where, {"technique": raw["technique"], "params": raw.get("params")})]
+    steps = []
+    for item_where, item in items:
+        if not isinstance(item, Mapping) or set(item) - {"technique", "params"}:
+            raise BadInputError(item_where, "each step is an object with 'technique' and optional 'params'")
+        technique = item.get("technique")
+        try:
+            tech = Technique(str(technique))
+        except ValueError:
+            raise BadInputError(
+                f"{item_where}.technique",
+                f"unknown technique {technique!r}; known: {[t.value for t in Technique]}",
+            ) from None
+        params = item.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise BadInputError(f"{item_where}.params", "must be an object")
+        try:
+            validated = params_for(tech, dict(params))
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise BadInputError(f"{item_where}.params", problems) from None
+        steps.append(Step(tech, validated.model_dump(mode="json")))
+    budget = raw.get("maxAccuracyDelta")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0):
+        raise BadInputError(f"{where}.maxAccuracyDelta", f"must be a number >= 0, got {budget!r}")
+    return TargetSpec(name, tuple(steps), None if budget is None else float(budget))
+
+
+@dataclass
+class DataFiles:
+    """Paths of the data sets (already local). ``train`` defaults to ``calibration``."""
+
+    evaluation: Path
+    calibration: Path | None = None
+    train: Path | None = None
+    uris: dict[str, str] = field(default_factory=dict)  # as given by the user, for the manifest
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("kondense", *TOOL_PACKAGES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _needs(steps: tuple[Step, ...]) -> tuple[bool, bool]:
+    """(needs calibration data, needs training data)."""
+    calibration = any(s.technique is Technique.STATIC_INT8 for s in steps)
+    train = any(
+        s.technique is Technique.DISTILL
+        or (s.technique in (Technique.PRUNE, Technique.LOW_RANK) and s.params.get("fineTuneEpochs", 0) > 0)
+        for s in steps
+    )
+    return calibration, train
+
+
+def install_output(stage: Path, output_dir: Path) -> None:
+    """Move the staged files into ``output_dir``; the manifest goes last so its presence means done."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BadInputError(str(output_dir), "output exists and is not a directory")
+    if output_dir.is_dir():
+        leftovers = sorted(p.name for p in output_dir.iterdir() if p.name not in (MODEL_FILE, MANIFEST_FILE))
+        if leftovers:
+            raise BadInputError(
+                str(output_dir), f"output directory holds other files {leftovers[:5]}; refusing to mix"
+            )
+        if not any(output_dir.iterdir()):
+            output_dir.rmdir()
+    if not output_dir.exists():
+        os.replace(stage, output_dir)  # one atomic rename of the whole directory
+        return
+    (output_dir / MANIFEST_FILE).unlink(missing_ok=True)  # an old manifest must never describe the new model
+    os.replace(stage / MODEL_FILE, output_dir / MODEL_FILE)
+    os.replace(stage / MANIFEST_FILE, output_dir / MANIFEST_FILE)
+
+
+def compress_model(
+    model_path: str | Path,
+    target: TargetSpec | Mapping[str, Any],
+    data: DataFiles,
+    output_dir: str | Path,
+    *,
+    task: Task | str = Task.CLASSIFICATION,
+    max_accuracy_delta: float | None = None,
+    model_uri: str | None = None,
+    output_uri: str | None = None,
+    threads: int = 1,
+    latency_runs: int = 200,
+    progress: ProgressReporter | None = None,
+) -> Manifest:
+    """Compress ``model_path`` as ``target`` says, evaluate against the base, write the output.
+
+    The budget is the target's own ``maxAccuracyDelta`` if set, else ``max_accuracy_delta``. The
+    returned manifest's ``gate.passed`` says whether the variant is within it; the artifact is
+    written either way.
+    """
+    spec = target if isinstance(target, TargetSpec) else parse_target(target)
+    task = Task(task)
+    budget = spec.max_accuracy_delta if spec.max_accuracy_delta is not None else max_accuracy_delta
+    progress = progress or SilentProgress()
+    model_path, output_dir = Path(model_path), Path(output_dir)
+
+    base_model = load_model(model_path)
+    signature = signature_of(base_model)
+    del base_model
+    open_session(model_path, threads=threads)  # fail early if ORT cannot run the base at all
+    needs_calibration, needs_train = _needs(spec.steps)
+    evaluation = load_for_model(data.evaluation, signature)
+    calibration = load_for_model(data.calibration, signature) if data.calibration else None
+    train = load_for_model(data.train, signature) if data.train else calibration
+    if needs_calibration and calibration is None:
+        raise BadInputError(
+            "calibration", f"target {spec.name!r} uses static-int8, which needs calibration data"
+        )
+    if needs_train and train is None:
+        raise BadInputError(
+            "train", f"target {spec.name!r} trains a model and needs training (or calibration) data"
+        )
+    if task is Task.CLASSIFICATION and evaluation.labels is not None:
+        out_shape = signature.outputs[0].shape
+        classes = out_shape[-1] if out_shape else None
+        if evaluation.labels.dtype.kind not in "iu" or (classes and int(evaluation.labels.max()) >= classes):
+            raise BadInputError(
+                f"{evaluation.source}[labels]",
+                f"must be integer class indices below {classes} for classification",
+            )
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    workspace = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        work, stage = workspace / "work", workspace / "stage"
+        work.mkdir()
+        stage.mkdir()
+        reference = Reference.compute(model_path, evaluation, task, threads=threads)
+        manifest = _run_steps(
+            spec,
+            model_path,
+            reference,
+            calibration,
+            train,
+            work,
+            stage,
+            task,
+            budget,
+            threads,
+            latency_runs,
+            progress,
+        )
+        manifest.base = ArtifactRef(
+            uri=model_uri or model_path.resolve().as_uri(),
+            sha256=sha256_file(model_path),
+            sizeBytes=model_path.stat().st_size,
+        )
+        manifest.data = {  # type: ignore[attr-defined]  # provenance of the data, extra field
+            role: {"uri": data.uris.get(role, Path(path).resolve().as_uri()), "sha256": sha256_file(path)}
+            for role, path in (
+                ("evaluation", data.evaluation),
+                ("calibration", data.calibration),
+                ("train", data.train),
+            )
+            if path is not None
+        }
+        manifest.artifact.uri = output_uri
+        (stage / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
+        install_output(stage, output_dir)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    return manifest
+
+
+def _run_steps(
+    spec: TargetSpec,
+    model_path: Path,
+    reference: Reference,
+    calibration: Dataset | None,
+    train: Dataset | None,
+    work: Path,
+    stage: Path,
+    task: Task,
+    budget: float | None,
+    threads: int,
+    latency_runs: int,
+    progress: ProgressReporter,
+) -> Manifest:
+    current = model_path
+    steps: list[ManifestStep] = []
+    trials: list[Trial] = []
+    for index, step in enumerate(spec.steps):
+        step_dir = work / f"step-{index}"
+        step_dir.mkdir()
+        destination = step_dir / "out.onnx"
+        context = PassContext(
+            task=task,
+            calibration=calibration,
+            train=train,
+            reference=reference,
+            work_dir=step_dir,
+            max_accuracy_delta=budget,
+            is_last_step=index == len(spec.steps) - 1,
+            threads=threads,
+            progress=progress,
+        )
+        result = pass_for(step.technique, step.params).run(current, destination, context)
+        if not destination.is_file():
+            raise RuntimeError(f"pass {step.technique} wrote no model")
+        for trial in result.trials:
+            trial.step = index  # type: ignore[attr-defined]  # extra field: which step tried it
+        trials.extend(result.trials)
+        steps.append(ManifestStep(technique=step.technique, params=step.params, details=result.details))
+        current = destination
+
+    final = stage / MODEL_FILE
+    shutil.move(current, final)
+    progress.start("evaluating variant against base (interleaved)", total=None)
+    metrics, details = evaluate_variant(reference, final, latency_runs=latency_runs, threads=threads)
+    progress.finish()
+    passed = budget is None or (metrics.accuracyDelta is not None and metrics.accuracyDelta <= budget)
+    manifest = Manifest(
+        name=spec.name,
+        task=task,
+        base=ArtifactRef(sha256="0" * 64, sizeBytes=0),  # filled in by the caller
+        artifact=ArtifactRef(sha256=sha256_file(final), sizeBytes=final.stat().st_size),
+        steps=steps,
+        tools=tool_versions(),
+        metrics=metrics,
+        trials=trials,
+        gate=Gate(maxAccuracyDelta=budget, passed=passed),
+        createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    manifest.evaluation = details  # type: ignore[attr-defined]  # extra field
+    return manifest

@@ -1,0 +1,110 @@
+"""Compare variants from their manifests: a table and a Pareto plot (size vs accuracy delta,
+latency as marker size)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+
+from kondense.api.artifacts import MANIFEST_FILE, Manifest
+from kondense.compression.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    directory: str
+    name: str
+    technique: str
+    size_ratio: float
+    accuracy_delta: float
+    p50_ms: float
+    base_p50_ms: float
+    p99_ms: float
+    gate: str
+
+    @property
+    def size_reduction(self) -> float:
+        return 1.0 / self.size_ratio if self.size_ratio else float("inf")
+
+    @property
+    def speedup(self) -> float:
+        return self.base_p50_ms / self.p50_ms if self.p50_ms else float("inf")
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = directory / MANIFEST_FILE if directory.is_dir() else directory
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise BadInputError(str(path), f"cannot read manifest: {exc.strerror or exc}") from exc
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadInputError(
+            str(path), f"not a kondense manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from exc
+
+
+def row_of(directory: Path, manifest: Manifest) -> VariantRow:
+    m = manifest.metrics
+    if m.sizeRatio is None or m.accuracyDelta is None or m.p50Ms is None:
+        raise BadInputError(str(directory), "manifest has no evaluation metrics")
+    gate = "-" if manifest.gate is None else ("pass" if manifest.gate.passed else "FAIL")
+    return VariantRow(
+        directory=str(directory),
+        name=manifest.name,
+        technique="+".join(step.technique.value for step in manifest.steps),
+        size_ratio=m.sizeRatio,
+        accuracy_delta=m.accuracyDelta,
+        p50_ms=m.p50Ms,
+        base_p50_ms=m.baseP50Ms or m.p50Ms,
+        p99_ms=m.p99Ms or m.p50Ms,
+        gate=gate,
+    )
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (size, delta), both minimised."""
+    front = []
+    for i, (s, d) in enumerate(points):
+        dominated = any(
+            (s2 <= s and d2 <= d) and (s2 < s or d2 < d) for j, (s2, d2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_pareto(rows: list[VariantRow], path: Path, title: str = "kondense variants") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    slowest = max(r.p50_ms for r in rows)
+    front = set(pareto_front([(r.size_ratio, r.accuracy_delta) for r in rows]))
+    for i, r in enumerate(rows):
+        ax.scatter(
+            r.size_ratio,
+            r.accuracy_delta * 100,
+            s=60 + 600 * r.p50_ms / slowest,
+            alpha=0.6,
+            edgecolors="black" if i in front else "none",
+            linewidths=1.5,
+        )
+        ax.annotate(f"{r.name}\n{r.p50_ms:.3g} ms", (r.size_ratio, r.accuracy_delta * 100), fontsize=7,
+                    xytext=(6, 4), textcoords="offset points")  # fmt: skip
+    ordered = sorted(front, key=lambda i: rows[i].size_ratio)
+    ax.plot(
+        [rows[i].size_ratio for i in ordered], [rows[i].accuracy_delta * 100 for i in ordered], "k--", lw=0.8
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("size ratio (variant bytes / base bytes, log)")
+    ax.set_ylabel("accuracy delta (points, lower is better)")
+    ax.set_title(f"{title} — marker size: p50 latency; outlined: Pareto front")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""Training against a teacher: the shared loop of recovery fine-tunes and distillation.
+
+The teacher is the base ONNX model run in ONNX Runtime (its outputs are computed once per data
+set). The loss depends on the task: temperature-scaled KL for classification (plus an optional
+label term weighted by ``alpha``), MSE for embeddings and regression (plus cosine for embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kondense.api.techniques import Task
+from kondense.compression.data import Dataset
+from kondense.compression.errors import BadInputError
+from kondense.compression.evaluation import model_outputs
+from kondense.compression.model_files import ModelSignature
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    temperature: float = 4.0
+    alpha: float = 0.0  # weight of the label loss (classification with labels only)
+    seed: int = 0
+
+
+def distillation_loss(
+    task: Task, student: Any, teacher: Any, labels: Any, temperature: float, alpha: float
+) -> Any:
+    import torch
+    from torch.nn import functional
+
+    if task is Task.CLASSIFICATION:
+        t = temperature
+        soft = functional.kl_div(
+            functional.log_softmax(student / t, dim=-1), functional.log_softmax(teacher / t, dim=-1),
+            log_target=True, reduction="batchmean",
+        ) * (t * t)  # fmt: skip
+        if labels is None or alpha == 0:
+            return soft
+        return (1 - alpha) * soft + alpha * functional.cross_entropy(student, labels)
+    mse = functional.mse_loss(student, teacher)
+    if task is Task.EMBEDDING:
+        flat_s, flat_t = student.reshape(len(student), -1), teacher.reshape(len(teacher), -1)
+        return mse + (1 - functional.cosine_similarity(flat_s, flat_t, dim=1)).mean()
+    return mse + (
+        0 if labels is None or alpha == 0 else alpha * functional.mse_loss(student, labels.to(torch.float32))
+    )
+
+
+def teacher_outputs(teacher_path: Path, dataset: Dataset, threads: int) -> np.ndarray:
+    return model_outputs(teacher_path, dataset, threads=threads)
+
+
+def train_against_teacher(
+    module: Any,
+    signature: ModelSignature,
+    dataset: Dataset,
+    teacher: np.ndarray,
+    task: Task,
+    settings: TrainingSettings,
+    progress: Any,
+    description: str,
+    regularizer: Any = None,
+) -> list[float]:
+    """Train ``module`` in place; returns the mean loss of each epoch."""
+    import torch
+
+    if settings.epochs == 0:
+        return []
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    inputs = [torch.from_numpy(np.ascontiguousarray(dataset.inputs[s.name])) for s in signature.inputs]
+    target = torch.from_numpy(teacher.astype(np.float32))
+    labels = None
+    if dataset.labels is not None and settings.alpha > 0:
+        if task is Task.CLASSIFICATION and dataset.labels.dtype.kind not in "iu":
+            raise BadInputError(f"{dataset.source}[labels]", "classification labels must be integers")
+        labels = torch.from_numpy(
+            dataset.labels.astype(np.int64 if task is Task.CLASSIFICATION else np.float32)
+        )
+    optimizer = torch.optim.Adam(
+        [p for p in module.parameters() if p.requires_grad], lr=settings.learning_rate
+    )
+    steps_per_epoch = (len(dataset) + settings.batch_size - 1) // settings.batch_size
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
+    history = []
+    progress.start(description, total=settings.epochs)
+    module.train()
+    for _ in range(settings.epochs):
+        total = 0.0
+        for idx in torch.randperm(len(dataset), generator=generator).split(settings.batch_size):
+            optimizer.zero_grad()
+            output = module(*[x[idx] for x in inputs])
+            if isinstance(output, tuple):
+                output = output[0]
+            loss = distillation_loss(
+                task,
+                output,
+                target[idx],
+                None if labels is None else labels[idx],
+                settings.temperature,
+                settings.alpha,
+            )
+            if regularizer is not None:
+                loss = loss + regularizer()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / len(dataset))
+        progress.advance()
+    module.eval()
+    progress.finish()
+    return history
