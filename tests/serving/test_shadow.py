@@ -1,0 +1,174 @@
+"""Shadow agreement: comparison rules in process, then a real canary shadowing a real stable server."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from kondense.api.artifacts import MODEL_FILE
+from kondense.api.techniques import Task
+from kondense.serving.shadow import compare_outputs
+
+from .conftest import Digits, Server, free_port, running_server
+
+THRESHOLDS = {"cosine_threshold": 0.99, "rel_error_threshold": 0.05}
+
+
+def test_classification_compares_top1_per_sample() -> None:
+    canary = {"logits": np.array([[0.1, 0.9], [0.8, 0.2], [0.4, 0.6]], np.float32)}
+    stable = {"logits": np.array([[0.2, 0.7], [0.1, 0.9], [0.0, 5.0]], np.float32)}
+    result = compare_outputs(Task.CLASSIFICATION, canary, stable, **THRESHOLDS)
+    assert (result.agree, result.disagree, result.scores) == (2, 1, None)
+    labels = compare_outputs(
+        Task.CLASSIFICATION, {"label": np.array([1, 2, 3])}, {"label": np.array([1, 0, 3])}, **THRESHOLDS
+    )
+    assert (labels.agree, labels.disagree) == (2, 1)
+
+
+def test_embedding_compares_cosine_against_the_threshold() -> None:
+    stable = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    canary = np.array([[2.0, 0.01], [0.0, 1.0], [0.0, 0.0]], np.float32)
+    result = compare_outputs(Task.EMBEDDING, {"e": canary}, {"e": stable}, **THRESHOLDS)
+    assert (result.agree, result.disagree) == (2, 1)
+    assert result.scores is not None
+    np.testing.assert_allclose(result.scores, [2 / np.hypot(2, 0.01), 0.0, 1.0])
+
+
+def test_regression_compares_relative_error() -> None:
+    stable = np.array([[10.0], [10.0], [0.0]], np.float32)
+    canary = np.array([[10.4], [12.0], [0.0]], np.float32)
+    result = compare_outputs(Task.REGRESSION, {"y": canary}, {"y": stable}, **THRESHOLDS)
+    assert (result.agree, result.disagree) == (2, 1)
+    assert result.scores is not None
+    np.testing.assert_allclose(result.scores, [0.04, 0.2, 0.0], rtol=1e-5)
+
+
+def test_different_shapes_disagree_on_every_sample() -> None:
+    result = compare_outputs(
+        Task.CLASSIFICATION, {"y": np.zeros((4, 10))}, {"y": np.zeros((4, 9))}, **THRESHOLDS
+    )
+    assert (result.agree, result.disagree) == (0, 4)
+
+
+def _shadow_counts(server: Server) -> dict[str, float]:
+    text = server.metrics()
+    counts = {}
+    for result in ("agree", "disagree", "error"):
+        pattern = (
+            rf'^kondense_shadow_comparisons_total{{model="digits",result="{result}",variant="canary"}} (\S+)$'
+        )
+        match = re.search(pattern, text, re.MULTILINE)
+        assert match, f"no {result} series in /metrics"
+        counts[result] = float(match.group(1))
+    return counts
+
+
+def _wait_for_total(server: Server, total: float, timeout: float = 30) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _shadow_counts(server)
+        if sum(counts.values()) >= total or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
+def _send_batches(server: Server, inputs: np.ndarray, rows: int) -> list[httpx.Response]:
+    responses = []
+    with httpx.Client(timeout=10) as client:
+        for start in range(0, len(inputs), rows):
+            batch = inputs[start : start + rows]
+            tensor = {
+                "name": "input",
+                "shape": list(batch.shape),
+                "datatype": "FP32",
+                "data": batch.ravel().tolist(),
+            }
+            responses.append(client.post(server.infer_url, json={"inputs": [tensor]}))
+    return responses
+
+
+@pytest.mark.parametrize("task", ["classification", "embedding"])
+def test_identical_canary_agrees_on_every_sample(digits_server: Server, digits: Digits, task: str) -> None:
+    args = ["--variant", "canary", "--shadow-of", digits_server.url, "--task", task]
+    with running_server(digits.directory, "digits", *args) as canary:
+        responses = _send_batches(canary, digits.inputs[:60], rows=4)
+        assert all(response.status_code == 200 for response in responses)
+        counts = _wait_for_total(canary, 60)
+        assert counts == {"agree": 60, "disagree": 0, "error": 0}
+        scores = re.search(
+            r'^kondense_shadow_score_count{model="digits",variant="canary"} (\S+)$', canary.metrics(), re.M
+        )
+        assert scores and float(scores.group(1)) == (60 if task == "embedding" else 0)
+
+
+def test_retrained_canary_disagreements_match_offline_agreement(
+    digits_server: Server, digits: Digits, digits_retrained: object
+) -> None:
+    inputs = digits.inputs[:200]
+    canary_session = ort.InferenceSession(
+        str(digits_retrained / MODEL_FILE), providers=["CPUExecutionProvider"]
+    )  # type: ignore[operator]
+    offline_agree = int(
+        np.sum(
+            np.argmax(canary_session.run(None, {"input": inputs})[0], 1)
+            == np.argmax(digits.reference(inputs), 1)
+        )
+    )
+    assert 0 < offline_agree < 200, (
+        "the two models should disagree on some digits for this test to mean anything"
+    )
+    args = ["--variant", "canary", "--shadow-of", digits_server.url]  # task from the manifest
+    with running_server(digits_retrained, "digits", *args) as canary:  # type: ignore[arg-type]
+        _send_batches(canary, inputs, rows=8)
+        counts = _wait_for_total(canary, 200)
+    assert counts == {"agree": offline_agree, "disagree": 200 - offline_agree, "error": 0}
+
+
+def test_stable_down_counts_errors_and_clients_never_notice(digits: Digits) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    args = ["--variant", "canary", "--shadow-of", nowhere, "--shadow-sample", "1"]
+    with running_server(digits.directory, "digits", *args) as canary:
+        responses = _send_batches(canary, digits.inputs[:20], rows=1)
+        assert [response.status_code for response in responses] == [200] * 20
+        counts = _wait_for_total(canary, 20)
+    assert counts == {"agree": 0, "disagree": 0, "error": 20}
+
+
+def test_slow_stable_fills_the_bounded_queue_without_delaying_clients(digits: Digits) -> None:
+    stable_delay_s = 5.0
+    with running_server(
+        digits.directory, "digits", "--inject-latency-ms", str(stable_delay_s * 1000)
+    ) as slow_stable:
+        args = ["--variant", "canary", "--shadow-of", slow_stable.url, "--shadow-timeout-ms", "20000"]
+        with running_server(digits.directory, "digits", *args) as canary:
+            body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+            def client_loop(requests: int) -> list[tuple[int, float]]:
+                results = []
+                with httpx.Client(timeout=30) as client:
+                    for _ in range(requests):
+                        started = time.monotonic()
+                        code = client.post(canary.infer_url, json=body).status_code
+                        results.append((code, time.monotonic() - started))
+                return results
+
+            with ThreadPoolExecutor(4) as pool:
+                results = [item for chunk in pool.map(client_loop, [75] * 4) for item in chunk]
+            assert [code for code, _ in results] == [200] * 300
+            # Had any answer waited for the stable server it would have taken >= 5 s.
+            assert max(seconds for _, seconds in results) < stable_delay_s / 2
+            counts = _shadow_counts(canary)
+            metrics = canary.metrics()
+            depth = re.search(
+                r'^kondense_shadow_queue_depth{model="digits",variant="canary"} (\S+)$', metrics, re.M
+            )
+            assert depth and float(depth.group(1)) <= 128
+            # 4 in flight + at most 128 queued; the rest were dropped and counted at once
+            assert counts["error"] >= 300 - 128 - 4
+            assert counts["agree"] + counts["disagree"] == 0
