@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -108,12 +109,12 @@ def test_identical_canary_agrees_on_every_sample(digits_server: Server, digits: 
 
 
 def test_retrained_canary_disagreements_match_offline_agreement(
-    digits_server: Server, digits: Digits, digits_retrained: object
+    digits_server: Server, digits: Digits, digits_retrained: Path
 ) -> None:
     inputs = digits.inputs[:200]
     canary_session = ort.InferenceSession(
         str(digits_retrained / MODEL_FILE), providers=["CPUExecutionProvider"]
-    )  # type: ignore[operator]
+    )
     offline_agree = int(
         np.sum(
             np.argmax(canary_session.run(None, {"input": inputs})[0], 1)
@@ -124,7 +125,7 @@ def test_retrained_canary_disagreements_match_offline_agreement(
         "the two models should disagree on some digits for this test to mean anything"
     )
     args = ["--variant", "canary", "--shadow-of", digits_server.url]  # task from the manifest
-    with running_server(digits_retrained, "digits", *args) as canary:  # type: ignore[arg-type]
+    with running_server(digits_retrained, "digits", *args) as canary:
         _send_batches(canary, inputs, rows=8)
         counts = _wait_for_total(canary, 200)
     assert counts == {"agree": offline_agree, "disagree": 200 - offline_agree, "error": 0}
