@@ -37,3 +37,70 @@ crd: setup
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+
+# --- kind / images / helm (issue 7) ---
+# The real-cluster path (docs/kind.md): make kind-up images kind-load kind-prometheus deploy kind-demo
+KONDENSE_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1)
+IMAGE_PREFIX ?= kondense
+IMAGE_TAG ?= $(KONDENSE_VERSION)
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTER ?= kondense
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(VENV)/bin/kubectl)
+HELM ?= $(shell command -v helm 2>/dev/null || echo $(VENV)/bin/helm)
+KONDENSE_NAMESPACE ?= kondense
+DEMO_NAMESPACE ?= default
+
+.PHONY: chart-crds images kind-up kind-load kind-models kind-prometheus deploy kind-demo kind-down kind
+
+# The chart ships the same generated CRD as crds/ (tests/chart fails when they drift).
+chart-crds: setup
+	$(VENV)/bin/kondense crd > charts/kondense/crds/compressedmodels.kondense.dev.yaml
+
+images:
+	$(DOCKER) build -f operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) .
+	$(DOCKER) build -f compression/Dockerfile -t $(IMAGE_PREFIX)/compression:$(IMAGE_TAG) .
+	$(DOCKER) build -f serving/Dockerfile -t $(IMAGE_PREFIX)/server:$(IMAGE_TAG) .
+
+# examples/models must exist before the cluster: it is the node's extraMount source.
+kind-up:
+	mkdir -p examples/models
+	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 120s
+
+kind-load:
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/operator:$(IMAGE_TAG)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/compression:$(IMAGE_TAG)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/server:$(IMAGE_TAG)
+
+# Example model and data on the host, world-writable so the non-root pods (uid 10001) can write
+# artifacts next to them; then the PersistentVolume + claim `models` in the demo namespace.
+kind-models: setup
+	test -f examples/models/digits/model.onnx || $(VENV)/bin/kondense example digits --out examples/models/digits
+	chmod -R a+rwX examples/models
+	$(KUBECTL) apply -n $(DEMO_NAMESPACE) -f deploy/kind/models-pv.yaml
+
+kind-prometheus:
+	$(KUBECTL) apply -f deploy/kind/prometheus.yaml
+	$(KUBECTL) -n monitoring rollout status deployment/prometheus --timeout=180s
+
+deploy:
+	$(KUBECTL) create namespace $(KONDENSE_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) label namespace $(KONDENSE_NAMESPACE) --overwrite pod-security.kubernetes.io/enforce=restricted
+	$(HELM) upgrade --install kondense charts/kondense -n $(KONDENSE_NAMESPACE) \
+	  --set images.operator.repository=$(IMAGE_PREFIX)/operator \
+	  --set images.compression.repository=$(IMAGE_PREFIX)/compression \
+	  --set images.serving.repository=$(IMAGE_PREFIX)/server \
+	  --set-string images.operator.tag=$(IMAGE_TAG),images.compression.tag=$(IMAGE_TAG),images.serving.tag=$(IMAGE_TAG) \
+	  --wait --timeout 5m
+
+kind-demo: kind-models
+	$(KUBECTL) apply -n $(DEMO_NAMESPACE) -f examples/digits/compressedmodel.yaml
+	$(KUBECTL) get cmodel -n $(DEMO_NAMESPACE) digits -w
+
+kind-down:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+# Everything up to a running operator, in order.
+kind: kind-up images kind-load kind-prometheus deploy
+# --- end kind / images / helm (issue 7) ---

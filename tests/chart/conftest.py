@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from chart_support import Render, find_tool, helm_template, parse_documents  # noqa: E402
+from chart_support import Render, find_tool, helm_template, parse_documents
 
 
 @pytest.fixture(scope="session")

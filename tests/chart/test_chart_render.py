@@ -30,7 +30,11 @@ def unknown_fields(given: Any, parsed: Any, path: str = "") -> list[str]:
                 out += unknown_fields(value, parsed[key], f"{path}.{key}")
         return out
     if isinstance(given, list) and isinstance(parsed, list):
-        return [e for i, (g, p) in enumerate(zip(given, parsed, strict=False)) for e in unknown_fields(g, p, f"{path}[{i}]")]
+        return [
+            e
+            for i, (g, p) in enumerate(zip(given, parsed, strict=False))
+            for e in unknown_fields(g, p, f"{path}[{i}]")
+        ]
     return []
 
 
@@ -55,7 +59,9 @@ def validate_all(objects: list[dict[str, Any]]) -> set[str]:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for {version}: {exc.message} at {list(exc.path)}")
+                pytest.fail(
+                    f"{obj['kind']}/{obj['metadata']['name']} invalid for {version}: {exc.message} at {list(exc.path)}"
+                )
     return kinds
 
 
@@ -145,7 +151,11 @@ def test_operator_deployment_contract(render: Render) -> None:
     assert env["KONDENSE_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     annotations = spec["template"]["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8000", "prometheus.io/path": "/metrics"}
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8000",
+        "prometheus.io/path": "/metrics",
+    }
 
     service = one(render(), "Service")
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
@@ -192,7 +202,10 @@ def flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 
 
 def rules_of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[tuple[str, str], set[str]]]:
-    return {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": flatten(o["rules"]) for o in by_kind(objects, kind)}
+    return {
+        f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": flatten(o["rules"])
+        for o in by_kind(objects, kind)
+    }
 
 
 def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(render: Render) -> None:
@@ -209,8 +222,12 @@ def test_rbac_namespaced_when_watching_namespaces(render: Render) -> None:
     assert rules_of(objects, "Role") == {"team-a/kondense": WORKLOAD_RULES, "team-b/kondense": WORKLOAD_RULES}
     sa = one(objects, "ServiceAccount")["metadata"]
     for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}]
-        assert binding["roleRef"]["name"] in {r["metadata"]["name"] for r in objects if r["kind"].endswith("Role")}
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
+        ]
+        assert binding["roleRef"]["name"] in {
+            r["metadata"]["name"] for r in objects if r["kind"].endswith("Role")
+        }
 
 
 def test_existing_service_account(render: Render, helm: str, tmp_path: Path) -> None:
@@ -228,7 +245,10 @@ def test_existing_service_account(render: Render, helm: str, tmp_path: Path) -> 
         ({"watch": {"namespaces": "default"}}, "at '/watch/namespaces': got string, want array"),
         ({"watch": {"namespaces": ["Not_A_Namespace"]}}, "at '/watch/namespaces/0'"),
         ({"watch": {"namespaces": ["a", "a"]}}, "at '/watch/namespaces'"),
-        ({"metrics": {"serviceMonitr": {"enabled": True}}}, "additional properties 'serviceMonitr' not allowed"),
+        (
+            {"metrics": {"serviceMonitr": {"enabled": True}}},
+            "additional properties 'serviceMonitr' not allowed",
+        ),
         ({"replicaCount": 2}, "additional properties 'replicaCount' not allowed"),
         ({"images": {"operator": {"pullPolicy": "Sometimes"}}}, "at '/images/operator/pullPolicy'"),
         ({"images": {"serving": {"tag": "bad tag"}}}, "at '/images/serving/tag'"),
@@ -237,11 +257,16 @@ def test_existing_service_account(render: Render, helm: str, tmp_path: Path) -> 
         ({"operator": {"pvcRoot": "mnt/pvc"}}, "at '/operator/pvcRoot'"),
         ({"prometheusRule": {"window": "10 minutes"}}, "at '/prometheusRule/window'"),
         ({"prometheusRule": {"drift": {"latencyRatio": 0.5}}}, "at '/prometheusRule/drift/latencyRatio'"),
-        ({"metrics": {"podMonitor": {"interval": 15}}}, "at '/metrics/podMonitor/interval': got number, want string"),
+        (
+            {"metrics": {"podMonitor": {"interval": 15}}},
+            "at '/metrics/podMonitor/interval': got number, want string",
+        ),
         ({"gatewayAPI": {"enabled": "yes"}}, "at '/gatewayAPI/enabled': got string, want boolean"),
     ],
 )
-def test_bad_values_fail_with_the_path(helm: str, tmp_path: Path, values: dict[str, Any], message: str) -> None:
+def test_bad_values_fail_with_the_path(
+    helm: str, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
     result = helm_template(helm, tmp_path, values)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
@@ -251,7 +276,10 @@ def test_bad_values_fail_with_the_path(helm: str, tmp_path: Path, values: dict[s
 def test_service_monitor_needs_the_service(helm: str, tmp_path: Path) -> None:
     values = {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}
     result = helm_template(helm, tmp_path, values)
-    assert result.returncode != 0 and "metrics.serviceMonitor.enabled needs metrics.service.enabled" in result.stderr
+    assert (
+        result.returncode != 0
+        and "metrics.serviceMonitor.enabled needs metrics.service.enabled" in result.stderr
+    )
 
 
 def test_monitoring_objects_keep_the_operator_labels(render: Render) -> None:

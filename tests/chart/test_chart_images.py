@@ -1,0 +1,124 @@
+"""The three images `make images` builds: linted by hadolint, slim, non-root, no build tools in the
+final stage, CPU-only torch, and the matching console script as ENTRYPOINT.
+
+No container engine runs here, so these are static checks with the real Dockerfile parser
+(buildkit's, via the `dockerfile` package) and hadolint.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from typing import Any
+
+import dockerfile
+import pytest
+from chart_support import REPO, find_tool, run
+
+# Dockerfile -> the console script its ENTRYPOINT runs (pyproject [project.scripts]).
+IMAGES = {
+    "operator/Dockerfile": "kondense",
+    "compression/Dockerfile": "kondense-compress",
+    "serving/Dockerfile": "kondense",
+}
+BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|cargo|rustc|git)\b")
+
+
+def parse(path: str) -> list[Any]:
+    file = REPO / path
+    if not file.is_file():
+        pytest.fail(f"{path} is missing: `make images` builds it (context = repository root)")
+    return list(dockerfile.parse_file(str(file)))
+
+
+def final_stage(commands: list[Any]) -> list[Any]:
+    starts = [i for i, c in enumerate(commands) if c.cmd == "FROM"]
+    assert starts, "no FROM"
+    return commands[starts[-1] :]
+
+
+def resolve_args(commands: list[Any], value: str) -> str:
+    args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), value)
+
+
+@pytest.mark.parametrize("path", IMAGES)
+def test_hadolint_clean(path: str) -> None:
+    parse(path)
+    hadolint = find_tool("hadolint")
+    result = run([hadolint, "--no-color", str(REPO / path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", IMAGES)
+def test_final_stage_is_slim_non_root_and_runs_the_console_script(path: str) -> None:
+    commands = parse(path)
+    final = final_stage(commands)
+    base = resolve_args(commands, final[0].value[0])
+    assert re.match(r"^(docker\.io/)?(library/)?python:[\w.-]*slim[\w.-]*(@sha256:[0-9a-f]{64})?$", base), (
+        base
+    )
+
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    assert users, f"{path}: the final stage sets no USER (runs as root)"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"{path}: final USER is {users[-1]}"
+    # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+    assert user.isdigit(), f"{path}: USER {users[-1]} should be numeric"
+
+    (entrypoint,) = [c for c in final if c.cmd == "ENTRYPOINT"]
+    assert entrypoint.json, f"{path}: ENTRYPOINT must be exec form"
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entrypoint.value[0] == IMAGES[path] and IMAGES[path] in scripts
+
+    for command in final:
+        if command.cmd == "RUN":
+            assert not BUILD_TOOLS.search(" ".join(command.value)), (
+                f"{path}: build tools in final stage: {command.original}"
+            )
+
+
+@pytest.mark.parametrize("path", IMAGES)
+def test_copied_sources_are_in_the_build_context(path: str) -> None:
+    ignored = [
+        line.strip().rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for command in parse(path):
+        if command.cmd not in ("COPY", "ADD") or any(f.startswith("--from") for f in command.flags):
+            continue
+        for source in command.value[:-1]:
+            assert (REPO / source).exists(), f"{path}: COPY {source} does not exist"
+            for pattern in ignored:
+                hit = fnmatch.fnmatch(source, pattern) or source.startswith(pattern + "/")
+                assert not hit, f"{path}: COPY {source} is excluded by .dockerignore pattern {pattern!r}"
+
+
+def test_compression_image_installs_cpu_torch() -> None:
+    commands = parse("compression/Dockerfile")
+    runs = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
+    pin = next(
+        line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch==")
+    )
+    assert re.search(
+        rf"{re.escape(pin)}\S*\s.*--index-url[= ]https://download\.pytorch\.org/whl/cpu", runs
+    ) or re.search(rf"--index-url[= ]https://download\.pytorch\.org/whl/cpu\s.*{re.escape(pin)}", runs), (
+        f"compression/Dockerfile must install {pin} from the CPU index"
+    )
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".git/", ".venv/", "examples/models/", "tests/"} <= ignored
+    assert not {"pyproject.toml", "README.md", "constraints.txt"} & ignored
+
+
+def test_operator_image_matches_the_chart() -> None:
+    """The chart's probes and metrics ports are the ones the image exposes; CMD is a sane default."""
+    final = final_stage(parse("operator/Dockerfile"))
+    exposed = {int(p) for c in final if c.cmd == "EXPOSE" for p in c.value}
+    assert exposed == {8080, 8000}
+    (cmd,) = [c for c in final if c.cmd == "CMD"]
+    assert list(cmd.value) == ["operator", "--all-namespaces"]
