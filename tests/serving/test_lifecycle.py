@@ -131,8 +131,17 @@ def test_injected_errors_are_answered_500_and_counted(digits: Digits) -> None:
         assert series in server.metrics()
 
 
-def test_micro_batching_returns_each_request_its_own_rows(digits: Digits) -> None:
-    args = ["--max-batch-size", "16", "--max-batch-delay-ms", "20"]
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-batch-size", "16", "--max-batch-delay-ms", "20"],
+        # rows over the batch size bypass the queue; two batches run side by side
+        ["--max-batch-size", "4", "--max-batch-delay-ms", "5", "--inference-workers", "2"],
+        ["--inference-workers", "3"],  # no batching, session calls on three threads
+    ],
+    ids=["batch16", "batch4-workers2", "workers3"],
+)
+def test_concurrent_requests_each_get_their_own_rows(digits: Digits, args: list[str]) -> None:
     sizes = [1, 2, 3, 1, 5, 1, 4, 2] * 6
     starts = np.cumsum([0, *sizes[:-1]])
     with running_server(digits.directory, "digits", *args) as server:
@@ -153,6 +162,13 @@ def test_micro_batching_returns_each_request_its_own_rows(digits: Digits) -> Non
             results = list(pool.map(infer, range(len(sizes))))
         bad = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 63}]}
         assert httpx.post(server.infer_url, json=bad).status_code == 400
+        calls = re.search(
+            r'^kondense_batch_rows_count{model="digits",variant="stable"} (\S+)$', server.metrics(), re.M
+        )
+    if "--max-batch-size" in args:
+        assert calls is not None
+        # 48 requests of 1-5 rows from 16 threads: some shared a session call
+        assert 1 <= float(calls.group(1)) < len(sizes)
     for index, got in enumerate(results):
         want = digits.reference(digits.inputs[starts[index] : starts[index] + sizes[index]])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # batched GEMMs may round differently

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kondense.api.techniques import Task
-from kondense.serving.batching import DynamicBatcher, InferenceRunner, InlineRunner
+from kondense.serving.batching import DynamicBatcher, InferenceRunner, InlineRunner, PooledRunner
 from kondense.serving.metrics import ServerMetrics
 from kondense.serving.protocol import (
     HEADER_LENGTH,
@@ -64,6 +64,8 @@ class ServerSettings:
     allow_non_finite: bool = False
     max_batch_size: int = 1
     max_batch_delay_s: float = 0.002
+    inference_workers: int = 1
+    """Concurrent session calls; 1 without batching runs the model inline on the event loop."""
     inject_latency_s: float = 0.0
     """Tests and demos only: a fixed delay added to every inference."""
     inject_error_rate: float = 0.0
@@ -132,13 +134,19 @@ class ModelServer:
         settings = self.settings
         try:
             model = await asyncio.to_thread(self._load_model)
-            runner: InferenceRunner = (
-                DynamicBatcher(
-                    model, max_batch_size=settings.max_batch_size, max_delay_s=settings.max_batch_delay_s
+            runner: InferenceRunner
+            if settings.max_batch_size > 1:
+                runner = DynamicBatcher(
+                    model,
+                    max_batch_size=settings.max_batch_size,
+                    max_delay_s=settings.max_batch_delay_s,
+                    workers=settings.inference_workers,
+                    on_batch=self.metrics.batch_rows.observe,
                 )
-                if settings.max_batch_size > 1
-                else InlineRunner(model)
-            )
+            elif settings.inference_workers > 1:
+                runner = PooledRunner(model, workers=settings.inference_workers)
+            else:
+                runner = InlineRunner(model)
         except Exception as exc:  # any load failure must stop the server, not leave it half-alive
             self._on_fatal(f"model '{settings.model_name}' failed to load: {exc}")
             return

@@ -1,10 +1,12 @@
-"""How the HTTP layer calls a model: inline, or through a dynamic micro-batcher.
+"""How the HTTP layer calls a model: inline, on worker threads, or through a dynamic micro-batcher.
 
 Inline runs the model on the event loop thread: for a model that answers in microseconds a thread
-hop costs more than the inference. The ``DynamicBatcher`` works like Triton's dynamic batcher: it
-holds a request up to ``max_delay`` for others of the same shape, concatenates them along the first
-dimension, runs one session call on a worker thread (so the event loop keeps parsing requests) and
-splits the outputs again. It is the way past one request per session call for compute-bound models.
+hop costs more than the inference. ``PooledRunner`` runs up to ``workers`` session calls at once on
+threads (ONNX Runtime sessions are thread-safe and release the GIL). The ``DynamicBatcher`` works
+like Triton's dynamic batcher: it holds a request up to ``max_delay`` for others of the same shape,
+concatenates them along the first dimension, runs one session call per batch on a worker thread (so
+the event loop keeps parsing requests) and splits the outputs again; with several workers, batches
+run side by side. It is the way past one request per session call for compute-bound models.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,6 +54,24 @@ class InlineRunner:
         return self._model.predict(inputs, outputs)
 
 
+class PooledRunner:
+    def __init__(self, model: InferenceModel, *, workers: int) -> None:
+        self._model = model
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kondense-infer")
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._model.predict, inputs, outputs)
+
+
 @dataclass(slots=True)
 class _Pending:
     inputs: Mapping[str, np.ndarray]
@@ -70,7 +90,15 @@ def _batch_rows(inputs: Mapping[str, np.ndarray]) -> int | None:
 
 
 class DynamicBatcher:
-    def __init__(self, model: InferenceModel, *, max_batch_size: int, max_delay_s: float) -> None:
+    def __init__(
+        self,
+        model: InferenceModel,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        workers: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         if not_batchable := [spec.name for spec in model.inputs if not spec.shape or spec.shape[0] >= 0]:
             raise ValueError(
                 "micro-batching needs a dynamic first (batch) dimension on every input; fixed or missing on: "
@@ -79,9 +107,13 @@ class DynamicBatcher:
         self._model = model
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_delay_s
+        self._on_batch = on_batch
         self._pending: deque[_Pending] = deque()
         self._arrival = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kondense-batch")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kondense-batch")
+        # A batch is only formed when a worker is free: while all are busy, requests pile into bigger batches.
+        self._free_workers = asyncio.Semaphore(workers)
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -92,6 +124,8 @@ class DynamicBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._running:
+            await asyncio.wait(self._running)
         self._executor.shutdown(wait=True)
 
     async def run(
@@ -100,7 +134,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         rows = _batch_rows(inputs)
         if rows is None or rows >= self._max_batch_size:
-            # Nothing to gain from waiting; same single thread, so session calls stay serial.
+            # Nothing to gain from waiting for others.
             return await loop.run_in_executor(self._executor, self._model.predict, inputs, outputs)
         signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
         pending = _Pending(inputs, rows, signature, loop.time(), loop.create_future())
@@ -125,6 +159,7 @@ class DynamicBatcher:
             while not self._pending:
                 self._arrival.clear()
                 await self._arrival.wait()
+            await self._free_workers.acquire()
             deadline = self._pending[0].arrived + self._max_delay_s
             while (
                 self._compatible_rows() < self._max_batch_size and (remaining := deadline - loop.time()) > 0
@@ -134,7 +169,13 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._arrival.wait(), remaining)
                 except TimeoutError:
                     break
-            await self._execute(self._take_batch())
+            task = asyncio.create_task(self._execute(self._take_batch()))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._free_workers.release()
 
     def _take_batch(self) -> list[_Pending]:
         first = self._pending[0]
@@ -152,6 +193,8 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        if self._on_batch is not None:
+            self._on_batch(sum(item.rows for item in batch))
         if len(batch) == 1:
             feed = batch[0].inputs
         else:

@@ -66,6 +66,14 @@ def serve(
     max_batch_delay_ms: Annotated[
         float, typer.Option(min=0.0, help="How long a request may wait for others to batch with.")
     ] = 2.0,
+    inference_workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Session calls run at once on worker threads (1 without batching: inline on the event loop, "
+            "best for tiny models). With --threads 1, set it to the cores to use.",
+        ),
+    ] = 1,
     allow_non_finite: Annotated[
         bool, typer.Option("--allow-non-finite", help="Pass NaN/Infinity inputs to the model instead of 400.")
     ] = False,
@@ -120,6 +128,7 @@ def serve(
         allow_non_finite=allow_non_finite,
         max_batch_size=max_batch_size,
         max_batch_delay_s=max_batch_delay_ms / 1000.0,
+        inference_workers=inference_workers,
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
         shadow=shadow,

@@ -68,6 +68,13 @@ class ServerMetrics:
             buckets=SCORE_BUCKETS,
             registry=self.registry,
         ).labels(**self._labels)
+        self.batch_rows = Histogram(
+            "kondense_batch_rows",
+            "Rows per session call formed by the micro-batcher.",
+            ["model", "variant"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        ).labels(**self._labels)
         self._info = Info(
             "kondense_model", "The artifact this server serves.", ["model", "variant"], registry=self.registry
         )
