@@ -1,0 +1,9 @@
+"""The embedded local cluster: a Kubernetes API for the operator without a real cluster.
+
+``LocalAPIServer`` (see :mod:`kondense.localcluster.apiserver` for the emulated semantics and the gaps)
+serves the API over real HTTP so the operator, kopf and the official client run unmodified against it.
+"""
+
+from kondense.localcluster.apiserver import LocalAPIServer
+
+__all__ = ["LocalAPIServer"]

@@ -1,0 +1,870 @@
+"""kmock's KubernetesEmulator with the object semantics of a real API server (see the package docstring).
+
+kmock keeps objects as plain dicts merged on PATCH. Here every write goes through the rules the real API
+server applies — identity and versioning metadata, optimistic concurrency, the status subresource, the
+three patch types, finalizers, owner-reference garbage collection, custom resource definitions — and every
+change is logged with its resourceVersion so watches can resume where they left off. Storage stays kmock's
+``ObjectsArray`` (each object with its version history), so kmock-style assertions keep working, and kmock's
+DSL still takes precedence for failure injection (``emulator['get', resource(...)] << 500``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import re
+import secrets
+import string
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import attrs
+import kmock
+from kmock._internal import parsing as kmock_parsing
+from kmock._internal.k8s_views import ArrayKey
+
+from kondense.localcluster import patching, selectors, structural
+
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+NAMESPACES = kmock.resource("", "v1", "namespaces")
+PODS = kmock.resource("", "v1", "pods")
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_FOREGROUND_FINALIZER = "foregroundDeletion"
+_NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+
+_kmock_parse_path = kmock_parsing.parse_path
+_NAMESPACE_OBJECT_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+)(?:/(status|finalize))?)?/?")
+
+
+def _parse_path(path: str) -> kmock_parsing.ParsedPath:
+    """kmock 0.8 reads ``/api/v1/namespaces[/<name>[/status]]`` as a namespace prefix and fails on it.
+
+    Those are the paths of the Namespace objects themselves; every other path goes to kmock's parser.
+    """
+    if match := _NAMESPACE_OBJECT_PATH.fullmatch(path):
+        name, subresource = match.groups()
+        return kmock_parsing.ParsedPath("", "v1", "namespaces", None, name, subresource)
+    return _kmock_parse_path(path)
+
+
+# kmock parses every request through this module-level function and offers no hook to replace it.
+kmock_parsing.parse_path = _parse_path
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _error(status: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=status, reason=reason, message=message, details=details or {})
+
+
+def _not_found(resource: kmock.resource, name: str | None) -> kmock.KubernetesError:
+    what = f"{resource.plural}.{resource.group}" if resource.group else f"{resource.plural}"
+    return _error(
+        404, "NotFound", f'{what} "{name}" not found', name=name, group=resource.group, kind=resource.plural
+    )
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One logged change: what a watcher from an older resourceVersion must still be told."""
+
+    revision: int
+    type: str  # ADDED | MODIFIED | DELETED
+    object: dict[str, Any]
+    previous: dict[str, Any] | None  # the state before, to turn MODIFIED into ADDED/DELETED for selectors
+
+
+_WATCH_CLOSED = object()  # put into watcher queues when the server shuts down
+
+
+@attrs.define(kw_only=True)
+class KubernetesAPIEmulator(kmock.KubernetesEmulator):
+    """A kmock KubernetesEmulator whose writes follow the real API server's rules."""
+
+    bookmark_interval: float = 5.0  # seconds of quiet before a BOOKMARK on watches that allow them
+    events_per_resource: int = 10_000  # watch events kept per resource; older resourceVersions get 410 Gone
+    versions_per_object: int = 50  # object history kept in ``objects[...].history``
+    requests_kept: int = 2_000  # kmock's request log is bounded: the demo serves requests for hours
+
+    _revision: int = attrs.field(default=0, init=False)
+    _events: dict[kmock.resource, collections.deque[WatchEvent]] = attrs.field(
+        factory=lambda: collections.defaultdict(collections.deque), init=False
+    )
+    _compacted: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+    _watchers: dict[kmock.resource, set[asyncio.Queue[Any]]] = attrs.field(
+        factory=lambda: collections.defaultdict(set), init=False
+    )
+    _uids: dict[str, ArrayKey] = attrs.field(factory=dict, init=False)
+    _crd_schemas: dict[kmock.resource, Mapping[str, Any] | None] = attrs.field(factory=dict, init=False)
+    _write_results: dict[kmock.Request, Any] = attrs.field(factory=dict, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+
+    # Which status a created object starts with, per resource (the API server's PrepareForCreate).
+    initial_status: ClassVar[dict[kmock.resource, dict[str, Any]]] = {
+        PODS: {"phase": "Pending"},
+        NAMESPACES: {"phase": "Active"},
+    }
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # kmock routes PUT and collection DELETE to no action; our writes are computed in _handle().
+        self.fallback[self._has_write_result] << self._serve_write_result
+
+    # ---- request plumbing ------------------------------------------------------------------------------
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        self._trim_request_log()
+        resource = request.resource
+        if resource is not None and resource.plural is not None and request.method.value in _WRITE_METHODS:
+            async with self._lock:
+                self._write_results[request] = self._write(request)
+        try:
+            # Skip KubernetesEmulator._handle (its naive dict-merging writes are replaced by _write above)
+            # but keep kmock's dispatch: DSL reactions first, then the fallbacks below.
+            return await kmock.RawHandler._handle(self, request)
+        finally:
+            self._write_results.pop(request, None)
+
+    def _trim_request_log(self) -> None:
+        if len(self._requests) > 2 * self.requests_kept:
+            del self._requests[: -self.requests_kept]
+            for payload in self._payloads:
+                del payload._requests[: -self.requests_kept]
+            for errors in self._errors:
+                del errors[: -self.requests_kept]
+
+    def _has_write_result(self, request: kmock.Request) -> bool:
+        return request in self._write_results
+
+    async def _serve_write_result(self, request: kmock.Request) -> Any:
+        return self._write_results[request]
+
+    _serve_create = _serve_update = _serve_delete = _serve_write_result
+
+    # ---- reads -----------------------------------------------------------------------------------------
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        resource, info = self._served(request.resource)
+        if request.subresource not in (None, "status"):
+            raise _error(404, "NotFound", f"the subresource {request.subresource!r} is not emulated")
+        namespace = request.namespace if info.namespaced else None
+        assert request.name is not None  # FETCH is a GET with a name
+        async with self._lock:
+            current = self._current((resource, namespace, request.name))
+        if current is None:
+            raise _not_found(resource, request.name)
+        return current
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        resource, info = self._served(request.resource)
+        label_selector, field_selector = self._selectors(request)
+        async with self._lock:
+            items = [
+                obj
+                for obj in self._listing(resource, request.namespace if info.namespaced else None)
+                if label_selector.matches(obj["metadata"].get("labels")) and field_selector.matches(obj)
+            ]
+            revision = self._revision
+        # The API server may ignore `limit` (documented); it then answers everything with no `continue`.
+        return {
+            "apiVersion": self._api_version(resource),
+            "kind": f"{info.kind}List",
+            "metadata": {"resourceVersion": str(revision)},
+            "items": items,
+        }
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        resource, info = self._served(request.resource)
+        label_selector, field_selector = self._selectors(request)
+        namespace = request.namespace if info.namespaced else None
+        params = request.params
+        since = params.get("resourceVersion") or None
+        bookmarks = params.get("allowWatchBookmarks") == "true"
+        initial_events = params.get("sendInitialEvents") == "true"
+        try:
+            timeout = float(params["timeoutSeconds"]) if "timeoutSeconds" in params else None
+            since_revision = int(since) if since is not None else 0
+        except ValueError as exc:
+            raise _error(400, "BadRequest", f"invalid watch parameter: {exc}") from exc
+
+        def visible(obj: Mapping[str, Any] | None) -> bool:
+            if obj is None:
+                return False
+            meta = obj["metadata"]
+            return bool(
+                (namespace is None or meta.get("namespace") == namespace)
+                and (request.name is None or meta.get("name") == request.name)
+                and label_selector.matches(meta.get("labels"))
+                and field_selector.matches(obj)
+            )
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        async with self._lock:
+            if since_revision and since_revision < self._compacted.get(resource, 0):
+                replay: list[WatchEvent] = []
+                expired = True
+            elif since is None or since_revision == 0 or initial_events:
+                # No resourceVersion (or "0"): synthetic ADDED events for the current state, then changes.
+                expired = False
+                replay = [
+                    WatchEvent(int(obj["metadata"]["resourceVersion"]), "ADDED", obj, None)
+                    for obj in self._listing(resource, namespace)
+                ]
+            else:
+                expired = False
+                replay = [event for event in self._events[resource] if event.revision > since_revision]
+            self._watchers[resource].add(queue)
+            if self._closed:
+                queue.put_nowait(_WATCH_CLOSED)
+        try:
+            yield b""  # commit the 200 and the headers; the stream stays open until a timeout or a close
+            if expired:
+                yield {
+                    "type": "ERROR",
+                    "object": {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": f"too old resource version: {since_revision} "
+                        f"({self._compacted[resource]})",
+                        "reason": "Expired",
+                        "code": 410,
+                    },
+                }
+                return
+            for event in replay:
+                if (translated := self._translate(event, visible)) is not None:
+                    yield translated
+            if initial_events and bookmarks:
+                yield self._bookmark(resource, info.kind, initial_events_end=True)
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout if timeout is not None else None
+            while True:
+                waits = [self.bookmark_interval] if bookmarks else []
+                if deadline is not None:
+                    waits.append(deadline - loop.time())
+                try:
+                    async with asyncio.timeout(max(0.0, min(waits)) if waits else None):
+                        item = await queue.get()
+                except TimeoutError:
+                    if deadline is not None and loop.time() >= deadline:
+                        return
+                    yield self._bookmark(resource, info.kind)
+                    continue
+                if item is _WATCH_CLOSED:
+                    return
+                if (translated := self._translate(item, visible)) is not None:
+                    yield translated
+        finally:
+            self._watchers[resource].discard(queue)
+
+    def _translate(self, event: WatchEvent, visible: Any) -> dict[str, Any] | None:
+        """The event as this watcher sees it: with a selector, objects enter (ADDED) and leave (DELETED)."""
+        now_visible = visible(event.object)
+        if event.type == "MODIFIED":
+            was_visible = visible(event.previous)
+            if now_visible and not was_visible:
+                return {"type": "ADDED", "object": event.object}
+            if was_visible and not now_visible:
+                return {"type": "DELETED", "object": event.object}
+        return {"type": event.type, "object": event.object} if now_visible else None
+
+    def _bookmark(
+        self, resource: kmock.resource, kind: str | None, *, initial_events_end: bool = False
+    ) -> Any:
+        metadata: dict[str, Any] = {"resourceVersion": str(self._revision)}
+        if initial_events_end:
+            metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+        return {
+            "type": "BOOKMARK",
+            "object": {"kind": kind, "apiVersion": self._api_version(resource), "metadata": metadata},
+        }
+
+    async def close_watches(self) -> None:
+        """End every open watch stream, and any opened later (so the HTTP server stops without waiting)."""
+        async with self._lock:
+            self._closed = True
+            for queues in self._watchers.values():
+                for queue in queues:
+                    queue.put_nowait(_WATCH_CLOSED)
+
+    # ---- the store -------------------------------------------------------------------------------------
+
+    def _served(self, resource: kmock.resource | None) -> tuple[kmock.resource, kmock.ResourceInfo]:
+        if resource is None or resource.plural is None or resource not in self.resources:
+            raise _error(404, "NotFound", f"the server could not find the requested resource ({resource})")
+        return resource, self.resources[resource]
+
+    def _api_version(self, resource: kmock.resource) -> str:
+        return f"{resource.group}/{resource.version}" if resource.group else str(resource.version)
+
+    def _selectors(self, request: kmock.Request) -> tuple[selectors.LabelSelector, selectors.FieldSelector]:
+        assert request.resource is not None and request.resource.plural is not None
+        try:
+            return (
+                selectors.parse_label_selector(request.params.get("labelSelector")),
+                selectors.parse_field_selector(
+                    request.params.get("fieldSelector"),
+                    group=request.resource.group or "",
+                    plural=request.resource.plural,
+                ),
+            )
+        except selectors.SelectorError as exc:
+            raise _error(400, "BadRequest", str(exc)) from exc
+
+    def _current(self, key: ArrayKey) -> dict[str, Any] | None:
+        if key not in self._objects:
+            return None
+        obj = self._objects[key]
+        return None if obj.deleted else obj.raw
+
+    def _listing(self, resource: kmock.resource, namespace: str | None) -> list[dict[str, Any]]:
+        found = [
+            (key[1] or "", key[2], obj.raw)
+            for key, obj in self._objects.items()
+            if key[0] == resource and not obj.deleted and (namespace is None or key[1] == namespace)
+        ]
+        return [obj for _, _, obj in sorted(found, key=lambda entry: (entry[0], entry[1]))]
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        """Every existing object, in the order they were first created."""
+        async with self._lock:
+            return [copy.deepcopy(obj.raw) for obj in self._objects.values() if not obj.deleted]
+
+    def _commit(
+        self, key: ArrayKey, event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None
+    ) -> None:
+        """Store a new version (or the deletion) of an object and tell the watchers, under one revision."""
+        resource = key[0]
+        if event_type == "DELETED":
+            self._objects[key].delete()
+            self._uids.pop(obj["metadata"]["uid"], None)
+        elif key in self._objects:
+            history = self._objects[key].history
+            history.append(obj)
+            if len(history) > self.versions_per_object:
+                del history[: -self.versions_per_object]
+        else:
+            self._objects[key] = obj
+        if event_type == "ADDED":
+            self._uids[obj["metadata"]["uid"]] = key
+        event = WatchEvent(self._revision, event_type, obj, previous)
+        log = self._events[resource]
+        if len(log) >= self.events_per_resource:
+            self._compacted[resource] = log.popleft().revision
+        log.append(event)
+        for queue in self._watchers[resource]:
+            queue.put_nowait(event)
+
+    def _next_revision(self) -> str:
+        self._revision += 1
+        return str(self._revision)
+
+    # ---- writes ----------------------------------------------------------------------------------------
+
+    def _write(self, request: kmock.Request) -> Any:
+        resource, info = self._served(request.resource)
+        namespace = request.namespace if info.namespaced else None
+        if info.namespaced and request.namespace is None and request.method.value != "DELETE":
+            raise _error(404, "NotFound", f"{resource.plural} is namespaced: use /namespaces/<namespace>/...")
+        if request.subresource not in (None, "status"):
+            raise _error(404, "NotFound", f"the subresource {request.subresource!r} is not emulated")
+        dry_run = request.params.get("dryRun") == "All"
+        match request.method.value, request.name:
+            case "POST", None:
+                return kmock.Response(
+                    status=201, payload=self._create(resource, namespace, request.data, dry_run)
+                )
+            case "PUT", str(name):
+                return self._replace((resource, namespace, name), request.data, request.subresource, dry_run)
+            case "PATCH", str(name):
+                content_type = next(
+                    (v for k, v in request.headers.items() if k.lower() == "content-type"), ""
+                )
+                return self._patch(
+                    (resource, namespace, name), request.data, content_type, request.subresource, dry_run
+                )
+            case "DELETE", str(name):
+                return self._delete((resource, namespace, name), self._delete_options(request), dry_run)
+            case "DELETE", None:
+                return self._delete_collection(resource, namespace, request, dry_run)
+        raise _error(405, "MethodNotAllowed", f"{request.method.value} is not allowed on {request.url.path}")
+
+    async def create(self, resource: kmock.resource, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create an object without HTTP (e.g. to seed the store), by the same rules as a POST."""
+        _, info = self._served(resource)
+        namespace = obj.get("metadata", {}).get("namespace") if info.namespaced else None
+        async with self._lock:
+            return self._create(resource, namespace, obj, dry_run=False)
+
+    def _create(
+        self, resource: kmock.resource, namespace: str | None, body: Any, dry_run: bool
+    ) -> dict[str, Any]:
+        _, info = self._served(resource)
+        if not isinstance(body, Mapping):
+            raise _error(400, "BadRequest", "the request body must be a JSON object")
+        obj = copy.deepcopy(dict(body))
+        meta = obj.setdefault("metadata", {})
+        if meta.get("namespace") not in (None, namespace) and info.namespaced:
+            raise _error(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise _error(
+                    422,
+                    "Invalid",
+                    f"{info.kind}.metadata.name: Required value: name or generateName is required",
+                )
+            meta["name"] = meta["generateName"] + "".join(
+                secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5)
+            )
+        name = meta["name"]
+        if info.namespaced:
+            assert namespace is not None
+            if self._current((NAMESPACES, None, namespace)) is None:
+                raise _error(
+                    404, "NotFound", f'namespaces "{namespace}" not found', name=namespace, kind="namespaces"
+                )
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        key: ArrayKey = (resource, namespace, name)
+        if self._current(key) is not None:
+            raise _error(
+                409,
+                "AlreadyExists",
+                f'{resource.plural} "{name}" already exists',
+                name=name,
+                kind=resource.plural,
+            )
+        obj["apiVersion"] = self._api_version(resource)
+        obj["kind"] = info.kind
+        if "status" in info.subresources:  # status is written through /status only
+            obj.pop("status", None)
+            if resource in self.initial_status:
+                obj["status"] = copy.deepcopy(self.initial_status[resource])
+        if resource == CRDS:
+            self._check_crd(obj)
+            obj["status"] = self._crd_status(obj)
+        for transient in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"):
+            meta.pop(transient, None)
+        obj = self._apply_schema(resource, obj)
+        meta = obj["metadata"]
+        self._check_finalizers(meta)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        meta["generation"] = 1
+        if dry_run:
+            meta["resourceVersion"] = str(self._revision)
+            return obj
+        meta["resourceVersion"] = self._next_revision()
+        self._commit(key, "ADDED", obj, None)
+        if resource == CRDS:
+            self._register_crd(obj)
+        return obj
+
+    def _replace(self, key: ArrayKey, body: Any, subresource: str | None, dry_run: bool) -> dict[str, Any]:
+        resource, _, name = key
+        current = self._current(key)
+        if current is None:
+            raise _not_found(resource, name)
+        if not isinstance(body, Mapping):
+            raise _error(400, "BadRequest", "the request body must be a JSON object")
+        meta = body.get("metadata") or {}
+        if meta.get("name") not in (None, name):
+            raise _error(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does not match the URL ({name})",
+            )
+        if meta.get("resourceVersion") and meta["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            raise self._conflict(resource, name)
+        return self._update(key, current, copy.deepcopy(dict(body)), subresource, dry_run)
+
+    def _patch(
+        self, key: ArrayKey, patch: Any, content_type: str, subresource: str | None, dry_run: bool
+    ) -> dict[str, Any]:
+        resource, _, name = key
+        current = self._current(key)
+        if current is None:
+            raise _not_found(resource, name)
+        media_type = content_type.split(";")[0].strip().lower()
+        try:
+            if media_type == "application/merge-patch+json":
+                patched = patching.merge_patch(current, patch)
+            elif media_type == "application/json-patch+json":
+                patched = patching.json_patch(current, patch)
+            elif media_type == "application/strategic-merge-patch+json":
+                if resource in self._crd_schemas or not patching.has_strategic_schema(
+                    current["apiVersion"], current["kind"]
+                ):
+                    raise _error(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format - accepted media types include: "
+                        "application/json-patch+json, application/merge-patch+json, "
+                        "application/apply-patch+yaml",
+                    )
+                patched = patching.strategic_merge_patch(
+                    current, patch, api_version=current["apiVersion"], kind=current["kind"]
+                )
+            else:
+                raise _error(
+                    415,
+                    "UnsupportedMediaType",
+                    f"patch media type {media_type!r} is not supported by the emulator",
+                )
+        except patching.PatchError as exc:
+            raise _error(422, "Invalid", str(exc)) from exc
+        if not isinstance(patched, dict):
+            raise _error(422, "Invalid", "the patch did not produce an object")
+        wanted_version = (
+            (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, Mapping) else None
+        )
+        if wanted_version and wanted_version != current["metadata"]["resourceVersion"]:
+            raise self._conflict(resource, name)
+        return self._update(key, current, patched, subresource, dry_run)
+
+    def _conflict(self, resource: kmock.resource, name: str) -> kmock.KubernetesError:
+        return _error(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {resource.plural} "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again",
+            name=name,
+            kind=resource.plural,
+        )
+
+    def _update(
+        self,
+        key: ArrayKey,
+        current: dict[str, Any],
+        new: dict[str, Any],
+        subresource: str | None,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        resource = key[0]
+        info = self.resources[resource]
+        if subresource == "status":  # only status changes through /status
+            status = new.get("status")
+            new = copy.deepcopy(current)
+            new.pop("status", None)
+            if status is not None:
+                new["status"] = status
+        elif "status" in info.subresources:  # and never through the main endpoint
+            new.pop("status", None)
+            if "status" in current:
+                new["status"] = copy.deepcopy(current["status"])
+        if resource == CRDS and subresource is None:
+            self._check_crd(new)
+            new["status"] = self._crd_status(new)
+        new["apiVersion"] = current["apiVersion"]
+        new["kind"] = current["kind"]
+        new = self._apply_schema(resource, new)
+        meta = new.setdefault("metadata", {})
+        for immutable in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
+            if immutable in current["metadata"]:
+                meta[immutable] = current["metadata"][immutable]
+            else:
+                meta.pop(immutable, None)
+        meta.pop("selfLink", None)
+        if current["metadata"].get("deletionTimestamp"):
+            added = set(meta.get("finalizers") or []) - set(current["metadata"].get("finalizers") or [])
+            if added:
+                raise _error(
+                    422,
+                    "Invalid",
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being "
+                    f"deleted, found new finalizers {sorted(added)}",
+                )
+        self._check_finalizers(meta)
+        meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        meta["generation"] = current["metadata"].get("generation", 1)
+        if new == current:  # a no-op write keeps the resourceVersion and tells no watcher
+            return current
+        if _spec_of(new) != _spec_of(current):
+            meta["generation"] += 1
+        if dry_run:
+            return new
+        meta["resourceVersion"] = self._next_revision()
+        self._commit(key, "MODIFIED", new, current)
+        if resource == CRDS:
+            self._unregister_crd(current)
+            self._register_crd(new)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self._remove(key)
+        else:
+            self._finish_foreground_deletions()
+        return new
+
+    def _check_finalizers(self, meta: Mapping[str, Any]) -> None:
+        finalizers = meta.get("finalizers") or []
+        if not isinstance(finalizers, list) or not all(isinstance(item, str) and item for item in finalizers):
+            raise _error(
+                422, "Invalid", f"metadata.finalizers must be a list of non-empty strings: {finalizers!r}"
+            )
+
+    # ---- deletion and garbage collection ----------------------------------------------------------------
+
+    def _delete_options(self, request: kmock.Request) -> dict[str, Any]:
+        options = dict(request.data) if isinstance(request.data, Mapping) else {}
+        for param in ("propagationPolicy", "gracePeriodSeconds"):
+            if param in request.params:
+                options.setdefault(param, request.params[param])
+        if options.get("orphanDependents") is True:  # the deprecated spelling of Orphan
+            options.setdefault("propagationPolicy", "Orphan")
+        return options
+
+    def _delete(self, key: ArrayKey, options: Mapping[str, Any], dry_run: bool) -> Any:
+        resource, _, name = key
+        current = self._current(key)
+        if current is None:
+            raise _not_found(resource, name)
+        preconditions = options.get("preconditions") or {}
+        for field in ("uid", "resourceVersion"):
+            if preconditions.get(field) and preconditions[field] != current["metadata"].get(field):
+                raise _error(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: {field}: {preconditions[field]}, "
+                    f"object {field}: {current['metadata'].get(field)}",
+                    name=name,
+                    kind=resource.plural,
+                )
+        policy = options.get("propagationPolicy") or "Background"
+        if policy not in ("Background", "Foreground", "Orphan"):
+            raise _error(422, "Invalid", f"propagationPolicy: Unsupported value: {policy!r}")
+        if dry_run:
+            return current
+        uid = current["metadata"]["uid"]
+        if policy == "Orphan":
+            for dependent_key in self._dependents(uid):
+                self._drop_owner_reference(dependent_key, uid)
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        if policy == "Foreground" and _FOREGROUND_FINALIZER not in finalizers and self._dependents(uid):
+            finalizers.append(_FOREGROUND_FINALIZER)
+        if not finalizers:
+            self._remove(key)
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "group": resource.group, "kind": resource.plural, "uid": uid},
+            }
+        if current["metadata"].get("deletionTimestamp") and finalizers == current["metadata"].get(
+            "finalizers"
+        ):
+            return current  # already being deleted; a repeated DELETE changes nothing
+        marked = copy.deepcopy(current)
+        marked["metadata"]["finalizers"] = finalizers
+        marked["metadata"].setdefault("deletionTimestamp", _now())
+        marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
+        marked["metadata"]["resourceVersion"] = self._next_revision()
+        self._commit(key, "MODIFIED", marked, current)
+        if policy == "Foreground":
+            for dependent_key in self._dependents(uid):
+                self._delete_if_present(dependent_key, "Foreground")
+            self._finish_foreground_deletions()
+        return marked
+
+    def _delete_collection(
+        self, resource: kmock.resource, namespace: str | None, request: kmock.Request, dry_run: bool
+    ) -> Any:
+        label_selector, field_selector = self._selectors(request)
+        options = self._delete_options(request)
+        deleted = []
+        for obj in self._listing(resource, namespace):
+            if label_selector.matches(obj["metadata"].get("labels")) and field_selector.matches(obj):
+                key: ArrayKey = (resource, obj["metadata"].get("namespace"), obj["metadata"]["name"])
+                if self._current(key) is not None:  # garbage collection may have taken it meanwhile
+                    self._delete(key, options, dry_run)
+                    deleted.append(obj)
+        info = self.resources[resource]
+        return {
+            "apiVersion": self._api_version(resource),
+            "kind": f"{info.kind}List",
+            "metadata": {"resourceVersion": str(self._revision)},
+            "items": deleted,
+        }
+
+    def _delete_if_present(self, key: ArrayKey, policy: str) -> None:
+        if self._current(key) is not None:
+            self._delete(key, {"propagationPolicy": policy}, dry_run=False)
+
+    def _remove(self, key: ArrayKey) -> None:
+        """Take an object out of the store for good, then collect what it owned or contained."""
+        current = self._current(key)
+        if current is None:
+            return
+        final = copy.deepcopy(current)
+        final["metadata"]["resourceVersion"] = self._next_revision()
+        self._commit(key, "DELETED", final, current)
+        resource = key[0]
+        if resource == CRDS:
+            self._unregister_crd(current, remove_objects=True)
+        if resource == NAMESPACES:
+            for other_key in [k for k, obj in self._objects.items() if k[1] == key[2] and not obj.deleted]:
+                self._delete_if_present(other_key, "Background")
+        for dependent_key in self._dependents(current["metadata"]["uid"]):
+            dependent = self._current(dependent_key)
+            if dependent is not None and not any(
+                ref.get("uid") in self._uids for ref in dependent["metadata"].get("ownerReferences") or []
+            ):
+                self._delete_if_present(dependent_key, "Background")
+        self._finish_foreground_deletions()
+
+    def _dependents(self, uid: str) -> list[ArrayKey]:
+        return [
+            key
+            for key, obj in self._objects.items()
+            if not obj.deleted
+            and any(ref.get("uid") == uid for ref in obj.raw["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _drop_owner_reference(self, key: ArrayKey, uid: str) -> None:
+        current = self._current(key)
+        assert current is not None
+        updated = copy.deepcopy(current)
+        references = [ref for ref in updated["metadata"]["ownerReferences"] if ref.get("uid") != uid]
+        if references:
+            updated["metadata"]["ownerReferences"] = references
+        else:
+            del updated["metadata"]["ownerReferences"]
+        updated["metadata"]["resourceVersion"] = self._next_revision()
+        self._commit(key, "MODIFIED", updated, current)
+
+    def _finish_foreground_deletions(self) -> None:
+        """Release owners deleted in the foreground once their last dependent is gone."""
+        for key, obj in list(self._objects.items()):
+            if obj.deleted:
+                continue
+            meta = obj.raw["metadata"]
+            if _FOREGROUND_FINALIZER in (meta.get("finalizers") or []) and not self._dependents(meta["uid"]):
+                current = obj.raw
+                released = copy.deepcopy(current)
+                released["metadata"]["finalizers"] = [
+                    f for f in meta["finalizers"] if f != _FOREGROUND_FINALIZER
+                ]
+                if not released["metadata"]["finalizers"]:
+                    del released["metadata"]["finalizers"]
+                released["metadata"]["resourceVersion"] = self._next_revision()
+                self._commit(key, "MODIFIED", released, current)
+                if not released["metadata"].get("finalizers"):
+                    self._remove(key)
+
+    # ---- custom resource definitions ----------------------------------------------------------------------
+
+    def _check_crd(self, crd: Mapping[str, Any]) -> None:
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        expected = f"{names.get('plural')}.{spec.get('group')}"
+        if crd.get("metadata", {}).get("name") != expected:
+            raise _error(
+                422,
+                "Invalid",
+                f'metadata.name: Invalid value: must be spec.names.plural+"."+spec.group ({expected})',
+            )
+        if (
+            not names.get("kind")
+            or not spec.get("versions")
+            or spec.get("scope") not in ("Namespaced", "Cluster")
+        ):
+            raise _error(
+                422, "Invalid", "spec: a CRD needs names.kind, versions and scope (Namespaced or Cluster)"
+            )
+        if sum(1 for version in spec["versions"] if version.get("storage")) != 1:
+            raise _error(
+                422,
+                "Invalid",
+                "spec.versions: Invalid value: must have exactly one version marked as storage version",
+            )
+
+    def _crd_status(self, crd: Mapping[str, Any]) -> dict[str, Any]:
+        now = _now()
+        spec = crd["spec"]
+        return {
+            "acceptedNames": copy.deepcopy(spec["names"]),
+            "conditions": [
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
+            ],
+            "storedVersions": [version["name"] for version in spec["versions"] if version.get("storage")],
+        }
+
+    def _crd_resources(self, crd: Mapping[str, Any]) -> Iterator[tuple[kmock.resource, Mapping[str, Any]]]:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            if version.get("served", True):
+                yield kmock.resource(spec["group"], version["name"], spec["names"]["plural"]), version
+
+    def _register_crd(self, crd: Mapping[str, Any]) -> None:
+        spec = crd["spec"]
+        names = spec["names"]
+        for resource, version in self._crd_resources(crd):
+            self.resources[resource] = kmock.ResourceInfo(
+                kind=names["kind"],
+                singular=names.get("singular") or names["kind"].lower(),
+                namespaced=spec["scope"] == "Namespaced",
+                verbs={"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"},
+                shortnames=set(names.get("shortNames") or ()),
+                categories=set(names.get("categories") or ()),
+                subresources=set(version.get("subresources") or {}) & {"status"},
+            )
+            self._crd_schemas[resource] = (version.get("schema") or {}).get("openAPIV3Schema")
+
+    def _unregister_crd(self, crd: Mapping[str, Any], *, remove_objects: bool = False) -> None:
+        for resource, _ in self._crd_resources(crd):
+            if remove_objects:
+                for key in [k for k, obj in self._objects.items() if k[0] == resource and not obj.deleted]:
+                    self._remove(key)
+                for key in [k for k in self._objects if k[0] == resource]:
+                    del self._objects[
+                        key
+                    ]  # kmock lists a resource in discovery while it holds any object of it
+            self.resources.pop(resource, None)
+            self._crd_schemas.pop(resource, None)
+
+    def _apply_schema(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
+        if resource not in self._crd_schemas:
+            return obj
+        return structural.prune_and_default(obj, self._crd_schemas[resource])
+
+
+def _spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything but metadata and status: what a change of bumps metadata.generation."""
+    return {
+        key: value for key, value in obj.items() if key not in ("metadata", "status", "apiVersion", "kind")
+    }
