@@ -619,6 +619,7 @@ class VariantStatus(StatusModel):
 
 class Check(StatusModel):
     time: str
+    variant: str | None = None
     sli: str
     value: float | None = Field(None, description="Reading; absent when there was no data.")
     threshold: float | None = None
@@ -633,6 +634,8 @@ class CanaryStatus(StatusModel):
     weight: int = Field(0, ge=0, le=100, description="Canary traffic percent actually achieved.")
     requestedWeight: int = Field(0, ge=0, le=100)
     failedChecks: int = Field(0, ge=0)
+    promoting: bool = Field(False, description="Stable is being moved to the canary's artifact.")
+    startedAt: str | None = None
     stepStartedAt: str | None = None
     lastAnalysisAt: str | None = None
     p99Ms: float | None = None
@@ -667,6 +670,7 @@ class CompressedModelStatus(StatusModel):
     observedGeneration: int | None = None
     message: str | None = None
     hashes: SpecHashes = Field(default_factory=SpecHashes)
+    base: VariantStatus | None = Field(None, description="The base model's own evaluation and artifact.")
     variants: list[VariantStatus] = Field(default_factory=list)
     selectedVariant: str | None = None
     ladder: list[str] = Field(default_factory=list, description="Variants still to try, best first.")

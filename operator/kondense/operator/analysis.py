@@ -1,0 +1,111 @@
+"""Turn SLI readings into checks and a verdict (pure). No data is never a pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kondense.api.resource import AnalysisSpec, Check
+
+
+class SLI(StrEnum):
+    REQUESTS = "requests"  # canary requests in the window; below minRequests is no data
+    P99_LATENCY_MS = "p99LatencyMs"
+    ERROR_RATE = "errorRate"
+    ACCURACY_DELTA = "accuracyDelta"
+
+
+@dataclass(frozen=True)
+class Reading:
+    sli: SLI
+    value: float | None  # None: no data (no samples, Prometheus down, too few requests)
+    message: str | None = None
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"  # a threshold was breached
+    NO_DATA = "nodata"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    checks: list[Check]
+    verdict: Verdict
+
+    @property
+    def breaches(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed and c.value is not None]
+
+
+def thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
+    out: dict[SLI, float] = {}
+    if spec.p99LatencyMs:
+        out[SLI.P99_LATENCY_MS] = spec.p99LatencyMs.max
+    if spec.errorRate:
+        out[SLI.ERROR_RATE] = spec.errorRate.max
+    if spec.accuracyDelta:
+        out[SLI.ACCURACY_DELTA] = spec.accuracyDelta.max
+    return out
+
+
+def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: str | None = None) -> Analysis:
+    """One check per configured SLI. Missing or empty readings fail as no-data."""
+    window = window or spec.window
+    by_sli = {r.sli: r for r in readings}
+    checks: list[Check] = []
+    traffic = by_sli.get(SLI.REQUESTS)
+    if traffic is None or traffic.value is None or traffic.value < spec.minRequests:
+        seen = "no" if traffic is None or traffic.value is None else f"{traffic.value:.0f}"
+        why = traffic.message if traffic is not None and traffic.message else f"{seen} canary requests"
+        checks.append(
+            Check(
+                time=now,
+                sli=SLI.REQUESTS.value,
+                value=None,
+                threshold=float(spec.minRequests),
+                window=window,
+                passed=False,
+                message=f"{why}, need {spec.minRequests} in {window}: no data (counts as a failure)",
+            )
+        )
+        return Analysis(checks, Verdict.NO_DATA)
+    for sli, threshold in thresholds(spec).items():
+        reading = by_sli.get(sli)
+        value = reading.value if reading else None
+        if value is None:
+            message = (
+                reading.message if reading and reading.message else "no data"
+            ) + " (counts as a failure)"
+            checks.append(
+                Check(
+                    time=now,
+                    sli=sli.value,
+                    value=None,
+                    threshold=threshold,
+                    window=window,
+                    passed=False,
+                    message=message,
+                )
+            )
+            continue
+        passed = value <= threshold
+        checks.append(
+            Check(
+                time=now,
+                sli=sli.value,
+                value=round(value, 6),
+                threshold=threshold,
+                window=window,
+                passed=passed,
+                message=None if passed else f"{sli.value} {value:.4g} > {threshold:g} over {window}",
+            )
+        )
+    if any(not c.passed and c.value is not None for c in checks):
+        verdict = Verdict.FAIL
+    elif any(not c.passed for c in checks):
+        verdict = Verdict.NO_DATA
+    else:
+        verdict = Verdict.PASS
+    return Analysis(checks, verdict)

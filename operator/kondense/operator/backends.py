@@ -1,0 +1,269 @@
+"""Serving backends: the pods behind a track and the PromQL that reads their SLIs (registry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kondense.api.resource import CompressedModelSpec, Runtime
+from kondense.operator.analysis import SLI
+from kondense.operator.locations import Location, pvc_volumes
+from kondense.operator.naming import SHA_ANNOTATION, TRACK_LABEL, VARIANT_LABEL, Names
+from kondense.operator.objects import (
+    Owner,
+    artifact_dir,
+    container_security,
+    metadata,
+    placement,
+    pod_security,
+    scratch_volume,
+)
+from kondense.operator.rollout import Track
+from kondense.operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    spec: CompressedModelSpec
+    owner: Owner
+    settings: OperatorSettings
+
+    @property
+    def names(self) -> Names:
+        return Names(self.owner.name)
+
+    def service_url(self, track: str) -> str:
+        host = f"{self.names.service(track)}.{self.owner.namespace}.{self.settings.service_domain}"
+        return f"http://{host}:{self.spec.serving.port}"
+
+
+def _selector(names: Names, track: str) -> dict[str, str]:
+    return {"kondense.dev/model": names.model, TRACK_LABEL: track}
+
+
+def _deployment(
+    ctx: ServingContext,
+    track: str,
+    t: Track,
+    replicas: int,
+    pod_spec: dict[str, Any],
+    metrics_port: int,
+) -> dict[str, Any]:
+    names = ctx.names
+    variant = t.variant or "base"
+    labels = names.labels("server", **{TRACK_LABEL: track, VARIANT_LABEL: variant})
+    annotations = {
+        SHA_ANNOTATION: t.artifact.sha256,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(
+            ctx.owner, names.deployment(track), labels, annotations={SHA_ANNOTATION: t.artifact.sha256}
+        ),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": _selector(names, track)},
+            # never below the desired ready count while an artifact rolls (promotion without errors)
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        },
+    }
+
+
+def _pvc_mounts(
+    uri: str | None, settings: OperatorSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    claim = Location(uri).claim if uri else None
+    return pvc_volumes([claim] if claim else [], settings.pvc_root, read_only=True)
+
+
+class ServingBackend(Protocol):
+    @property
+    def runtime(self) -> Runtime: ...
+
+    def workload(self, ctx: ServingContext, track: str, t: Track, replicas: int) -> list[dict[str, Any]]:
+        """The Deployment (and whatever it needs) serving ``t`` on ``track``."""
+        ...
+
+    def queries(self, namespace: str, model: str, track: str, window: str) -> dict[SLI, str]:
+        """PromQL per SLI for one track over ``window``."""
+        ...
+
+
+class OnnxRuntimeBackend:
+    """kondense's own server (`kondense serve`): Open Inference Protocol v2, shadow agreement."""
+
+    runtime = Runtime.ONNXRUNTIME
+
+    def workload(self, ctx: ServingContext, track: str, t: Track, replicas: int) -> list[dict[str, Any]]:
+        spec, settings = ctx.spec, ctx.settings
+        port = spec.serving.port
+        args = [
+            "serve",
+            "--model", artifact_dir(t.artifact.uri, settings),
+            "--name", ctx.owner.name,
+            "--variant", track,
+            "--port", str(port),
+            "--task", spec.task.value,
+        ]  # fmt: skip
+        if spec.serving.threads:
+            args += ["--threads", str(spec.serving.threads)]
+        if track == "canary":
+            args += ["--shadow-of", ctx.service_url("stable"), "--shadow-sample", "1.0"]
+        volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
+        tmp_volume, tmp_mount = scratch_volume()
+        pod_fields, container_fields = placement(spec.serving)
+        probe = {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        }
+        pod_spec = {
+            "securityContext": pod_security(),
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 30,
+            **pod_fields,
+            "containers": [
+                {
+                    "name": "server",
+                    "image": spec.serving.image or settings.serving_image,
+                    "imagePullPolicy": settings.image_pull_policy,
+                    "command": ["kondense"],
+                    "args": args,
+                    "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+                    "readinessProbe": probe,
+                    "livenessProbe": {
+                        "httpGet": {"path": "/v2/health/live", "port": "http"},
+                        "periodSeconds": 10,
+                    },
+                    "securityContext": container_security(),
+                    "volumeMounts": [*mounts, tmp_mount],
+                    **container_fields,
+                }
+            ],
+            "volumes": [*volumes, tmp_volume],
+        }
+        return [_deployment(ctx, track, t, replicas, pod_spec, port)]
+
+    def queries(self, namespace: str, model: str, track: str, window: str) -> dict[SLI, str]:
+        sel = f'namespace="{namespace}",model="{model}",variant="{track}"'
+        total = f"sum(rate(kondense_requests_total{{{sel}}}[{window}]))"
+        compared = f'sum(rate(kondense_shadow_comparisons_total{{{sel},result=~"agree|disagree"}}[{window}]))'
+        return {
+            SLI.REQUESTS: f"sum(increase(kondense_requests_total{{{sel}}}[{window}]))",
+            SLI.P99_LATENCY_MS: (
+                f"1000 * histogram_quantile(0.99, sum by (le) "
+                f"(rate(kondense_request_duration_seconds_bucket{{{sel}}}[{window}])))"
+            ),
+            SLI.ERROR_RATE: f'sum(rate(kondense_requests_total{{{sel},code=~"5.."}}[{window}])) / {total}',
+            SLI.ACCURACY_DELTA: (
+                f'sum(rate(kondense_shadow_comparisons_total{{{sel},result="disagree"}}[{window}])) / {compared}'
+            ),
+        }
+
+
+TRITON_HTTP_PORT = 8000
+TRITON_METRICS_PORT = 8002
+
+
+class TritonBackend:
+    """NVIDIA Triton with the onnxruntime_onnx platform; an init container (serving image) checks
+    the artifact's sha256 and builds the model repository and config.pbtxt from the ONNX graph."""
+
+    runtime = Runtime.TRITON
+
+    def workload(self, ctx: ServingContext, track: str, t: Track, replicas: int) -> list[dict[str, Any]]:
+        spec, settings = ctx.spec, ctx.settings
+        triton = spec.serving.triton
+        max_batch = triton.maxBatchSize if triton else 8
+        init_args = [
+            "triton-repository",
+            "--model", artifact_dir(t.artifact.uri, settings),
+            "--repository", "/models",
+            "--name", ctx.owner.name,
+            "--max-batch-size", str(max_batch),
+            "--instance-kind", (triton.instanceKind.value if triton else "KIND_CPU"),
+            "--instance-count", str(triton.instanceCount if triton else 1),
+        ]  # fmt: skip
+        if triton and triton.dynamicBatching:
+            init_args += ["--max-queue-delay-us", str(triton.dynamicBatching.maxQueueDelayMicroseconds)]
+            for size in triton.dynamicBatching.preferredBatchSize or []:
+                init_args += ["--preferred-batch-size", str(size)]
+        volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
+        tmp_volume, tmp_mount = scratch_volume()
+        repo_volume, repo_mount = (
+            {"name": "models", "emptyDir": {}},
+            {"name": "models", "mountPath": "/models"},
+        )
+        pod_fields, container_fields = placement(spec.serving)
+        pod_spec = {
+            "securityContext": pod_security(),
+            "automountServiceAccountToken": False,
+            **pod_fields,
+            "initContainers": [
+                {
+                    "name": "model-repository",
+                    "image": spec.serving.image or settings.serving_image,
+                    "imagePullPolicy": settings.image_pull_policy,
+                    "command": ["kondense"],
+                    "args": init_args,
+                    "securityContext": container_security(),
+                    "volumeMounts": [*mounts, repo_mount, tmp_mount],
+                }
+            ],
+            "containers": [
+                {
+                    "name": "triton",
+                    "image": settings.triton_image,
+                    "imagePullPolicy": settings.image_pull_policy,
+                    "command": ["tritonserver"],
+                    "args": [
+                        "--model-repository=/models",
+                        f"--http-port={TRITON_HTTP_PORT}",
+                        "--grpc-port=8001",
+                        f"--metrics-port={TRITON_METRICS_PORT}",
+                        "--metrics-config=summary_latencies=true",
+                        "--disable-auto-complete-config",
+                    ],
+                    "ports": [
+                        {"name": "http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
+                        {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+                        {"name": "metrics", "containerPort": TRITON_METRICS_PORT, "protocol": "TCP"},
+                    ],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/v2/health/ready", "port": "http"},
+                        "periodSeconds": 2,
+                    },
+                    "livenessProbe": {
+                        "httpGet": {"path": "/v2/health/live", "port": "http"},
+                        "periodSeconds": 10,
+                    },
+                    "securityContext": container_security(),
+                    "volumeMounts": [repo_mount, tmp_mount],
+                    **container_fields,
+                }
+            ],
+            "volumes": [*volumes, repo_volume, tmp_volume],
+        }
+        return [_deployment(ctx, track, t, replicas, pod_spec, TRITON_METRICS_PORT)]
+
+    def queries(self, namespace: str, model: str, track: str, window: str) -> dict[SLI, str]:
+        # Triton's metrics carry no track: pods are told apart by name (<model>-<track>-...)
+        pods = f'namespace="{namespace}",model="{model}",pod=~"{Names(model).deployment(track)}-.*"'
+        success = f"sum(increase(nv_inference_request_success{{{pods}}}[{window}]))"
+        failure = f"sum(increase(nv_inference_request_failure{{{pods}}}[{window}]))"
+        return {
+            SLI.REQUESTS: f"{success} + {failure}",
+            SLI.P99_LATENCY_MS: f'max(nv_inference_request_summary_us{{{pods},quantile="0.99"}}) / 1000',
+            SLI.ERROR_RATE: f"{failure} / ({success} + {failure})",
+        }
+
+
+SERVING_BACKENDS: dict[Runtime, ServingBackend] = {
+    Runtime.ONNXRUNTIME: OnnxRuntimeBackend(),
+    Runtime.TRITON: TritonBackend(),
+}

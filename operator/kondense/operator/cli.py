@@ -1,0 +1,40 @@
+"""`kondense operator`: run the controller."""
+
+from __future__ import annotations
+
+import typer
+
+
+def operator(
+    namespace: list[str] = typer.Option(  # noqa: B008
+        None,
+        "--namespace",
+        "-n",
+        help="Namespace to watch (repeatable); default: KONDENSE_NAMESPACES or all.",
+    ),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the kondense operator (kopf, standalone: one replica, no peering)."""
+    import asyncio
+    import logging
+
+    import kopf
+
+    from kondense.operator import handlers
+
+    namespaces = [] if all_namespaces else (namespace or handlers.SETTINGS.namespaces)
+    health = f"http://0.0.0.0:{handlers.SETTINGS.health_port}/healthz"
+    logging.basicConfig(level=logging.DEBUG if verbose else handlers.SETTINGS.log_level)
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=list(namespaces or []),
+            liveness_endpoint=health,
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("operator")(operator)

@@ -1,0 +1,270 @@
+"""The imperative shell around the rollout core: observe, decide (pure), write status, act."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kondense.api.artifacts import JobResult
+from kondense.api.resource import CompressedModelSpec, CompressedModelStatus, Phase
+from kondense.api.validation import field_errors
+from kondense.operator import metrics
+from kondense.operator.backends import SERVING_BACKENDS, ServingContext
+from kondense.operator.kube import KubeClient
+from kondense.operator.locations import LocationError, claims, variant_location
+from kondense.operator.naming import HASH_LABEL, MODEL_LABEL, SHA_ANNOTATION, VARIANT_LABEL, Names
+from kondense.operator.objects import Owner, compression_job
+from kondense.operator.providers import MetricProvider, PrometheusProvider, read_slis
+from kondense.operator.rollout import (
+    Event,
+    JobObservation,
+    JobState,
+    TrackObservation,
+    World,
+    analysis_due,
+    compression_hash,
+    effective_window,
+    reconcile,
+    set_condition,
+    topology,
+)
+from kondense.operator.routers import TRAFFIC_ROUTERS
+from kondense.operator.settings import OperatorSettings
+from kondense.operator.workloads import serving_plan
+
+log = logging.getLogger("kondense.operator")
+EventSink = Callable[[dict[str, Any], Event], None]
+
+
+def job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobObservation:
+    """Job + its pods -> state, reason and the result from the container's termination message."""
+    status = job.get("status") or {}
+    result, message, oom = None, None, False
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if not terminated:
+                continue
+            oom = oom or terminated.get("reason") == "OOMKilled"
+            text = terminated.get("message")
+            if text and result is None:
+                try:
+                    result = JobResult.model_validate_json(text)
+                except ValidationError:
+                    message = f"unreadable result in the termination message: {text[:200]!r}"
+    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Complete" in conditions or (status.get("succeeded") or 0) > 0:
+        return JobObservation(JobState.SUCCEEDED, None, message, result)
+    if "Failed" in conditions:
+        reason = "OOMKilled" if oom else conditions["Failed"].get("reason") or "Failed"
+        text = (result.message if result else None) or conditions["Failed"].get("message") or message
+        return JobObservation(JobState.FAILED, reason, text, result)
+    return JobObservation(JobState.ACTIVE)
+
+
+def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | None:
+    if deployment is None:
+        return None
+    spec, status, meta = deployment.get("spec") or {}, deployment.get("status") or {}, deployment["metadata"]
+    replicas = spec.get("replicas") or 0
+    ready, updated = status.get("readyReplicas") or 0, status.get("updatedReplicas") or 0
+    annotations = ((spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    settled = (
+        (status.get("observedGeneration") or 0) >= (meta.get("generation") or 0)
+        and updated >= replicas
+        and ready >= replicas
+        and (status.get("replicas") or 0) <= replicas
+    )
+    return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled)
+
+
+@dataclass
+class Controller:
+    settings: OperatorSettings
+    kube: KubeClient
+    post_event: EventSink
+    provider_for: Callable[[str], MetricProvider] | None = None
+
+    def __post_init__(self) -> None:
+        self._providers: dict[str, MetricProvider] = {}
+
+    def provider(self, url: str) -> MetricProvider:
+        if url not in self._providers:
+            factory = self.provider_for or (
+                lambda u: PrometheusProvider(u, timeout=self.settings.prometheus_timeout_seconds)
+            )
+            self._providers[url] = factory(url)
+        return self._providers[url]
+
+    # ------------------------------------------------------------------------------------------
+    def reconcile(self, body: dict[str, Any], now: datetime | None = None) -> CompressedModelStatus:
+        started = time.perf_counter()
+        try:
+            return self._reconcile(body, now or datetime.now(UTC))
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _reconcile(self, body: dict[str, Any], now: datetime) -> CompressedModelStatus:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        generation = meta.get("generation")
+        current = CompressedModelStatus.model_validate(body.get("status") or {})
+        ts = now.isoformat().replace("+00:00", "Z")
+        try:
+            spec = CompressedModelSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            return self._invalid(body, current, [str(e) for e in field_errors(exc, ("spec",))], ts)
+        problems = self._preflight(spec, namespace, name)
+        if problems:
+            return self._invalid(body, current, problems, ts)
+
+        owner = Owner(name, namespace, meta["uid"])
+        names = Names(name)
+        spec_hash = compression_hash(spec)
+        world = World(
+            jobs=self._observe_jobs(spec, owner, spec_hash),
+            stable=track_observation(self.kube.get("Deployment", names.deployment("stable"), namespace)),
+            canary=track_observation(self.kube.get("Deployment", names.deployment("canary"), namespace)),
+        )
+        backend = SERVING_BACKENDS[spec.serving.runtime]
+        router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
+        if analysis_due(spec, current, world, now):
+            url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
+            window = effective_window(spec, current, now)
+            queries = backend.queries(namespace, name, "canary", window)
+            world = replace(
+                world, readings=read_slis(self.provider(url or self.settings.prometheus_url), queries)
+            )
+
+        decision = reconcile(spec, current, generation, world, now)
+        status = decision.status
+        for cond in list(status.conditions):
+            if cond.type == "Invalid":
+                status.conditions.remove(cond)
+        # the decision is on the resource before anything acts on it (restart safety)
+        if status != current:
+            self.kube.patch_status(namespace, name, status.model_dump(mode="json"))
+
+        for variant in decision.create_jobs:
+            job = compression_job(spec, owner, self.settings, spec_hash, variant)
+            if self.kube.create(job):
+                log.info("created Job %s/%s", namespace, job["metadata"]["name"])
+        self._delete_stale_jobs(namespace, name, spec_hash)
+
+        ctx = ServingContext(spec, owner, self.settings)
+        plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
+        for obj in plan.apply:
+            obj["metadata"].setdefault("namespace", namespace)
+            self.kube.apply(obj)
+        for kind, obj_name in plan.delete:
+            self.kube.delete(kind, obj_name, namespace)
+
+        for event in decision.events:
+            self.post_event(body, event)
+        self._record_metrics(namespace, name, current, status, decision)
+        return status
+
+    # ------------------------------------------------------------------------------------------
+    def _preflight(self, spec: CompressedModelSpec, namespace: str, name: str) -> list[str]:
+        """What the models cannot know: missing PVCs, unknown runtime/router implementations."""
+        problems = []
+        if spec.serving.runtime not in SERVING_BACKENDS:
+            problems.append(f"spec.serving.runtime: no backend for {spec.serving.runtime}")
+        if spec.rollout.trafficRouting.type not in TRAFFIC_ROUTERS:
+            problems.append(
+                f"spec.rollout.trafficRouting.type: no router for {spec.rollout.trafficRouting.type}"
+            )
+        try:
+            output = variant_location(spec, namespace, name, "x", "x").uri
+        except LocationError as exc:
+            return [*problems, f"spec.artifacts: {exc}"]
+        data = spec.data
+        uris: list[str | None] = [spec.baseModel.uri, data.evaluation.uri, output]
+        uris += [
+            data.calibration.uri if data.calibration else None,
+            data.training.uri if data.training else None,
+        ]
+        for claim in claims(*uris):
+            if not self.kube.pvc_exists(namespace, claim):
+                problems.append(
+                    f"PersistentVolumeClaim {namespace}/{claim} does not exist (used by a pvc:// URI)"
+                )
+        return problems
+
+    def _invalid(
+        self, body: dict[str, Any], current: CompressedModelStatus, problems: list[str], ts: str
+    ) -> CompressedModelStatus:
+        meta = body["metadata"]
+        status = current.model_copy(deep=True)
+        message = "; ".join(problems)
+        set_condition(status, "Invalid", True, "InvalidSpec", message, ts, meta.get("generation"))
+        if status.phase in (Phase.PENDING,) or status.hashes.compression is None:
+            status.phase = Phase.FAILED
+        status.message = f"invalid: {message}"
+        status.observedGeneration = meta.get("generation")
+        if status != current:
+            self.kube.patch_status(meta["namespace"], meta["name"], status.model_dump(mode="json"))
+            self.post_event(body, Event("Warning", "Invalid", message))
+        return status
+
+    def _observe_jobs(
+        self, spec: CompressedModelSpec, owner: Owner, spec_hash: str
+    ) -> dict[str, JobObservation]:
+        selector = f"{MODEL_LABEL}={owner.name},{HASH_LABEL}={spec_hash[:12]}"
+        jobs = self.kube.list_jobs(owner.namespace, selector)
+        out: dict[str, JobObservation] = {}
+        if not jobs:
+            return out
+        pods = self.kube.list_pods(owner.namespace, selector)
+        for job in jobs:
+            variant = job["metadata"]["labels"][VARIANT_LABEL]
+            uid = job["metadata"].get("uid")
+            own_pods = [
+                p
+                for p in pods
+                if (p["metadata"].get("labels") or {}).get("job-name") == job["metadata"]["name"]
+                or any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
+            ]
+            obs = job_observation(job, own_pods)
+            if obs.result is not None and obs.result.artifact is not None:
+                # the operator chose the output location; record it as the artifact's URI
+                uri = variant_location(spec, owner.namespace, owner.name, spec_hash, variant).uri
+                obs.result.artifact.uri = uri
+            out[variant] = obs
+        return out
+
+    def _delete_stale_jobs(self, namespace: str, name: str, spec_hash: str) -> None:
+        for job in self.kube.list_jobs(namespace, f"{MODEL_LABEL}={name},{HASH_LABEL}!={spec_hash[:12]}"):
+            self.kube.delete("Job", job["metadata"]["name"], namespace)
+
+    def _record_metrics(
+        self,
+        namespace: str,
+        name: str,
+        before: CompressedModelStatus,
+        after: CompressedModelStatus,
+        decision: Any,
+    ) -> None:
+        metrics.record_status(namespace, name, after)
+        if before.phase != after.phase:
+            if after.phase is Phase.PROMOTED:
+                metrics.ROLLOUTS.labels(result="promoted").inc()
+            elif after.phase is Phase.ROLLED_BACK:
+                metrics.ROLLOUTS.labels(result="rolledback").inc()
+            elif after.phase is Phase.FAILED:
+                metrics.ROLLOUTS.labels(result="failed").inc()
+        before_phases = {v.name: v.phase for v in before.variants}
+        for v in after.variants:
+            finished = v.phase.value in ("Succeeded", "Failed", "Rejected")
+            if finished and before_phases.get(v.name) in (None, "Pending", "Running"):
+                metrics.COMPRESSION_JOBS.labels(result=v.phase.value.lower()).inc()
+        if decision.analysis is not None:
+            for check in decision.analysis.checks:
+                result = "pass" if check.passed else ("nodata" if check.value is None else "fail")
+                metrics.ANALYSIS_CHECKS.labels(sli=check.sli, result=result).inc()

@@ -1,0 +1,159 @@
+"""Thin Kubernetes access for the operator's shell, through the official client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kondense.api.resource import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _plain(obj: Any) -> Any:
+    return client.ApiClient().sanitize_for_serialization(obj)
+
+
+def _subset_differs(desired: Any, actual: Any) -> bool:
+    """True when something we set is not what the server has (server-added fields are ignored)."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return True
+        return any(_subset_differs(v, actual.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return True
+        return any(_subset_differs(d, a) for d, a in zip(desired, actual, strict=True))
+    if isinstance(desired, int | float) and isinstance(actual, int | float) and not isinstance(desired, bool):
+        return desired != actual
+    return desired != actual and str(desired) != str(actual)
+
+
+class KubeClient:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # -- generic by kind ------------------------------------------------------------------------
+    def _ops(self, kind: str) -> tuple[Any, Any, Any, Any]:
+        if kind == "Deployment":
+            a = self.apps
+            return (a.read_namespaced_deployment, a.create_namespaced_deployment,
+                    a.patch_namespaced_deployment, a.delete_namespaced_deployment)  # fmt: skip
+        if kind == "Service":
+            c = self.core
+            return (c.read_namespaced_service, c.create_namespaced_service,
+                    c.patch_namespaced_service, c.delete_namespaced_service)  # fmt: skip
+        if kind == "ConfigMap":
+            c = self.core
+            return (c.read_namespaced_config_map, c.create_namespaced_config_map,
+                    c.patch_namespaced_config_map, c.delete_namespaced_config_map)  # fmt: skip
+        if kind == "Job":
+            b = self.batch
+            return (b.read_namespaced_job, b.create_namespaced_job,
+                    b.patch_namespaced_job, b.delete_namespaced_job)  # fmt: skip
+        raise ValueError(f"unsupported kind {kind}")
+
+    def apply(self, obj: dict[str, Any]) -> str:
+        """Create, or merge-patch when what we own differs. Returns created|patched|unchanged."""
+        kind, meta = obj["kind"], obj["metadata"]
+        if kind == "HTTPRoute":
+            return self.patch_http_route(obj)
+        read, create, patch, _ = self._ops(kind)
+        try:
+            current = _plain(read(meta["name"], meta["namespace"]))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            try:
+                create(meta["namespace"], obj)
+                return "created"
+            except ApiException as exc2:
+                if exc2.status != 409:
+                    raise
+                current = _plain(read(meta["name"], meta["namespace"]))
+        wanted = {k: v for k, v in obj.items() if k in ("spec", "data")}
+        wanted["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        if not _subset_differs(wanted, current):
+            return "unchanged"
+        patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+        return "patched"
+
+    def delete(self, kind: str, name: str, namespace: str) -> bool:
+        _, _, _, delete = self._ops(kind)
+        try:
+            delete(name, namespace, propagation_policy="Background")
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create; False when it already exists (restart safety: creating twice is harmless)."""
+        _, create, _, _ = self._ops(obj["kind"])
+        try:
+            create(obj["metadata"]["namespace"], obj)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    # -- reads ------------------------------------------------------------------------------------
+    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return _plain(self.batch.list_namespaced_job(namespace, label_selector=selector).items)
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return _plain(self.core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        read, _, _, _ = self._ops(kind)
+        try:
+            return _plain(read(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def pvc_exists(self, namespace: str, claim: str) -> bool:
+        try:
+            self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    # -- the custom resource ------------------------------------------------------------------
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+        )
+
+    def patch_http_route(self, obj: dict[str, Any]) -> str:
+        """Set backend weights on the user's HTTPRoute (it owns parentRefs/matches; we own weights)."""
+        meta = obj["metadata"]
+        namespace: str = meta["namespace"]
+        group, version = "gateway.networking.k8s.io", "v1"
+        current: Any = self.custom.get_namespaced_custom_object(
+            group, version, namespace, "httproutes", meta["name"]
+        )
+        rules = current.get("spec", {}).get("rules") or [{}]
+        wanted_refs = obj["spec"]["rules"][0]["backendRefs"]
+        if all(r.get("backendRefs") == wanted_refs for r in rules):
+            return "unchanged"
+        for rule in rules:
+            rule["backendRefs"] = wanted_refs
+        self.custom.patch_namespaced_custom_object(
+            group, version, namespace, "httproutes", meta["name"], {"spec": {"rules": rules}},
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
+        return "patched"

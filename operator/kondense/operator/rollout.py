@@ -1,0 +1,533 @@
+"""The rollout state machine (pure): ``(spec, status, generation, world, now) -> Decision``.
+
+Everything the operator needs after a restart is in the status it returns; the shell writes that
+status *before* it acts (creates Jobs, applies Deployments, posts Events), so a restarted operator
+re-derives the same actions and never promotes twice. Serving topology is declarative: see
+``topology``, recomputed from the status on every tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from kondense.api.artifacts import ArtifactRef, JobResult
+from kondense.api.resource import (
+    MAX_CHECKS,
+    CanaryStatus,
+    CompressedModelSpec,
+    CompressedModelStatus,
+    Condition,
+    Phase,
+    StableStatus,
+    VariantPhase,
+    VariantStatus,
+    parse_duration,
+)
+from kondense.operator.analysis import Analysis, Reading, Verdict, analyse
+from kondense.operator.selection import select_variants
+
+BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
+TERMINAL = {VariantPhase.SUCCEEDED, VariantPhase.REJECTED, VariantPhase.FAILED}
+MIN_WINDOW = timedelta(seconds=10)  # shortest PromQL window worth asking for (several scrapes)
+
+
+class JobState(StrEnum):
+    MISSING = "Missing"
+    ACTIVE = "Active"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    state: JobState
+    reason: str | None = None  # DeadlineExceeded, BackoffLimitExceeded, OOMKilled, BadInput, ...
+    message: str | None = None
+    result: JobResult | None = None
+
+
+@dataclass(frozen=True)
+class TrackObservation:
+    """One serving Deployment as observed."""
+
+    replicas: int  # desired
+    ready: int
+    updated: int
+    sha256: str | None  # artifact its pod template serves
+    settled: bool  # the controller observed the latest generation and every pod is updated and ready
+
+
+@dataclass(frozen=True)
+class World:
+    jobs: Mapping[str, JobObservation] = field(default_factory=dict)
+    stable: TrackObservation | None = None
+    canary: TrackObservation | None = None
+    readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: CompressedModelStatus
+    create_jobs: list[str] = field(default_factory=list)  # variant names (BASE for the baseline)
+    events: list[Event] = field(default_factory=list)
+    analysis: Analysis | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# spec fingerprints: which stage a spec change restarts from
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def compression_hash(spec: CompressedModelSpec) -> str:
+    return _digest(
+        spec.model_dump(
+            mode="json", include={"baseModel", "task", "data", "targets", "artifacts", "compression"}
+        )
+    )
+
+
+def rollout_hash(spec: CompressedModelSpec) -> str:
+    return _digest(spec.model_dump(mode="json", include={"selection", "serving", "rollout"}))
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _iso(now: datetime) -> str:
+    return now.isoformat().replace("+00:00", "Z")
+
+
+def _parse(ts: str | None) -> datetime | None:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+
+
+def set_condition(
+    status: CompressedModelStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> None:
+    wanted = "True" if value else "False"
+    for i, cond in enumerate(status.conditions):
+        if cond.type == type_:
+            changed = cond.status != wanted
+            status.conditions[i] = Condition(
+                type=type_,
+                status=wanted,
+                reason=reason,
+                message=message,
+                lastTransitionTime=now if changed else cond.lastTransitionTime,
+                observedGeneration=generation,
+            )
+            return
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=wanted,
+            reason=reason,
+            message=message,
+            lastTransitionTime=now,
+            observedGeneration=generation,
+        )
+    )
+
+
+def technique_label(spec: CompressedModelSpec, name: str) -> str:
+    return "+".join(t.value for t in spec.target(name).techniques())
+
+
+def _variant(status: CompressedModelStatus, name: str) -> VariantStatus:
+    for v in status.variants:
+        if v.name == name:
+            return v
+    raise KeyError(name)
+
+
+def _apply_job(variant: VariantStatus, obs: JobObservation, budget: float | None) -> Event | None:
+    """Fold a finished Job into its variant status; returns the event to post."""
+    if obs.state is JobState.SUCCEEDED:
+        result = obs.result
+        if result is None:
+            variant.phase, variant.reason = VariantPhase.FAILED, "UnreadableResult"
+            variant.message = obs.message or "the Job succeeded but left no readable result"
+        elif result.artifact is None:
+            variant.phase, variant.reason = VariantPhase.FAILED, "NoArtifact"
+            variant.message = result.message or "the Job reported no artifact"
+        else:
+            variant.artifact, variant.metrics = result.artifact, result.metrics
+            delta = result.metrics.accuracyDelta if result.metrics else None
+            over = budget is not None and (delta is None or delta > budget)
+            if result.reason == "BudgetNotMet" or over:
+                variant.phase, variant.reason = VariantPhase.REJECTED, "BudgetNotMet"
+                shown = "n/a" if delta is None else f"{delta:.4f}"
+                variant.message = f"accuracy delta {shown} > budget {budget}"
+            else:
+                variant.phase, variant.reason, variant.message = VariantPhase.SUCCEEDED, None, result.message
+        ok = variant.phase is VariantPhase.SUCCEEDED
+        return Event(
+            "Normal" if ok else "Warning",
+            "VariantCompressed" if ok else "VariantRejected",
+            f"{variant.name}: {variant.message or 'compressed'}"
+            + (
+                f" (size {variant.metrics.sizeRatio:.3f}x of base)"
+                if ok and variant.metrics and variant.metrics.sizeRatio
+                else ""
+            ),
+        )
+    if obs.state is JobState.FAILED:
+        variant.phase = VariantPhase.FAILED
+        variant.reason = obs.reason or (obs.result.reason if obs.result else None) or "JobFailed"
+        variant.message = (obs.result.message if obs.result and obs.result.message else None) or obs.message
+        return Event(
+            "Warning", "VariantFailed", f"{variant.name}: {variant.reason}: {variant.message or ''}".strip()
+        )
+    return None
+
+
+def _start_canary(status: CompressedModelStatus, spec: CompressedModelSpec, name: str, now: str) -> None:
+    history = status.canary.checks if status.canary else []
+    status.selectedVariant = name
+    status.phase = Phase.CANARY
+    weight = spec.rollout.steps[0]
+    status.canary = CanaryStatus(
+        variant=name,
+        step=0,
+        weight=0,
+        requestedWeight=weight,
+        startedAt=now,
+        stepStartedAt=now,
+        checks=history,
+    )
+    _variant(status, name).phase = VariantPhase.SUCCEEDED
+
+
+def effective_window(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> str:
+    """The analysis window, shortened to the canary's age so a new canary is not judged on the
+    samples of the pods it replaced."""
+    window = parse_duration(spec.rollout.analysis.window)
+    started = _parse(status.canary.startedAt if status.canary else None)
+    if started is not None:
+        window = min(window, max(now - started, MIN_WINDOW))
+    return f"{int(window.total_seconds())}s"
+
+
+def analysis_due(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime
+) -> bool:
+    """One analysis per interval once the canary pods are up (the clock starts at the step)."""
+    canary = status.canary
+    if status.phase is not Phase.CANARY or canary is None or canary.promoting:
+        return False
+    last = _parse(canary.lastAnalysisAt) or _parse(canary.stepStartedAt)
+    last = max(filter(None, [last, _parse(canary.stepStartedAt)]), default=None)
+    if last is None:
+        return True
+    return now - last >= timedelta(seconds=spec.rollout.interval_seconds())
+
+
+# ------------------------------------------------------------------------------------------------
+# the state machine
+
+
+def reconcile(
+    spec: CompressedModelSpec,
+    current: CompressedModelStatus,
+    generation: int | None,
+    world: World,
+    now: datetime,
+) -> Decision:
+    status = current.model_copy(deep=True)
+    ts = _iso(now)
+    d = Decision(status)
+    comp, roll = compression_hash(spec), rollout_hash(spec)
+
+    # 1. spec changes restart from the earliest affected stage
+    if status.hashes.compression != comp:
+        restarted = status.hashes.compression is not None
+        status.variants = [
+            VariantStatus(name=t.name, technique=technique_label(spec, t.name)) for t in spec.targets
+        ]
+        status.base = VariantStatus(name=BASE, technique="baseline")
+        status.phase, status.selectedVariant, status.ladder, status.canary = Phase.COMPRESSING, None, [], None
+        status.hashes.compression, status.hashes.rollout = comp, roll
+        status.message = f"compressing {len(spec.targets)} targets"
+        d.events.append(
+            Event("Normal", "Compressing", ("spec changed: " if restarted else "") + status.message)
+        )
+    elif status.hashes.rollout != roll:
+        status.hashes.rollout = roll
+        if status.phase in (Phase.CANARY, Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED, Phase.EVALUATING):
+            for v in status.variants:
+                if v.phase is VariantPhase.ROLLED_BACK:
+                    v.phase = VariantPhase.SUCCEEDED
+            status.canary = None
+            status.phase = Phase.EVALUATING
+            d.events.append(
+                Event("Normal", "Redeploying", "serving/rollout settings changed: selecting again")
+            )
+    status.observedGeneration = generation
+
+    # 2. compress: the baseline and one Job per target
+    if status.phase in (Phase.PENDING, Phase.COMPRESSING):
+        status.phase = Phase.COMPRESSING
+        assert status.base is not None
+        for v in [status.base, *status.variants]:
+            obs = world.jobs.get(v.name, JobObservation(JobState.MISSING))
+            if v.phase is VariantPhase.PENDING:
+                v.phase = VariantPhase.RUNNING
+                d.create_jobs.append(v.name)
+            elif v.phase is VariantPhase.RUNNING:
+                if obs.state is JobState.MISSING:
+                    d.create_jobs.append(v.name)  # lost (e.g. deleted by hand): create it again
+                elif obs.state in (JobState.SUCCEEDED, JobState.FAILED):
+                    budget = None if v.name == BASE else spec.budget_for(spec.target(v.name))
+                    event = _apply_job(v, obs, budget)
+                    if event:
+                        d.events.append(event)
+        base = status.base
+        if base.phase is VariantPhase.SUCCEEDED and base.artifact and status.stable is None:
+            status.stable = StableStatus(variant=None, artifact=base.artifact)
+            d.events.append(
+                Event("Normal", "Serving", f"stable serves the base model ({base.artifact.sha256[:12]})")
+            )
+        if all(v.phase in TERMINAL for v in [base, *status.variants]):
+            status.phase = Phase.EVALUATING
+        done = sum(v.phase in TERMINAL for v in status.variants)
+        set_condition(
+            status,
+            "Compressed",
+            status.phase is Phase.EVALUATING,
+            "Compressed" if status.phase is Phase.EVALUATING else "Compressing",
+            f"{done}/{len(status.variants)} variants done",
+            ts,
+            generation,
+        )
+
+    # 3. select
+    if status.phase is Phase.EVALUATING:
+        if status.base is not None and status.base.phase is VariantPhase.FAILED and status.stable is None:
+            status.phase = Phase.FAILED
+            status.message = (
+                f"the base model could not be prepared: {status.base.message or status.base.reason}"
+            )
+            d.events.append(Event("Warning", "Failed", status.message))
+        else:
+            selection = select_variants(spec, status.variants)
+            if selection.best is None:
+                status.phase, status.selectedVariant, status.ladder = Phase.FAILED, None, []
+                status.message = "no variant within the accuracy budget; stable keeps serving: " + "; ".join(
+                    selection.verdicts[v.name] for v in status.variants
+                )
+                d.events.append(Event("Warning", "NoVariant", status.message))
+            elif status.stable is not None and status.stable.variant == selection.best:
+                status.phase, status.selectedVariant = Phase.PROMOTED, selection.best
+                status.ladder = selection.ladder[1:]
+                status.message = f"{selection.best} is already stable"
+            else:
+                status.ladder = selection.ladder[1:]
+                _start_canary(status, spec, selection.best, ts)
+                status.message = f"canary {selection.best} at {spec.rollout.steps[0]}%"
+                d.events.append(
+                    Event(
+                        "Normal",
+                        "CanaryStarted",
+                        f"{selection.best} selected ({selection.verdicts[selection.best]}); "
+                        f"fallbacks: {', '.join(status.ladder) or 'none'}",
+                    )
+                )
+
+    # 4. canary: weights, analysis, promotion, rollback
+    if status.phase is Phase.CANARY and status.canary is not None:
+        _canary(spec, status, world, now, d)
+
+    # conditions
+    ready = status.phase is Phase.PROMOTED
+    set_condition(
+        status, "Ready", ready, status.phase.value, status.message or status.phase.value, ts, generation
+    )
+    return d
+
+
+def _canary(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime, d: Decision
+) -> None:
+    canary = status.canary
+    assert canary is not None and canary.variant is not None
+    ts = _iso(now)
+    variant = _variant(status, canary.variant)
+    generation = status.observedGeneration
+
+    if canary.promoting:
+        stable = world.stable
+        target_sha = variant.artifact.sha256 if variant.artifact else None
+        if (
+            stable is not None
+            and stable.settled
+            and stable.sha256 == target_sha
+            and stable.ready >= stable.replicas > 0
+        ):
+            status.phase = Phase.PROMOTED
+            variant.phase = VariantPhase.PROMOTED
+            status.stable = StableStatus(variant=variant.name, artifact=variant.artifact)
+            canary.promoting = False
+            status.message = f"{variant.name} promoted"
+            d.events.append(
+                Event("Normal", "Promoted", f"{variant.name} is now stable ({(target_sha or '')[:12]})")
+            )
+        return
+
+    # the weight the Service actually gives the canary, from ready pods
+    if world.canary is not None and world.stable is not None:
+        total = world.canary.ready + world.stable.ready
+        canary.weight = round(100 * world.canary.ready / total) if total else 0
+        if spec.rollout.trafficRouting.type.value == "gatewayAPI" and world.canary.ready:
+            canary.weight = canary.requestedWeight
+
+    if world.readings is None:
+        return
+    analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
+    d.analysis = analysis
+    for check in analysis.checks:
+        check.variant = variant.name
+    canary.checks = (canary.checks + analysis.checks)[-MAX_CHECKS:]
+    canary.lastAnalysisAt = ts
+    for check in analysis.checks:
+        if check.sli == "p99LatencyMs" and check.value is not None:
+            canary.p99Ms = check.value
+        if check.sli == "accuracyDelta" and check.value is not None:
+            canary.accuracyDelta = check.value
+
+    if analysis.verdict is Verdict.PASS:
+        set_condition(status, "CanaryHealthy", True, "ChecksPassed", _summary(analysis), ts, generation)
+        steps = spec.rollout.steps
+        if canary.step >= len(steps) - 1:
+            canary.promoting = True
+            status.message = f"promoting {variant.name}: stable moves to its artifact"
+            d.events.append(
+                Event("Normal", "Promoting", f"{variant.name} passed every step: {_summary(analysis)}")
+            )
+        else:
+            canary.step += 1
+            canary.requestedWeight = steps[canary.step]
+            canary.stepStartedAt = ts
+            status.message = f"canary {variant.name} at {steps[canary.step]}%"
+            d.events.append(
+                Event("Normal", "CanaryStep", f"{variant.name} → {steps[canary.step]}%: {_summary(analysis)}")
+            )
+        return
+
+    canary.failedChecks += 1
+    reason = "Breach" if analysis.verdict is Verdict.FAIL else "NoData"
+    set_condition(status, "CanaryHealthy", False, reason, _summary(analysis), ts, generation)
+    limit = spec.rollout.failureLimit
+    if canary.failedChecks <= limit:
+        status.message = f"canary {variant.name}: failed check {canary.failedChecks}/{limit} tolerated"
+        d.events.append(Event("Warning", "CheckFailed", f"{variant.name}: {_summary(analysis)}"))
+        return
+    _roll_back(spec, status, variant, analysis, ts, d)
+
+
+def _summary(analysis: Analysis) -> str:
+    parts = []
+    for c in analysis.checks:
+        if c.value is None:
+            parts.append(f"{c.sli}: no data")
+        else:
+            parts.append(f"{c.sli}={c.value:.4g}{'<=' if c.passed else '>'}{c.threshold:g}")
+    return ", ".join(parts) + (f" over {analysis.checks[0].window}" if analysis.checks else "")
+
+
+def _roll_back(
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    variant: VariantStatus,
+    analysis: Analysis,
+    ts: str,
+    d: Decision,
+) -> None:
+    canary = status.canary
+    assert canary is not None
+    failed = [c for c in analysis.checks if not c.passed]
+    variant.phase = VariantPhase.ROLLED_BACK
+    variant.reason = "Breach" if analysis.verdict is Verdict.FAIL else "NoData"
+    variant.message = "; ".join(c.message or c.sli for c in failed)
+    canary.requestedWeight, canary.weight = 0, 0
+    d.events.append(Event("Warning", "RolledBack", f"{variant.name}: {variant.message}"))
+    if status.ladder:
+        following = status.ladder.pop(0)
+        _start_canary(status, spec, following, ts)
+        status.message = f"{variant.name} rolled back ({variant.reason}); trying {following}"
+        d.events.append(Event("Normal", "CanaryStarted", f"{following} (next on the ladder)"))
+    else:
+        status.phase = Phase.ROLLED_BACK
+        status.message = (
+            f"{variant.name} rolled back ({variant.message}); no variant left, stable keeps serving"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# desired serving topology
+
+
+@dataclass(frozen=True)
+class Track:
+    artifact: ArtifactRef
+    variant: str | None  # None: the base model
+    replicas: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    stable: Track | None
+    canary: Track | None  # None: no canary Deployment at all
+    weight: int  # requested canary percent (routers turn it into replicas or route weights)
+
+
+ReplicaSplit = Callable[[int, int], tuple[int, int]]
+"""How a router turns (total replicas, canary weight) into (stable, canary) pod counts."""
+
+
+def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: ReplicaSplit) -> Topology:
+    total = spec.serving.replicas
+    if status.stable is None or status.stable.artifact is None:
+        return Topology(None, None, 0)
+    stable = Track(status.stable.artifact, status.stable.variant, total)
+    canary_status = status.canary
+    if status.phase is not Phase.CANARY or canary_status is None or canary_status.variant is None:
+        return Topology(stable, None, 0)
+    variant = _variant(status, canary_status.variant)
+    if variant.artifact is None:
+        return Topology(stable, None, 0)
+    weight = canary_status.requestedWeight
+    stable_replicas, canary_replicas = split(total, weight)
+    if canary_status.promoting:
+        # stable rolls to the canary's artifact at full size while the canary keeps serving
+        return Topology(
+            Track(variant.artifact, variant.name, total),
+            Track(variant.artifact, variant.name, canary_replicas),
+            weight,
+        )
+    return Topology(
+        Track(stable.artifact, stable.variant, stable_replicas),
+        Track(variant.artifact, variant.name, canary_replicas),
+        weight,
+    )

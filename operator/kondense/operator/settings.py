@@ -1,0 +1,33 @@
+"""Operator settings from the environment (KONDENSE_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VERSION = "0.1.0"
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KONDENSE_", extra="ignore")
+
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
+    compression_image: str = f"kondense/compression:{VERSION}"
+    serving_image: str = f"kondense/serving:{VERSION}"
+    triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
+    image_pull_policy: str = "IfNotPresent"
+    prometheus_url: str = "http://prometheus.monitoring:9090"
+    pvc_root: str = "/mnt/pvc"
+    tick_seconds: float = Field(2.0, gt=0, description="How often each CompressedModel is reconciled.")
+    metrics_port: int = 8000
+    health_port: int = 8080
+    log_level: str = "INFO"
+    prometheus_timeout_seconds: float = Field(5.0, gt=0)
+    service_domain: str = Field("svc.cluster.local", description="DNS suffix of Services (shadow URLs).")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ns.strip() for ns in value.split(",") if ns.strip()]
+        return value

@@ -1,0 +1,43 @@
+"""The full set of serving objects for a topology (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kondense.operator.backends import ServingBackend, ServingContext
+from kondense.operator.naming import TRACK_LABEL
+from kondense.operator.objects import service
+from kondense.operator.rollout import Topology
+from kondense.operator.routers import TrafficRouter
+
+
+@dataclass
+class ServingPlan:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+
+
+def serving_plan(
+    ctx: ServingContext, topo: Topology, backend: ServingBackend, router: TrafficRouter
+) -> ServingPlan:
+    plan = ServingPlan()
+    if topo.stable is None:
+        return plan
+    names, spec = ctx.names, ctx.spec
+    port = spec.serving.port
+    plan.apply += backend.workload(ctx, "stable", topo.stable, topo.stable.replicas)
+    if topo.canary is not None:
+        plan.apply += backend.workload(ctx, "canary", topo.canary, topo.canary.replicas)
+    else:
+        plan.delete.append(("Deployment", names.deployment("canary")))
+    model = {"kondense.dev/model": names.model}
+    labels = names.labels("server")
+    plan.apply.append(service(ctx.owner, names.service(), model, port, labels))
+    for track in ("stable", "canary"):
+        plan.apply.append(
+            service(ctx.owner, names.service(track), {**model, TRACK_LABEL: track}, port, labels)
+        )
+    route = spec.rollout.trafficRouting.httpRoute
+    plan.apply += router.objects(names, topo.weight if topo.canary else 0, route, port)
+    return plan

@@ -1,0 +1,113 @@
+"""Every object the operator writes validates against the official Kubernetes schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kondense.api.resource import CompressedModelSpec, CompressedModelStatus
+from kondense.operator.backends import SERVING_BACKENDS, OnnxRuntimeBackend, ServingContext, TritonBackend
+from kondense.operator.objects import Owner, compression_job
+from kondense.operator.rollout import BASE, JobObservation, JobState, World, reconcile, topology
+from kondense.operator.routers import TRAFFIC_ROUTERS
+from kondense.operator.settings import OperatorSettings
+from kondense.operator.workloads import serving_plan
+from kondense_testing.builders import digits_spec, job_result
+from kondense_testing.paths import EXAMPLES
+
+K8S = "1.33"
+OWNER = Owner("digits", "ml", "7b9e1c1e-0000-4000-8000-000000000001")
+SETTINGS = OperatorSettings()
+
+
+def validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def spec_of(example: str) -> CompressedModelSpec:
+    return CompressedModelSpec.model_validate(
+        yaml.safe_load((EXAMPLES / example / "compressedmodel.yaml").read_text())["spec"]
+    )
+
+
+def canary_status(spec: CompressedModelSpec) -> CompressedModelStatus:
+    jobs = {BASE: JobObservation(JobState.SUCCEEDED, result=job_result(BASE, size=1.0))}
+    for t in spec.targets:
+        result = job_result(t.name, delta=0.0, size=0.3)
+        assert result.artifact is not None
+        result.artifact.uri = f"pvc://models/kondense/ml/digits/abc/{t.name}"
+        jobs[t.name] = JobObservation(JobState.SUCCEEDED, result=result)
+    jobs[BASE].result.artifact.uri = "pvc://models/kondense/ml/digits/abc/base"  # type: ignore[union-attr]
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    status = reconcile(spec, CompressedModelStatus(), 1, World(), now).status
+    return reconcile(spec, status, 1, World(jobs=jobs), now).status
+
+
+@pytest.mark.parametrize("variant", [BASE, "int8", "slim-int8"])
+def test_compression_jobs_validate_and_carry_what_the_issue_asks(variant: str) -> None:
+    spec = digits_spec()
+    job = compression_job(spec, OWNER, SETTINGS, "0123456789ab", variant)
+    validate(job)
+    labels = job["metadata"]["labels"]
+    assert labels["kondense.dev/model"] == "digits" and labels["kondense.dev/variant"] == variant
+    assert labels["app.kubernetes.io/managed-by"] == "kondense"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == 1 and job["spec"]["activeDeadlineSeconds"] == 1800
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "2Gi"
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    # pvc://models/... is mounted from the claim `models`, the output dir writable
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
+    assert claims == {"models": False}
+    args = container["args"]
+    assert args[args.index("--output") + 1].startswith("pvc://models/digits/kondense/ml/digits/0123456789ab/")
+    if variant == BASE:
+        assert "--baseline" in args
+    else:
+        assert f'"name": "{variant}"' in args[args.index("--target") + 1]
+
+
+def test_job_names_fit_kubernetes_limits() -> None:
+    long_owner = Owner("m" * 63, "ml", OWNER.uid)
+    job = compression_job(digits_spec(), long_owner, SETTINGS, "f" * 12, "slim-int8")
+    assert len(job["metadata"]["name"]) <= 63
+    validate(job)
+
+
+@pytest.mark.parametrize("example", ["digits", "minilm", "digits-triton"])
+def test_serving_objects_validate(example: str) -> None:
+    spec = spec_of(example)
+    status = canary_status(spec)
+    router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
+    backend = SERVING_BACKENDS[spec.serving.runtime]
+    plan = serving_plan(
+        ServingContext(spec, OWNER, SETTINGS), topology(spec, status, router.split), backend, router
+    )
+    kinds = [o["kind"] for o in plan.apply]
+    assert kinds.count("Deployment") == 2 and kinds.count("Service") == 3
+    for obj in plan.apply:
+        if obj["kind"] == "HTTPRoute":
+            refs = obj["spec"]["rules"][0]["backendRefs"]
+            assert [r["weight"] for r in refs] == [100 - spec.rollout.steps[0], spec.rollout.steps[0]]
+            continue
+        validate(obj)
+    deployments = {o["metadata"]["name"]: o for o in plan.apply if o["kind"] == "Deployment"}
+    canary = deployments[f"{OWNER.name}-canary"]
+    template = canary["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["metadata"]["labels"]["kondense.dev/track"] == "canary"
+    if isinstance(backend, OnnxRuntimeBackend):
+        args = template["spec"]["containers"][0]["args"]
+        assert args[args.index("--shadow-of") + 1] == f"http://{OWNER.name}-stable.ml.svc.cluster.local:8080"
+    if isinstance(backend, TritonBackend):
+        init = template["spec"]["initContainers"][0]["args"]
+        assert init[0] == "triton-repository" and "--max-batch-size" in init
+        assert "--metrics-config=summary_latencies=true" in template["spec"]["containers"][0]["args"]

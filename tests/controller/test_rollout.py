@@ -1,0 +1,271 @@
+"""The rollout state machine, driven tick by tick with observed worlds (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kondense.api.resource import (
+    CanaryStatus,
+    CompressedModelSpec,
+    CompressedModelStatus,
+    Phase,
+    VariantPhase,
+)
+from kondense.operator.analysis import SLI, Reading
+from kondense.operator.rollout import (
+    BASE,
+    Decision,
+    JobObservation,
+    JobState,
+    TrackObservation,
+    World,
+    analysis_due,
+    reconcile,
+    topology,
+)
+from kondense.operator.routers import ReplicaRouter
+from kondense_testing.builders import digits_spec, job_result, sha
+
+T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+GOOD = [
+    Reading(SLI.REQUESTS, 500),
+    Reading(SLI.P99_LATENCY_MS, 4.0),
+    Reading(SLI.ERROR_RATE, 0.0),
+    Reading(SLI.ACCURACY_DELTA, 0.001),
+]
+SLOW = [*GOOD[:1], Reading(SLI.P99_LATENCY_MS, 180.0), *GOOD[2:]]
+DOWN = [Reading(s, None, "Prometheus at http://p:9090 unreachable: ConnectError") for s in SLI]
+
+
+def finished_jobs() -> dict[str, JobObservation]:
+    done = JobState.SUCCEEDED
+    return {
+        BASE: JobObservation(done, result=job_result(BASE, size=1.0)),
+        "int8": JobObservation(done, result=job_result("int8", delta=0.004, size=0.26)),
+        "dynamic-int8": JobObservation(done, result=job_result("dynamic-int8", delta=0.05, size=0.27)),
+        "fp16": JobObservation(done, result=job_result("fp16", delta=0.0, size=0.5)),
+        "slim-int8": JobObservation(JobState.FAILED, reason="OOMKilled", message="exit 137"),
+    }
+
+
+def canary(status: CompressedModelStatus) -> CanaryStatus:
+    assert status.canary is not None
+    return status.canary
+
+
+class Driver:
+    """Feeds the state machine like the shell does: status in, status out."""
+
+    def __init__(self, spec: CompressedModelSpec) -> None:
+        self.spec = spec
+        self.status = CompressedModelStatus()
+        self.now = T0
+        self.generation = 1
+
+    def tick(self, world: World, advance: float = 0.0) -> Decision:
+        self.now += timedelta(seconds=advance)
+        if world.readings is not None:
+            assert analysis_due(self.spec, self.status, world, self.now), "the shell only reads SLIs when due"
+        decision = reconcile(self.spec, self.status, self.generation, world, self.now)
+        self.status = decision.status
+        return decision
+
+    def serving(self, stable_sha: str | None = None, canary_ready: int = 1) -> World:
+        topo = topology(self.spec, self.status, ReplicaRouter().split)
+        stable = canary = None
+        if topo.stable:
+            s = stable_sha or topo.stable.artifact.sha256
+            stable = TrackObservation(
+                topo.stable.replicas, topo.stable.replicas, topo.stable.replicas, s, True
+            )
+        if topo.canary:
+            c = topo.canary
+            canary = TrackObservation(
+                c.replicas, min(canary_ready, c.replicas), c.replicas, c.artifact.sha256, True
+            )
+        return World(jobs=finished_jobs(), stable=stable, canary=canary)
+
+
+@pytest.fixture
+def driver() -> Driver:
+    return Driver(digits_spec())
+
+
+def to_canary(driver: Driver) -> None:
+    first = driver.tick(World())
+    assert sorted(first.create_jobs) == sorted([BASE, "int8", "dynamic-int8", "fp16", "slim-int8"])
+    assert driver.status.phase is Phase.COMPRESSING
+    running = driver.tick(World(jobs={n: JobObservation(JobState.ACTIVE) for n in first.create_jobs}))
+    assert running.create_jobs == [] and driver.status.phase is Phase.COMPRESSING
+    driver.tick(World(jobs=finished_jobs()))
+
+
+def test_compress_select_and_start_the_canary(driver: Driver) -> None:
+    to_canary(driver)
+    status = driver.status
+    assert status.phase is Phase.CANARY
+    phases = {v.name: v.phase for v in status.variants}
+    assert phases == {
+        "int8": VariantPhase.SUCCEEDED,
+        "dynamic-int8": VariantPhase.REJECTED,
+        "fp16": VariantPhase.SUCCEEDED,
+        "slim-int8": VariantPhase.FAILED,
+    }
+    assert {v.name: v.reason for v in status.variants}["slim-int8"] == "OOMKilled"
+    assert status.selectedVariant == "int8" and status.ladder == ["fp16"]  # smallest first
+    assert status.stable is not None and status.stable.variant is None  # base model serves
+    assert status.canary is not None and status.canary.requestedWeight == 25
+    topo = topology(driver.spec, status, ReplicaRouter().split)
+    assert topo.stable is not None and topo.canary is not None
+    assert (topo.stable.replicas, topo.canary.replicas) == (3, 1)
+    assert topo.canary.artifact.sha256 == sha("int8")
+    conditions = {c.type: c.status for c in status.conditions}
+    assert conditions["Compressed"] == "True" and conditions["Ready"] == "False"
+
+
+def test_steps_then_promotion_waits_for_stable_then_is_final(driver: Driver) -> None:
+    to_canary(driver)
+    interval = driver.spec.rollout.interval_seconds()
+    world = driver.serving()
+    assert not analysis_due(driver.spec, driver.status, world, driver.now + timedelta(seconds=interval - 1))
+    driver.tick(replace(driver.serving(), readings=GOOD), advance=interval)
+    assert driver.status.canary and canary(driver.status).requestedWeight == 50
+    driver.tick(replace(driver.serving(), readings=GOOD), advance=interval)
+    assert canary(driver.status).requestedWeight == 100
+    decision = driver.tick(replace(driver.serving(), readings=GOOD), advance=interval)
+    assert canary(driver.status).promoting and driver.status.phase is Phase.CANARY
+    assert any(e.reason == "Promoting" for e in decision.events)
+    # stable rolls to int8's artifact at full size while the canary still serves
+    topo = topology(driver.spec, driver.status, ReplicaRouter().split)
+    assert topo.stable and topo.stable.artifact.sha256 == sha("int8") and topo.stable.replicas == 4
+    assert topo.canary and topo.canary.replicas == 4
+    # stable still on the old artifact: not promoted yet, whatever happens
+    driver.tick(driver.serving(stable_sha=sha(BASE)), advance=1)
+    assert driver.status.phase is Phase.CANARY
+    decision = driver.tick(driver.serving(), advance=1)
+    assert driver.status.phase is Phase.PROMOTED
+    assert driver.status.stable and driver.status.stable.variant == "int8"
+    assert [e.reason for e in decision.events].count("Promoted") == 1
+    # promoted: the canary Deployment goes away; further ticks change nothing and never re-promote
+    assert topology(driver.spec, driver.status, ReplicaRouter().split).canary is None
+    again = driver.tick(driver.serving(), advance=60)
+    assert again.events == [] and again.create_jobs == [] and driver.status.phase is Phase.PROMOTED
+
+
+def test_latency_breach_rolls_back_with_evidence_and_tries_the_next_variant(driver: Driver) -> None:
+    to_canary(driver)
+    interval = driver.spec.rollout.interval_seconds()
+    driver.tick(replace(driver.serving(), readings=SLOW), advance=interval)  # 1 failure tolerated
+    assert driver.status.phase is Phase.CANARY and canary(driver.status).failedChecks == 1
+    decision = driver.tick(replace(driver.serving(), readings=SLOW), advance=interval)
+    status = driver.status
+    assert {v.name: v.phase for v in status.variants}["int8"] is VariantPhase.ROLLED_BACK
+    assert any(e.reason == "RolledBack" and e.type == "Warning" for e in decision.events)
+    breach = [c for c in canary(status).checks if c.sli == "p99LatencyMs" and not c.passed]
+    assert (
+        breach and breach[-1].value == 180.0 and breach[-1].threshold == 50 and breach[-1].variant == "int8"
+    )
+    assert breach[-1].window
+    # the next variant of the ladder starts over at the first step, stable at full weight first
+    assert status.selectedVariant == "fp16" and canary(status).step == 0 and canary(status).failedChecks == 0
+    topo = topology(driver.spec, status, ReplicaRouter().split)
+    assert topo.canary and topo.canary.artifact.sha256 == sha("fp16")
+
+
+def test_ladder_exhausted_means_rolled_back_and_stable_keeps_the_base(driver: Driver) -> None:
+    to_canary(driver)
+    interval = driver.spec.rollout.interval_seconds()
+    for _ in range(4):
+        driver.tick(replace(driver.serving(), readings=SLOW), advance=interval)
+    assert driver.status.phase is Phase.ROLLED_BACK
+    topo = topology(driver.spec, driver.status, ReplicaRouter().split)
+    assert topo.canary is None and topo.stable and topo.stable.artifact.sha256 == sha(BASE)
+    assert topo.stable.replicas == 4
+
+
+def test_prometheus_down_holds_then_rolls_back_never_promotes(driver: Driver) -> None:
+    to_canary(driver)
+    interval = driver.spec.rollout.interval_seconds()
+    driver.tick(replace(driver.serving(), readings=DOWN), advance=interval)
+    assert canary(driver.status).requestedWeight == 25  # held, not advanced
+    assert {c.type: c.reason for c in driver.status.conditions}["CanaryHealthy"] == "NoData"
+    driver.tick(replace(driver.serving(), readings=DOWN), advance=interval)
+    assert {v.name: v.reason for v in driver.status.variants}["int8"] == "NoData"
+    for _ in range(2):
+        driver.tick(replace(driver.serving(), readings=DOWN), advance=interval)
+    assert driver.status.phase is Phase.ROLLED_BACK
+    assert all(v.phase is not VariantPhase.PROMOTED for v in driver.status.variants)
+
+
+def test_restart_replays_the_same_decision_without_acting_twice(driver: Driver) -> None:
+    to_canary(driver)
+    interval = driver.spec.rollout.interval_seconds()
+    for _ in range(3):
+        driver.tick(replace(driver.serving(), readings=GOOD), advance=interval)
+    saved = driver.status.model_copy(deep=True)  # written to the resource before the operator died
+    assert saved.canary and saved.canary.promoting
+    # a new operator process starts from the stored status: same decision, no second promotion
+    restarted = Driver(driver.spec)
+    restarted.status, restarted.now = saved, driver.now
+    decision = restarted.tick(restarted.serving(), advance=2)
+    assert restarted.status.phase is Phase.PROMOTED
+    assert [e.reason for e in decision.events] == ["Promoted"]
+    assert restarted.tick(restarted.serving(), advance=2).events == []
+
+
+def test_lost_jobs_are_created_again_after_a_restart(driver: Driver) -> None:
+    first = driver.tick(World())
+    # the operator died after writing status but before creating the Jobs
+    again = driver.tick(World(), advance=2)
+    assert sorted(again.create_jobs) == sorted(first.create_jobs)
+
+
+def test_no_variant_within_budget_fails_with_every_delta_named() -> None:
+    driver = Driver(digits_spec(selection={"maxAccuracyDelta": 0.0001}))
+    jobs = finished_jobs()
+    jobs["fp16"] = JobObservation(JobState.SUCCEEDED, result=job_result("fp16", delta=0.002, size=0.5))
+    driver.tick(World())
+    driver.tick(World(jobs=jobs))
+    status = driver.status
+    assert status.phase is Phase.FAILED
+    assert "int8: accuracy delta 0.0040 > budget" in (status.message or "")
+    assert "fp16: accuracy delta 0.0020 > budget" in (status.message or "")
+    assert "slim-int8: failed (OOMKilled)" in (status.message or "")
+    # the base model keeps serving
+    topo = topology(driver.spec, status, ReplicaRouter().split)
+    assert topo.stable and topo.stable.artifact.sha256 == sha(BASE) and topo.canary is None
+
+
+def test_job_without_readable_result_fails_that_variant_only(driver: Driver) -> None:
+    jobs = finished_jobs()
+    jobs["int8"] = JobObservation(JobState.SUCCEEDED, message="unreadable result in the termination message")
+    driver.tick(World())
+    driver.tick(World(jobs=jobs))
+    reasons = {v.name: v.reason for v in driver.status.variants}
+    assert reasons["int8"] == "UnreadableResult"
+    assert driver.status.phase is Phase.CANARY and driver.status.selectedVariant == "fp16"
+
+
+def test_spec_changes_restart_from_the_earliest_affected_stage(driver: Driver) -> None:
+    to_canary(driver)
+    # rollout-only change: re-select and redeploy, no new compression Jobs
+    body = driver.spec.model_dump(mode="json", exclude_none=True)
+    body["rollout"]["steps"] = [50, 100]
+    driver.spec = CompressedModelSpec.model_validate(body)
+    driver.generation = 2
+    decision = driver.tick(driver.serving(), advance=1)
+    assert decision.create_jobs == []
+    assert driver.status.phase is Phase.CANARY and canary(driver.status).requestedWeight == 50
+    assert driver.status.observedGeneration == 2
+    # a target change: compress again
+    body["targets"] = body["targets"][:1]
+    driver.spec = CompressedModelSpec.model_validate(body)
+    driver.generation = 3
+    decision = driver.tick(driver.serving(), advance=1)
+    assert sorted(decision.create_jobs) == [BASE, "int8"]
+    assert driver.status.phase is Phase.COMPRESSING and [v.name for v in driver.status.variants] == ["int8"]
+    # stable keeps serving what it served while compressing again
+    assert driver.status.stable and driver.status.stable.artifact
