@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "kondense.compression.cli",  # compress, report, example
     "kondense.serving.cli",  # serve
     "kondense.operator.cli",  # operator
+    "kondense.triton.cli",  # triton-repository (init container of triton pods)
     "kondense.localcluster.cli",  # demo
 )
 
