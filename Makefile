@@ -60,7 +60,7 @@ chart-crds: setup
 images:
 	$(DOCKER) build -f operator/Dockerfile -t $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) .
 	$(DOCKER) build -f compression/Dockerfile -t $(IMAGE_PREFIX)/compression:$(IMAGE_TAG) .
-	$(DOCKER) build -f serving/Dockerfile -t $(IMAGE_PREFIX)/server:$(IMAGE_TAG) .
+	$(DOCKER) build -f serving/Dockerfile -t $(IMAGE_PREFIX)/serving:$(IMAGE_TAG) .
 
 # examples/models must exist before the cluster: it is the node's extraMount source.
 kind-up:
@@ -71,7 +71,7 @@ kind-up:
 kind-load:
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/operator:$(IMAGE_TAG)
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/compression:$(IMAGE_TAG)
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/server:$(IMAGE_TAG)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)/serving:$(IMAGE_TAG)
 
 # Example model and data on the host, world-writable so the non-root pods (uid 10001) can write
 # artifacts next to them; then the PersistentVolume + claim `models` in the demo namespace.
@@ -90,7 +90,7 @@ deploy:
 	$(HELM) upgrade --install kondense charts/kondense -n $(KONDENSE_NAMESPACE) \
 	  --set images.operator.repository=$(IMAGE_PREFIX)/operator \
 	  --set images.compression.repository=$(IMAGE_PREFIX)/compression \
-	  --set images.serving.repository=$(IMAGE_PREFIX)/server \
+	  --set images.serving.repository=$(IMAGE_PREFIX)/serving \
 	  --set-string images.operator.tag=$(IMAGE_TAG),images.compression.tag=$(IMAGE_TAG),images.serving.tag=$(IMAGE_TAG) \
 	  --wait --timeout 5m
 

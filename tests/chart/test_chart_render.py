@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_operator_deployment_contract(render: Render) -> None:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["KONDENSE_NAMESPACES"] == ""
+    assert "KONDENSE_NAMESPACES" not in env  # namespaces travel as CLI flags only
     assert env["KONDENSE_HEALTH_PORT"] == "8080" and env["KONDENSE_METRICS_PORT"] == "8000"
     assert env["KONDENSE_PVC_ROOT"] == "/mnt/pvc"
     assert env["KONDENSE_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
@@ -166,7 +167,29 @@ def test_watching_namespaces(render: Render) -> None:
     objects = render({"watch": {"namespaces": ["team-a", "team-b"]}})
     container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["operator", "--namespace=team-a", "--namespace=team-b"]
-    assert {"name": "KONDENSE_NAMESPACES", "value": "team-a,team-b"} in container["env"]
+
+
+def test_operator_reads_the_chart_environment(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real operator settings accept what the chart sets, value for value."""
+    from kondense.operator.settings import OperatorSettings
+
+    container = one(render({"operator": {"logLevel": "DEBUG"}}), "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    for name in [k for k in os.environ if k.startswith("KONDENSE_")]:
+        monkeypatch.delenv(name)
+    for item in container["env"]:
+        if "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+    settings = OperatorSettings()
+    assert settings.compression_image == "kondense/compression:0.1.0"
+    assert settings.serving_image == "kondense/serving:0.1.0"
+    assert settings.triton_image == "nvcr.io/nvidia/tritonserver:24.08-py3"
+    assert settings.image_pull_policy == "IfNotPresent"
+    assert settings.prometheus_url == "http://prometheus.monitoring:9090"
+    assert settings.pvc_root == "/mnt/pvc"
+    assert (settings.health_port, settings.metrics_port, settings.log_level) == (8080, 8000, "DEBUG")
+    assert settings.namespaces == []
 
 
 # What the operator calls (the contract in DESIGN/issue 7), per (apiGroup, resource).
