@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "kondense.serving.cli",  # serve
     "kondense.operator.cli",  # operator
     "kondense.triton.cli",  # triton-repository (init container of triton pods)
+    "kondense.loadgen.cli",  # loadgen (analysis.loadTest Jobs, the demo)
     "kondense.localcluster.cli",  # demo
 )
 

@@ -93,6 +93,7 @@ def test_serving_objects_validate(example: str) -> None:
     )
     kinds = [o["kind"] for o in plan.apply]
     assert kinds.count("Deployment") == 2 and kinds.count("Service") == 3
+    assert kinds.count("Job") == (1 if spec.rollout.analysis.loadTest else 0)
     for obj in plan.apply:
         if obj["kind"] == "HTTPRoute":
             refs = obj["spec"]["rules"][0]["backendRefs"]

@@ -32,7 +32,7 @@ class ServingContext:
     def names(self) -> Names:
         return Names(self.owner.name)
 
-    def service_url(self, track: str) -> str:
+    def service_url(self, track: str | None) -> str:
         host = f"{self.names.service(track)}.{self.owner.namespace}.{self.settings.service_domain}"
         return f"http://{host}:{self.spec.serving.port}"
 

@@ -66,6 +66,8 @@ class KubeClient:
         kind, meta = obj["kind"], obj["metadata"]
         if kind == "HTTPRoute":
             return self.patch_http_route(obj)
+        if kind == "Job":  # a Job's template is immutable: create it once, leave it alone
+            return "created" if self.create(obj) else "unchanged"
         read, create, patch, _ = self._ops(kind)
         try:
             current = _plain(read(meta["name"], meta["namespace"]))

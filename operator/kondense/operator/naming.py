@@ -38,8 +38,8 @@ class Names:
     def triton_config(self, track: str) -> str:
         return dns_label(self.model, track, "triton")
 
-    def loadgen(self, variant: str) -> str:
-        return dns_label(self.model, "load", variant)
+    def loadgen(self) -> str:
+        return dns_label(self.model, "load")
 
     def labels(self, component: str, **extra: str) -> dict[str, str]:
         return {

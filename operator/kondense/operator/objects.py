@@ -179,3 +179,50 @@ def artifact_dir(uri: str | None, settings: OperatorSettings) -> str:
     if not uri:
         raise ValueError("artifact has no location")
     return Location(uri).local_path(settings.pvc_root)
+
+
+def loadgen_job(
+    spec: CompressedModelSpec, owner: Owner, settings: OperatorSettings, url: str
+) -> dict[str, Any]:
+    """The built-in load of `analysis.loadTest`: replays the evaluation inputs against the Service
+    for as long as the canary runs (the operator deletes it when the canary ends)."""
+    load = spec.rollout.analysis.loadTest
+    assert load is not None
+    names = Names(owner.name)
+    volumes, mounts = pvc_volumes(claims(spec.data.evaluation.uri), settings.pvc_root, read_only=True)
+    tmp_volume, tmp_mount = scratch_volume()
+    labels = names.labels("loadgen")
+    loadgen_args = [
+        "loadgen", "--url", url, "--model", owner.name,
+        "--data", spec.data.evaluation.uri, "--rps", f"{load.rps:g}", "--pvc-root", settings.pvc_root,
+    ]  # fmt: skip
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, names.loadgen(), labels),
+        "spec": {
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 24 * 3600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "securityContext": pod_security(),
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "loadgen",
+                            "image": spec.serving.image or settings.serving_image,
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "command": ["kondense"],
+                            "args": loadgen_args,
+                            "securityContext": container_security(),
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                            "volumeMounts": [*mounts, tmp_mount],
+                        }
+                    ],
+                    "volumes": [*volumes, tmp_volume],
+                },
+            },
+        },
+    }

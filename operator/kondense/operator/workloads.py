@@ -7,7 +7,7 @@ from typing import Any
 
 from kondense.operator.backends import ServingBackend, ServingContext
 from kondense.operator.naming import TRACK_LABEL
-from kondense.operator.objects import service
+from kondense.operator.objects import loadgen_job, service
 from kondense.operator.rollout import Topology
 from kondense.operator.routers import TrafficRouter
 
@@ -40,4 +40,8 @@ def serving_plan(
         )
     route = spec.rollout.trafficRouting.httpRoute
     plan.apply += router.objects(names, topo.weight if topo.canary else 0, route, port)
+    if topo.canary is not None and topo.canary.replicas > 0 and spec.rollout.analysis.loadTest is not None:
+        plan.apply.append(loadgen_job(spec, ctx.owner, ctx.settings, ctx.service_url(None)))
+    else:
+        plan.delete.append(("Job", names.loadgen()))
     return plan
