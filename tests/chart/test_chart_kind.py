@@ -21,7 +21,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from chart_support import REPO, by_kind, one, parse_documents, run
+from chart_support import ALL_FEATURES, REPO, Render, by_kind, one, parse_documents, run
 
 KIND_CONFIG = REPO / "kind-config.yaml"
 PROMETHEUS_MANIFESTS = REPO / "deploy" / "kind" / "prometheus.yaml"
@@ -210,6 +210,65 @@ def test_kind_prometheus_relabeling_with_a_real_prometheus(
             active = json.load(response)["data"]["activeTargets"]
         assert sorted(t["labels"]["pod"] for t in active) == ["digits-canary-1", "kondense-operator-1"]
         assert set(MetricsHandler.paths) == {"/metrics", "/operator/metrics"}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def snake_case_relabelings(relabelings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """prometheus-operator's camelCase RelabelConfig, as it writes it into prometheus.yml."""
+    names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return [{names.get(k, k): v for k, v in r.items()} for r in relabelings]
+
+
+def test_pod_monitor_keeps_only_the_annotated_port_with_a_real_prometheus(
+    render: Render, prometheus_bin: str, metrics_server: int, tmp_path: Path
+) -> None:
+    """The chart PodMonitor's relabelings, run by a real Prometheus over the targets pod discovery
+    yields without a port filter: one per container port. Only the annotated port survives."""
+    endpoint = one(render(ALL_FEATURES), "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    assert "port" not in endpoint and "portNumber" not in endpoint
+    port = metrics_server
+    other = free_port()  # a second container port on the same pod: must not be scraped
+
+    def container_port(number: int, name: str) -> dict[str, Any]:
+        target = pod("digits-canary-1", "ml", port, pod_container_port_number=str(number),
+                     pod_container_port_name=name)  # fmt: skip
+        target["targets"] = [f"127.0.0.1:{number}"]  # what pod discovery sets per container port
+        return target
+
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "podmonitor",
+                "metrics_path": endpoint["path"],
+                "static_configs": [container_port(port, "http"), container_port(other, "grpc")],
+                "relabel_configs": snake_case_relabelings(endpoint["relabelings"]),
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    web = free_port()
+    process = subprocess.Popen(
+        [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{web}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{web}"
+    try:
+        deadline = time.monotonic() + 30
+        samples: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not samples:
+            time.sleep(0.5)
+            try:
+                samples = query(base, "kondense_requests_total")
+            except OSError:
+                continue
+        assert samples, "Prometheus scraped nothing within 30s"
+        with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as response:
+            data = json.load(response)["data"]
+        assert [t["scrapeUrl"] for t in data["activeTargets"]] == [f"http://127.0.0.1:{port}/metrics"]
     finally:
         process.terminate()
         process.wait(timeout=10)

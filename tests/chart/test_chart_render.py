@@ -317,7 +317,6 @@ def test_monitoring_objects_keep_the_operator_labels(render: Render) -> None:
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/part-of": "kondense", "app.kubernetes.io/managed-by": "kondense",
     }  # fmt: skip
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["portNumber"] == 8080
     dashboard = one(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["kondense.json"])["uid"] == "kondense-overview"
