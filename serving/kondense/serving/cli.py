@@ -88,7 +88,7 @@ def serve(
     ] = 0.0,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST) with metrics."""
-    import httpx
+    from urllib.parse import urlsplit
 
     from kondense.serving.app import ServerSettings, ShadowSettings
     from kondense.serving.artifact import ArtifactError, check_artifact
@@ -105,8 +105,8 @@ def serve(
 
     shadow = None
     if shadow_of is not None:
-        url = httpx.URL(shadow_of)
-        if url.scheme not in ("http", "https") or not url.host:
+        url = urlsplit(shadow_of)
+        if url.scheme not in ("http", "https") or not url.hostname:
             raise _fail(f"--shadow-of {shadow_of!r} is not an http(s) base URL like http://stable:8080")
         shadow_task = task or (artifact.manifest.task if artifact.manifest else None)
         if shadow_task is None:

@@ -15,7 +15,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 import numpy as np
 
 from kondense.api.techniques import Task
@@ -118,7 +118,7 @@ class ShadowComparer:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._concurrency = concurrency
         self._workers: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         metrics.track_shadow_queue(self._queue.qsize)
 
     def offer(self, body: bytes, header_length: int | None, outputs: dict[str, np.ndarray]) -> None:
@@ -132,11 +132,10 @@ class ShadowComparer:
             self._metrics.shadow["error"].inc(rows)
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=self._timeout_s,
-            limits=httpx.Limits(
-                max_connections=self._concurrency, max_keepalive_connections=self._concurrency
-            ),
+        # aiohttp rather than httpx: about a sixth of the CPU per request, and this runs on the serving loop.
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            connector=aiohttp.TCPConnector(limit=self._concurrency),
         )
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
 
@@ -146,8 +145,8 @@ class ShadowComparer:
         for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def _work(self) -> None:
         while True:
@@ -167,16 +166,17 @@ class ShadowComparer:
                         self._metrics.shadow_score.observe(float(score))
 
     async def _compare(self, job: _Job) -> Comparison:
-        assert self._client is not None
+        assert self._session is not None
         headers = {"content-type": "application/json"}
         if job.header_length is not None:
             headers[HEADER_LENGTH] = str(job.header_length)
-        response = await self._client.post(self.infer_url, content=job.body, headers=headers)
-        if response.status_code != 200:
-            raise ProtocolError(f"stable server answered {response.status_code}: {response.text[:200]}")
-        stable = decode_response(
-            response.content, parse_header_length(response.headers.get(HEADER_LENGTH), len(response.content))
-        )
+        async with self._session.post(self.infer_url, data=job.body, headers=headers) as response:
+            content = await response.read()
+            if response.status != 200:
+                raise ProtocolError(f"stable server answered {response.status}: {content[:200]!r}")
+            stable = decode_response(
+                content, parse_header_length(response.headers.get(HEADER_LENGTH), len(content))
+            )
         return compare_outputs(
             self._task,
             job.outputs,
