@@ -112,3 +112,10 @@ def test_serving_objects_validate(example: str) -> None:
         init = template["spec"]["initContainers"][0]["args"]
         assert init[0] == "triton-repository" and "--max-batch-size" in init
         assert "--metrics-config=summary_latencies=true" in template["spec"]["containers"][0]["args"]
+
+
+def test_settings_namespaces_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KONDENSE_NAMESPACES", "ml, team-b")
+    assert OperatorSettings().namespaces == ["ml", "team-b"]
+    monkeypatch.setenv("KONDENSE_NAMESPACES", "")
+    assert OperatorSettings().namespaces == []

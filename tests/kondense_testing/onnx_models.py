@@ -12,9 +12,11 @@ from kondense.api.artifacts import MANIFEST_FILE, MODEL_FILE, ArtifactRef, Manif
 from kondense.api.techniques import Task
 
 
-def linear_classifier(path: Path, batch: int | str = "batch", features: int = 64, classes: int = 10) -> Path:
+def linear_classifier(
+    path: Path, batch: int | str = "batch", features: int = 64, classes: int = 10, seed: int = 0
+) -> Path:
     """x[batch, features] @ W + b -> softmax probabilities[batch, classes]."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     weight = numpy_helper.from_array(rng.normal(size=(features, classes)).astype(np.float32), "W")
     bias = numpy_helper.from_array(rng.normal(size=(classes,)).astype(np.float32), "b")
     graph = helper.make_graph(

@@ -159,9 +159,11 @@ class OnnxRuntimeBackend:
                 f"1000 * histogram_quantile(0.99, sum by (le) "
                 f"(rate(kondense_request_duration_seconds_bucket{{{sel}}}[{window}])))"
             ),
-            SLI.ERROR_RATE: f'sum(rate(kondense_requests_total{{{sel},code=~"5.."}}[{window}])) / {total}',
+            # `or vector(0)`: no error series yet means 0 errors, as long as there are requests
+            SLI.ERROR_RATE: f'(sum(rate(kondense_requests_total{{{sel},code=~"5.."}}[{window}])) or vector(0)) / {total}',
             SLI.ACCURACY_DELTA: (
-                f'sum(rate(kondense_shadow_comparisons_total{{{sel},result="disagree"}}[{window}])) / {compared}'
+                f'(sum(rate(kondense_shadow_comparisons_total{{{sel},result="disagree"}}[{window}])) or vector(0))'
+                f" / {compared}"
             ),
         }
 
@@ -255,7 +257,7 @@ class TritonBackend:
         # Triton's metrics carry no track: pods are told apart by name (<model>-<track>-...)
         pods = f'namespace="{namespace}",model="{model}",pod=~"{Names(model).deployment(track)}-.*"'
         success = f"sum(increase(nv_inference_request_success{{{pods}}}[{window}]))"
-        failure = f"sum(increase(nv_inference_request_failure{{{pods}}}[{window}]))"
+        failure = f"(sum(increase(nv_inference_request_failure{{{pods}}}[{window}])) or vector(0))"
         return {
             SLI.REQUESTS: f"{success} + {failure}",
             SLI.P99_LATENCY_MS: f'max(nv_inference_request_summary_us{{{pods},quantile="0.99"}}) / 1000',

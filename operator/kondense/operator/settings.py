@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VERSION = "0.1.0"
 
@@ -11,7 +13,10 @@ VERSION = "0.1.0"
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KONDENSE_", extra="ignore")
 
-    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
+    # NoDecode: a comma list, not JSON (pydantic-settings would JSON-decode a list field first)
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch; empty = all."
+    )
     compression_image: str = f"kondense/compression:{VERSION}"
     serving_image: str = f"kondense/serving:{VERSION}"
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"

@@ -1,0 +1,94 @@
+"""The Prometheus provider and the onnxruntime backend's PromQL against a real Prometheus scraping
+real `kondense serve` processes (stable + canary with shadow agreement)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kondense.loadgen.requests import request_bodies
+from kondense.loadgen.runner import run_load
+from kondense.localcluster.prometheus import LocalPrometheus
+from kondense.operator.analysis import SLI
+from kondense.operator.backends import OnnxRuntimeBackend
+from kondense.operator.providers import PrometheusProvider, read_slis
+from kondense_testing.onnx_models import artifact_dir
+from kondense_testing.servers import ServerProcess, start_server
+
+NAMESPACE, MODEL = "ml", "digits"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LocalPrometheus, dict[str, ServerProcess]]]:
+    tmp = tmp_path_factory.mktemp("prom")
+    stable_dir = artifact_dir(tmp / "stable", seed=0)
+    other_dir = artifact_dir(tmp / "other", seed=7)  # different weights: disagrees with stable
+    servers: dict[str, ServerProcess] = {}
+    prometheus = LocalPrometheus(tmp / "prometheus")
+    try:
+        servers["stable"] = start_server(stable_dir, MODEL, "--variant", "stable")
+        servers["canary"] = start_server(
+            other_dir, MODEL, "--variant", "canary", "--inject-latency-ms", "60",
+            "--shadow-of", servers["stable"].url, "--shadow-sample", "1.0", "--task", "classification",
+        )  # fmt: skip
+        prometheus.set_targets(
+            [
+                (f"127.0.0.1:{s.port}", {"namespace": NAMESPACE, "pod": f"{MODEL}-{track}-0"})
+                for track, s in servers.items()
+            ]
+        )
+        prometheus.start()
+        prometheus.wait_for_targets(2)
+        time.sleep(1.5)  # counters start from a scraped value, so the whole load is counted
+        rng = np.random.default_rng(3)
+        bodies = request_bodies({"x": rng.normal(size=(50, 64)).astype(np.float32)})
+
+        async def load() -> None:
+            await asyncio.gather(
+                *(run_load(s.url, MODEL, bodies, rps=40, duration_s=6) for s in servers.values())
+            )
+
+        asyncio.run(load())
+        time.sleep(2.5)  # a couple of scrapes after the load
+        yield prometheus, servers
+    finally:
+        prometheus.stop()
+        for server in servers.values():
+            server.stop()
+
+
+def test_slis_from_real_metrics(stack: tuple[LocalPrometheus, dict[str, ServerProcess]]) -> None:
+    prometheus, _ = stack
+    provider = PrometheusProvider(prometheus.url)
+    backend = OnnxRuntimeBackend()
+    canary = {r.sli: r.value for r in read_slis(provider, backend.queries(NAMESPACE, MODEL, "canary", "30s"))}
+    stable = {r.sli: r.value for r in read_slis(provider, backend.queries(NAMESPACE, MODEL, "stable", "30s"))}
+    assert canary[SLI.REQUESTS] is not None and canary[SLI.REQUESTS] > 150
+    assert canary[SLI.P99_LATENCY_MS] is not None and canary[SLI.P99_LATENCY_MS] >= 60  # injected delay
+    assert stable[SLI.P99_LATENCY_MS] is not None and stable[SLI.P99_LATENCY_MS] < 60
+    assert canary[SLI.ERROR_RATE] == 0.0
+    # a different model disagrees with stable on many rows; stable does not shadow anything
+    assert canary[SLI.ACCURACY_DELTA] is not None and canary[SLI.ACCURACY_DELTA] > 0.3
+    assert stable[SLI.ACCURACY_DELTA] is None
+
+
+def test_unknown_series_is_no_data_not_zero(stack: tuple[LocalPrometheus, dict[str, ServerProcess]]) -> None:
+    prometheus, _ = stack
+    provider = PrometheusProvider(prometheus.url)
+    readings = read_slis(provider, OnnxRuntimeBackend().queries("other-namespace", MODEL, "canary", "30s"))
+    assert all(r.value is None for r in readings)
+
+
+def test_prometheus_down_is_no_data_with_the_reason(tmp_path: Path) -> None:
+    provider = PrometheusProvider("http://127.0.0.1:9", timeout=0.5, attempts=2)
+    readings = read_slis(provider, OnnxRuntimeBackend().queries(NAMESPACE, MODEL, "canary", "30s"))
+    assert all(r.value is None for r in readings)
+    assert all("unreachable" in (r.message or "") for r in readings)
+    assert not provider.is_online()
