@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.resources
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -189,7 +190,11 @@ class LocalAPIServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         emulator = self.emulator
-        emulator.resources.load_bundled()
+        # = emulator.resources.load_bundled(), which uses the deprecated importlib.resources.read_binary
+        with importlib.resources.as_file(
+            importlib.resources.files("kmock._internal") / "resources.json.gz"
+        ) as bundle:
+            emulator.resources.load_path(bundle)
         for resource in [resource for resource in emulator.resources if resource.group == _GATEWAY_GROUP]:
             del emulator.resources[resource]
         for name in self._namespaces:

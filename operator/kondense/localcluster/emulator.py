@@ -62,7 +62,10 @@ def _now() -> str:
 
 
 def _error(status: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=status, reason=reason, message=message, details=details or {})
+    # Never empty: kmock fills empty details with the server-side traceback.
+    return kmock.KubernetesError(
+        status=status, reason=reason, message=message, details=details or {"causes": []}
+    )
 
 
 def _not_found(resource: kmock.resource, name: str | None) -> kmock.KubernetesError:
@@ -117,6 +120,10 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         # kmock routes PUT and collection DELETE to no action; our writes are computed in _handle().
         self.fallback[self._has_write_result] << self._serve_write_result
+        # The official client asks for /version/, /api/ and /apis/ with a trailing slash; so does kubectl.
+        self.fallback["get /version/"] << self._serve_server_version
+        self.fallback["get /api/"] << self._serve_api
+        self.fallback["get /apis/"] << self._serve_apis
 
     # ---- request plumbing ------------------------------------------------------------------------------
 
@@ -454,8 +461,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         obj["kind"] = info.kind
         if "status" in info.subresources:  # status is written through /status only
             obj.pop("status", None)
-            if resource in self.initial_status:
-                obj["status"] = copy.deepcopy(self.initial_status[resource])
+            if resource not in self._crd_schemas:  # built-ins start from their zero status, CRs from none
+                obj["status"] = copy.deepcopy(self.initial_status.get(resource, {}))
         if resource == CRDS:
             self._check_crd(obj)
             obj["status"] = self._crd_status(obj)
@@ -558,6 +565,7 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     ) -> dict[str, Any]:
         resource = key[0]
         info = self.resources[resource]
+        new = copy.deepcopy(new)  # patches share unchanged branches with the stored version
         if subresource == "status":  # only status changes through /status
             status = new.get("status")
             new = copy.deepcopy(current)

@@ -41,7 +41,7 @@ def _walk(value: Any, schema: Mapping[str, Any], *, envelope: bool = False) -> A
 
     result: dict[str, Any] = {}
     for key, item in value.items():
-        if keep_envelope and key in _OBJECT_ENVELOPE and key not in properties:
+        if keep_envelope and key in _OBJECT_ENVELOPE:  # ObjectMeta is never pruned by the CRD schema
             result[key] = copy.deepcopy(item)
         elif key in properties:
             if item is None and not properties[key].get("nullable") and "default" in properties[key]:
