@@ -1,7 +1,8 @@
 """A tiny real kopf operator for the local API tests (run with ``kopf run --standalone -A``).
 
 On create of a CompressedModel it creates an owned ConfigMap with the official client, posts an Event
-and writes ``status.phase``/``status.message`` through kopf's patch (the status subresource). The
+and writes ``status.phase``/``status.message`` through kopf's patch (the status subresource); on delete
+it posts another Event before kopf removes its finalizer. The
 settings are the ones an operator needs against the emulator: progress in annotations (status fields
 outside the CRD schema are pruned, as on a real cluster) and short watch timeouts so streams reconnect
 quickly.
@@ -41,3 +42,10 @@ def summarize(
     kopf.info(body, reason="Summarized", message=f"ConfigMap {name}-summary lists {len(targets)} targets")
     patch.status["phase"] = "Compressing"
     patch.status["message"] = f"summary of {len(targets)} targets in ConfigMap {name}-summary"
+
+
+@kopf.on.delete("kondense.dev", "v1alpha1", "compressedmodels")
+def forget(body: kopf.Body, **_: Any) -> None:
+    # A deletion handler makes kopf hold the object with its finalizer, then release it with a JSON
+    # patch guarded by a resourceVersion "test" op: the path real operators take on deletion.
+    kopf.info(body, reason="Forgotten", message="the summary goes with its owner")

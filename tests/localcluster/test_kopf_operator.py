@@ -1,8 +1,8 @@
 """A real kopf operator process against the local API server, logged in through the written kubeconfig.
 
 The operator (``configmap_operator.py``) reacts to a CompressedModel by creating an owned ConfigMap,
-posting an Event and patching the status subresource; deleting the CompressedModel garbage-collects
-the ConfigMap. Everything is observed with the official client, as a user with kubectl would.
+posting an Event and patching the status subresource; deleting the CompressedModel runs its deletion
+handler behind kopf's finalizer, and then garbage-collects the ConfigMap. Everything is observed with the official client, as a user with kubectl would.
 """
 
 from __future__ import annotations
@@ -125,8 +125,23 @@ def test_kopf_operator_reconciles_and_its_children_are_collected(
         )
         assert [(event.reason, event.involved_object.uid) for event in events] == [("Summarized", uid)]
 
+        finalizers = custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "digits")[
+            "metadata"
+        ]
+        assert finalizers["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]  # for the delete handler
+
         custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "digits")
         eventually(lambda: summary() is None, "the ConfigMap to be garbage-collected")
+        assert (
+            read_or_none(
+                lambda: custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "digits")
+            )
+            is None
+        )
+        reasons = sorted(
+            event.reason for event in core.list_namespaced_event("default").items
+        )  # listed by name
+        assert reasons == ["Forgotten", "Summarized"]
         assert "Traceback" not in operator_process()
     except AssertionError as failure:
         raise AssertionError(f"{failure}\n--- operator log ---\n{operator_process()[-6000:]}") from failure

@@ -96,6 +96,7 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     events_per_resource: int = 10_000  # watch events kept per resource; older resourceVersions get 410 Gone
     versions_per_object: int = 50  # object history kept in ``objects[...].history``
     requests_kept: int = 2_000  # kmock's request log is bounded: the demo serves requests for hours
+    deleted_kept: int = 1_000  # deleted objects whose history stays in ``objects`` (jobs and pods churn)
 
     _revision: int = attrs.field(default=0, init=False)
     _events: dict[kmock.resource, collections.deque[WatchEvent]] = attrs.field(
@@ -109,6 +110,7 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     _crd_schemas: dict[kmock.resource, Mapping[str, Any] | None] = attrs.field(factory=dict, init=False)
     _write_results: dict[kmock.Request, Any] = attrs.field(factory=dict, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    _deleted_keys: collections.deque[ArrayKey] = attrs.field(factory=collections.deque, init=False)
 
     # Which status a created object starts with, per resource (the API server's PrepareForCreate).
     initial_status: ClassVar[dict[kmock.resource, dict[str, Any]]] = {
@@ -356,6 +358,11 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         if event_type == "DELETED":
             self._objects[key].delete()
             self._uids.pop(obj["metadata"]["uid"], None)
+            self._deleted_keys.append(key)
+            while len(self._deleted_keys) > self.deleted_kept:
+                oldest = self._deleted_keys.popleft()
+                if oldest in self._objects and self._objects[oldest].deleted:  # unless created again since
+                    del self._objects[oldest]
         elif key in self._objects:
             history = self._objects[key].history
             history.append(obj)
