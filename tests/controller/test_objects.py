@@ -119,3 +119,16 @@ def test_settings_namespaces_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -
     assert OperatorSettings().namespaces == ["ml", "team-b"]
     monkeypatch.setenv("KONDENSE_NAMESPACES", "")
     assert OperatorSettings().namespaces == []
+
+
+def test_status_merge_patch_removes_what_is_gone() -> None:
+    from kondense.operator.controller import merge_patch
+
+    old = {"phase": "Canary", "canary": {"weight": 25, "p99Ms": 4.0}, "selectedVariant": "int8"}
+    new = {"phase": "RolledBack", "canary": {"weight": 0}}
+    assert merge_patch(old, new) == {
+        "phase": "RolledBack",
+        "canary": {"weight": 0, "p99Ms": None},
+        "selectedVariant": None,
+    }
+    assert merge_patch(new, new) == {}

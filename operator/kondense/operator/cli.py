@@ -25,7 +25,12 @@ def operator(
 
     namespaces = [] if all_namespaces else (namespace or handlers.SETTINGS.namespaces)
     health = f"http://0.0.0.0:{handlers.SETTINGS.health_port}/healthz"
-    logging.basicConfig(level=logging.DEBUG if verbose else handlers.SETTINGS.log_level)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else handlers.SETTINGS.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:  # one line per timer tick and object is noise at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
             standalone=True,

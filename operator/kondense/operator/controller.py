@@ -84,6 +84,19 @@ def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | N
     return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled)
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (removed keys become null)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {key: None for key in old.keys() - new.keys()}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
 @dataclass
 class Controller:
     settings: OperatorSettings
@@ -149,7 +162,7 @@ class Controller:
                 status.conditions.remove(cond)
         # the decision is on the resource before anything acts on it (restart safety)
         if status != current:
-            self.kube.patch_status(namespace, name, status.model_dump(mode="json"))
+            self._write_status(body, status)
 
         for variant in decision.create_jobs:
             job = compression_job(spec, owner, self.settings, spec_hash, variant)
@@ -169,6 +182,13 @@ class Controller:
             self.post_event(body, event)
         self._record_metrics(namespace, name, current, status, decision)
         return status
+
+    def _write_status(self, body: dict[str, Any], status: CompressedModelStatus) -> None:
+        meta = body["metadata"]
+        stored = body.get("status") or {}
+        patch = merge_patch(stored, status.model_dump(mode="json", exclude_none=True))
+        if patch:
+            self.kube.patch_status(meta["namespace"], meta["name"], patch)
 
     # ------------------------------------------------------------------------------------------
     def _preflight(self, spec: CompressedModelSpec, namespace: str, name: str) -> list[str]:
@@ -209,7 +229,7 @@ class Controller:
         status.message = f"invalid: {message}"
         status.observedGeneration = meta.get("generation")
         if status != current:
-            self.kube.patch_status(meta["namespace"], meta["name"], status.model_dump(mode="json"))
+            self._write_status(body, status)
             self.post_event(body, Event("Warning", "Invalid", message))
         return status
 

@@ -38,7 +38,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kondense.dev", key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # kopf's own per-handler notes stay in the log; Events carry our transitions (kopf.event)
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     try:

@@ -1,0 +1,337 @@
+# mypy: disable-error-code="union-attr, index, attr-defined, unused-ignore, operator, arg-type, dict-item"
+# (the kubernetes client types every field Optional; these tests read what they just created)
+"""The unmodified operator process against the local Kubernetes API (kmock's emulator over HTTP).
+
+Applying a CR creates the Jobs; the test completes them (Pods with termination messages, Job status);
+that creates Deployments and Services; readings from a real Prometheus scraping real `kondense serve`
+processes drive promotion or rollback. Every object the operator wrote validates against the
+official Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+from kubernetes import client, config
+
+from kondense.api.crd import crd
+from kondense.loadgen.requests import request_bodies
+from kondense.loadgen.runner import run_load
+from kondense.localcluster.apiserver import LocalAPIServer
+from kondense.localcluster.prometheus import LocalPrometheus, free_port
+from kondense_testing.builders import DIGITS, job_result
+from kondense_testing.onnx_models import artifact_dir
+from kondense_testing.servers import ServerProcess, start_server
+
+NS = "ml"
+GROUP, VERSION, PLURAL = "kondense.dev", "v1alpha1", "compressedmodels"
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Cluster:
+    api: LocalAPIServer
+    kubeconfig: Path
+    prometheus: LocalPrometheus
+    metrics_port: int
+    operator: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi()
+
+    def cmodel(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)  # type: ignore[return-value]
+
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float = 90) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.operator.poll() is None, f"operator exited: {self.log.read_text()[-3000:]}"
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.25)
+        raise AssertionError(
+            f"timed out waiting for {what}; operator log tail:\n{self.log.read_text()[-3000:]}"
+        )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    api = LocalAPIServer().start()
+    prometheus = LocalPrometheus(tmp_path / "prometheus")
+    operator = None
+    try:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        config.load_kube_config(str(kubeconfig))
+        client.ApiextensionsV1Api().create_custom_resource_definition(crd())
+        core = client.CoreV1Api()
+        core.create_namespace({"metadata": {"name": NS}})
+        pvc = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        core.create_namespaced_persistent_volume_claim(NS, {"metadata": {"name": "models"}, "spec": pvc})
+        prometheus.start()
+        metrics_port = free_port()
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(kubeconfig),
+            KONDENSE_TICK_SECONDS="0.5",
+            KONDENSE_METRICS_PORT=str(metrics_port),
+            KONDENSE_HEALTH_PORT=str(free_port()),
+            KONDENSE_PROMETHEUS_URL=prometheus.url,
+        )
+        log = tmp_path / "operator.log"
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kondense.cli", "operator", "--namespace", NS],
+            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )  # fmt: skip
+        yield Cluster(api, kubeconfig, prometheus, metrics_port, operator, log)
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=30)
+        prometheus.stop()
+        api.stop()
+
+
+class FakeControllers:
+    """What kube-controller-manager would do for the test: Deployments report ready pods."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        apps = client.AppsV1Api()
+        while not self.stop.is_set():
+            for d in apps.list_namespaced_deployment(NS).items:
+                replicas = d.spec.replicas or 0
+                status = {"observedGeneration": d.metadata.generation, "replicas": replicas,
+                          "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas}  # fmt: skip
+                if (d.status is None or d.status.observed_generation != d.metadata.generation
+                        or (d.status.ready_replicas or 0) != replicas):  # fmt: skip
+                    apps.patch_namespaced_deployment_status(d.metadata.name, NS, {"status": status})
+            self.stop.wait(0.3)
+
+    def __enter__(self) -> FakeControllers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def complete_jobs(results: dict[str, Any]) -> None:
+    """Finish every Job like the kubelet would: a Pod whose container terminated with the result as its
+    termination message, then the Job's own status."""
+    batch, core = client.BatchV1Api(), client.CoreV1Api()
+    for job in batch.list_namespaced_job(
+        NS, label_selector="app.kubernetes.io/name=kondense-compression"
+    ).items:
+        variant = job.metadata.labels["kondense.dev/variant"]
+        outcome = results[variant]
+        labels = {**job.spec.template.metadata.labels, "job-name": job.metadata.name}
+        pod = core.create_namespaced_pod(NS, {
+            "metadata": {"name": f"{job.metadata.name}-x1", "labels": labels,
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job.metadata.name,
+                                              "uid": job.metadata.uid, "controller": True}]},
+            "spec": job.spec.template.spec,
+        })  # fmt: skip
+        failed = outcome == "OOMKilled"
+        terminated = {"exitCode": 137 if failed else 0, "reason": "OOMKilled" if failed else "Completed",
+                      "message": "" if failed else outcome.model_dump_json()}  # fmt: skip
+        core.patch_namespaced_pod_status(pod.metadata.name, NS, {"status": {
+            "phase": "Failed" if failed else "Succeeded",
+            "containerStatuses": [{"name": "compress", "image": "x", "imageID": "", "ready": False,
+                                   "restartCount": 0, "state": {"terminated": terminated}}],
+        }})  # fmt: skip
+        condition = {"type": "Failed" if failed else "Complete", "status": "True",
+                     "reason": "BackoffLimitExceeded" if failed else "Completed"}  # fmt: skip
+        batch.patch_namespaced_job_status(job.metadata.name, NS, {"status": {
+            "conditions": [condition], "succeeded": 0 if failed else 1, "failed": 1 if failed else 0}})  # fmt: skip
+
+
+def digits_cr(name: str) -> dict[str, Any]:
+    body = copy.deepcopy(DIGITS)
+    body["metadata"] = {"name": name, "namespace": NS}
+    spec = body["spec"]
+    spec["targets"] = [spec["targets"][0], spec["targets"][2], spec["targets"][3]]  # int8, fp16, slim-int8
+    spec["rollout"] = {
+        "steps": [50, 100],
+        "interval": "5s",
+        "failureLimit": 1,
+        "analysis": {"window": "10s", "minRequests": 5, "p99LatencyMs": {"max": 40}, "errorRate": {"max": 0.05},
+                     "accuracyDelta": {"max": 0.05}},
+    }  # fmt: skip
+    return body
+
+
+RESULTS = {
+    "base": job_result("base", size=1.0),
+    "int8": job_result("int8", delta=0.003, size=0.26),
+    "fp16": job_result("fp16", delta=0.0, size=0.5),
+    "slim-int8": "OOMKilled",
+}
+
+
+def serve_with_load(
+    tmp: Path, canary_latency_ms: int, name: str
+) -> tuple[list[ServerProcess], threading.Event]:
+    """Real stable/canary servers scraped by Prometheus, with steady load on both."""
+    model = artifact_dir(tmp / "model")
+    stable = start_server(model, name, "--variant", "stable")
+    canary = start_server(model, name, "--variant", "canary", "--inject-latency-ms", str(canary_latency_ms),
+                          "--shadow-of", stable.url, "--task", "classification")  # fmt: skip
+    return [stable, canary], threading.Event()
+
+
+def load_forever(servers: list[ServerProcess], name: str, stop: threading.Event) -> threading.Thread:
+    rng = np.random.default_rng(0)
+    bodies = request_bodies({"x": rng.normal(size=(20, 64)).astype(np.float32)})
+
+    def run() -> None:
+        async def main() -> None:
+            while not stop.is_set():
+                await asyncio.gather(
+                    *(run_load(s.url, name, bodies, rps=20, duration_s=1.0) for s in servers)
+                )
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def validate_everything(api: LocalAPIServer) -> None:
+    checked = 0
+    for obj in api.dump():
+        if obj.get("apiVersion", "").startswith(("kondense.dev", "apiextensions.k8s.io", "gateway.")):
+            continue
+        obj = {k: v for k, v in obj.items() if k != "status"} if obj["kind"] == "Namespace" else obj
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+        checked += 1
+    assert checked > 5
+
+
+def run_rollout(cluster: Cluster, tmp_path: Path, name: str, canary_latency_ms: int) -> dict[str, Any]:
+    servers, stop = serve_with_load(tmp_path, canary_latency_ms, name)
+    try:
+        cluster.prometheus.set_targets(
+            [(f"127.0.0.1:{s.port}", {"namespace": NS, "pod": f"{name}-{track}-0"})
+             for s, track in zip(servers, ("stable", "canary"), strict=True)]
+        )  # fmt: skip
+        cluster.prometheus.wait_for_targets(2)
+        load_forever(servers, name, stop)
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, digits_cr(name))
+        batch = client.BatchV1Api()
+        jobs = cluster.wait(
+            "4 Jobs", lambda: (items := batch.list_namespaced_job(NS).items) and len(items) == 4 and items
+        )
+        assert sorted(j.metadata.labels["kondense.dev/variant"] for j in jobs) == [
+            "base",
+            "fp16",
+            "int8",
+            "slim-int8",
+        ]
+        assert cluster.cmodel(name)["status"]["phase"] == "Compressing"
+        assert client.AppsV1Api().list_namespaced_deployment(NS).items == []  # nothing served before the base
+        complete_jobs(RESULTS)
+        with FakeControllers():
+            cluster.wait("a canary", lambda: cluster.cmodel(name).get("status", {}).get("phase") == "Canary")
+            services = {s.metadata.name for s in client.CoreV1Api().list_namespaced_service(NS).items}
+            assert services == {name, f"{name}-stable", f"{name}-canary"}
+            return cluster.wait(
+                "the end of the rollout",
+                lambda: (
+                    (o := cluster.cmodel(name))["status"]["phase"] in ("Promoted", "RolledBack", "Failed")
+                    and o
+                ),
+                timeout=120,
+            )
+    finally:
+        stop.set()
+        for server in servers:
+            server.stop()
+
+
+def test_apply_compress_canary_promote(cluster: Cluster, tmp_path: Path) -> None:
+    final = run_rollout(cluster, tmp_path, "digits", canary_latency_ms=0)
+    status = final["status"]
+    assert status["phase"] == "Promoted", yaml.safe_dump(status)
+    assert status["stable"]["variant"] == "int8"
+    assert {v["name"]: v["phase"] for v in status["variants"]} == {
+        "int8": "Promoted", "fp16": "Succeeded", "slim-int8": "Failed"}  # fmt: skip
+    assert {v["name"]: v.get("reason") for v in status["variants"]}["slim-int8"] == "OOMKilled"
+    assert [c["sli"] for c in status["canary"]["checks"]].count("p99LatencyMs") == 2  # one per step
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    stable = client.AppsV1Api().read_namespaced_deployment("digits-stable", NS)
+    assert (
+        stable.spec.template.metadata.annotations["kondense.dev/artifact-sha256"]
+        == RESULTS["int8"].artifact.sha256
+    )  # type: ignore[union-attr]
+    cluster.wait("the canary Deployment gone", lambda: not any(
+        d.metadata.name == "digits-canary" for d in client.AppsV1Api().list_namespaced_deployment(NS).items))  # fmt: skip
+    reasons = [e.reason for e in client.CoreV1Api().list_namespaced_event(NS).items]
+    assert {"Compressing", "CanaryStarted", "CanaryStep", "Promoting", "Promoted"} <= set(reasons)
+    metrics = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics").text
+    assert 'kondense_rollouts_total{result="promoted"} 1.0' in metrics
+    validate_everything(cluster.api)
+    # deleting the CR garbage-collects everything it owned
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "digits")
+    cluster.wait("garbage collection", lambda: not client.AppsV1Api().list_namespaced_deployment(NS).items
+                 and not client.BatchV1Api().list_namespaced_job(NS).items)  # fmt: skip
+
+
+def test_latency_breach_rolls_back_down_the_ladder(cluster: Cluster, tmp_path: Path) -> None:
+    final = run_rollout(cluster, tmp_path, "slow", canary_latency_ms=80)
+    status = final["status"]
+    assert status["phase"] == "RolledBack", yaml.safe_dump(status)
+    phases = {v["name"]: v["phase"] for v in status["variants"]}
+    assert phases["int8"] == "RolledBack" and phases["fp16"] == "RolledBack"
+    breaches = [c for c in status["canary"]["checks"] if c["sli"] == "p99LatencyMs" and not c["passed"]]
+    assert {c["variant"] for c in breaches} == {"int8", "fp16"}
+    assert all(c["value"] > c["threshold"] == 40 and c["window"] for c in breaches)
+    assert status["stable"].get("variant") is None  # the base model still serves
+    stable = client.AppsV1Api().read_namespaced_deployment("slow-stable", NS)
+    assert stable.spec.replicas == 4
+    events = client.CoreV1Api().list_namespaced_event(NS).items
+    assert [e.reason for e in events].count("RolledBack") == 2
+    validate_everything(cluster.api)
+
+
+def test_invalid_spec_gets_a_condition_and_no_children(cluster: Cluster) -> None:
+    body = digits_cr("broken")
+    body["spec"]["rollout"]["steps"] = [50, 25, 100]
+    # the API server would refuse it (CEL); this one does not run CEL, so the operator must cope
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+    status = cluster.wait("an Invalid condition", lambda: cluster.cmodel("broken").get("status"))
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Invalid"]["status"] == "True"
+    assert "spec.rollout.steps: must be strictly increasing" in conditions["Invalid"]["message"]
+    assert status["phase"] == "Failed"
+    time.sleep(2)
+    assert client.BatchV1Api().list_namespaced_job(NS).items == []
+    # a missing PVC is reported, not crashed on
+    body = digits_cr("nopvc")
+    body["spec"]["baseModel"]["uri"] = "pvc://elsewhere/model.onnx"
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+    status = cluster.wait("a PVC message", lambda: cluster.cmodel("nopvc").get("status"))
+    assert "PersistentVolumeClaim ml/elsewhere does not exist" in status["message"]
+    assert cluster.operator.poll() is None
