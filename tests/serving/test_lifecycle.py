@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -199,3 +200,12 @@ def test_injected_latency_shows_in_the_histogram(digits: Digits) -> None:
     below = re.search(r'_bucket{le="0.3",model="digits",variant="stable"} (\S+)', metrics)
     total = re.search(r'_count{model="digits",variant="stable"} (\S+)', metrics)
     assert below and total and (float(below.group(1)), float(total.group(1))) == (0.0, 3.0)
+
+
+def test_serving_module_entry_point_is_kondense_serve() -> None:
+    # The serving image runs `python -m kondense.serving`, independent of other areas' commands.
+    result = subprocess.run(
+        [sys.executable, "-m", "kondense.serving", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--shadow-of" in result.stdout and "--max-batch-size" in result.stdout
