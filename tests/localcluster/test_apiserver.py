@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kmock
 import kubernetes
 import pytest
 import yaml
@@ -685,6 +686,17 @@ def test_both_event_apis_accept_events(api_client: kubernetes.client.ApiClient, 
         e.message for e in core.list_namespaced_event("default", field_selector="involvedObject.name=x").items
     ] == ["core v1"]
     assert len(api(kubernetes.client.EventsV1Api, api_client).list_namespaced_event("default").items) == 1
+
+
+def test_kmock_reactions_still_take_precedence_for_failure_injection(
+    api_server: LocalAPIServer, core: Any
+) -> None:
+    api_server.emulator[kmock.action.CREATE, kmock.resource("", "v1", "configmaps")] << 503
+    with pytest.raises(ApiException) as caught:
+        core.create_namespaced_config_map("default", configmap("flaky"))
+    assert caught.value.status == 503
+    # As in kmock, the write itself still happens: the injected failure is a lost response.
+    assert core.read_namespaced_config_map("flaky", "default").data == {"key": "value"}
 
 
 def test_dump_returns_every_object(api_server: LocalAPIServer, core: Any) -> None:

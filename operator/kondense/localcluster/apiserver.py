@@ -28,8 +28,12 @@ Emulated, as the real API server does it:
 * PATCH as merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch (list merge keys and
   strategies from the official OpenAPI schemas).
 * the ``status`` subresource wherever discovery declares it (CRDs that declare it; Pods, Deployments,
-  Jobs, ...): ``/status`` writes change only ``status``, main-endpoint writes never change it, create
-  starts from an empty status (Pods from ``phase: Pending``, Namespaces from ``phase: Active``).
+  Jobs, ...): ``/status`` writes change only ``status``, main-endpoint writes never change it; create
+  drops the status (custom resources start without one, built-ins with ``{}``, Pods with
+  ``phase: Pending``, Namespaces with ``phase: Active``).
+* kmock's DSL keeps precedence for failure injection, e.g.
+  ``api.emulator[kmock.action.CREATE, kmock.resource("batch", "v1", "jobs")] << 503`` (as in kmock,
+  the write itself still happens: the failure is a lost response).
 * ``labelSelector`` (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) and ``fieldSelector``
   (``metadata.name``/``metadata.namespace`` and the fields the API server indexes per resource, others
   rejected with 400) on list, watch and delete-collection.

@@ -266,8 +266,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
                     async with asyncio.timeout(max(0.0, min(waits)) if waits else None):
                         item = await queue.get()
                 except TimeoutError:
-                    if deadline is not None and loop.time() >= deadline:
-                        return
+                    if not bookmarks or (deadline is not None and loop.time() >= deadline):
+                        return  # timeoutSeconds is over: the server ends the stream, the client reconnects
                     yield self._bookmark(resource, info.kind)
                     continue
                 if item is _WATCH_CLOSED:
