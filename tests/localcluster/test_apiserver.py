@@ -107,6 +107,28 @@ def test_server_listens_on_loopback_and_stops(tmp_path: Path) -> None:
     client.close()
 
 
+def test_stopping_ends_open_watches_at_once(tmp_path: Path) -> None:
+    server = LocalAPIServer().start()
+    client = kubernetes.config.new_client_from_config(str(server.write_kubeconfig(tmp_path / "config")))
+    core = api(kubernetes.client.CoreV1Api, client)
+    outcome: list[object] = []
+
+    def watch_forever() -> None:  # no timeoutSeconds: only the server can end this stream
+        try:
+            outcome.append(list(kubernetes.watch.Watch().stream(core.list_namespace, _request_timeout=30)))
+        except Exception as exc:  # the stream may end cleanly or with a dropped connection
+            outcome.append(exc)
+
+    watcher = threading.Thread(target=watch_forever)
+    watcher.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    server.stop()
+    watcher.join(10)
+    assert time.monotonic() - began < 5 and not watcher.is_alive() and outcome
+    client.close()
+
+
 def test_discovery_serves_builtins_and_a_crd_once_created(api_client: kubernetes.client.ApiClient) -> None:
     apis = api(kubernetes.client.ApisApi, api_client)
     groups = {group.name for group in apis.get_api_versions().groups}

@@ -15,6 +15,12 @@ It serves the standard resources kmock bundles (core v1, apps/v1, batch/v1, even
 apiextensions, ...), the Gateway API HTTPRoute as a CRD, and every CRD created through
 ``apiextensions.k8s.io/v1``; the namespaces ``default`` and ``kube-system`` exist from the start.
 
+kopf runs against it as against a cluster (``tests/localcluster`` runs ``kopf run --standalone -A`` with
+``KUBECONFIG``): it needs no special settings, but two are advisable — progress and diff-base in
+annotations (``kopf.AnnotationsProgressStorage``/``AnnotationsDiffBaseStorage``), since a status field
+outside the CRD schema is pruned here as on a real cluster, and a short
+``settings.watching.server_timeout`` so the watch streams cycle quickly.
+
 Emulated, as the real API server does it:
 
 * create/get/list/replace (PUT)/delete; ``metadata.uid``, ``creationTimestamp``, a cluster-wide
