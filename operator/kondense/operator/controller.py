@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from kondense.api.resource import CompressedModelSpec, CompressedModelStatus, Ph
 from kondense.api.validation import field_errors
 from kondense.operator import metrics
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
-from kondense.operator.kube import KubeClient
+from kondense.operator.kube import KubeClient, StatusConflict
 from kondense.operator.locations import LocationError, claims, variant_location
 from kondense.operator.naming import HASH_LABEL, MODEL_LABEL, SHA_ANNOTATION, VARIANT_LABEL, Names
 from kondense.operator.objects import Owner, compression_job
@@ -106,6 +107,16 @@ class Controller:
 
     def __post_init__(self) -> None:
         self._providers: dict[str, MetricProvider] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
 
     def provider(self, url: str) -> MetricProvider:
         if url not in self._providers:
@@ -116,12 +127,25 @@ class Controller:
         return self._providers[url]
 
     # ------------------------------------------------------------------------------------------
-    def reconcile(self, body: dict[str, Any], now: datetime | None = None) -> CompressedModelStatus:
+    def reconcile(
+        self, namespace: str, name: str, now: datetime | None = None
+    ) -> CompressedModelStatus | None:
+        """Reconcile one CompressedModel from a fresh read of it (never from a watch cache: our own
+        last status write may not have reached the cache yet, and acting on an older status would
+        repeat a decision). One reconcile per object at a time; None when the object is gone or
+        changed under us (the next tick redoes it)."""
         started = time.perf_counter()
-        try:
-            return self._reconcile(body, now or datetime.now(UTC))
-        finally:
-            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        with self._lock(namespace, name):
+            try:
+                body = self.kube.get_cmodel(namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return None
+                return self._reconcile(body, now or datetime.now(UTC))
+            except StatusConflict:
+                log.info("%s/%s changed while reconciling; retrying on the next tick", namespace, name)
+                return None
+            finally:
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     def _reconcile(self, body: dict[str, Any], now: datetime) -> CompressedModelStatus:
         meta = body["metadata"]
@@ -188,7 +212,8 @@ class Controller:
         stored = body.get("status") or {}
         patch = merge_patch(stored, status.model_dump(mode="json", exclude_none=True))
         if patch:
-            self.kube.patch_status(meta["namespace"], meta["name"], patch)
+            # resourceVersion precondition: a concurrent writer makes this a 409, not a lost update
+            self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
 
     # ------------------------------------------------------------------------------------------
     def _preflight(self, spec: CompressedModelSpec, namespace: str, name: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, cast
 
 import kopf
@@ -53,24 +54,60 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
 
 
-def _reconcile(body: kopf.Body) -> None:
+def _reconcile(namespace: str, name: str) -> None:
     assert _controller is not None
-    _controller.reconcile(dict(body))
+    _last_reconcile[(namespace, name)] = time.monotonic()
+    _controller.reconcile(namespace, name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(body: kopf.Body, **_: Any) -> None:
-    _reconcile(body)
+def on_change(namespace: str | None, name: str, **_: Any) -> None:
+    _reconcile(namespace or "default", name)
+
+
+_last_reconcile: dict[tuple[str, str], float] = {}
+
+
+def tick_delay(phase: str | None) -> float:
+    """How stale a phase may get between reconciles. Job completions wake their owner at once
+    (on_job_finished), so Compressing needs only a slow safety net; settled objects only drift repair."""
+    if phase in ("Promoted", "RolledBack", "Failed"):
+        return SETTINGS.idle_resync_seconds
+    if phase == "Compressing":
+        return max(SETTINGS.tick_seconds, 10.0)
+    return SETTINGS.tick_seconds
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, sharp=False)
-def on_tick(body: kopf.Body, **_: Any) -> None:
-    _reconcile(body)
+def on_tick(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> None:
+    namespace = namespace or "default"  # CompressedModels are namespaced; kopf types it optional
+    if (
+        time.monotonic() - _last_reconcile.get((namespace, name), 0.0)
+        < tick_delay(status.get("phase")) - 0.05
+    ):
+        return
+    _reconcile(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": "kondense"})
+def on_job_finished(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    conditions = {
+        c.get("type") for c in (body.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
+    }
+    if not conditions & {"Complete", "Failed"}:
+        return
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "CompressedModel":
+            _reconcile(namespace or "default", ref["name"])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def on_delete(meta: kopf.Meta, **_: Any) -> None:
-    # children go through ownerReferences (garbage collection); only our metric series remain
-    metrics.forget(meta.get("namespace", ""), meta.get("name", ""))
+def on_delete(namespace: str | None, name: str, **_: Any) -> None:
+    namespace = namespace or "default"
+    # children go through ownerReferences (garbage collection); only our bookkeeping remains
+    _last_reconcile.pop((namespace, name), None)
+    if _controller is not None:
+        _controller.forget(namespace, name)
+    metrics.forget(namespace, name)

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 
 
+class StatusConflict(RuntimeError):
+    """The object changed since it was read (resourceVersion precondition failed)."""
+
+
 def _plain(obj: Any) -> Any:
     return client.ApiClient().sanitize_for_serialization(obj)
 
@@ -135,10 +139,29 @@ class KubeClient:
             raise
 
     # -- the custom resource ------------------------------------------------------------------
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
-        )
+    def get_cmodel(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return dict(body)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise StatusConflict(f"{namespace}/{name}") from exc
+            raise
 
     def patch_http_route(self, obj: dict[str, Any]) -> str:
         """Set backend weights on the user's HTTPRoute (it owns parentRefs/matches; we own weights)."""

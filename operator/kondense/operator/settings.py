@@ -24,6 +24,7 @@ class OperatorSettings(BaseSettings):
     prometheus_url: str = "http://prometheus.monitoring:9090"
     pvc_root: str = "/mnt/pvc"
     tick_seconds: float = Field(2.0, gt=0, description="How often each CompressedModel is reconciled.")
+    idle_resync_seconds: float = Field(30.0, gt=0, description="Reconcile settled objects this often.")
     metrics_port: int = 8000
     health_port: int = 8080
     log_level: str = "INFO"
