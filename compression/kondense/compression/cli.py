@@ -110,6 +110,13 @@ def read_spec_target(path: Path, name: str | None) -> tuple[dict[str, Any], dict
     return document, defaults
 
 
+def stdout_console() -> Any:
+    """Rich console for results; pipes get a wide one so tables are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _fail(exc: BadInputError) -> typer.Exit:
     print(f"error: {exc}", file=sys.stderr)
     return typer.Exit(EXIT_BAD_INPUT)
@@ -218,8 +225,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(result, indent=2))
         else:
-            from rich.console import Console
-
             assert m.sizeRatio and m.p50Ms and m.baseP50Ms is not None and m.accuracyDelta is not None
             row = {
                 "name": manifest.name,
@@ -231,7 +236,7 @@ def register(app: typer.Typer) -> None:
                 "trials": len(manifest.trials),
                 "gate": "pass" if result["gatePassed"] else "FAIL",
             }
-            Console().print(
+            stdout_console().print(
                 result_table([row], f"{output}/model.onnx  sha256 {manifest.artifact.sha256[:12]}…")
             )
         if not result["gatePassed"]:
@@ -259,9 +264,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps([vars(r) for r in rows], indent=2))
         else:
-            from rich.console import Console
-
-            Console().print(
+            stdout_console().print(
                 result_table(
                     [
                         {

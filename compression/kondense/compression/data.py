@@ -48,11 +48,13 @@ def load_npz(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(str(path), "data file does not exist")
+    if not zipfile.is_zipfile(path):
+        raise BadInputError(str(path), "not a readable .npz file (not a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except ValueError as exc:  # object arrays need pickle, which we refuse
-        raise BadInputError(str(path), f"cannot read arrays without pickle ({exc})") from exc
+        raise BadInputError(str(path), f"holds object arrays, which need pickle; refused ({exc})") from exc
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise BadInputError(str(path), f"not a readable .npz file ({exc})") from exc
     labels = arrays.pop(LABELS, None)

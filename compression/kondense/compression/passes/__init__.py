@@ -93,21 +93,20 @@ def register(cls: type[Pass]) -> type[Pass]:
 
 
 def _load_builtin_passes() -> None:
+    # Importing one pass module directly registers only that pass, so load all of them explicitly.
     for module in BUILTIN_PASS_MODULES:
         importlib.import_module(module)
 
 
 def pass_for(technique: Technique | str, params: dict[str, Any] | None = None) -> Pass:
     """A configured pass; raises pydantic.ValidationError for bad params, ValueError for unknown names."""
-    if not PASSES:
-        _load_builtin_passes()
+    _load_builtin_passes()
     tech = Technique(technique)
     return PASSES[tech](params_for(tech, params))
 
 
 def registered_techniques() -> list[Technique]:
-    if not PASSES:
-        _load_builtin_passes()
+    _load_builtin_passes()
     return sorted(PASSES)
 
 

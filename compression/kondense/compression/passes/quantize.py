@@ -98,6 +98,10 @@ def preprocess(source: Path, work_dir: Path) -> tuple[Path, str | None]:
 
 class Int8Pass(Pass):
     technique: ClassVar[Technique]
+    # Static quantization needs ORT's pre-processing (shape inference, clean graph) for calibration.
+    # Dynamic quantization does not; on MiniLM the pre-processed variant measured ~12% slower at
+    # the same accuracy (ORT fuses fewer ops at load time), so the dynamic pass quantizes the model as is.
+    preprocess_first: ClassVar[bool] = True
     params: DynamicInt8Params | StaticInt8Params
 
     def quantize(self, source: Path, destination: Path, config: Int8Config, context: PassContext) -> None:
@@ -109,10 +113,15 @@ class Int8Pass(Pass):
     def run(self, source: Path, destination: Path, context: PassContext) -> PassResult:
         import onnx
 
-        prepared, note = preprocess(source, context.work_dir)
-        details: dict[str, Any] = {"preprocessed": note is None}
-        if note:
-            details["note"] = note
+        details: dict[str, Any] = {}
+        if self.preprocess_first:
+            prepared, note = preprocess(source, context.work_dir)
+            details["preprocessed"] = note is None
+            if note:
+                details["note"] = note
+        else:
+            prepared = source
+            details["preprocessed"] = False
         model = onnx.load(str(prepared), load_external_data=False)
         candidates = weight_nodes(model)
         unknown = sorted(set(self.params.nodesToExclude) - {n.name for n in model.graph.node})
@@ -221,7 +230,9 @@ class Int8Pass(Pass):
         # on a subset, so only full-set trials below can be selected.
         for trial in trials[len(trials) - len(probes) :]:
             trial.withinBudget = False
-        ranked = [node for gain, node in sorted(gains, reverse=True) if gain > 0][:MAX_FP32_NODES]
+        # At least one weight node stays quantized: a variant with none would not be int8 at all.
+        limit = min(MAX_FP32_NODES, len(candidates) - len(user_exclude) - 1)
+        ranked = [node for gain, node in sorted(gains, reverse=True) if gain > 0][: max(limit, 0)]
 
         context.progress.start(f"{self.technique}: keeping sensitive nodes in float32", total=len(ranked))
         kept: list[str] = []
@@ -241,6 +252,7 @@ class Int8Pass(Pass):
 @register
 class DynamicInt8Pass(Int8Pass):
     technique = Technique.DYNAMIC_INT8
+    preprocess_first = False
     params: DynamicInt8Params
 
     def quantize(self, source: Path, destination: Path, config: Int8Config, context: PassContext) -> None:
