@@ -95,7 +95,9 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     bookmark_interval: float = 5.0  # seconds of quiet before a BOOKMARK on watches that allow them
     events_per_resource: int = 10_000  # watch events kept per resource; older resourceVersions get 410 Gone
     versions_per_object: int = 50  # object history kept in ``objects[...].history``
-    requests_kept: int = 2_000  # kmock's request log is bounded: the demo serves requests for hours
+    # kmock matches each request against its whole request log (per reaction), so the log is the cost of
+    # every request: keep it short (the demo serves requests for hours; nothing here reads old entries).
+    requests_kept: int = 64
     deleted_kept: int = 1_000  # deleted objects whose history stays in ``objects`` (jobs and pods churn)
 
     _revision: int = attrs.field(default=0, init=False)
