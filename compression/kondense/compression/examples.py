@@ -54,6 +54,7 @@ def build_digits(out: Path, *, epochs: int = 30, seed: int = 0) -> dict[str, Any
     from torch import nn
 
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # OpenMP spin-waits make 2 threads ~10x slower on a busy 2-core box
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]  # N x 1 x 8 x 8 in [0, 1]
     labels = digits.target.astype(np.int64)

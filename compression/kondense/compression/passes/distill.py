@@ -56,8 +56,14 @@ class DistillPass(Pass):
         from kondense.compression.model_files import load_model, signature_of
         from kondense.compression.onnx_torch import export_onnx, to_torch
         from kondense.compression.passes.prune import shrink_channels
-        from kondense.compression.training import TrainingSettings, teacher_outputs, train_against_teacher
+        from kondense.compression.training import (
+            TrainingSettings,
+            limit_torch_threads,
+            teacher_outputs,
+            train_against_teacher,
+        )
 
+        limit_torch_threads(context.threads)
         p = self.params
         if context.train is None:
             raise BadInputError("train", "distillation needs training (or calibration) data")

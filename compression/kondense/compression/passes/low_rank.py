@@ -114,8 +114,14 @@ class LowRankPass(Pass):
 
         from kondense.compression.model_files import signature_of
         from kondense.compression.onnx_torch import build_module, export_onnx
-        from kondense.compression.training import TrainingSettings, teacher_outputs, train_against_teacher
+        from kondense.compression.training import (
+            TrainingSettings,
+            limit_torch_threads,
+            teacher_outputs,
+            train_against_teacher,
+        )
 
+        limit_torch_threads(context.threads)
         if context.train is None:
             raise BadInputError("train", "the low-rank fine-tune needs training (or calibration) data")
         module, signature = build_module(model, str(source)), signature_of(model)

@@ -88,8 +88,14 @@ class PrunePass(Pass):
         from torch.nn.utils import prune
 
         from kondense.compression.onnx_torch import export_onnx, to_torch
-        from kondense.compression.training import TrainingSettings, teacher_outputs, train_against_teacher
+        from kondense.compression.training import (
+            TrainingSettings,
+            limit_torch_threads,
+            teacher_outputs,
+            train_against_teacher,
+        )
 
+        limit_torch_threads(context.threads)
         p = self.params
         module, signature = to_torch(source)
         layers = prunable_layers(module)
