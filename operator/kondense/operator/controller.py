@@ -157,17 +157,26 @@ class Controller:
             spec = CompressedModelSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
             return self._invalid(body, current, [str(e) for e in field_errors(exc, ("spec",))], ts)
-        problems = self._preflight(spec, namespace, name)
+        spec_hash = compression_hash(spec)
+        new_spec = current.hashes.compression != spec_hash
+        # storage is checked before a spec is first acted on (a PVC lost later fails the Jobs visibly)
+        problems = self._preflight(
+            spec, namespace, name, check_storage=new_spec or self._invalid_now(current)
+        )
         if problems:
             return self._invalid(body, current, problems, ts)
 
         owner = Owner(name, namespace, meta["uid"])
         names = Names(name)
-        spec_hash = compression_hash(spec)
+        serving = current.stable is not None  # nothing is served before the base model's artifact exists
         world = World(
-            jobs=self._observe_jobs(spec, owner, spec_hash),
-            stable=track_observation(self.kube.get("Deployment", names.deployment("stable"), namespace)),
-            canary=track_observation(self.kube.get("Deployment", names.deployment("canary"), namespace)),
+            jobs={} if new_spec else self._observe_jobs(spec, owner, spec_hash),
+            stable=track_observation(self.kube.get("Deployment", names.deployment("stable"), namespace))
+            if serving
+            else None,
+            canary=track_observation(self.kube.get("Deployment", names.deployment("canary"), namespace))
+            if serving
+            else None,
         )
         backend = SERVING_BACKENDS[spec.serving.runtime]
         router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
@@ -192,7 +201,8 @@ class Controller:
             job = compression_job(spec, owner, self.settings, spec_hash, variant)
             if self.kube.create(job):
                 log.info("created Job %s/%s", namespace, job["metadata"]["name"])
-        self._delete_stale_jobs(namespace, name, spec_hash)
+        if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
+            self._delete_stale_jobs(namespace, name, spec_hash)
 
         ctx = ServingContext(spec, owner, self.settings)
         plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
@@ -216,7 +226,13 @@ class Controller:
             self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
 
     # ------------------------------------------------------------------------------------------
-    def _preflight(self, spec: CompressedModelSpec, namespace: str, name: str) -> list[str]:
+    @staticmethod
+    def _invalid_now(status: CompressedModelStatus) -> bool:
+        return any(c.type == "Invalid" and c.status == "True" for c in status.conditions)
+
+    def _preflight(
+        self, spec: CompressedModelSpec, namespace: str, name: str, check_storage: bool
+    ) -> list[str]:
         """What the models cannot know: missing PVCs, unknown runtime/router implementations."""
         problems = []
         if spec.serving.runtime not in SERVING_BACKENDS:
@@ -229,6 +245,8 @@ class Controller:
             output = variant_location(spec, namespace, name, "x", "x").uri
         except LocationError as exc:
             return [*problems, f"spec.artifacts: {exc}"]
+        if not check_storage:
+            return problems
         data = spec.data
         uris: list[str | None] = [spec.baseModel.uri, data.evaluation.uri, output]
         uris += [
