@@ -104,3 +104,12 @@ kind-down:
 # Everything up to a running operator, in order.
 kind: kind-up images kind-load kind-prometheus deploy
 # --- end kind / images / helm (issue 7) ---
+
+# --- local cluster demo (issue 6) ---
+# The whole loop on this machine (no Kubernetes, no container engine): a local API, a process kubelet,
+# Services on loopback, a real Prometheus, the real operator. Other scenarios: .venv/bin/kondense demo --list
+DEMO_SCENARIO ?= happy
+
+demo: setup tools
+	$(VENV)/bin/kondense demo --scenario $(DEMO_SCENARIO)
+# --- end local cluster demo (issue 6) ---

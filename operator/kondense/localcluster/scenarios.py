@@ -1,0 +1,413 @@
+"""The demo's scenarios: one CompressedModel on a LocalCluster, a fault, an expected outcome.
+
+``run_scenario`` is what ``kondense demo --scenario NAME`` and ``tests/integration/test_local_cluster.py``
+both run. Faults live in the local cluster, never in the operator: a kubelet hook adds
+``--inject-latency-ms`` to the first canary's pods, the operator process is SIGKILLed, Prometheus is
+stopped, a target's params make its Job fail, a deliberately broken target passes a loose offline budget
+but not the live agreement gate.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import yaml
+
+from kondense.localcluster.cluster import ClusterError, LocalCluster
+from kondense.localcluster.kubelet import ExtraArgs
+
+TRACK_LABEL, VARIANT_LABEL = "kondense.dev/track", "kondense.dev/variant"
+EXAMPLE_FILES = ("model.onnx", "calib.npz", "eval.npz", "train.npz")
+SETTLED = ("Promoted", "RolledBack", "Failed")
+
+
+class Display(Protocol):
+    def update(self, status: Mapping[str, Any], events: list[Any]) -> None: ...
+
+    def say(self, message: str) -> None: ...
+
+
+@dataclass
+class ScenarioContext:
+    cluster: LocalCluster
+    name: str  # of the CompressedModel
+    display: Display
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def status(self) -> dict[str, Any]:
+        body = self.cluster.compressed_model(self.name) or {}
+        return dict(body.get("status") or {})
+
+    def events(self, reason: str) -> list[Any]:
+        return [e for e in self.cluster.events() if e.get("reason") == reason]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    expected_phase: str
+    customize: Callable[[dict[str, Any]], None] = lambda body: None
+    fault: Callable[[], ExtraArgs] | None = None
+    on_status: Callable[[ScenarioContext, dict[str, Any]], None] | None = None
+    verify: Callable[[ScenarioContext, dict[str, Any]], list[str]] = lambda ctx, status: []
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    phase: str | None
+    expected_phase: str
+    problems: list[str]
+    seconds: float
+    status: dict[str, Any]
+    workdir: Path
+    prometheus_url: str
+    leftover_processes: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.phase == self.expected_phase and not self.problems and not self.leftover_processes
+
+
+# ---- faults ------------------------------------------------------------------------------------------
+
+
+class FirstCanaryFault:
+    """Kubelet hook: extra server arguments for the canary pods of the first variant put on canary
+    (whichever the operator selects), so a fallback variant on the ladder runs clean."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.variant: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(TRACK_LABEL) != "canary" or container.get("name") != "server":
+            return []
+        with self._lock:
+            if self.variant is None:
+                self.variant = labels.get(VARIANT_LABEL)
+            return list(self.args) if labels.get(VARIANT_LABEL) == self.variant else []
+
+
+# ---- checks ------------------------------------------------------------------------------------------
+
+
+def _variants(status: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in status.get("variants") or []}
+
+
+def verify_promoted_artifact(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    """The stable Deployment serves the promoted variant's sha256, and so does every answering pod."""
+    problems = []
+    stable = status.get("stable") or {}
+    variant = _variants(status).get(stable.get("variant") or "")
+    if variant is None:
+        return [f"no promoted variant in status.stable: {stable}"]
+    want = (variant.get("artifact") or {}).get("sha256")
+    deployment = ctx.cluster.client.get("Deployment", ctx.cluster.namespace, f"{ctx.name}-stable") or {}
+    annotations = ((deployment.get("spec") or {}).get("template") or {}).get("metadata", {}).get(
+        "annotations"
+    ) or {}
+    if annotations.get("kondense.dev/artifact-sha256") != want:
+        problems.append(
+            f"stable Deployment template serves {annotations.get('kondense.dev/artifact-sha256')}, not {want}"
+        )
+    url = ctx.cluster.service_url(f"{ctx.name}-stable", _serving_port(ctx))
+    served = set()
+    try:
+        for _ in range(8):  # round-robin: every stable pod answers at least once
+            body = httpx.get(f"{url}/v2/models/{ctx.name}", timeout=5).json()
+            served.add((body["parameters"]["sha256"], body["parameters"]["verified"]))
+    except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+        return [*problems, f"cannot read the stable pods' model metadata at {url}: {exc}"]
+    if served != {(want, True)}:
+        problems.append(f"stable pods serve {sorted(served)}, expected only the verified {want}")
+    return problems
+
+
+def _serving_port(ctx: ScenarioContext) -> int:
+    body = ctx.cluster.compressed_model(ctx.name) or {}
+    return int(((body.get("spec") or {}).get("serving") or {}).get("port") or 8080)
+
+
+def verify_happy(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = verify_promoted_artifact(ctx, status)
+    if len(ctx.events("Promoted")) != 1:
+        problems.append(f"{len(ctx.events('Promoted'))} Promoted events, expected exactly 1")
+    return problems
+
+
+def verify_breach(sli: str) -> Callable[[ScenarioContext, dict[str, Any]], list[str]]:
+    def verify(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+        checks = (status.get("canary") or {}).get("checks") or []
+        rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
+        breaches = [
+            c for c in checks if c.get("sli") == sli and not c.get("passed") and c.get("value") is not None
+        ]
+        problems = []
+        if not rolled:
+            problems.append("no variant was rolled back")
+        if not any(c.get("variant") in rolled and c["value"] > c["threshold"] for c in breaches):
+            problems.append(f"no failed {sli} check with value > threshold in status.canary.checks: {checks}")
+        if status.get("phase") == "Promoted":
+            problems += verify_promoted_artifact(ctx, status)
+            if (status.get("stable") or {}).get("variant") in rolled:
+                problems.append("the rolled-back variant was promoted")
+        return problems
+
+    return verify
+
+
+def verify_outage(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = []
+    if ctx.events("Promoted") or any(v.get("phase") == "Promoted" for v in _variants(status).values()):
+        problems.append("a variant was promoted while Prometheus was down")
+    checks = (status.get("canary") or {}).get("checks") or []
+    if not any(c.get("value") is None and not c.get("passed") for c in checks):
+        problems.append("no check without data recorded")
+    reasons = {v.get("reason") for v in _variants(status).values() if v.get("phase") == "RolledBack"}
+    if "NoData" not in reasons:
+        problems.append(f"no variant rolled back for lack of data (reasons: {reasons})")
+    if not ctx.events("CheckFailed"):
+        problems.append("no tolerated failed check (hold) before the rollback")
+    return problems
+
+
+def verify_restart(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = verify_happy(ctx, status)
+    killed = ctx.notes.get("killed")
+    if killed is None:
+        return [*problems, "the operator was never killed mid-canary"]
+    after = ctx.notes.get("after_restart") or []
+    if not after:
+        problems.append("no canary state observed after the restart")
+    for canary in after:
+        if canary.get("startedAt") != killed["startedAt"] or canary.get("variant") != killed["variant"]:
+            problems.append(f"the canary restarted after the operator did: {canary} vs {killed}")
+            break
+        if int(canary.get("step") or 0) < killed["step"]:
+            problems.append(f"the canary went back from step {killed['step']} to {canary.get('step')}")
+            break
+    return problems
+
+
+def verify_job_failure(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = verify_promoted_artifact(ctx, status) if status.get("phase") == "Promoted" else []
+    bad = _variants(status).get("bad-params") or {}
+    if bad.get("phase") != "Failed":
+        problems.append(f"variant bad-params is {bad.get('phase')}, expected Failed")
+    if "no such node" not in (bad.get("message") or ""):
+        problems.append(f"variant bad-params has no clear message: {bad.get('message')!r}")
+    others = [v for n, v in _variants(status).items() if n != "bad-params"]
+    if not any(v.get("phase") in ("Promoted", "Succeeded", "RolledBack") for v in others):
+        problems.append("no other variant went on")
+    return problems
+
+
+# ---- actions -----------------------------------------------------------------------------------------
+
+
+def kill_operator_mid_canary(ctx: ScenarioContext, status: dict[str, Any]) -> None:
+    canary = status.get("canary") or {}
+    if "killed" not in ctx.notes:
+        if status.get("phase") != "Canary" or int(canary.get("step") or 0) < 1 or canary.get("promoting"):
+            return
+        ctx.notes["killed"] = {k: canary.get(k) for k in ("variant", "step", "startedAt", "weight")}
+        ctx.display.say(
+            f"SIGKILL to the operator at canary step {canary['step']} ({canary.get('weight')}% live)"
+        )
+        ctx.cluster.kill_operator()
+        time.sleep(3)
+        ctx.display.say("operator restarted")
+        ctx.cluster.start_operator()
+    elif status.get("phase") == "Canary" and canary:
+        ctx.notes.setdefault("after_restart", []).append(
+            {k: canary.get(k) for k in ("variant", "step", "startedAt")}
+        )
+
+
+def stop_prometheus_during_analysis(ctx: ScenarioContext, status: dict[str, Any]) -> None:
+    canary = status.get("canary") or {}
+    if "stopped" in ctx.notes or status.get("phase") != "Canary" or not canary.get("weight"):
+        return
+    ctx.notes["stopped"] = True
+    ctx.display.say(f"Prometheus stopped while canary {canary.get('variant')} is at {canary.get('weight')}%")
+    ctx.cluster.prometheus.stop()
+
+
+# ---- the CRs -----------------------------------------------------------------------------------------
+
+
+def quick_profile(body: dict[str, Any]) -> None:
+    """A shorter run of the same example (tests, ``--quick``): two fast targets, two replicas, two steps
+    of 5 s. The example as written takes a few minutes on 2 cores."""
+    spec = body["spec"]
+    spec["targets"] = [t for t in spec["targets"] if t["name"] in ("int8", "fp16")]
+    spec["serving"]["replicas"] = 2
+    rollout = spec["rollout"]
+    rollout["steps"] = [50, 100]
+    rollout["interval"] = "5s"
+    analysis = rollout["analysis"]
+    analysis.update(window="10s", minRequests=5)
+    analysis["loadTest"] = {"rps": 20}
+
+
+def add_broken_target(body: dict[str, Any]) -> None:
+    """A tiny MLP student of the CNN: far smaller than anything else (so ``prefer: smallest`` canaries
+    it first) and far less accurate; its own loose budget lets it pass the offline gate."""
+    body["spec"]["targets"].insert(0, {
+        "name": "broken-student", "technique": "distill", "maxAccuracyDelta": 0.95,
+        "params": {"hiddenSizes": [16], "epochs": 3},
+    })  # fmt: skip
+
+
+def add_bad_params_target(body: dict[str, Any]) -> None:
+    """Valid by the schema, refused by the Job: a node to keep in float32 that the model does not have."""
+    body["spec"]["targets"].append(
+        {"name": "bad-params", "technique": "static-int8", "params": {"nodesToExclude": ["no-such-node"]}}
+    )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("happy", "compress, canary step by step, promote", "Promoted", verify=verify_happy),
+        Scenario(
+            "latency",
+            "the first canary answers 80 ms late: p99 breach, weight 0, next variant",
+            "Promoted",
+            fault=lambda: FirstCanaryFault(["--inject-latency-ms", "80"]),
+            verify=verify_breach("p99LatencyMs"),
+        ),
+        Scenario(
+            "accuracy",
+            "a broken variant passes its loose offline budget, fails live agreement: rollback",
+            "Promoted",
+            customize=add_broken_target,
+            verify=verify_breach("accuracyDelta"),
+        ),
+        Scenario(
+            "restart",
+            "the operator is SIGKILLed mid-canary and restarted: same step, one promotion",
+            "Promoted",
+            on_status=kill_operator_mid_canary,
+            verify=verify_restart,
+        ),
+        Scenario(
+            "prometheus-outage",
+            "Prometheus stops during analysis: hold, then roll back; never promote",
+            "RolledBack",
+            on_status=stop_prometheus_during_analysis,
+            verify=verify_outage,
+        ),
+        Scenario(
+            "job-failure",
+            "one target's params make its Job fail: that variant Failed, the others go on",
+            "Promoted",
+            customize=add_bad_params_target,
+            verify=verify_job_failure,
+        ),
+    )
+}
+
+
+# ---- running one -------------------------------------------------------------------------------------
+
+
+def load_example_cr(path: Path) -> dict[str, Any]:
+    try:
+        body = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ClusterError(f"cannot read {path}: {exc}") from None
+    if not isinstance(body, dict) or body.get("kind") != "CompressedModel":
+        raise ClusterError(f"{path} is not a CompressedModel")
+    return body
+
+
+def install_example(
+    example_dir: Path, cluster: LocalCluster, claim: str = "models", folder: str = "digits"
+) -> None:
+    """The example model and data onto the claim, where the CR's pvc:// URIs point."""
+    target = cluster.paths.pvc / claim / folder
+    target.mkdir(parents=True, exist_ok=True)
+    for name in EXAMPLE_FILES:
+        shutil.copy2(example_dir / name, target / name)
+
+
+def run_scenario(
+    scenario: Scenario,
+    workdir: Path,
+    example_dir: Path,
+    cr_file: Path,
+    display: Display,
+    *,
+    quick: bool = False,
+    timeout_s: float = 900.0,
+    bin_dirs: tuple[str, ...] = (),
+    cluster_started: Callable[[LocalCluster], None] | None = None,
+) -> Outcome:
+    body = copy.deepcopy(load_example_cr(cr_file))
+    if quick:
+        quick_profile(body)
+    scenario.customize(body)
+    name = body["metadata"]["name"]
+    started = time.monotonic()
+    fault = scenario.fault() if scenario.fault else None
+    cluster = LocalCluster(workdir, extra_args=fault, bin_dirs=bin_dirs)
+    status: dict[str, Any] = {}
+    problems: list[str] = []
+    try:
+        cluster.start()
+        if cluster_started:
+            cluster_started(cluster)
+        install_example(example_dir, cluster)
+        cluster.apply(body)
+        ctx = ScenarioContext(cluster, name, display)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = ctx.status()
+            display.update(status, cluster.events())
+            if scenario.on_status:
+                scenario.on_status(ctx, status)
+            if status.get("phase") in SETTLED and not (status.get("canary") or {}).get("promoting"):
+                break
+            if not cluster.operator_alive():
+                problems.append(f"the operator exited; see {cluster.paths.operator_log}")
+                break
+            if time.monotonic() > deadline:
+                problems.append(f"no final phase after {timeout_s:.0f}s (phase {status.get('phase')})")
+                break
+            time.sleep(0.5)
+        if not problems:
+            problems += scenario.verify(ctx, status)
+        display.update(status, cluster.events())
+    finally:
+        cluster.stop()
+    leftovers = [pid for pid in cluster.started_pids() if _alive(pid)]
+    return Outcome(
+        scenario.name, status.get("phase"), scenario.expected_phase, problems, time.monotonic() - started,
+        status, cluster.paths.workdir, cluster.prometheus.url, leftovers,
+    )  # fmt: skip
+
+
+def _alive(pgid: int) -> bool:
+    """Is any process of the group still there (every pod container and operator run is a group)?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
