@@ -35,6 +35,10 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the final phase.")] = 900.0,
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live table.")] = False,
     list_scenarios: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+    command_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="Searched before the venv for container commands (e.g. a development build)."),
+    ] = None,
 ) -> None:
     """Run kondense end to end on this machine: a local Kubernetes API, a process kubelet, Services on
     loopback, a real Prometheus, the real operator, compression Jobs and model servers.
@@ -68,6 +72,7 @@ def demo(
 
     signal.signal(signal.SIGTERM, terminate)
     live = not plain and console.is_terminal
+    dirs = tuple(str(d.resolve()) for d in command_dir or [])
     try:
         example = ensure_example(examples_cache, console)
         console.print(
