@@ -82,11 +82,25 @@ def demo(
         if live:
             with display:
                 outcome = run_scenario(
-                    SCENARIOS[scenario], workdir, example, file, display, quick=quick, timeout_s=timeout
+                    SCENARIOS[scenario],
+                    workdir,
+                    example,
+                    file,
+                    display,
+                    quick=quick,
+                    timeout_s=timeout,
+                    bin_dirs=dirs,
                 )
         else:
             outcome = run_scenario(
-                SCENARIOS[scenario], workdir, example, file, display, quick=quick, timeout_s=timeout
+                SCENARIOS[scenario],
+                workdir,
+                example,
+                file,
+                display,
+                quick=quick,
+                timeout_s=timeout,
+                bin_dirs=dirs,
             )
     except KeyboardInterrupt:
         console.print(f"interrupted: every process stopped; logs and objects.json in {workdir.resolve()}")
