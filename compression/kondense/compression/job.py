@@ -78,7 +78,7 @@ def write_termination_log(path: str, result: JobResult) -> None:
 
 
 def run_job(
-    target_text: str,
+    target_text: str | None,
     model_uri: str,
     eval_uri: str,
     output: str,
@@ -91,12 +91,18 @@ def run_job(
     threads: int = 1,
     latency_runs: int = 200,
 ) -> JobResult:
-    """Do the Job's work; every failure becomes a JobResult instead of an exception."""
+    """Do the Job's work; every failure becomes a JobResult instead of an exception.
+
+    Without a target (``--baseline``) the base model itself is checked, copied to the output with
+    its manifest and evaluated: the artifact the operator's stable track serves first.
+    """
     from kondense.compression.pipeline import DataFiles, compress_model, parse_target
     from kondense.compression.uris import UriResolver
 
     name = "unknown"
     try:
+        if target_text is None:
+            return _run_baseline(model_uri, eval_uri, output, task, pvc_root, threads, latency_runs)
         raw = read_target_argument(target_text)
         name = str(raw.get("name") or name)[:63]
         spec = parse_target(raw)
@@ -158,12 +164,57 @@ def run_job(
     )
 
 
+def _run_baseline(
+    model_uri: str,
+    eval_uri: str,
+    output: str,
+    task: str,
+    pvc_root: Path | None,
+    threads: int,
+    latency_runs: int,
+) -> JobResult:
+    from kondense.compression.baseline import BASELINE_NAME, prepare_baseline
+    from kondense.compression.uris import UriResolver
+
+    try:
+        task_value = Task(task)
+    except ValueError:
+        raise BadInputError("--task", f"unknown task {task!r}; known: {[t.value for t in Task]}") from None
+    with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
+        resolver = (
+            UriResolver(pvc_root=pvc_root, download_dir=Path(downloads))
+            if pvc_root
+            else UriResolver(download_dir=Path(downloads))
+        )
+        output_dir = resolver.local_path(output, "--output")
+        output_uri = output if "://" in output else output_dir.resolve().as_uri()
+        manifest = prepare_baseline(
+            resolver.fetch(model_uri, "--model"),
+            resolver.fetch(eval_uri, "--eval"),
+            output_dir,
+            task=task_value,
+            model_uri=model_uri,
+            output_uri=f"{output_uri.rstrip('/')}/{MODEL_FILE}",
+            threads=threads,
+            latency_runs=latency_runs,
+        )
+    metrics = manifest.metrics
+    return JobResult(
+        name=BASELINE_NAME,
+        ok=True,
+        reason="Succeeded",
+        message=f"base model ready: p50 {metrics.p50Ms:.3f} ms, p99 {metrics.p99Ms:.3f} ms at batch 1",
+        artifact=manifest.artifact,
+        metrics=metrics,
+        technique="baseline",
+    )
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
 
 @app.command()
 def compress_job(
-    target: Annotated[str, typer.Option(help="Target as JSON (as in the CR), or @file.")],
     model: Annotated[str, typer.Option(help="Base model URI: file://, pvc://claim/path, http(s)://.")],
     eval: Annotated[str, typer.Option("--eval", help="Evaluation data (.npz) URI.")],
     output: Annotated[str, typer.Option(help="Output directory (path, file:// or pvc:// URI).")],
@@ -181,7 +232,21 @@ def compress_job(
     ] = None,
     threads: Annotated[int, typer.Option(min=1, max=64, help="ORT threads for latency measurement.")] = 1,
     latency_runs: Annotated[int, typer.Option(min=10, max=100000, help="Timed runs per model.")] = 200,
+    target: Annotated[str | None, typer.Option(help="Target as JSON (as in the CR), or @file.")] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="No target: prepare the base model itself for serving.")
+    ] = False,
 ) -> None:
+    if (target is None) == (not baseline):
+        result = JobResult(
+            name="unknown",
+            ok=False,
+            reason="BadInput",
+            message="give either --target or --baseline (not both)",
+        )
+        write_termination_log(termination_log, result)
+        print(f"{result.reason}: {result.message}", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_INPUT)
     result = run_job(
         target,
         model,
