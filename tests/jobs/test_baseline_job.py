@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from kondense_testing.onnx_models import linear_classifier
 
 from kondense.api.artifacts import JobResult, Manifest, sha256_file
+from kondense_testing.onnx_models import linear_classifier
 
 
 def compress(*args: str) -> subprocess.CompletedProcess[str]:
