@@ -136,8 +136,8 @@ def test_distill_mlp_student(digits, tmp_path):
     assert manifest.steps[0].details["student"] == {"kind": "mlp", "hiddenSizes": [128]}
 
 
-def test_distill_refuses_layer_selection_on_onnx_graphs(digits, tmp_path):
-    with pytest.raises(UnsupportedModelError, match="keepLayers"):
+def test_distill_layer_selection_needs_numbered_layers(digits, tmp_path):
+    with pytest.raises(UnsupportedModelError, match="no numbered transformer layers"):
         compress(digits, tmp_path, {"name": "layers", "technique": "distill", "params": {"keepLayers": [0]}})
 
 
@@ -189,3 +189,27 @@ def test_static_int8_without_calibration_is_bad_input(digits, tmp_path):
             tmp_path / "s",
         )
     assert not (tmp_path / "s").exists()
+
+
+def test_fp16_output_of_a_cast_to_float_loads_in_ort(tmp_path):
+    # attention masks are cast from int64 to float inside transformer graphs (MiniLM has one)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["m", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")],
+    )
+    source = tmp_path / "cast.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), source)
+    evaluation = tmp_path / "eval.npz"
+    np.savez(evaluation, mask=np.ones((3, 4), np.int64))
+    manifest = compress_model(
+        source, {"name": "h", "technique": "fp16"}, DataFiles(evaluation=evaluation), tmp_path / "out",
+        task=Task.REGRESSION, latency_runs=10,
+    )  # fmt: skip
+    assert manifest.steps[0].details["castsAligned"] == 1
+    assert manifest.metrics.accuracyDelta == 0.0

@@ -39,7 +39,7 @@ SUPPORTED_OPS = ELEMENTWISE | UNARY | {
     "Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Gather", "LeakyRelu", "Elu",
     "Gelu", "Softmax", "LogSoftmax", "Flatten", "Reshape", "Transpose", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Concat", "Unsqueeze", "Squeeze", "Cast", "ReduceMean", "ReduceSum",
-    "ReduceL2", "Clip", "Constant", "Slice", "Expand", "ConstantOfShape", "Range",
+    "ReduceL2", "Clip", "Constant", "Slice", "Expand", "ConstantOfShape", "Range", "Shape",
 }  # fmt: skip
 
 
@@ -57,11 +57,14 @@ def unsupported_ops(model: Any) -> dict[str, list[str]]:
     return found
 
 
-def check_convertible(model: Any, where: str) -> None:
+def check_convertible(model: Any, where: str, *, traceable: bool = True) -> None:
+    """``traceable``: the module will be traced back to ONNX (changed structure). Tracing would
+    freeze run-time shape arithmetic into constants, so graphs that compute shapes (Shape ops) can
+    only be trained in place and written back with ``write_back``."""
     bad = unsupported_ops(model)
-    if "Shape" in bad:
-        # Tracing back to ONNX would freeze run-time shape arithmetic into constants.
-        bad["Shape (run-time shape arithmetic)"] = bad.pop("Shape")
+    shapes = [n.name for n in model.graph.node if n.op_type == "Shape"]
+    if traceable and shapes:
+        bad["Shape (run-time shape arithmetic; only same-structure passes can handle it)"] = shapes
     if bad:
         listing = ", ".join(f"{op} ({', '.join(names[:3])})" for op, names in sorted(bad.items()))
         raise UnsupportedModelError(where, f"op types not supported by the torch training passes: {listing}")
@@ -95,6 +98,12 @@ def _concat(*xs: Any, axis: int) -> Any:
     return torch.cat([torch.as_tensor(x) for x in xs], axis)
 
 
+def _shape(x: Any, start: int, end: int | None) -> Any:
+    import torch
+
+    return torch.tensor(x.shape[start:end], dtype=torch.int64)
+
+
 def _cast(x: Any, dtype: Any) -> Any:
     import torch
 
@@ -122,13 +131,64 @@ def _symmetric_padding(pads: Sequence[int], where: str) -> list[int]:
     return begin
 
 
-def build_module(model: Any, where: str) -> Any:
-    """Convert an ONNX model (already checked) into a trainable torch module."""
+def _param_array(module: Any, attr: str, transpose: bool, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+    value = getattr(module, attr).detach().cpu().numpy()
+    value = (value.T if transpose else value) / scale
+    return value.reshape(shape) if value.size == int(np.prod(shape)) else value
+
+
+def write_back(module: Any, model: Any, where: str) -> int:
+    """Copy the module's trained parameters into the ONNX initializers they came from (same graph,
+    same shapes); returns how many initializers were updated."""
+    from onnx import numpy_helper
+
+    by_name = {init.name: init for init in model.graph.initializer}
+    names = [name for name, _ in module.sources]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:
+        raise UnsupportedModelError(
+            where, f"weights shared by several nodes cannot be written back: {shared[:5]}"
+        )
+    for name, getter in module.sources:
+        original = by_name[name]
+        value = np.asarray(getter())
+        if tuple(value.shape) != tuple(original.dims):
+            raise UnsupportedModelError(
+                where, f"{name} changed shape {list(original.dims)} -> {list(value.shape)}"
+            )
+        dtype = numpy_helper.to_array(original).dtype
+        original.CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
+    return len(module.sources)
+
+
+def materialize_identity_initializers(model: Any) -> int:
+    """Replace ``Identity(initializer)`` nodes by copies of the initializer (in place).
+
+    torch's exporter deduplicates equal weights (e.g. freshly initialised layer norms) into one
+    initializer plus Identity nodes; each layer must own its copy to be trained on its own.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    replaced = [n for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits]
+    for node in replaced:
+        copy = numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0])
+        model.graph.initializer.append(copy)
+        model.graph.node.remove(node)
+    return len(replaced)
+
+
+def build_module(model: Any, where: str, *, traceable: bool = True) -> Any:
+    """Convert an ONNX model (already checked) into a trainable torch module.
+
+    Identity-shared initializers are materialised in ``model`` first, so ``write_back`` targets the
+    same (modified) proto."""
     import torch
     from onnx import numpy_helper
     from torch import nn
 
-    check_convertible(model, where)
+    check_convertible(model, where, traceable=traceable)
+    materialize_identity_initializers(model)
     graph = model.graph
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     consumers: dict[str, int] = {}
@@ -144,6 +204,8 @@ def build_module(model: Any, where: str) -> Any:
             self.layers = nn.ModuleDict()
             self.weights = nn.ParameterDict()  # float initializers read by elementwise ops
             self.weight_keys: dict[str, str] = {}  # ONNX name -> key (ParameterDict keys cannot hold dots)
+            # (initializer name, current value as the ONNX array) for write_back
+            self.sources: list[tuple[str, Callable[[], np.ndarray]]] = []
             self.constants: dict[str, torch.Tensor] = {}
             self.program: list[tuple[list[str], list[str], Callable[..., Any]]] = []
             self.input_names = [s.name for s in signature_of(model).inputs]
@@ -168,7 +230,7 @@ def build_module(model: Any, where: str) -> Any:
         return initializers.get(name)
 
     def tensor(value: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(value, copy=True))
+        return torch.from_numpy(np.array(value, copy=True, order="C"))
 
     fused_adds: set[int] = set()
     nodes = list(graph.node)
@@ -203,8 +265,12 @@ def build_module(model: Any, where: str) -> Any:
                 bias=len(ins) > 2 and bool(ins[2]),
             )
             conv.weight.data = tensor(weight)
+            module.sources.append((ins[1], partial(_param_array, conv, "weight", False, 1.0, weight.shape)))
             if conv.bias is not None:
                 conv.bias.data = tensor(initializers[ins[2]])
+                module.sources.append(
+                    (ins[2], partial(_param_array, conv, "bias", False, 1.0, conv.bias.shape))
+                )
             module.layers[key] = conv
             fn, ins = conv, ins[:1]
         elif (
@@ -222,6 +288,7 @@ def build_module(model: Any, where: str) -> Any:
             )
             if op == "Gemm" and len(ins) > 2 and ins[2] and bias is None:
                 raise UnsupportedModelError(node_where, "Gemm with a constant weight needs a constant bias")
+            bias_source = (ins[2], beta, initializers[ins[2]].shape) if bias is not None else None
             # MatMul + Add(1-D constant) is a Linear with bias: fuse so pruning sees one layer.
             if op == "MatMul" and consumers.get(outs[0]) == 1:
                 follower = next(
@@ -232,13 +299,22 @@ def build_module(model: Any, where: str) -> Any:
                     value = constant(other[0]) if other else None
                     if value is not None and value.ndim == 1 and value.shape[0] == matrix.shape[0]:
                         bias = value
+                        bias_source = (other[0], 1.0, value.shape)
                         fused_adds.add(follower)
                         outs = list(nodes[follower].output)
             layer = nn.Linear(matrix.shape[1], matrix.shape[0], bias=bias is not None)
             layer.weight.data = tensor(matrix * alpha)
-            if bias is not None:
+            transposed = not (op == "Gemm" and attrs.get("transB", 0))
+            module.sources.append(
+                (ins[1], partial(_param_array, layer, "weight", transposed, alpha, weight.shape))
+            )
+            if bias is not None and bias_source is not None:
                 bias = np.broadcast_to(np.asarray(bias, dtype=matrix.dtype).reshape(-1), (matrix.shape[0],))
                 layer.bias.data = tensor(bias)
+                bias_name, bias_scale, bias_shape = bias_source
+                module.sources.append(
+                    (bias_name, partial(_param_array, layer, "bias", False, bias_scale, bias_shape))
+                )
             module.layers[key] = layer
             fn, ins = layer, ins[:1]
         elif op == "Gemm":
@@ -272,6 +348,8 @@ def build_module(model: Any, where: str) -> Any:
                 tensor(initializers[ins[4]]),
             )
             module.layers[key] = bn
+            for name, attr in zip(ins[1:5], ("weight", "bias", "running_mean", "running_var"), strict=True):
+                module.sources.append((name, partial(_param_array, bn, attr, False, 1.0, scale.shape)))
             fn, ins = partial(_batch_norm, norm=bn), ins[:1]
         elif op == "LayerNormalization":
             scale = constant(ins[1])
@@ -281,8 +359,10 @@ def build_module(model: Any, where: str) -> Any:
                 scale.shape[0], eps=attrs.get("epsilon", 1e-5), bias=len(ins) > 2 and bool(ins[2])
             )
             ln.weight.data = tensor(scale)
+            module.sources.append((ins[1], partial(_param_array, ln, "weight", False, 1.0, scale.shape)))
             if ln.bias is not None:
                 ln.bias.data = tensor(initializers[ins[2]])
+                module.sources.append((ins[2], partial(_param_array, ln, "bias", False, 1.0, scale.shape)))
             module.layers[key] = ln
             fn, ins, outs = ln, ins[:1], outs[:1]
         elif (
@@ -294,6 +374,7 @@ def build_module(model: Any, where: str) -> Any:
         ):
             emb = nn.Embedding(table.shape[0], table.shape[1])
             emb.weight.data = tensor(table)
+            module.sources.append((ins[0], partial(_param_array, emb, "weight", False, 1.0, table.shape)))
             module.layers[key] = emb
             fn, ins = partial(_embedding, table=emb), ins[1:]
         elif op == "Gather":
@@ -376,6 +457,8 @@ def build_module(model: Any, where: str) -> Any:
                 for axis in sorted(a % (x.dim() + len(chosen)) for a in chosen):
                     x = x.unsqueeze(axis)
                 return x
+        elif op == "Shape":
+            fn = partial(_shape, start=attrs.get("start", 0), end=attrs.get("end"))
         elif op == "Cast":
             from onnx import helper
 
@@ -443,6 +526,9 @@ def build_module(model: Any, where: str) -> Any:
                 key = f"w{len(module.weight_keys)}"
                 module.weights[key] = nn.Parameter(tensor(value))
                 module.weight_keys[name] = key
+                module.sources.append(
+                    (name, partial(_param_array, module.weights, key, False, 1.0, value.shape))
+                )
             else:
                 module.constants[name] = tensor(value)
         module.program.append((ins, outs, fn))
@@ -450,11 +536,11 @@ def build_module(model: Any, where: str) -> Any:
     return module
 
 
-def to_torch(model_path: str | Path) -> tuple[Any, ModelSignature]:
+def to_torch(model_path: str | Path, *, traceable: bool = True) -> tuple[Any, ModelSignature]:
     from kondense.compression.model_files import load_model
 
     model = load_model(model_path)
-    return build_module(model, str(model_path)), signature_of(model)
+    return build_module(model, str(model_path), traceable=traceable), signature_of(model)
 
 
 def export_onnx(module: Any, signature: ModelSignature, example: dict[str, np.ndarray], path: Path) -> None:

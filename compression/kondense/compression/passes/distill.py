@@ -5,7 +5,9 @@ Students:
 * ``widthMultiplier`` (default 0.5 when nothing is given): the teacher's own architecture with only
   that fraction of channels/neurons per layer, initialised from the teacher's largest-magnitude
   channels (torch-pruning), then trained on the teacher's outputs.
-* ``keepLayers`` (transformers): not implemented for ONNX graphs yet; refused with a clear error.
+* ``keepLayers`` (transformers): the base graph with only those layers (found by the layer index in
+  node names), trained in place on the teacher's outputs and written back into the same graph, so
+  run-time shape arithmetic and dynamic axes survive.
 """
 
 from __future__ import annotations
@@ -70,10 +72,6 @@ class DistillPass(Pass):
         chosen = [k for k in ("hiddenSizes", "widthMultiplier", "keepLayers") if getattr(p, k) is not None]
         if len(chosen) > 1:
             raise BadInputError("params", f"give at most one student shape, got {chosen}")
-        if p.keepLayers is not None:
-            raise UnsupportedModelError(
-                str(source), "keepLayers (transformer layer selection) is not supported for ONNX graphs yet"
-            )
         train = context.train
         teacher = teacher_outputs(context.reference.base_path, train, context.threads)
         signature = signature_of(load_model(source, with_weights=False))
@@ -84,7 +82,18 @@ class DistillPass(Pass):
             "alpha": p.alpha,
         }
 
-        if p.hiddenSizes is not None:
+        reduced = None
+        if p.keepLayers is not None:
+            from kondense.compression.onnx_torch import build_module
+            from kondense.compression.transformer_layers import keep_layers
+
+            reduced = load_model(source)
+            details["student"] = {
+                "kind": "transformer layers",
+                **keep_layers(reduced, p.keepLayers, str(source)),
+            }
+            student = build_module(reduced, str(source), traceable=False)
+        elif p.hiddenSizes is not None:
             if len(signature.inputs) != 1 or signature.inputs[0].dtype.kind != "f":
                 raise UnsupportedModelError(str(source), "an MLP student needs a model with one float input")
             sample_shape = train.inputs[signature.inputs[0].name].shape[1:]
@@ -114,5 +123,13 @@ class DistillPass(Pass):
             "distill: training student",
         )
         details["loss"] = [round(v, 6) for v in losses[:: max(1, len(losses) // 10)]]
-        export_onnx(student, signature, example_np, destination)
+        if reduced is not None:
+            import onnx
+
+            from kondense.compression.onnx_torch import write_back
+
+            write_back(student, reduced, str(source))
+            onnx.save(reduced, str(destination))
+        else:
+            export_onnx(student, signature, example_np, destination)
         return PassResult(details)

@@ -113,7 +113,7 @@ class LowRankPass(Pass):
         import torch
 
         from kondense.compression.model_files import signature_of
-        from kondense.compression.onnx_torch import build_module, export_onnx
+        from kondense.compression.onnx_torch import build_module, write_back
         from kondense.compression.training import (
             TrainingSettings,
             limit_torch_threads,
@@ -124,7 +124,7 @@ class LowRankPass(Pass):
         limit_torch_threads(context.threads)
         if context.train is None:
             raise BadInputError("train", "the low-rank fine-tune needs training (or calibration) data")
-        module, signature = build_module(model, str(source)), signature_of(model)
+        module, signature = build_module(model, str(source), traceable=False), signature_of(model)
         teacher = teacher_outputs(context.reference.base_path, context.train, context.threads)
         settings = TrainingSettings(p.fineTuneEpochs, p.learningRate, p.batchSize)
         with torch.enable_grad():
@@ -139,5 +139,6 @@ class LowRankPass(Pass):
                 "low-rank: fine-tune",
             )
         details["fineTuneLoss"] = [round(v, 6) for v in losses]
-        export_onnx(module, signature, {k: v[:2] for k, v in context.train.inputs.items()}, destination)
+        write_back(module, model, str(source))  # same graph, trained weights
+        onnx.save(model, str(destination))
         return PassResult(details)

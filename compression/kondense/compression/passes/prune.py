@@ -84,10 +84,12 @@ class PrunePass(Pass):
     params: PruneParams
 
     def run(self, source: Path, destination: Path, context: PassContext) -> PassResult:
+        import onnx
         import torch
         from torch.nn.utils import prune
 
-        from kondense.compression.onnx_torch import export_onnx, to_torch
+        from kondense.compression.model_files import load_model, signature_of
+        from kondense.compression.onnx_torch import build_module, export_onnx, write_back
         from kondense.compression.training import (
             TrainingSettings,
             limit_torch_threads,
@@ -97,7 +99,10 @@ class PrunePass(Pass):
 
         limit_torch_threads(context.threads)
         p = self.params
-        module, signature = to_torch(source)
+        # Structured pruning changes shapes, so the module is traced back to ONNX; unstructured keeps
+        # the graph and only its weights change, so they are written back into the same graph.
+        model = load_model(source)
+        module, signature = build_module(model, str(source), traceable=p.structured), signature_of(model)
         layers = prunable_layers(module)
         if not layers:
             raise UnsupportedModelError(str(source), "no Conv or Linear layer with constant weights to prune")
@@ -135,7 +140,12 @@ class PrunePass(Pass):
         if not p.structured:
             for layer in layers:
                 prune.remove(layer, "weight")  # bake the masks into plain weights
-        export_onnx(module, signature, example_np, destination)
+            zeros = sum(int((layer.weight == 0).sum()) for layer in layers)
+            details["prunedLayerSparsity"] = zeros / sum(layer.weight.numel() for layer in layers)
+            write_back(module, model, str(source))
+            onnx.save(model, str(destination))
+        else:
+            export_onnx(module, signature, example_np, destination)
         details.update(onnx_weight_sparsity(destination))
         if not p.structured:
             details["note"] = DENSE_STORAGE_NOTE
