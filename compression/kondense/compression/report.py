@@ -82,10 +82,19 @@ def plot_pareto(rows: list[VariantRow], path: Path, title: str = "kondense varia
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    slowest = max(r.p50_ms for r in rows)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    slowest = max(max(r.p50_ms, r.base_p50_ms) for r in rows)
     front = set(pareto_front([(r.size_ratio, r.accuracy_delta) for r in rows]))
-    for i, r in enumerate(rows):
+    base_p50 = max(r.base_p50_ms for r in rows)
+    ax.scatter(1.0, 0.0, s=60 + 600 * base_p50 / slowest, marker="s", color="lightgrey", edgecolors="grey")
+    ax.annotate(
+        f"base\n{base_p50:.3g} ms", (1.0, 0.0), fontsize=7, xytext=(6, -22), textcoords="offset points"
+    )
+    # Stagger labels of points that sit close together so they stay readable.
+    offsets = [(6, 4), (6, -14), (6, 14), (6, -26), (6, 24)]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].size_ratio, rows[i].accuracy_delta))
+    for rank, i in enumerate(order):
+        r = rows[i]
         ax.scatter(
             r.size_ratio,
             r.accuracy_delta * 100,
@@ -94,8 +103,8 @@ def plot_pareto(rows: list[VariantRow], path: Path, title: str = "kondense varia
             edgecolors="black" if i in front else "none",
             linewidths=1.5,
         )
-        ax.annotate(f"{r.name}\n{r.p50_ms:.3g} ms", (r.size_ratio, r.accuracy_delta * 100), fontsize=7,
-                    xytext=(6, 4), textcoords="offset points")  # fmt: skip
+        ax.annotate(f"{r.name} {r.p50_ms:.3g} ms", (r.size_ratio, r.accuracy_delta * 100), fontsize=7,
+                    xytext=offsets[rank % len(offsets)], textcoords="offset points")  # fmt: skip
     ordered = sorted(front, key=lambda i: rows[i].size_ratio)
     ax.plot(
         [rows[i].size_ratio for i in ordered], [rows[i].accuracy_delta * 100 for i in ordered], "k--", lw=0.8
@@ -103,7 +112,10 @@ def plot_pareto(rows: list[VariantRow], path: Path, title: str = "kondense varia
     ax.set_xscale("log")
     ax.set_xlabel("size ratio (variant bytes / base bytes, log)")
     ax.set_ylabel("accuracy delta (points, lower is better)")
-    ax.set_title(f"{title} — marker size: p50 latency; outlined: Pareto front")
+    ax.set_title(
+        f"{title}: size vs accuracy delta (marker size: p50 latency; outlined: Pareto front)", fontsize=10
+    )
+    ax.margins(x=0.15, y=0.2)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
