@@ -55,6 +55,11 @@ CASES = [
     Case("minilm", {"name": "tuned-int8", "technique": "dynamic-int8"}, Task.EMBEDDING, 0.01,
          ">= 3.9x smaller, >= 1.9x faster p50, mean cosine >= 0.99"),
     Case("minilm", {"name": "fp16", "technique": "fp16"}, Task.EMBEDDING, 0.01),
+    Case("minilm", {"name": "4-of-6-layers-int8", "steps": [
+        {"technique": "distill", "params": {"keepLayers": [0, 1, 3, 5], "epochs": 6, "learningRate": 1e-4,
+                                            "batchSize": 32}},
+        {"technique": "dynamic-int8", "params": {"perChannel": True, "tune": False}}]},
+         Task.EMBEDDING, None, "Pareto point: fewer layers, then int8"),
     Case("digits", {"name": "static-int8", "technique": "static-int8"}, Task.CLASSIFICATION, 0.005,
          ">= 3.5x smaller, delta <= 0.5 pt"),
     Case("digits", DIGITS_CHAIN, Task.CLASSIFICATION, 0.01, ">= 10x smaller, delta <= 1 pt"),

@@ -88,7 +88,12 @@ def plot_pareto(rows: list[VariantRow], path: Path, title: str = "kondense varia
     base_p50 = max(r.base_p50_ms for r in rows)
     ax.scatter(1.0, 0.0, s=60 + 600 * base_p50 / slowest, marker="s", color="lightgrey", edgecolors="grey")
     ax.annotate(
-        f"base\n{base_p50:.3g} ms", (1.0, 0.0), fontsize=7, xytext=(6, -22), textcoords="offset points"
+        f"base {base_p50:.3g} ms",
+        (1.0, 0.0),
+        fontsize=7,
+        xytext=(-8, 10),
+        textcoords="offset points",
+        ha="right",
     )
     # Stagger labels of points that sit close together so they stay readable.
     offsets = [(6, 4), (6, -14), (6, 14), (6, -26), (6, 24)]
