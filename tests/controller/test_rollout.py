@@ -73,6 +73,14 @@ class Driver:
         self.status = decision.status
         return decision
 
+    def analyse(self, readings: list[Reading]) -> Decision:
+        """Bring the current canary's pods up if needed, then one analysis an interval later."""
+        if canary(self.status).readyAt is None:
+            self.tick(self.serving(), advance=1)
+        return self.tick(
+            replace(self.serving(), readings=readings), advance=self.spec.rollout.interval_seconds()
+        )
+
     def serving(self, stable_sha: str | None = None, canary_ready: int = 1) -> World:
         topo = topology(self.spec, self.status, ReplicaRouter().split)
         stable = canary = None
@@ -101,6 +109,9 @@ def to_canary(driver: Driver) -> None:
     running = driver.tick(World(jobs={n: JobObservation(JobState.ACTIVE) for n in first.create_jobs}))
     assert running.create_jobs == [] and driver.status.phase is Phase.COMPRESSING
     driver.tick(World(jobs=finished_jobs()))
+    if driver.status.phase is Phase.CANARY:
+        driver.tick(driver.serving(), advance=1)  # the canary pods come up: the analysis clock starts
+        assert canary(driver.status).readyAt is not None
 
 
 def test_compress_select_and_start_the_canary(driver: Driver) -> None:
@@ -177,9 +188,8 @@ def test_latency_breach_rolls_back_with_evidence_and_tries_the_next_variant(driv
 
 def test_ladder_exhausted_means_rolled_back_and_stable_keeps_the_base(driver: Driver) -> None:
     to_canary(driver)
-    interval = driver.spec.rollout.interval_seconds()
     for _ in range(4):
-        driver.tick(replace(driver.serving(), readings=SLOW), advance=interval)
+        driver.analyse(SLOW)
     assert driver.status.phase is Phase.ROLLED_BACK
     topo = topology(driver.spec, driver.status, ReplicaRouter().split)
     assert topo.canary is None and topo.stable and topo.stable.artifact.sha256 == sha(BASE)
@@ -195,7 +205,7 @@ def test_prometheus_down_holds_then_rolls_back_never_promotes(driver: Driver) ->
     driver.tick(replace(driver.serving(), readings=DOWN), advance=interval)
     assert {v.name: v.reason for v in driver.status.variants}["int8"] == "NoData"
     for _ in range(2):
-        driver.tick(replace(driver.serving(), readings=DOWN), advance=interval)
+        driver.analyse(DOWN)
     assert driver.status.phase is Phase.ROLLED_BACK
     assert all(v.phase is not VariantPhase.PROMOTED for v in driver.status.variants)
 
@@ -214,6 +224,23 @@ def test_restart_replays_the_same_decision_without_acting_twice(driver: Driver) 
     assert restarted.status.phase is Phase.PROMOTED
     assert [e.reason for e in decision.events] == ["Promoted"]
     assert restarted.tick(restarted.serving(), advance=2).events == []
+
+
+def test_no_analysis_before_the_canary_serves_then_a_failed_check_when_overdue() -> None:
+    driver = Driver(digits_spec())
+    driver.tick(World())
+    driver.tick(World(jobs=finished_jobs()))
+    starting = replace(driver.serving(), canary=None)  # the canary pods are not up
+    interval = driver.spec.rollout.interval_seconds()
+    assert not analysis_due(
+        driver.spec, driver.status, starting, driver.now + timedelta(seconds=interval * 3)
+    )
+    late = driver.now + timedelta(seconds=130)
+    assert analysis_due(driver.spec, driver.status, starting, late)
+    driver.tick(replace(starting, readings=GOOD), advance=130)
+    check = canary(driver.status).checks[-1]
+    assert not check.passed and "canary pods not serving int8 after 130s" in (check.message or "")
+    assert canary(driver.status).failedChecks == 1
 
 
 def test_lost_jobs_are_created_again_after_a_restart(driver: Driver) -> None:

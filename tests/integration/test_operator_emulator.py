@@ -110,15 +110,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 class FakeControllers:
-    """What kube-controller-manager would do for the test: Deployments report ready pods."""
+    """What kube-controller-manager and the kubelet would do for the test: each Deployment reports its
+    pods ready and has one Pod object per template (named after the artifact, like a ReplicaSet's hash);
+    Prometheus scrapes the test's real server for that track under the current pod's name."""
 
-    def __init__(self) -> None:
+    def __init__(self, prometheus: LocalPrometheus, servers: dict[str, ServerProcess]) -> None:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.prometheus, self.servers = prometheus, servers
 
     def _run(self) -> None:
-        apps = client.AppsV1Api()
+        apps, core = client.AppsV1Api(), client.CoreV1Api()
         while not self.stop.is_set():
+            targets = []
             for d in apps.list_namespaced_deployment(NS).items:
                 replicas = d.spec.replicas or 0
                 status = {"observedGeneration": d.metadata.generation, "replicas": replicas,
@@ -126,6 +130,22 @@ class FakeControllers:
                 if (d.status is None or d.status.observed_generation != d.metadata.generation
                         or (d.status.ready_replicas or 0) != replicas):  # fmt: skip
                     apps.patch_namespaced_deployment_status(d.metadata.name, NS, {"status": status})
+                template = d.spec.template.metadata
+                pod_name = f"{d.metadata.name}-{template.annotations['kondense.dev/artifact-sha256'][:8]}"
+                track = template.labels["kondense.dev/track"]
+                if (
+                    replicas
+                    and not core.list_namespaced_pod(NS, field_selector=f"metadata.name={pod_name}").items
+                ):
+                    core.create_namespaced_pod(NS, {
+                        "metadata": {"name": pod_name, "labels": template.labels, "annotations": template.annotations},
+                        "spec": d.spec.template.spec,
+                    })  # fmt: skip
+                if replicas and track in self.servers:
+                    targets.append(
+                        (f"127.0.0.1:{self.servers[track].port}", {"namespace": NS, "pod": pod_name})
+                    )
+            self.prometheus.set_targets(targets)
             self.stop.wait(0.3)
 
     def __enter__(self) -> FakeControllers:
@@ -233,11 +253,6 @@ def validate_everything(api: LocalAPIServer) -> None:
 def run_rollout(cluster: Cluster, tmp_path: Path, name: str, canary_latency_ms: int) -> dict[str, Any]:
     servers, stop = serve_with_load(tmp_path, canary_latency_ms, name)
     try:
-        cluster.prometheus.set_targets(
-            [(f"127.0.0.1:{s.port}", {"namespace": NS, "pod": f"{name}-{track}-0"})
-             for s, track in zip(servers, ("stable", "canary"), strict=True)]
-        )  # fmt: skip
-        cluster.prometheus.wait_for_targets(2)
         load_forever(servers, name, stop)
         cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, digits_cr(name))
         batch = client.BatchV1Api()
@@ -253,7 +268,7 @@ def run_rollout(cluster: Cluster, tmp_path: Path, name: str, canary_latency_ms: 
         assert cluster.cmodel(name)["status"]["phase"] == "Compressing"
         assert client.AppsV1Api().list_namespaced_deployment(NS).items == []  # nothing served before the base
         complete_jobs(RESULTS)
-        with FakeControllers():
+        with FakeControllers(cluster.prometheus, dict(zip(("stable", "canary"), servers, strict=True))):
             cluster.wait("a canary", lambda: cluster.cmodel(name).get("status", {}).get("phase") == "Canary")
             services = {s.metadata.name for s in client.CoreV1Api().list_namespaced_service(NS).items}
             assert services == {name, f"{name}-stable", f"{name}-canary"}

@@ -636,6 +636,7 @@ class CanaryStatus(StatusModel):
     failedChecks: int = Field(0, ge=0)
     promoting: bool = Field(False, description="Stable is being moved to the canary's artifact.")
     startedAt: str | None = None
+    readyAt: str | None = Field(None, description="When the canary's pods first served the variant.")
     stepStartedAt: str | None = None
     lastAnalysisAt: str | None = None
     p99Ms: float | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +37,16 @@ class ServingContext:
     def service_url(self, track: str | None) -> str:
         host = f"{self.names.service(track)}.{self.owner.namespace}.{self.settings.service_domain}"
         return f"http://{host}:{self.spec.serving.port}"
+
+
+def pod_matcher(pods: Sequence[str] | None) -> str:
+    """`,pod=~"a|b"` for PromQL; an empty list matches nothing (no pods serve: no data)."""
+    if pods is None:
+        return ""
+    if not pods:
+        return ',pod="__none__"'
+    alternatives = "|".join(re.escape(p).replace("\\", "\\\\") for p in sorted(pods))
+    return f',pod=~"{alternatives}"'
 
 
 def _selector(names: Names, track: str) -> dict[str, str]:
@@ -89,8 +101,11 @@ class ServingBackend(Protocol):
         """The Deployment (and whatever it needs) serving ``t`` on ``track``."""
         ...
 
-    def queries(self, namespace: str, model: str, track: str, window: str) -> dict[SLI, str]:
-        """PromQL per SLI for one track over ``window``."""
+    def queries(
+        self, namespace: str, model: str, track: str, window: str, pods: Sequence[str] | None = None
+    ) -> dict[SLI, str]:
+        """PromQL per SLI for one track over ``window``, limited to ``pods`` when given (the pods
+        serving the current variant: series of replaced pods must not count)."""
         ...
 
 
@@ -108,12 +123,18 @@ class OnnxRuntimeBackend:
             "--name", ctx.owner.name,
             "--variant", track,
             "--port", str(port),
-            "--task", spec.task.value,
         ]  # fmt: skip
         if spec.serving.threads:
             args += ["--threads", str(spec.serving.threads)]
         if track == "canary":
-            args += ["--shadow-of", ctx.service_url("stable"), "--shadow-sample", "1.0"]
+            args += [
+                "--shadow-of",
+                ctx.service_url("stable"),
+                "--shadow-sample",
+                "1.0",
+                "--task",
+                spec.task.value,
+            ]
         volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
         tmp_volume, tmp_mount = scratch_volume()
         pod_fields, container_fields = placement(spec.serving)
@@ -149,8 +170,10 @@ class OnnxRuntimeBackend:
         }
         return [_deployment(ctx, track, t, replicas, pod_spec, port)]
 
-    def queries(self, namespace: str, model: str, track: str, window: str) -> dict[SLI, str]:
-        sel = f'namespace="{namespace}",model="{model}",variant="{track}"'
+    def queries(
+        self, namespace: str, model: str, track: str, window: str, pods: Sequence[str] | None = None
+    ) -> dict[SLI, str]:
+        sel = f'namespace="{namespace}",model="{model}",variant="{track}"' + pod_matcher(pods)
         total = f"sum(rate(kondense_requests_total{{{sel}}}[{window}]))"
         compared = f'sum(rate(kondense_shadow_comparisons_total{{{sel},result=~"agree|disagree"}}[{window}]))'
         return {
@@ -253,14 +276,17 @@ class TritonBackend:
         }
         return [_deployment(ctx, track, t, replicas, pod_spec, TRITON_METRICS_PORT)]
 
-    def queries(self, namespace: str, model: str, track: str, window: str) -> dict[SLI, str]:
-        # Triton's metrics carry no track: pods are told apart by name (<model>-<track>-...)
-        pods = f'namespace="{namespace}",model="{model}",pod=~"{Names(model).deployment(track)}-.*"'
-        success = f"sum(increase(nv_inference_request_success{{{pods}}}[{window}]))"
-        failure = f"(sum(increase(nv_inference_request_failure{{{pods}}}[{window}])) or vector(0))"
+    def queries(
+        self, namespace: str, model: str, track: str, window: str, pods: Sequence[str] | None = None
+    ) -> dict[SLI, str]:
+        # Triton's metrics carry no track: the pods are told apart by name
+        by_name = pod_matcher(pods) if pods is not None else f',pod=~"{Names(model).deployment(track)}-.*"'
+        pods_sel = f'namespace="{namespace}",model="{model}"' + by_name
+        success = f"sum(increase(nv_inference_request_success{{{pods_sel}}}[{window}]))"
+        failure = f"(sum(increase(nv_inference_request_failure{{{pods_sel}}}[{window}])) or vector(0))"
         return {
             SLI.REQUESTS: f"{success} + {failure}",
-            SLI.P99_LATENCY_MS: f'max(nv_inference_request_summary_us{{{pods},quantile="0.99"}}) / 1000',
+            SLI.P99_LATENCY_MS: f'max(nv_inference_request_summary_us{{{pods_sel},quantile="0.99"}}) / 1000',
             SLI.ERROR_RATE: f"{failure} / ({success} + {failure})",
         }
 

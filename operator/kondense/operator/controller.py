@@ -19,7 +19,14 @@ from kondense.operator import metrics
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
 from kondense.operator.kube import KubeClient, StatusConflict
 from kondense.operator.locations import LocationError, claims, variant_location
-from kondense.operator.naming import HASH_LABEL, MODEL_LABEL, SHA_ANNOTATION, VARIANT_LABEL, Names
+from kondense.operator.naming import (
+    HASH_LABEL,
+    MODEL_LABEL,
+    SHA_ANNOTATION,
+    TRACK_LABEL,
+    VARIANT_LABEL,
+    Names,
+)
 from kondense.operator.objects import Owner, compression_job
 from kondense.operator.providers import MetricProvider, PrometheusProvider, read_slis
 from kondense.operator.rollout import (
@@ -41,6 +48,12 @@ from kondense.operator.workloads import serving_plan
 
 log = logging.getLogger("kondense.operator")
 EventSink = Callable[[dict[str, Any], Event], None]
+
+
+def _canary_sha(status: CompressedModelStatus) -> str | None:
+    canary = status.canary
+    variant = next((v for v in status.variants if canary and v.name == canary.variant), None)
+    return variant.artifact.sha256 if variant and variant.artifact else None
 
 
 def job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobObservation:
@@ -183,7 +196,8 @@ class Controller:
         if analysis_due(spec, current, world, now):
             url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
             window = effective_window(spec, current, now)
-            queries = backend.queries(namespace, name, "canary", window)
+            pods = self._serving_pods(namespace, name, "canary", _canary_sha(current))
+            queries = backend.queries(namespace, name, "canary", window, pods)
             world = replace(
                 world, readings=read_slis(self.provider(url or self.settings.prometheus_url), queries)
             )
@@ -302,8 +316,20 @@ class Controller:
             out[variant] = obs
         return out
 
+    def _serving_pods(self, namespace: str, name: str, track: str, sha: str | None) -> list[str]:
+        """Pods of a track whose template serves the artifact ``sha`` (not the pods it replaced)."""
+        pods = self.kube.list_pods(namespace, f"{MODEL_LABEL}={name},{TRACK_LABEL}={track}")
+        return [
+            p["metadata"]["name"]
+            for p in pods
+            if (p["metadata"].get("annotations") or {}).get(SHA_ANNOTATION) == sha
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+
     def _delete_stale_jobs(self, namespace: str, name: str, spec_hash: str) -> None:
-        for job in self.kube.list_jobs(namespace, f"{MODEL_LABEL}={name},{HASH_LABEL}!={spec_hash[:12]}"):
+        # `HASH_LABEL,` first: Jobs without the label (the load generator) are not stale compression Jobs
+        selector = f"{MODEL_LABEL}={name},{HASH_LABEL},{HASH_LABEL}!={spec_hash[:12]}"
+        for job in self.kube.list_jobs(namespace, selector):
             self.kube.delete("Job", job["metadata"]["name"], namespace)
 
     def _record_metrics(

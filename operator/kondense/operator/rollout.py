@@ -28,7 +28,7 @@ from kondense.api.resource import (
     VariantStatus,
     parse_duration,
 )
-from kondense.operator.analysis import Analysis, Reading, Verdict, analyse
+from kondense.operator.analysis import SLI, Analysis, Reading, Verdict, analyse
 from kondense.operator.selection import select_variants
 
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
@@ -221,27 +221,44 @@ def _start_canary(status: CompressedModelStatus, spec: CompressedModelSpec, name
 
 
 def effective_window(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> str:
-    """The analysis window, shortened to the canary's age so a new canary is not judged on the
-    samples of the pods it replaced."""
+    """The analysis window, shortened to the time the canary has been serving (queries also select
+    the canary's own pods, so this only keeps rates from averaging over its warm-up)."""
     window = parse_duration(spec.rollout.analysis.window)
-    started = _parse(status.canary.startedAt if status.canary else None)
-    if started is not None:
-        window = min(window, max(now - started, MIN_WINDOW))
+    ready = _parse(status.canary.readyAt if status.canary else None)
+    if ready is not None:
+        window = min(window, max(now - ready, MIN_WINDOW))
     return f"{int(window.total_seconds())}s"
+
+
+def ready_timeout(spec: CompressedModelSpec) -> timedelta:
+    """How long canary pods may take to serve before that counts as a failed check."""
+    return max(timedelta(seconds=5 * spec.rollout.interval_seconds()), timedelta(minutes=2))
 
 
 def analysis_due(
     spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime
 ) -> bool:
-    """One analysis per interval once the canary pods are up (the clock starts at the step)."""
+    """One analysis per interval, the clock starting when the canary's pods serve the variant (an
+    analysis of pods that are still starting would only ever say "no data")."""
     canary = status.canary
     if status.phase is not Phase.CANARY or canary is None or canary.promoting:
         return False
-    last = _parse(canary.lastAnalysisAt) or _parse(canary.stepStartedAt)
-    last = max(filter(None, [last, _parse(canary.stepStartedAt)]), default=None)
-    if last is None:
-        return True
-    return now - last >= timedelta(seconds=spec.rollout.interval_seconds())
+    interval = timedelta(seconds=spec.rollout.interval_seconds())
+    ready = _parse(canary.readyAt) or (now if _canary_serving(status, world) else None)
+    if ready is None:  # not serving yet: a check only once it is overdue (it counts as a failure)
+        since = _parse(canary.lastAnalysisAt) or _parse(canary.startedAt)
+        return since is not None and now - since >= max(ready_timeout(spec), interval)
+    last = max(filter(None, [_parse(canary.lastAnalysisAt), _parse(canary.stepStartedAt), ready]))
+    return now - last >= interval
+
+
+def _canary_serving(status: CompressedModelStatus, world: World) -> bool:
+    canary = status.canary
+    if canary is None or canary.variant is None or world.canary is None:
+        return False
+    variant = next((v for v in status.variants if v.name == canary.variant), None)
+    sha = variant.artifact.sha256 if variant and variant.artifact else None
+    return world.canary.ready >= 1 and world.canary.sha256 == sha
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,9 +419,16 @@ def _canary(
         if spec.rollout.trafficRouting.type.value == "gatewayAPI" and world.canary.ready:
             canary.weight = canary.requestedWeight
 
+    if canary.readyAt is None and _canary_serving(status, world):
+        canary.readyAt = ts
     if world.readings is None:
         return
-    analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
+    if canary.readyAt is None:
+        waited = int((now - (_parse(canary.startedAt) or now)).total_seconds())
+        readings = [Reading(SLI.REQUESTS, None, f"canary pods not serving {variant.name} after {waited}s")]
+        analysis = analyse(spec.rollout.analysis, readings, ts)
+    else:
+        analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
     d.analysis = analysis
     for check in analysis.checks:
         check.variant = variant.name
