@@ -163,6 +163,9 @@ def test_cli_compress_json_and_report_plot(digits, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "static-int8" in done.stdout and "fp16" in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (outs[1] / "model.onnx").write_bytes(b"tampered")
+    done = run([*KONDENSE, "report", *map(str, outs)])
+    assert done.returncode == 2 and "sha256 does not match manifest.json" in done.stderr
 
 
 def test_cli_spec_file_with_a_pipeline(digits, tmp_path):

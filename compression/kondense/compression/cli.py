@@ -255,10 +255,15 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
     ) -> None:
         """Table of variants and an optional Pareto plot (size vs accuracy delta, latency as marker size)."""
-        from kondense.compression.report import plot_pareto, read_manifest, row_of
+        from kondense.compression.report import plot_pareto, read_manifest, row_of, verify_artifact
 
         try:
-            rows = [row_of(d, read_manifest(d)) for d in directories]
+            rows = []
+            for directory in directories:
+                manifest = read_manifest(directory)
+                if directory.is_dir():
+                    verify_artifact(directory, manifest)
+                rows.append(row_of(directory, manifest))
         except BadInputError as exc:
             raise _fail(exc) from None
         if as_json:

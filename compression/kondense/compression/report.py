@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydantic
 
-from kondense.api.artifacts import MANIFEST_FILE, Manifest
+from kondense.api.artifacts import MANIFEST_FILE, Manifest, sha256_file
 from kondense.compression.errors import BadInputError
 
 
@@ -44,6 +44,17 @@ def read_manifest(directory: Path) -> Manifest:
         raise BadInputError(
             str(path), f"not a kondense manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from exc
+
+
+def verify_artifact(directory: Path, manifest: Manifest) -> None:
+    """The model next to a manifest must be the one it describes (sha256), as for any loader."""
+    path = directory / manifest.artifact.file
+    if not path.is_file():
+        raise BadInputError(str(path), "the manifest's model file is missing")
+    if sha256_file(path) != manifest.artifact.sha256:
+        raise BadInputError(
+            str(path), f"sha256 does not match manifest.json ({manifest.artifact.sha256[:12]}…)"
+        )
 
 
 def row_of(directory: Path, manifest: Manifest) -> VariantRow:
