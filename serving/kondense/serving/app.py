@@ -20,7 +20,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -288,11 +288,16 @@ class ModelServer:
             )
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _BodyError(413, f"request body is over the limit of {limit} bytes (--max-body-bytes)")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _BodyError(
+                        413, f"request body is over the limit of {limit} bytes (--max-body-bytes)"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise _BodyError(400, "the client disconnected before sending the whole body") from None
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding == "identity":
