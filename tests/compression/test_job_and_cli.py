@@ -210,3 +210,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(digits, tmp_path, args, message):
     done = run([*KONDENSE, "compress", str(digits.model), *args, "--output", str(tmp_path / "o")])
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_job_command_line_errors_still_reach_the_termination_log(tmp_path):
+    log = tmp_path / "log"
+    done = run([*KONDENSE_COMPRESS, "--model", "x", "--termination-log", str(log)])
+    assert done.returncode == 2 and "Missing option '--eval'" in done.stderr
+    result = JobResult.model_validate_json(log.read_text())
+    assert result.reason == "BadInput" and "--eval" in str(result.message)

@@ -267,8 +267,30 @@ def compress_job(
     raise typer.Exit(REASON_EXIT[result.reason])
 
 
+def termination_log_argument(argv: list[str]) -> str:
+    """The --termination-log value when the command line itself could not be parsed."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--termination-log="):
+            return arg.split("=", 1)[1]
+        if arg == "--termination-log" and i + 1 < len(argv):
+            return argv[i + 1]
+    return DEFAULT_TERMINATION_LOG
+
+
 def main() -> None:
-    app()
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:  # a missing or malformed option: still tell the operator
+        exc.show()  # type: ignore[attr-defined]  # click's UsageError API, vendored by typer
+        message = f"command line: {exc.format_message()}"
+        write_termination_log(
+            termination_log_argument(sys.argv[1:]),
+            JobResult(name="unknown", ok=False, reason="BadInput", message=message),
+        )
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from kondense.api.artifacts import (
     Trial,
     sha256_file,
 )
-from kondense.api.techniques import Task, Technique, params_for
+from kondense.api.techniques import TECHNIQUES_NEEDING_CALIBRATION, Task, Technique, params_for
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError
 from kondense.compression.evaluation import Reference, evaluate_variant
@@ -132,7 +132,7 @@ def tool_versions() -> dict[str, str]:
 
 def _needs(steps: tuple[Step, ...]) -> tuple[bool, bool]:
     """(needs calibration data, needs training data)."""
-    calibration = any(s.technique is Technique.STATIC_INT8 for s in steps)
+    calibration = any(s.technique in TECHNIQUES_NEEDING_CALIBRATION for s in steps)
     train = any(
         s.technique is Technique.DISTILL
         or (s.technique in (Technique.PRUNE, Technique.LOW_RANK) and s.params.get("fineTuneEpochs", 0) > 0)
