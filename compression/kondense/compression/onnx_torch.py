@@ -234,7 +234,6 @@ def build_module(model: Any, where: str, *, traceable: bool = True) -> Any:
 
     fused_adds: set[int] = set()
     nodes = list(graph.node)
-    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
 
     for index, node in enumerate(nodes):
         if index in fused_adds:
@@ -532,7 +531,6 @@ def build_module(model: Any, where: str, *, traceable: bool = True) -> Any:
             else:
                 module.constants[name] = tensor(value)
         module.program.append((ins, outs, fn))
-    del producer
     return module
 
 

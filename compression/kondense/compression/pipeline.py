@@ -212,8 +212,13 @@ def compress_model(
                 f"must be integer class indices below {classes} for classification",
             )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        workspace = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    except OSError as exc:
+        raise BadInputError(
+            str(output_dir), f"cannot write next to the output directory: {exc.strerror or exc}"
+        ) from exc
     try:
         work, stage = workspace / "work", workspace / "stage"
         work.mkdir()
@@ -283,7 +288,6 @@ def _run_steps(
             reference=reference,
             work_dir=step_dir,
             max_accuracy_delta=budget,
-            is_last_step=index == len(spec.steps) - 1,
             threads=threads,
             progress=progress,
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -61,7 +60,6 @@ class PassContext:
     reference: Reference
     work_dir: Path
     max_accuracy_delta: float | None = None
-    is_last_step: bool = True
     threads: int = 1
     progress: ProgressReporter = field(default_factory=SilentProgress)
 
@@ -108,6 +106,3 @@ def pass_for(technique: Technique | str, params: dict[str, Any] | None = None) -
 def registered_techniques() -> list[Technique]:
     _load_builtin_passes()
     return sorted(PASSES)
-
-
-PassFactory = Callable[[dict[str, Any] | None], Pass]
