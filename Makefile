@@ -34,6 +34,7 @@ test: setup tools lint typecheck
 crd: setup
 	$(VENV)/bin/kondense crd > crds/compressedmodels.kondense.dev.yaml
 	$(VENV)/bin/kondense crd --reference > docs/reference.md
+	$(VENV)/bin/kondense crd > charts/kondense/crds/compressedmodels.kondense.dev.yaml
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
