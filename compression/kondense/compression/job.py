@@ -97,7 +97,6 @@ def run_job(
     its manifest and evaluated: the artifact the operator's stable track serves first.
     """
     from kondense.compression.pipeline import DataFiles, compress_model, parse_target
-    from kondense.compression.uris import UriResolver
 
     name = "unknown"
     try:
@@ -113,9 +112,7 @@ def run_job(
                 "--task", f"unknown task {task!r}; known: {[t.value for t in Task]}"
             ) from None
         with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
-            resolver = UriResolver(download_dir=Path(downloads))
-            if pvc_root is not None:
-                resolver = UriResolver(pvc_root=pvc_root, download_dir=Path(downloads))
+            resolver = _resolver(pvc_root, Path(downloads))
             output_dir = resolver.local_path(output, "--output")
             model = resolver.fetch(model_uri, "--model")
             uris = {"evaluation": eval_uri}
@@ -164,6 +161,14 @@ def run_job(
     )
 
 
+def _resolver(pvc_root: Path | None, downloads: Path) -> Any:
+    from kondense.compression.uris import UriResolver
+
+    if pvc_root is None:  # the resolver's default: $KONDENSE_PVC_ROOT or /mnt/pvc
+        return UriResolver(download_dir=downloads)
+    return UriResolver(pvc_root=pvc_root, download_dir=downloads)
+
+
 def _run_baseline(
     model_uri: str,
     eval_uri: str,
@@ -174,18 +179,13 @@ def _run_baseline(
     latency_runs: int,
 ) -> JobResult:
     from kondense.compression.baseline import BASELINE_NAME, prepare_baseline
-    from kondense.compression.uris import UriResolver
 
     try:
         task_value = Task(task)
     except ValueError:
         raise BadInputError("--task", f"unknown task {task!r}; known: {[t.value for t in Task]}") from None
     with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
-        resolver = (
-            UriResolver(pvc_root=pvc_root, download_dir=Path(downloads))
-            if pvc_root
-            else UriResolver(download_dir=Path(downloads))
-        )
+        resolver = _resolver(pvc_root, Path(downloads))
         output_dir = resolver.local_path(output, "--output")
         output_uri = output if "://" in output else output_dir.resolve().as_uri()
         manifest = prepare_baseline(
