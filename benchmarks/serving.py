@@ -304,7 +304,7 @@ def run_wrk(url: str, body: bytes, concurrency: int, duration: float, parse: boo
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     if not parse:
         return {}
-    percentiles = {int(p): _ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.MULTILINE)}
+    percentiles = {int(p): _ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.MULTILINE)}
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not rate or not {50, 90, 99} <= percentiles.keys():
         raise RuntimeError(f"cannot read wrk output:\n{out}")
@@ -656,6 +656,7 @@ def main() -> None:
     for model in models:
         benchmark(model, args.concurrency, args.duration, args.warmup, args.rounds, args.shadow_sample,
                   not args.skip_mlserver, rows, meta)  # fmt: skip
+        write_results(rows, meta)  # after each model, so a later failure keeps what was measured
     meta["load_at_end"] = os.getloadavg()
     write_results(rows, meta)
     print((RESULTS / "serving.md").read_text())
