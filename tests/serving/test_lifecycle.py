@@ -175,6 +175,19 @@ def test_concurrent_requests_each_get_their_own_rows(digits: Digits, args: list[
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # batched GEMMs may round differently
 
 
+def test_a_lone_client_is_not_held_for_the_batch_delay(digits: Digits) -> None:
+    # With a 2 s batching delay, sequential requests would take >= 2 s each if they waited for company.
+    with running_server(
+        digits.directory, "digits", "--max-batch-size", "8", "--max-batch-delay-ms", "2000"
+    ) as server:
+        body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+        with httpx.Client(timeout=30) as client:
+            started = time.monotonic()
+            for _ in range(5):
+                assert client.post(server.infer_url, json=body).status_code == 200
+            assert time.monotonic() - started < 2.0
+
+
 def test_batching_needs_a_dynamic_batch_dimension(tmp_path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

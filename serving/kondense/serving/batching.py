@@ -6,7 +6,9 @@ threads (ONNX Runtime sessions are thread-safe and release the GIL). The ``Dynam
 like Triton's dynamic batcher: it holds a request up to ``max_delay`` for others of the same shape,
 concatenates them along the first dimension, runs one session call per batch on a worker thread (so
 the event loop keeps parsing requests) and splits the outputs again; with several workers, batches
-run side by side. It is the way past one request per session call for compute-bound models.
+run side by side. It is the way past one request per session call for compute-bound models. Unlike
+Triton it only waits while traffic is concurrent (the previous batch had more than one row): a lone
+client pays no batching delay.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kondense-batch")
         # A batch is only formed when a worker is free: while all are busy, requests pile into bigger batches.
         self._free_workers = asyncio.Semaphore(workers)
+        self._last_batch_rows = 0
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -160,7 +163,8 @@ class DynamicBatcher:
                 self._arrival.clear()
                 await self._arrival.wait()
             await self._free_workers.acquire()
-            deadline = self._pending[0].arrived + self._max_delay_s
+            # Waiting for companions only pays while they are coming: the last batch had some.
+            deadline = self._pending[0].arrived + (self._max_delay_s if self._last_batch_rows > 1 else 0.0)
             while (
                 self._compatible_rows() < self._max_batch_size and (remaining := deadline - loop.time()) > 0
             ):
@@ -169,7 +173,9 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._arrival.wait(), remaining)
                 except TimeoutError:
                     break
-            task = asyncio.create_task(self._execute(self._take_batch()))
+            batch = self._take_batch()
+            self._last_batch_rows = sum(item.rows for item in batch)
+            task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._finished)
 

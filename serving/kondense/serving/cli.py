@@ -64,7 +64,12 @@ def serve(
         int, typer.Option(min=1, help="Micro-batch up to this many rows per session call (1 = no batching).")
     ] = 1,
     max_batch_delay_ms: Annotated[
-        float, typer.Option(min=0.0, help="How long a request may wait for others to batch with.")
+        float,
+        typer.Option(
+            min=0.0,
+            help="How long a request may wait for others to batch with (only while requests arrive "
+            "concurrently: a lone client is never delayed).",
+        ),
     ] = 2.0,
     inference_workers: Annotated[
         int,
