@@ -448,7 +448,8 @@ def scrape(base: str, names: tuple[str, ...]) -> dict[str, float]:
     for line in text.splitlines():
         for name in names:
             if line.startswith(name) and not line.startswith("#"):
-                key = name + (re.search(r'result="(\w+)"', line).group(1) if "result=" in line else "")  # type: ignore[union-attr]
+                result = re.search(r'result="(\w+)"', line)
+                key = f'{name}{{result="{result.group(1)}"}}' if result else name
                 totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
 
@@ -600,6 +601,18 @@ def write_results(rows: list[Row], meta: dict[str, object]) -> None:
         lines.append(
             f"| {goal} | {shown} | {target} | {'yes' if met else 'no' if met is not None else 'n/a'} |"
         )
+    counters = meta.get("canary_counters", {})
+    if counters:
+        lines += [
+            "",
+            "Canary counters at the end of each model's run (shadow results per sample, micro-batches):",
+            "",
+        ]
+        for name, seen in counters.items():  # type: ignore[attr-defined]
+            lines.append(
+                f"- {name}: "
+                + ", ".join(f"{key.removeprefix('kondense_')} {value:g}" for key, value in seen.items())
+            )
     lines += ["", "Server settings per model:", ""]
     for name, args in meta["server_args"].items():  # type: ignore[attr-defined]
         lines.append(f"- {name}: `kondense serve {args}`")
