@@ -12,7 +12,8 @@ window 30s) with one target (int8), on the LocalCluster of ``make demo``: the re
   breaching request) to the last one it answered (after it, 100 % of traffic is on stable).
 * **promotion**: no fault; the canary goes 25 → 50 → 100 % and stable rolls to its artifact.
 
-Both count requests that did not get a 200.
+Both count requests that did not get a 200, from the start of the canary on (and after the Service
+first answered: before that no pod ever served, which is not a rollout failure).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Load:
     thread: threading.Thread | None = None
 
     def start(self, cluster: LocalCluster, model: str, eval_npz: Path) -> None:
+        self.errors: list[tuple[float, str]] = []
         with np.load(eval_npz) as npz:
             bodies = request_bodies({k: npz[k] for k in npz.files})
 
@@ -74,6 +76,8 @@ class Load:
                     try:
                         response = await client.post(f"{url}/v2/models/{model}/infer", json=body)
                         code = str(response.status_code)
+                        if code != "200":
+                            self.errors.append((sent, response.text[:120]))
                     except httpx.HTTPError as exc:
                         code = type(exc).__name__
                     self.samples.append(Sample(sent, time.monotonic(), code))
@@ -145,13 +149,23 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     )
     load.finish()
     samples = sorted(load.samples, key=lambda s: s.sent)
+    # Failures count from the canary's start, once the Service has served at all: requests sent before
+    # the first stable pod was ever ready (the baseline Job can finish with the variants) are not
+    # failures of a promotion or a rollback.
+    first_ok = next((s.sent for s in samples if s.code == "200"), None)
     canary_start = marks.get("phase:Canary")
+    if canary_start is not None and first_ok is not None:
+        canary_start = max(canary_start, first_ok)
     failed = [s for s in samples if s.code != "200" and canary_start is not None and s.sent >= canary_start]
     seconds = None
     if kind == "rollback":
         slow = [s for s in samples if s.code == "200" and (s.done - s.sent) * 1000 >= SLOW_MS]
         if slow:
             seconds = slow[-1].done - slow[0].sent
+    for sent, text in load.errors:
+        if canary_start is not None and sent >= canary_start:
+            when = {k: round(sent - v, 1) for k, v in marks.items()}
+            print(f"failed request: {text.strip()!r} at {when} (seconds after each phase)", file=sys.stderr)
     codes: dict[str, int] = {}
     for s in samples:
         codes[s.code] = codes.get(s.code, 0) + 1
@@ -195,13 +209,14 @@ def main() -> None:
             else ""
         ),
         "",
-        "| run | final phase | first breaching request → 100 % on stable | requests | failed (not 200) |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| run | final phase | first breaching request → 100 % on stable | requests | failed (not 200) | answers |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for i, r in enumerate(runs):
         seconds = f"{r.seconds_to_stable:.1f} s" if r.seconds_to_stable is not None else "n/a"
         lines.append(
-            f"| {r.kind} {i + 1 if r.kind == 'rollback' else ''} | {r.phase} | {seconds} | {r.requests} | {r.failed} |"
+            f"| {r.kind} {i + 1 if r.kind == 'rollback' else ''} | {r.phase} | {seconds} | {r.requests} | {r.failed} "
+            f"| {', '.join(f'{k}: {v}' for k, v in sorted(r.codes.items()))} |"
         )
     if rollbacks:
         lines += ["", f"Median time to 100 % on stable: **{statistics.median(rollbacks):.1f} s** (goal ≤ 25 s; "
@@ -213,6 +228,10 @@ def main() -> None:
         "then scales the canary to 0 and the Service drops its endpoints within a tick. Requests in flight "
         "on removed pods finish (the servers drain on SIGTERM; the Service proxy retries a refused "
         "connection on another pod), so none fail.",
+        "",
+        "The load starts with the cluster, so the requests sent before the first stable pod was ever ready "
+        "are answered 503 by the Service (no endpoints yet): they are in the answers column, not counted "
+        "as failures of a rollback or a promotion.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
