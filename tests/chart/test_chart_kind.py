@@ -155,6 +155,17 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
         return result
 
 
+def start_prometheus(prometheus_bin: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """A real Prometheus on tmp_path/prometheus.yml; the caller stops it."""
+    web = free_port()
+    process = subprocess.Popen(
+        [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{web}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{web}"
+
+
 def test_kind_prometheus_relabeling_with_a_real_prometheus(
     prometheus_bin: str, metrics_server: int, tmp_path: Path
 ) -> None:
@@ -174,13 +185,7 @@ def test_kind_prometheus_relabeling_with_a_real_prometheus(
     config["scrape_configs"] = [job]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
 
-    web = free_port()
-    process = subprocess.Popen(
-        [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{web}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{web}"
+    process, base = start_prometheus(prometheus_bin, tmp_path)
     try:
         deadline = time.monotonic() + 30
         server: list[dict[str, Any]] = []
@@ -249,13 +254,7 @@ def test_pod_monitor_keeps_only_the_annotated_port_with_a_real_prometheus(
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    web = free_port()
-    process = subprocess.Popen(
-        [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{web}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{web}"
+    process, base = start_prometheus(prometheus_bin, tmp_path)
     try:
         deadline = time.monotonic() + 30
         samples: list[dict[str, Any]] = []

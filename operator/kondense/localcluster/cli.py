@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sys
@@ -79,19 +80,8 @@ def demo(
             f"scenario {scenario}: {SCENARIOS[scenario].summary}; work directory {workdir.resolve()}"
         )
         display: Any = LiveDisplay(console, f"kondense demo: {scenario}") if live else LogDisplay(console)
-        if live:
-            with display:
-                outcome = run_scenario(
-                    SCENARIOS[scenario],
-                    workdir,
-                    example,
-                    file,
-                    display,
-                    quick=quick,
-                    timeout_s=timeout,
-                    bin_dirs=dirs,
-                )
-        else:
+        # the live table is a context manager (it owns the terminal); the log display needs none
+        with display if live else contextlib.nullcontext():
             outcome = run_scenario(
                 SCENARIOS[scenario],
                 workdir,
