@@ -38,3 +38,19 @@ def test_every_area_registers_in_the_full_install() -> None:
     assert {"crd", "validate", "compress", "report", "example", "serve", "operator", "demo",
             "triton-repository", "loadgen"} <= names  # fmt: skip
     assert "kondense.localcluster.cli" in cli.COMMAND_MODULES and sys.modules.get("kondense.cli") is cli
+
+
+def test_artifact_digest_covers_external_data_and_stays_inside(tmp_path):
+    from kondense.api.artifacts import ArtifactPathError, artifact_digest, sha256_file
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"graph")
+    assert artifact_digest(model) == sha256_file(model)
+    (tmp_path / "weights.bin").write_bytes(b"w1")
+    first = artifact_digest(model, ["weights.bin"])
+    assert first != sha256_file(model)
+    (tmp_path / "weights.bin").write_bytes(b"w2")
+    assert artifact_digest(model, ["weights.bin"]) != first
+    for outside in ("../etc/hostname", "/etc/hostname", ""):
+        with pytest.raises(ArtifactPathError):
+            artifact_digest(model, [outside])

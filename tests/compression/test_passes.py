@@ -213,3 +213,21 @@ def test_fp16_output_of_a_cast_to_float_loads_in_ort(tmp_path):
     )  # fmt: skip
     assert manifest.steps[0].details["castsAligned"] == 1
     assert manifest.metrics.accuracyDelta == 0.0
+
+
+def test_fallback_keeps_only_a_full_set_trial_whatever_the_cpu():
+    # Regression (Intel AMX/VNNI): a probe measured on a 128-sample subset had a lower delta than every
+    # full-set trial and was kept. The choice must not depend on which kernel produced which numbers.
+    from kondense.api.artifacts import Trial
+    from kondense.compression.passes.quantize import most_accurate_full_trial
+
+    trials = [
+        Trial(config={}, accuracyDelta=0.0034, evalSamples=500),
+        Trial(config={}, accuracyDelta=0.0031, evalSamples=500),
+        Trial(config={}, accuracyDelta=0.0001, evalSamples=128, message="sensitivity baseline"),
+        Trial(config={}, accuracyDelta=0.0002, evalSamples=128, message="sensitivity of conv1"),
+        Trial(config={}, accuracyDelta=0.0033, evalSamples=500, message="float32: conv1"),
+    ]
+    assert most_accurate_full_trial(trials, 500) == 1
+    with pytest.raises(ValueError):
+        most_accurate_full_trial(trials[2:4], 500)

@@ -46,8 +46,14 @@ class VariantMetrics(_Open):
 class ArtifactRef(_Open):
     uri: str | None = None
     file: str = MODEL_FILE
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="artifact_digest(): model file plus its external data; what every consumer pins.",
+    )
     sizeBytes: int = Field(ge=0)
+    externalData: list[str] = Field(
+        default_factory=list, description="External-data files the model references, relative to it."
+    )
 
 
 class ManifestStep(_Open):
@@ -65,6 +71,7 @@ class Trial(_Open):
     p50Ms: float | None = None
     withinBudget: bool = False
     message: str | None = None
+    evalSamples: int | None = None  # sensitivity probes are measured on a subset
 
 
 class Gate(_Open):
@@ -104,4 +111,37 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+class ArtifactPathError(ValueError):
+    """An artifact names a file outside its own directory."""
+
+
+def artifact_member(directory: Path, relative: str) -> Path:
+    """``directory/relative``, refusing absolute paths, ``..`` and symlinks that leave ``directory``."""
+    if not relative or Path(relative).is_absolute():
+        raise ArtifactPathError(f"{relative!r} must be a path relative to the artifact directory")
+    root = directory.resolve()
+    path = (root / relative).resolve()
+    if path != root and root not in path.parents:
+        raise ArtifactPathError(f"{relative!r} points outside the artifact directory {directory}")
+    return path
+
+
+def artifact_digest(model_path: str | Path, external_data: list[str] | tuple[str, ...] = ()) -> str:
+    """The one digest of an artifact that the operator records and every consumer pins.
+
+    Without external data it is the model file's sha256 (so existing digests keep their meaning).
+    With external data it is the sha256 of the lines ``<sha256>  <name>``: the model file first, then
+    each external-data file in sorted order, so no file of the artifact can change unnoticed.
+    """
+    model_path = Path(model_path)
+    model_digest = sha256_file(model_path)
+    if not external_data:
+        return model_digest
+    digest = hashlib.sha256(f"{model_digest}  {model_path.name}\n".encode())
+    for name in sorted(set(external_data)):
+        member = artifact_member(model_path.parent, name)
+        digest.update(f"{sha256_file(member)}  {name}\n".encode())
     return digest.hexdigest()

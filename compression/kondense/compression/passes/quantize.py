@@ -33,6 +33,18 @@ MAX_FP32_NODES = 12
 SENSITIVITY_SAMPLES = 128
 
 
+def most_accurate_full_trial(trials: list[Trial], full_samples: int) -> int:
+    """Index of the most accurate trial measured on the whole evaluation set.
+
+    Sensitivity probes (and their baseline) are measured on a subset: their deltas are not comparable
+    with full-set deltas and their models are never candidates for the artifact.
+    """
+    full = [i for i, t in enumerate(trials) if t.evalSamples == full_samples and t.accuracyDelta is not None]
+    if not full:
+        raise ValueError("no trial was measured on the full evaluation set")
+    return min(full, key=lambda i: trials[i].accuracyDelta or 0.0)
+
+
 @dataclass(frozen=True)
 class Int8Config:
     """One point of the tuning space."""
@@ -181,7 +193,7 @@ class Int8Pass(Pass):
 
         within = trials[chosen].withinBudget if chosen is not None else False
         if chosen is None:  # keep the most accurate configuration tried; the gate will fail
-            chosen = min(range(len(trials)), key=lambda i: trials[i].accuracyDelta or 0.0)
+            chosen = most_accurate_full_trial(trials, len(context.reference.dataset))
         trials[chosen].selected = True  # type: ignore[attr-defined]  # extra field, allowed by the model
         shutil.move(files[chosen], destination)
         for path in files:
@@ -206,7 +218,7 @@ class Int8Pass(Pass):
         """Measure each node's sensitivity, then keep the worst offenders in float32 one by one."""
         budget = context.max_accuracy_delta
         assert budget is not None
-        best_index = min(range(len(trials)), key=lambda i: trials[i].accuracyDelta or 0.0)
+        best_index = most_accurate_full_trial(trials, len(context.reference.dataset))
         best_cfg = trials[best_index].config
         best = Int8Config(best_cfg["perChannel"], best_cfg["reduceRange"], user_exclude)
         best_delta = trials[best_index].accuracyDelta or 0.0
@@ -217,6 +229,7 @@ class Int8Pass(Pass):
         context.progress.start(f"{self.technique}: measuring node sensitivity", total=len(probes) + 1)
         if probe_base is None:
             probe_base = attempt(best, probe_reference, "sensitivity baseline")
+            trials[-1].withinBudget = False  # measured on the subset: never the artifact
         context.progress.advance()
         gains: list[tuple[float, str]] = []
         for node in probes:
