@@ -30,6 +30,7 @@ from kondense.api.artifacts import (
     sha256_file,
 )
 from kondense.api.techniques import TECHNIQUES_NEEDING_CALIBRATION, Task, Technique, params_for
+from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError
 from kondense.compression.evaluation import Reference, evaluate_variant
@@ -224,20 +225,26 @@ def compress_model(
         work.mkdir()
         stage.mkdir()
         reference = Reference.compute(model_path, evaluation, task, threads=threads)
-        manifest = _run_steps(
-            spec,
-            model_path,
-            reference,
-            calibration,
-            train,
-            work,
-            stage,
-            task,
-            budget,
-            threads,
-            latency_runs,
-            progress,
-        )
+
+        def attempt(candidate: TargetSpec, directory: Path) -> Manifest:
+            (directory / "work").mkdir()
+            (directory / "stage").mkdir()
+            return _run_steps(
+                candidate,
+                model_path,
+                reference,
+                calibration,
+                train,
+                directory / "work",
+                directory / "stage",
+                task,
+                budget,
+                threads,
+                latency_runs,
+                progress,
+            )
+
+        manifest = fit_budget(spec, budget, attempt, work, stage)  # backs off a step that misses the budget
         manifest.base = ArtifactRef(
             uri=model_uri or model_path.resolve().as_uri(),
             sha256=sha256_file(model_path),
