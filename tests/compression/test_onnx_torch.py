@@ -366,3 +366,34 @@ def test_resize_variants_without_a_torch_equivalent_are_refused_clearly(attrs, p
 def test_every_registered_converter_has_a_case():
     covered = {p.values[0] for p in CASES} | {"Constant"}
     assert sorted(set(supported_ops()) - covered) == []
+
+
+@pytest.mark.parametrize("through_reshape", [False, True], ids=["constant", "reshaped"])
+def test_bias_added_after_a_conv_becomes_the_conv_bias_and_writes_back(through_reshape):
+    """paddle2onnx writes Add(Conv(x, W), Reshape(b, [1, C, 1, 1])); pruning must see one layer."""
+    from kondense.compression.onnx_torch import write_back
+
+    bias = f32(6)
+    inits = {"w": f32(6, 4, 3, 3)}
+    if through_reshape:
+        inits |= {"b": bias, "shape": i64(1, 6, 1, 1)}
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["c"]),
+            helper.make_node("Reshape", ["b", "shape"], ["b4"]),
+            helper.make_node("Add", ["c", "b4"], ["y"]),
+        ]
+    else:
+        inits |= {"b": bias.reshape(1, 6, 1, 1)}
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["b", "c"], ["y"])]
+    x = f32(2, 4, 7, 7)
+    model = graph_model(nodes, {"x": x}, inits, ["y"], OPSET)
+    assert_same(*run_both(model, {"x": x}))
+    module = build_module(model, "case.onnx")
+    (conv,) = module.layers.values()
+    assert conv.bias is not None and len(module.program) == 1 and not module.weight_keys
+    with torch.no_grad():
+        conv.bias += 1.0
+    write_back(module, model, "case.onnx")
+    written = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["b"]
+    np.testing.assert_allclose(written.reshape(-1), bias + 1.0, rtol=1e-6)
+    assert written.shape == inits["b"].shape

@@ -126,8 +126,8 @@ def test_missing_training_data_is_bad_input(digits, tmp_path):
 
 def paddle_style_classifier(path):
     """A small CNN written the way paddle2onnx writes the PaddleOCR text-direction classifier:
-    HardSwish, squeeze-excite blocks gated by HardSigmoid, a flatten computed from Shape, a dynamic
-    batch and dynamic H x W."""
+    HardSwish, squeeze-excite blocks gated by HardSigmoid whose conv bias is a separate
+    Add(Reshape(b)), a flatten to [Shape(x)[0], channels], a dynamic batch and dynamic H x W."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -141,10 +141,11 @@ def paddle_style_classifier(path):
         "c1": w(8, 3, 3, 3), "c1b": np.zeros(8, np.float32),
         "bn_s": np.ones(8, np.float32), "bn_b": np.zeros(8, np.float32),
         "bn_m": rng.standard_normal(8).astype(np.float32) * 0.1, "bn_v": np.ones(8, np.float32),
-        "se1": w(4, 8, 1, 1), "se1b": np.zeros(4, np.float32), "se2": w(8, 4, 1, 1), "se2b": np.zeros(8, np.float32),
+        "se1": w(4, 8, 1, 1), "se1b": np.full(4, 0.1, np.float32), "se2": w(8, 4, 1, 1),
+        "se2b": np.full(8, 0.2, np.float32), "bias_shape": np.array([1, 8, 1, 1], np.int64),
         "c2": w(16, 8, 3, 3), "c2b": np.zeros(16, np.float32),
-        "zero": np.array([0], np.int64), "one": np.array([1], np.int64), "minus1": np.array([-1], np.int64),
-        "fc": w(16, 4).reshape(16, 4) * 0 + rng.standard_normal((16, 4)).astype(np.float32) * 0.5,
+        "zero": np.array([0], np.int64), "one": np.array([1], np.int64), "width": np.array([16], np.int64),
+        "fc": rng.standard_normal((16, 4)).astype(np.float32) * 0.5,
         "fcb": np.zeros(4, np.float32),
     }  # fmt: skip
     nodes = [
@@ -154,7 +155,9 @@ def paddle_style_classifier(path):
         helper.make_node("GlobalAveragePool", ["h"], ["p"]),
         helper.make_node("Conv", ["p", "se1", "se1b"], ["s1"]),
         helper.make_node("Relu", ["s1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "se2", "se2b"], ["s2"]),
+        helper.make_node("Conv", ["r1", "se2"], ["s2a"]),  # paddle2onnx: bias added after the conv
+        helper.make_node("Reshape", ["se2b", "bias_shape"], ["se2b4"]),
+        helper.make_node("Add", ["s2a", "se2b4"], ["s2"]),
         helper.make_node("HardSigmoid", ["s2"], ["gate"], alpha=0.2, beta=0.5),
         helper.make_node("Mul", ["h", "gate"], ["e"]),
         helper.make_node("Conv", ["e", "c2", "c2b"], ["f"], pads=[1, 1, 1, 1]),
@@ -164,7 +167,7 @@ def paddle_style_classifier(path):
         helper.make_node("Cast", ["shape"], ["shape32"], to=TensorProto.INT32),
         helper.make_node("Slice", ["shape32", "zero", "one", "zero"], ["batch32"]),
         helper.make_node("Cast", ["batch32"], ["batch"], to=TensorProto.INT64),
-        helper.make_node("Concat", ["batch", "minus1"], ["target"], axis=0),
+        helper.make_node("Concat", ["batch", "width"], ["target"], axis=0),  # [N, 16]: channels as a constant
         helper.make_node("Reshape", ["g", "target"], ["flat"]),
         helper.make_node("MatMul", ["flat", "fc"], ["logits0"]),
         helper.make_node("Add", ["logits0", "fcb"], ["logits"]),

@@ -203,6 +203,7 @@ class ShapePlan:
 
     values: dict[str, ShapeValue] = field(default_factory=dict)
     dynamic: list[str] = field(default_factory=list)
+    flattens: set[str] = field(default_factory=set)  # outputs of Reshape(x, [x.shape[0], K]) flattens
 
 
 def _static_shapes(model: Any) -> dict[str, list[int | None]]:
@@ -219,7 +220,9 @@ def _static_shapes(model: Any) -> dict[str, list[int | None]]:
         tensor_type = info.type.tensor_type
         if tensor_type.HasField("shape"):
             shapes[info.name] = [
-                d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+                # some exporters write -1 for an unknown dim: only positive values are known
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in tensor_type.shape.dim
             ]
     return shapes
 
@@ -382,7 +385,31 @@ def shape_plan(model: Any, *, traceable: bool) -> ShapePlan:
         if value is not None and not value.static:
             wanted.setdefault(output.name, []).append("graph output")
     plan.dynamic = sorted(wanted)
+    if traceable:
+        plan.flattens = _flattens(model, plan, shapes)
     return plan
+
+
+def _flattens(model: Any, plan: ShapePlan, shapes: dict[str, list[int | None]]) -> set[str]:
+    """Reshapes to [x.shape[0], K] where K is the product of x's other (static) dims: a flatten.
+    Written as such, they stay right when a structured pass removes channels (K would not)."""
+    found = set()
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        target, dims = plan.values.get(node.input[1]), shapes.get(node.input[0])
+        if target is None or dims is None or len(target.entries) != 2 or len(dims) < 2:
+            continue
+        batch, size = target.entries
+        rest = dims[1:]
+        if (
+            batch == Dim(node.input[0], 0)
+            and isinstance(size, int)
+            and all(d is not None for d in rest)
+            and int(np.prod([d for d in rest if d is not None])) == size
+        ):
+            found.add(node.output[0])
+    return found
 
 
 def _runtime_shape(entries: tuple[int | Dim, ...], scalar: bool) -> Callable[..., Any]:
@@ -516,6 +543,9 @@ def build_module(model: Any, where: str, *, traceable: bool = True) -> Any:
     for index, node in enumerate(nodes):
         if index in fused:
             continue
+        if node.output[0] in plan.flattens:
+            module.program.append(([node.input[0]], [node.output[0]], partial(_flatten, axis=1)))
+            continue
         shape_value = plan.values.get(node.output[0]) if len(node.output) == 1 else None
         if shape_value is not None and shape_value.static:
             module.constants[node.output[0]] = _tensor(shape_value.array())  # folded
@@ -612,14 +642,66 @@ def _weighted_layer(b: NodeBuild, layer: Any, weight: np.ndarray) -> Callable[..
     return layer
 
 
+def _channel_bias(b: NodeBuild, channels: int, dims: int) -> tuple[str, np.ndarray] | None:
+    """A per-channel constant added right after a bias-less convolution, as some exporters
+    (paddle2onnx) write the conv bias: ``Add(conv, B)`` with B of shape [1, C, 1, 1] (or [C, 1, 1]),
+    or ``Add(conv, Reshape(b, [1, C, 1, 1]))``. Fusing it into the layer's bias lets structured
+    pruning remove its channels with the layer's. Returns (initializer, value); marks the nodes fused."""
+    out = b.outs[0]
+    if b.consumers.get(out) != 1:
+        return None
+    follower = next((j for j in range(b.index + 1, len(b.nodes)) if out in b.nodes[j].input), None)
+    if follower is None or b.nodes[follower].op_type != "Add" or len(b.nodes[follower].input) != 2:
+        return None
+    add = b.nodes[follower]
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    shapes = {(1, channels, *[1] * dims), (channels, *[1] * dims)}
+    fused = [follower]
+    value = b.constant(other)
+    name = other
+    if value is None:  # Reshape(b, constant shape) written just before the Add
+        producer = next((j for j in range(b.index + 1, follower) if other in b.nodes[j].output), None)
+        if producer is None or b.nodes[producer].op_type != "Reshape" or b.consumers.get(other) != 1:
+            return None
+        name, target = b.nodes[producer].input[0], b.constant(b.nodes[producer].input[1])
+        value = b.constant(name)
+        if (
+            value is None
+            or target is None
+            or b.consumers.get(name) != 1
+            or tuple(target.tolist()) not in shapes
+        ):
+            return None
+        fused.append(producer)
+    elif tuple(value.shape) not in shapes:
+        return None
+    if value.dtype != np.float32 or value.size != channels:
+        return None
+    b.fused.update(fused)
+    b.outs = list(add.output)
+    return name, value
+
+
 @converter("Conv")
 def _conv(b: NodeBuild) -> Callable[..., Any]:
     weight = b.constant(b.ins[1])
     dims, kwargs = _conv_common(b, weight, "convolutions")
     assert weight is not None
+    fused_bias = None if kwargs["bias"] else _channel_bias(b, weight.shape[0], dims)
+    kwargs["bias"] = kwargs["bias"] or fused_bias is not None
     cls = nn.Conv1d if dims == 1 else nn.Conv2d
     conv = cls(weight.shape[1] * kwargs["groups"], weight.shape[0], tuple(weight.shape[2:]), **kwargs)
-    return _weighted_layer(b, conv, weight)
+    if fused_bias is None:
+        return _weighted_layer(b, conv, weight)
+    name, bias = fused_bias
+    conv.weight.data = _tensor(weight)
+    b.source(b.ins[1], conv, "weight", weight.shape)
+    assert conv.bias is not None
+    conv.bias.data = _tensor(bias.reshape(-1))
+    b.source(name, conv, "bias", bias.shape)
+    b.layer(conv)
+    b.ins = b.ins[:1]
+    return conv
 
 
 @converter("ConvTranspose")
