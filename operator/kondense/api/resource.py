@@ -391,12 +391,47 @@ class PrometheusRef(StrictModel):
     url: str = Field(pattern=r"^https?://.+$", max_length=2048)
 
 
-class MaxThreshold(StrictModel):
+ABORT_FACTOR = 10.0
+"""Default abort threshold: this many times ``max`` (a fraction's is capped at 1)."""
+
+_ABORT_ABOVE_MAX = cel(
+    "!has(self.abortAt) || self.abortAt > self.max", "abortAt must be greater than max", ".abortAt"
+)
+_ABORT_DESCRIPTION = (
+    "Severe breach: a reading above this (with at least minRequests in the window) rolls back at once, "
+    f"whatever failureLimit. Default {ABORT_FACTOR:g} x max"
+)
+
+
+class _Threshold(StrictModel):
+    max: float
+    abortAt: float | None = None
+
+    @model_validator(mode="after")
+    def _abort_above_max(self) -> _Threshold:
+        if self.abortAt is not None and self.abortAt <= self.max:
+            raise ValueError(f"abortAt: must be greater than max ({self.max:g}), got {self.abortAt:g}")
+        return self
+
+    def abort_at(self) -> float:
+        return self.abortAt if self.abortAt is not None else ABORT_FACTOR * self.max
+
+
+class MaxThreshold(_Threshold):
+    model_config = ConfigDict(json_schema_extra=cel_rules(_ABORT_ABOVE_MAX))
+
     max: float = Field(gt=0, description="Breach when the reading is above this.")
+    abortAt: float | None = Field(None, gt=0, description=_ABORT_DESCRIPTION + ".")
 
 
-class FractionThreshold(StrictModel):
+class FractionThreshold(_Threshold):
+    model_config = ConfigDict(json_schema_extra=cel_rules(_ABORT_ABOVE_MAX))
+
     max: float = Field(gt=0, le=1, description="Breach when the reading is above this (0 < max <= 1).")
+    abortAt: float | None = Field(None, gt=0, le=1, description=_ABORT_DESCRIPTION + " (at most 1).")
+
+    def abort_at(self) -> float:
+        return self.abortAt if self.abortAt is not None else min(1.0, ABORT_FACTOR * self.max)
 
 
 class LoadTest(StrictModel):
