@@ -25,6 +25,17 @@ Render = Callable[..., list[dict[str, Any]]]
 ALL_FEATURES: dict[str, Any] = {
     "watch": {"namespaces": ["team-a", "team-b"]},
     "gatewayAPI": {"enabled": True},
+    "networkPolicy": {
+        "enabled": True,
+        "compression": {
+            "egress": [
+                {
+                    "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+                    "ports": [{"port": 443, "protocol": "TCP"}],
+                }
+            ]
+        },
+    },
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "podMonitor": {"enabled": True},
