@@ -80,3 +80,48 @@ def test_the_three_parsers_agree(tmp_path: Path) -> None:
     job_side = UriResolver(pvc_root=tmp_path).local_path(uri, "--eval")
     assert operator_side == str(job_side) == str(tmp_path / "models" / "digits" / "eval set.npz")
     assert Location(uri).claim == "models"
+
+
+def test_loadgen_resolves_data_by_the_same_rule(tmp_path: Path) -> None:
+    """`kondense loadgen --data` reads the file the rule names, and refuses what it refuses."""
+    import numpy as np
+    import typer
+    from typer.testing import CliRunner
+
+    from kondense.loadgen.cli import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `loadgen` a named subcommand
+    (tmp_path / "models" / "digits").mkdir(parents=True)
+    np.savez(tmp_path / "models" / "digits" / "eval set.npz", x=np.zeros((2, 3), np.float32))
+    common = ["loadgen", "--url", "http://127.0.0.1:9", "--model", "m", "--pvc-root", str(tmp_path)]
+    runner = CliRunner()
+    bad = runner.invoke(app, [*common, "--data", "pvc://Bad_Claim/eval.npz"])
+    assert bad.exit_code == 2 and "--data: pvc://Bad_Claim/eval.npz: claim 'Bad_Claim'" in bad.output
+    escape = runner.invoke(app, [*common, "--data", "pvc://models/%2e%2e/%2e%2e/etc/passwd"])
+    assert escape.exit_code == 2 and "may not contain '..'" in escape.output
+    missing = runner.invoke(app, [*common, "--data", "pvc://models/digits/absent%20set.npz"])
+    assert missing.exit_code == 2 and str(tmp_path / "models" / "digits" / "absent set.npz") in missing.output
+
+
+@pytest.mark.parametrize(
+    ("field", "uri"),
+    [
+        ("baseModel", "pvc://Models/digits/model.onnx"),
+        ("baseModel", "pvc://models/../other/model.onnx"),
+        ("artifacts", "pvc://models_x/out"),
+    ],
+)
+def test_the_resource_refuses_pvc_uris_off_the_rule(field: str, uri: str) -> None:
+    """The operator parses every object with the models: an off-rule URI is Invalid, not a crash later."""
+    import pydantic
+
+    from kondense.api.resource import CompressedModelSpec
+    from kondense_testing.builders import DIGITS
+
+    spec = dict(DIGITS["spec"])
+    spec[field] = {**(spec.get(field) or {}), "uri": uri}
+    with pytest.raises(pydantic.ValidationError) as info:
+        CompressedModelSpec.model_validate(spec)
+    assert uri in str(info.value)
