@@ -315,3 +315,19 @@ def test_unreachable_and_missing_give_clear_errors(servers, tmp_path) -> None:
         resolver(tmp_path, DownloadPolicy()).fetch("http://no-such-host.invalid/m.onnx", "--model")
     with pytest.raises(BadInputError, match="no user:password@"):
         resolver(tmp_path, local_policy()).fetch(f"http://u:p@127.0.0.1:{server.port}/m", "--model")
+
+
+def test_a_hanging_name_lookup_is_bounded_by_the_deadline(tmp_path) -> None:
+    release = threading.Event()
+
+    def stuck(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return ["203.0.113.1"]
+
+    try:
+        with pytest.raises(BadInputError, match=r"looking up slow\.example took too long"):
+            resolver(tmp_path, DownloadPolicy(deadline_s=0.5, resolve=stuck)).fetch(
+                "http://slow.example/m", "--model"
+            )
+    finally:
+        release.set()

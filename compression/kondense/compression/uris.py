@@ -23,6 +23,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -252,6 +253,28 @@ class _Download:
             raise self.fail(f"refusing the redirect from https to plain http ({following})")
         return following
 
+    def _resolve(self, host: str, port: int) -> list[str]:
+        """The host's addresses; the lookup is bounded too (getaddrinfo has no timeout of its own)."""
+        outcome: list[list[str] | BaseException] = []
+
+        def lookup() -> None:
+            try:
+                outcome.append(self.policy.resolve(host, port))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True)
+        worker.start()
+        worker.join(min(self.policy.read_timeout_s, self.remaining()))
+        if not outcome:
+            raise self.fail(f"looking up {host} took too long")
+        result = outcome[0]
+        if isinstance(result, OSError | UnicodeError):
+            raise self.fail(f"cannot resolve {host}: {result}")
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _pinned_request(self, client: httpx.Client, url: str) -> httpx.Request:
         """A request to the checked address of ``url``'s host, with the original Host and TLS name."""
         import httpx
@@ -264,10 +287,7 @@ class _Download:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise self.fail(f"{url} has an invalid port") from None
-        try:
-            addresses = self.policy.resolve(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise self.fail(f"cannot resolve {host}: {exc}") from None
+        addresses = self._resolve(host, port)
         if not addresses:
             raise self.fail(f"{host} resolves to no address")
         for address in addresses:
