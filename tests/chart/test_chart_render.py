@@ -69,7 +69,17 @@ def validate_all(objects: list[dict[str, Any]]) -> set[str]:
 def test_helm_lint_strict_default_and_all_features(helm: str, tmp_path: Path) -> None:
     values = tmp_path / "all.yaml"
     values.write_text(yaml.safe_dump(ALL_FEATURES))
-    for extra in ([], ["--values", str(values)]):
+    cluster_wide = tmp_path / "cluster-wide.yaml"
+    cluster_wide.write_text(
+        yaml.safe_dump(
+            {
+                **ALL_FEATURES,
+                "watch": {"clusterWide": True},
+                "networkPolicy": {"enabled": True, "namespaces": ["ml"]},
+            }
+        )
+    )
+    for extra in ([], ["--values", str(values)], ["--values", str(cluster_wide)]):
         result = run([helm, "lint", "--strict", str(CHART), *extra])
         assert result.returncode == 0, result.stdout + result.stderr
         assert "0 chart(s) failed" in result.stdout
