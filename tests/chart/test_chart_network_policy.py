@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from chart_support import Render, by_kind
+from chart_support import MODEL_HOST_EGRESS, Render, by_kind
 
 from kondense.api.resource import LoadTest
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
@@ -178,17 +178,7 @@ def server_pods(runtime: str) -> list[Pod]:
 def policies(render: Render) -> list[dict[str, Any]]:
     values = {
         "watch": {"namespaces": [NAMESPACE]},
-        "networkPolicy": {
-            "enabled": True,
-            "compression": {
-                "egress": [
-                    {
-                        "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
-                        "ports": [{"port": 443, "protocol": "TCP"}],
-                    }
-                ]
-            },
-        },
+        "networkPolicy": {"enabled": True, "compression": {"egress": MODEL_HOST_EGRESS}},
     }
     return by_kind(render(values), "NetworkPolicy")
 
