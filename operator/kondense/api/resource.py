@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -37,6 +38,7 @@ from kondense.api.techniques import (
     Task,
     Technique,
 )
+from kondense.api.uris import check_uri
 
 GROUP = "kondense.dev"
 VERSION = "v1alpha1"
@@ -87,6 +89,7 @@ Uri = Annotated[
         pattern=URI_PATTERN,
         description="pvc://CLAIM/PATH (mounted from a PersistentVolumeClaim), file://PATH, or http(s)://URL.",
     ),
+    AfterValidator(check_uri),  # the one pvc:// rule (kondense.api.uris); not expressible in OpenAPI
 ]
 
 
@@ -513,11 +516,15 @@ _USES_STATIC_INT8 = (
 class ArtifactsSpec(StrictModel):
     """Where compression Jobs write the variants (must be writable by the Jobs, readable by the servers)."""
 
-    uri: str = Field(
-        max_length=2048,
-        pattern=r"^(pvc|file)://.+$",
-        description="pvc://CLAIM/DIR or file://DIR. Default: a `kondense/` folder beside the base model.",
-    )
+    uri: Annotated[
+        str,
+        Field(
+            max_length=2048,
+            pattern=r"^(pvc|file)://.+$",
+            description="pvc://CLAIM/DIR or file://DIR. Default: a `kondense/` folder beside the base model.",
+        ),
+        AfterValidator(check_uri),
+    ]
 
 
 class CompressedModelSpec(StrictModel):
