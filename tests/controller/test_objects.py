@@ -132,3 +132,25 @@ def test_status_merge_patch_removes_what_is_gone() -> None:
         "selectedVariant": None,
     }
     assert merge_patch(new, new) == {}
+
+
+def test_rollback_sets_the_route_weight_to_zero_before_the_canary_scales_down() -> None:
+    # Gateway API weights are independent of pods: scaling the canary down while the route still sends
+    # it traffic would starve that share. The plan is applied in order.
+    from kondense.api.resource import Phase
+
+    spec = spec_of("minilm")
+    status = canary_status(spec)
+    router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
+    backend = SERVING_BACKENDS[spec.serving.runtime]
+    ctx = ServingContext(spec, OWNER, SETTINGS)
+    stepping = [
+        o["kind"] for o in serving_plan(ctx, topology(spec, status, router.split), backend, router).apply
+    ]
+    assert stepping.index("HTTPRoute") > stepping.index("Deployment")  # pods first when traffic grows
+    status.phase = Phase.ROLLED_BACK
+    plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
+    kinds = [o["kind"] for o in plan.apply]
+    assert kinds[0] == "HTTPRoute"
+    assert [r["weight"] for r in plan.apply[0]["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+    assert ("Deployment", f"{OWNER.name}-canary") in plan.delete

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kondense.api.artifacts import MODEL_FILE, Manifest, Trial
+from kondense.api.artifacts import Manifest, Trial
 from kondense.api.techniques import Technique
 from kondense.compression.errors import BadInputError
 
@@ -104,6 +104,12 @@ def _trial(knob: Knob, value: float, manifest: Manifest | None, budget: float, m
     )
 
 
+def _install(attempt_stage: Path, stage: Path) -> None:
+    """Move the chosen attempt's staged files (the model and any external data) into ``stage``."""
+    for staged in sorted(attempt_stage.iterdir()):
+        shutil.move(staged, stage / staged.name)
+
+
 def fit_budget(
     spec: TargetSpec,
     budget: float | None,
@@ -113,35 +119,35 @@ def fit_budget(
     *,
     retries: int = MAX_RETRIES,
 ) -> Manifest:
-    """Run ``attempt(spec, directory)`` (which leaves ``directory/stage/model.onnx``), backing off
-    as the module docstring says; the chosen attempt's model is moved to ``stage``."""
+    """Run ``attempt(spec, directory)`` (which stages its files in ``directory/stage``), backing off
+    as the module docstring says; the chosen attempt's staged files are moved to ``stage``."""
 
     def run(candidate: TargetSpec, number: int) -> tuple[Manifest, Path]:
         directory = work / f"attempt-{number}"
         directory.mkdir()
-        return attempt(candidate, directory), directory / "stage" / MODEL_FILE
+        return attempt(candidate, directory), directory / "stage"
 
-    first, first_model = run(spec, 0)
+    first, first_stage = run(spec, 0)
     knob = strongest_knob(spec.steps)
     if budget is None or _within(first, budget) or first.metrics.accuracyDelta is None or knob is None:
-        shutil.move(first_model, stage / MODEL_FILE)
+        _install(first_stage, stage)
         return first
 
     trials = [_trial(knob, knob.value, first, budget, "backoff: as given")]
-    best, best_model = first, first_model
+    best, best_stage = first, first_stage
     for number, value in enumerate(schedule(knob, retries), start=1):
         try:
-            manifest, model = run(with_value(spec, knob, value), number)
+            manifest, attempt_stage = run(with_value(spec, knob, value), number)
         except BadInputError as exc:  # e.g. a gentler rank no longer shrinks any layer
             trials.append(_trial(knob, value, None, budget, f"backoff: {exc.problem}"))
             break
         trials.append(_trial(knob, value, manifest, budget, f"backoff {number}/{retries}"))
         delta, best_delta = manifest.metrics.accuracyDelta, best.metrics.accuracyDelta
         if _within(manifest, budget) or (delta is not None and (best_delta is None or delta < best_delta)):
-            best, best_model = manifest, model
+            best, best_stage = manifest, attempt_stage
         if _within(manifest, budget):
             break
-    shutil.move(best_model, stage / MODEL_FILE)
+    _install(best_stage, stage)
     chosen = best.steps[knob.step].params[knob.param] if best is not first else knob.value
     best.trials = [*best.trials, *trials]
     summary: dict[str, Any] = {

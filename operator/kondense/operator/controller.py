@@ -30,6 +30,7 @@ from kondense.operator.naming import (
 from kondense.operator.objects import Owner, compression_job
 from kondense.operator.providers import MetricProvider, PrometheusProvider, read_slis
 from kondense.operator.rollout import (
+    AnalysisDue,
     Event,
     JobObservation,
     JobState,
@@ -37,6 +38,7 @@ from kondense.operator.rollout import (
     World,
     analysis_due,
     compression_hash,
+    continuous_window,
     effective_window,
     reconcile,
     set_condition,
@@ -193,13 +195,19 @@ class Controller:
         )
         backend = SERVING_BACKENDS[spec.serving.runtime]
         router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
-        if analysis_due(spec, current, world, now):
+        due = analysis_due(spec, current, world, now)
+        if due is not AnalysisDue.NONE:
             url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
-            window = effective_window(spec, current, now)
+            if due is AnalysisDue.CONTINUOUS:
+                window = continuous_window(current, now)
+            else:
+                window = effective_window(spec, current, now)
             pods = self._serving_pods(namespace, name, "canary", _canary_sha(current))
             queries = backend.queries(namespace, name, "canary", window, pods)
             world = replace(
-                world, readings=read_slis(self.provider(url or self.settings.prometheus_url), queries)
+                world,
+                readings=read_slis(self.provider(url or self.settings.prometheus_url), queries),
+                due=due,
             )
 
         decision = reconcile(spec, current, generation, world, now)
