@@ -108,3 +108,82 @@ def test_a_pipeline_within_budget_runs_no_extra_trial(digits, tmp_path):
     assert manifest.gate is not None and manifest.gate.passed
     assert manifest.trials == [] and "backoff" not in raw
     assert manifest.steps[0].params["amount"] == 0.3
+
+
+# The search itself, on attempts whose outcome is given (the pipeline tests above run real ones).
+
+
+def scripted_attempts(outcomes):
+    """An ``attempt`` for fit_budget: the low-rank step's rankRatio decides the accuracy delta (or
+    the refusal) of the variant; each attempt stages a model file naming its rankRatio."""
+    from kondense.api.artifacts import ArtifactRef, Manifest, ManifestStep, VariantMetrics
+    from kondense.compression.errors import UnsupportedModelError
+
+    calls = []
+
+    def attempt(spec, directory):
+        ratio = spec.steps[0].params["rankRatio"]
+        calls.append(ratio)
+        outcome = outcomes[ratio]
+        if isinstance(outcome, Exception):
+            raise outcome
+        (directory / "stage").mkdir()
+        (directory / "stage" / "model.onnx").write_text(f"rank {ratio}")
+        (directory / "stage" / "model.onnx.data").write_text(f"weights {ratio}")
+        return Manifest(
+            name=spec.name, task="classification", base=ArtifactRef(sha256="0" * 64, sizeBytes=0),
+            artifact=ArtifactRef(sha256="1" * 64, sizeBytes=1),
+            steps=[ManifestStep(technique=s.technique, params=s.params) for s in spec.steps],
+            metrics=VariantMetrics(accuracyDelta=outcome, sizeRatio=ratio),
+        )  # fmt: skip
+
+    return attempt, calls, UnsupportedModelError
+
+
+def low_rank_spec(budget):
+    return parse_target(
+        {"name": "lr", "technique": "low-rank", "params": {"rankRatio": 0.2}, "maxAccuracyDelta": budget}
+    )
+
+
+def run_search(tmp_path, outcomes, budget):
+    from kondense.compression.backoff import fit_budget
+
+    attempt, calls, _ = scripted_attempts(outcomes)
+    work, stage = tmp_path / "work", tmp_path / "stage"
+    work.mkdir()
+    stage.mkdir()
+    spec = low_rank_spec(budget)
+    manifest = fit_budget(spec, spec.max_accuracy_delta, attempt, work, stage)
+    return manifest, calls, stage
+
+
+def test_search_stops_at_the_first_fit_and_installs_that_attempt(tmp_path):
+    manifest, calls, stage = run_search(tmp_path, {0.2: 0.1, 0.6: 0.02, 0.8: 0.004, 0.9: 0.0}, 0.01)
+    assert calls == [0.2, 0.6, 0.8]
+    assert (stage / "model.onnx").read_text() == "rank 0.8" and (stage / "model.onnx.data").exists()
+    assert [t.withinBudget for t in manifest.trials] == [False, False, True]
+    assert manifest.backoff["chosen"] == 0.8 and manifest.steps[0].params["rankRatio"] == 0.8
+
+
+def test_search_keeps_the_best_attempt_when_none_fits(tmp_path):
+    outcomes = {0.2: 0.5, 0.6: 0.1, 0.8: 0.3, 0.9: 0.2, 0.95: 0.4}
+    manifest, calls, stage = run_search(tmp_path, outcomes, 0.01)
+    assert calls == [0.2, 0.6, 0.8, 0.9, 0.95]  # 1 + MAX_RETRIES attempts, no more
+    assert (stage / "model.onnx").read_text() == "rank 0.6"
+    assert manifest.metrics.accuracyDelta == 0.1 and manifest.backoff["withinBudget"] is False
+
+
+def test_a_refused_gentler_attempt_ends_the_search_and_is_recorded(tmp_path):
+    _, _, refusal = scripted_attempts({})
+    outcomes = {0.2: 0.5, 0.6: 0.1, 0.8: refusal("m.onnx", "rank 103 would not shrink it")}
+    manifest, calls, stage = run_search(tmp_path, outcomes, 0.01)
+    assert calls == [0.2, 0.6, 0.8]
+    assert manifest.trials[-1].message == "backoff: rank 103 would not shrink it"
+    assert manifest.trials[-1].accuracyDelta is None and not manifest.trials[-1].withinBudget
+    assert (stage / "model.onnx").read_text() == "rank 0.6"
+
+
+def test_no_budget_means_one_attempt(tmp_path):
+    manifest, calls, _ = run_search(tmp_path, {0.2: 0.5}, None)
+    assert calls == [0.2] and manifest.trials == []
