@@ -397,3 +397,10 @@ def test_bias_added_after_a_conv_becomes_the_conv_bias_and_writes_back(through_r
     written = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["b"]
     np.testing.assert_allclose(written.reshape(-1), bias + 1.0, rtol=1e-6)
     assert written.shape == inits["b"].shape
+
+
+def test_resize_scales_are_settings_not_trainable_weights():
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear")
+    model = graph_model([node], {"x": X4}, {"s": np.array([1, 1, 2, 2], np.float32)}, ["y"], OPSET)
+    module = build_module(model, "case.onnx")
+    assert list(module.parameters()) == [] and "s" in module.constants

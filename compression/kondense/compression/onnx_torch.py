@@ -1076,6 +1076,10 @@ def _resize_op(b: NodeBuild) -> Callable[..., Any]:
         raise b.refuse(
             f"only spatial resizing is supported (batch and channel scales are {scales[:2].tolist()})"
         )
+    for name in b.ins[1:]:  # roi, scales, sizes: settings, never trainable weights
+        value = b.constant(name)
+        if value is not None:
+            b.module.constants[name] = _tensor(value)
     return partial(_resize, mode=mode, align=align)
 
 
