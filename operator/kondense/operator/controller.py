@@ -28,7 +28,7 @@ from kondense.operator.naming import (
     Names,
 )
 from kondense.operator.objects import Owner, compression_job
-from kondense.operator.providers import MetricProvider, PrometheusProvider, read_slis
+from kondense.operator.providers import ProviderFactory, read_slis
 from kondense.operator.rollout import (
     Event,
     JobObservation,
@@ -116,10 +116,10 @@ class Controller:
     settings: OperatorSettings
     kube: KubeClient
     post_event: EventSink
-    provider_for: Callable[[str], MetricProvider] | None = None
+    providers: ProviderFactory | None = None
 
     def __post_init__(self) -> None:
-        self._providers: dict[str, MetricProvider] = {}
+        self.metric_providers = self.providers or ProviderFactory(self.settings)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -130,14 +130,6 @@ class Controller:
     def forget(self, namespace: str, name: str) -> None:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
-
-    def provider(self, url: str) -> MetricProvider:
-        if url not in self._providers:
-            factory = self.provider_for or (
-                lambda u: PrometheusProvider(u, timeout=self.settings.prometheus_timeout_seconds)
-            )
-            self._providers[url] = factory(url)
-        return self._providers[url]
 
     # ------------------------------------------------------------------------------------------
     def reconcile(
@@ -194,13 +186,11 @@ class Controller:
         backend = SERVING_BACKENDS[spec.serving.runtime]
         router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
         if analysis_due(spec, current, world, now):
-            url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
             window = effective_window(spec, current, now)
             pods = self._serving_pods(namespace, name, "canary", _canary_sha(current))
             queries = backend.queries(namespace, name, "canary", window, pods)
-            world = replace(
-                world, readings=read_slis(self.provider(url or self.settings.prometheus_url), queries)
-            )
+            provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
+            world = replace(world, readings=read_slis(provider, queries))
 
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
@@ -255,6 +245,7 @@ class Controller:
             problems.append(
                 f"spec.rollout.trafficRouting.type: no router for {spec.rollout.trafficRouting.type}"
             )
+        problems += self.metric_providers.problems(spec.rollout.analysis)
         try:
             output = variant_location(spec, namespace, name, "x", "x").uri
         except LocationError as exc:
