@@ -37,6 +37,7 @@ from kondense.api.techniques import (
     Task,
     Technique,
 )
+from kondense.operator.naming import MODEL_NAME_MAX
 
 GROUP = "kondense.dev"
 VERSION = "v1alpha1"
@@ -721,10 +722,50 @@ class CompressedModelStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+# metadata.name: the operator puts it in Service names and label values, so it must be a DNS-1035
+# label short enough that every derived child name and label value fits (computed in naming).
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MODEL_NAME_MESSAGE = (
+    f"must be a DNS-1035 label of at most {MODEL_NAME_MAX} characters (lower-case letters, digits and "
+    "'-', starting with a letter and ending with a letter or digit): the operator derives Service names "
+    "and label values from it"
+)
+MODEL_NAME_RULE = cel(
+    f"!has(self.metadata.name) || (size(self.metadata.name) <= {MODEL_NAME_MAX}"
+    f" && self.metadata.name.matches('{DNS1035_LABEL}'))",
+    f"metadata.name {MODEL_NAME_MESSAGE}",
+    ".metadata.name",
+)
+
+
+def model_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a CompressedModel (None: it can)."""
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if len(name) > MODEL_NAME_MAX or not re.fullmatch(DNS1035_LABEL, name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        return f"{shown!r} {MODEL_NAME_MESSAGE}"
+    return None
+
+
+def _model_name(value: Any) -> str:
+    problem = model_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return str(value)
+
+
+ModelName = Annotated[
+    str,
+    PlainValidator(_model_name),
+    WithJsonSchema({"type": "string", "maxLength": MODEL_NAME_MAX, "pattern": DNS1035_LABEL}),
+]
+
+
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: Name | None = None
+    name: ModelName | None = None
     namespace: str | None = None
 
 

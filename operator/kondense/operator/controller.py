@@ -10,14 +10,21 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from kondense.api.artifacts import JobResult
-from kondense.api.resource import CompressedModelSpec, CompressedModelStatus, Phase
+from kondense.api.resource import (
+    CompressedModelSpec,
+    CompressedModelStatus,
+    Phase,
+    VariantPhase,
+    model_name_problem,
+)
 from kondense.api.validation import field_errors
 from kondense.operator import metrics
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
-from kondense.operator.kube import KubeClient, StatusConflict
+from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
 from kondense.operator.naming import (
     HASH_LABEL,
@@ -140,6 +147,7 @@ class Controller:
         repeat a decision). One reconcile per object at a time; None when the object is gone or
         changed under us (the next tick redoes it)."""
         started = time.perf_counter()
+        body: dict[str, Any] | None = None
         with self._lock(namespace, name):
             try:
                 body = self.kube.get_cmodel(namespace, name)
@@ -149,6 +157,12 @@ class Controller:
             except StatusConflict:
                 log.info("%s/%s changed while reconciling; retrying on the next tick", namespace, name)
                 return None
+            except ApiException as exc:
+                # a 4xx on a read (e.g. RBAC): on the resource, not only in the log
+                rejected = rejection(exc, "request", namespace, name)
+                if rejected is None or body is None:
+                    raise
+                return self._api_refused(body, rejected, now or datetime.now(UTC))
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -158,6 +172,9 @@ class Controller:
         generation = meta.get("generation")
         current = CompressedModelStatus.model_validate(body.get("status") or {})
         ts = now.isoformat().replace("+00:00", "Z")
+        bad_name = model_name_problem(name)
+        if bad_name is not None:  # a CRD without the CEL rule (or an older one) let it in
+            return self._invalid(body, current, [f"metadata.name: {bad_name}"], ts)
         try:
             spec = CompressedModelSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
@@ -201,20 +218,36 @@ class Controller:
         if status != current:
             self._write_status(body, status)
 
+        rejected: list[ChildRejected] = []
         for variant in decision.create_jobs:
             job = compression_job(spec, owner, self.settings, spec_hash, variant)
-            if self.kube.create(job):
-                log.info("created Job %s/%s", namespace, job["metadata"]["name"])
-        if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
-            self._delete_stale_jobs(namespace, name, spec_hash)
+            try:
+                if self.kube.create(job):
+                    log.info("created Job %s/%s", namespace, job["metadata"]["name"])
+            except ChildRejected as exc:
+                rejected.append(exc)
+                self._fail_variant(status, variant, exc)
+        try:
+            if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
+                self._delete_stale_jobs(namespace, name, spec_hash)
+        except ChildRejected as exc:
+            rejected.append(exc)
 
         ctx = ServingContext(spec, owner, self.settings)
         plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
         for obj in plan.apply:
             obj["metadata"].setdefault("namespace", namespace)
-            self.kube.apply(obj)
+            try:
+                self.kube.apply(obj)
+            except ChildRejected as exc:
+                rejected.append(exc)
+                status.phase = Phase.FAILED  # the serving topology cannot be what status says
         for kind, obj_name in plan.delete:
-            self.kube.delete(kind, obj_name, namespace)
+            try:
+                self.kube.delete(kind, obj_name, namespace)
+            except ChildRejected as exc:
+                rejected.append(exc)
+        self._report_rejections(body, status, rejected, ts, decision.events)
 
         for event in decision.events:
             self.post_event(body, event)
@@ -224,10 +257,75 @@ class Controller:
     def _write_status(self, body: dict[str, Any], status: CompressedModelStatus) -> None:
         meta = body["metadata"]
         stored = body.get("status") or {}
-        patch = merge_patch(stored, status.model_dump(mode="json", exclude_none=True))
+        written = status.model_dump(mode="json", exclude_none=True)
+        patch = merge_patch(stored, written)
         if patch:
             # resourceVersion precondition: a concurrent writer makes this a 409, not a lost update
-            self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+            version = self.kube.patch_status(
+                meta["namespace"], meta["name"], patch, meta.get("resourceVersion")
+            )
+            # a second write in the same reconcile (a rejected child) builds on this one
+            body["status"] = written
+            if version:
+                meta["resourceVersion"] = version
+
+    # ------------------------------------------------------------------------------------------
+    # 4xx from the API server: a condition on the resource and a phase that says so, never a
+    # silent retry loop with the error only in the log
+
+    @staticmethod
+    def _fail_variant(status: CompressedModelStatus, variant: str, exc: ChildRejected) -> None:
+        for v in [status.base, *status.variants]:
+            if v is not None and v.name == variant:
+                v.phase, v.reason = VariantPhase.FAILED, "JobRejected"
+                v.message = f"the API server refused its Job: {exc}"[:4096]
+
+    def _report_rejections(
+        self,
+        body: dict[str, Any],
+        status: CompressedModelStatus,
+        rejected: list[ChildRejected],
+        ts: str,
+        events: list[Event],
+    ) -> None:
+        generation = body["metadata"].get("generation")
+        applied = next((c for c in status.conditions if c.type == "Applied"), None)
+        if not rejected:
+            if applied is not None and applied.status == "False":
+                set_condition(
+                    status, "Applied", True, "Applied", "every child object applied", ts, generation
+                )
+                self._write_status(body, status)
+            return
+        first = rejected[0]
+        message = "; ".join(str(exc) for exc in rejected)[:4096]
+        set_condition(status, "Applied", False, first.reason or "Rejected", message, ts, generation)
+        if status.phase is Phase.FAILED:
+            status.message = f"rejected by the API server: {message}"[:4096]
+            set_condition(status, "Ready", False, Phase.FAILED.value, status.message, ts, generation)
+        self._write_status(body, status)
+        if applied is None or applied.status != "False" or applied.message != message:
+            events.append(Event("Warning", "Rejected", message))
+            log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
+
+    def _api_refused(
+        self, body: dict[str, Any], exc: ChildRejected, now: datetime
+    ) -> CompressedModelStatus | None:
+        """A 4xx on a read: reported on the resource (the next tick tries again)."""
+        try:
+            current = CompressedModelStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            return None
+        status = current.model_copy(deep=True)
+        ts = now.isoformat().replace("+00:00", "Z")
+        message = f"the API server refused a request: {exc.code} {exc.reason}: {exc.api_message}"[:4096]
+        set_condition(
+            status, "Applied", False, exc.reason or "Refused", message, ts, body["metadata"].get("generation")
+        )
+        if status != current:
+            self._write_status(body, status)
+            self.post_event(body, Event("Warning", "Refused", message))
+        return status
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
