@@ -163,3 +163,19 @@ def test_a_name_the_api_would_refuse_for_children_is_invalid_before_anything_is_
     assert invalid["status"] == "True" and invalid["message"].startswith("metadata.name: '1st.digits'")
     assert body["status"]["phase"] == "Failed"
     assert client.BatchV1Api().list_namespaced_job(NS).items == []
+
+
+def test_a_status_edited_into_garbage_is_repaired_not_a_crash_every_tick(harness: Harness) -> None:
+    harness.create("digits")
+    harness.reconcile("digits")
+    custom = client.CustomObjectsApi()
+    garbage = {"status": {"phase": "Bogus", "canary": {"weight": 500, "checks": [{"time": 1}]},
+                          "variants": "not a list"}}  # fmt: skip
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "digits", garbage)
+    body = harness.reconcile("digits")  # no ValidationError escapes
+    assert any(e.reason == "BadStatus" and "status.phase" in e.message for e in harness.events)
+    assert body["status"]["phase"] in ("Compressing", "Pending")
+    assert (body["status"].get("canary") or {}).get("weight", 0) == 0  # the default, not 500
+    harness.events.clear()
+    harness.reconcile("digits")
+    assert not any(e.reason == "BadStatus" for e in harness.events)  # repaired once, then quiet

@@ -317,3 +317,29 @@ def test_naive_or_garbage_timestamps_in_status_never_stop_the_loop() -> None:
 
 def test_infinite_reading_constant_is_finite() -> None:
     assert math.isfinite(INFINITE_READING)
+
+
+@pytest.mark.parametrize(
+    ("raw", "dropped"),
+    [
+        ({"phase": "Canary"}, []),
+        ({"phase": "Bogus"}, ["status.phase"]),
+        ({"canary": {"weight": 500, "step": 1}}, ["status.canary.weight"]),
+        (
+            {"canary": {"checks": [{"time": "t", "sli": "x", "passed": True}, {"time": 1}]}},
+            ["status.canary.checks[1].time", "status.canary.checks[1]"],
+        ),
+        (
+            {"variants": "nope", "conditions": [{"type": "Ready"}]},
+            ["status.variants", "status.conditions[0]"],
+        ),
+        ([1, 2], ["status"]),
+        (None, []),
+    ],
+)
+def test_a_stored_status_is_read_without_its_bad_fields(raw: Any, dropped: list[str]) -> None:
+    from kondense.operator.controller import parse_status
+
+    status, gone = parse_status(raw)
+    assert gone == dropped
+    assert isinstance(status, CompressedModelStatus)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from kondense.api.resource import (
     VariantPhase,
     model_name_problem,
 )
-from kondense.api.validation import field_errors
+from kondense.api.validation import field_errors, join_path
 from kondense.operator import metrics
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
 from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
@@ -105,6 +106,44 @@ def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | N
     return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled)
 
 
+def parse_status(raw: Any) -> tuple[CompressedModelStatus, list[str]]:
+    """The stored status as the models read it, minus the fields that do not validate (anyone with
+    access to the status subresource can write anything there): each bad field is dropped (a missing
+    required field drops the object holding it) and its path returned, so one bad value never stops
+    every reconcile."""
+    data: Any = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    dropped: list[str] = [] if isinstance(raw, dict) or raw is None else ["status"]
+    for _ in range(64):
+        try:
+            return CompressedModelStatus.model_validate(data), dropped
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = tuple(error["loc"])
+            if error["type"] == "missing":
+                loc = loc[:-1]
+            if not loc or not _drop(data, loc):
+                break
+            dropped.append(join_path(("status", *loc)))
+    return CompressedModelStatus(), [*dropped, "status"]
+
+
+def _drop(data: Any, loc: tuple[int | str, ...]) -> bool:
+    node = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    last = loc[-1]
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    if isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        del node[last]
+        return True
+    return False
+
+
 def merge_patch(old: Any, new: Any) -> Any:
     """The RFC 7386 merge patch that turns ``old`` into ``new`` (removed keys become null)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -170,7 +209,11 @@ class Controller:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
-        current = CompressedModelStatus.model_validate(body.get("status") or {})
+        current, dropped = parse_status(body.get("status"))
+        if dropped:
+            message = "status fields that do not validate were dropped: " + ", ".join(dropped)[:900]
+            log.warning("%s/%s: %s", namespace, name, message)
+            self.post_event(body, Event("Warning", "BadStatus", message))
         ts = now.isoformat().replace("+00:00", "Z")
         bad_name = model_name_problem(name)
         if bad_name is not None:  # a CRD without the CEL rule (or an older one) let it in
@@ -214,8 +257,9 @@ class Controller:
         for cond in list(status.conditions):
             if cond.type == "Invalid":
                 status.conditions.remove(cond)
-        # the decision is on the resource before anything acts on it (restart safety)
-        if status != current:
+        # the decision is on the resource before anything acts on it (restart safety); a repaired
+        # status is written even when unchanged since, so the dropped fields leave the stored one
+        if status != current or dropped:
             self._write_status(body, status)
 
         rejected: list[ChildRejected] = []
@@ -312,10 +356,7 @@ class Controller:
         self, body: dict[str, Any], exc: ChildRejected, now: datetime
     ) -> CompressedModelStatus | None:
         """A 4xx on a read: reported on the resource (the next tick tries again)."""
-        try:
-            current = CompressedModelStatus.model_validate(body.get("status") or {})
-        except ValidationError:
-            return None
+        current, _ = parse_status(body.get("status"))
         status = current.model_copy(deep=True)
         ts = now.isoformat().replace("+00:00", "Z")
         message = f"the API server refused a request: {exc.code} {exc.reason}: {exc.api_message}"[:4096]
