@@ -15,6 +15,7 @@ from typing import Any
 import kmock
 import pytest
 from kubernetes import client, config
+from prometheus_client import REGISTRY
 
 from kondense.api.crd import crd
 from kondense.localcluster.apiserver import LocalAPIServer
@@ -111,6 +112,7 @@ def test_a_refused_job_fails_its_variant_with_the_api_message_and_is_not_retried
     variants = {v["name"]: v for v in [body["status"]["base"], *body["status"]["variants"]]}
     assert all(v["phase"] == "Failed" and v["reason"] == "JobRejected" for v in variants.values())
     assert any(e.reason == "Rejected" and e.type == "Warning" for e in harness.events)
+    assert REGISTRY.get_sample_value("kondense_child_rejections_total", {"kind": "Job", "reason": "Invalid"})
     body = harness.reconcile("digits")
     assert body["status"]["phase"] == "Failed"
     assert "could not be prepared" in body["status"]["message"]

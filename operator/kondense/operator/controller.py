@@ -341,6 +341,8 @@ class Controller:
                 )
                 self._write_status(body, status)
             return
+        for exc in rejected:
+            metrics.CHILD_REJECTIONS.labels(kind=exc.kind, reason=exc.reason or str(exc.code)).inc()
         first = rejected[0]
         message = "; ".join(str(exc) for exc in rejected)[:4096]
         set_condition(status, "Applied", False, first.reason or "Rejected", message, ts, generation)
