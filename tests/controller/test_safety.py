@@ -4,12 +4,15 @@ they decide anything. Pure: the state machine and the analysis, driven with obse
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kondense.api.artifacts import ArtifactRef, JobResult, VariantMetrics
 from kondense.api.resource import (
@@ -343,3 +346,25 @@ def test_a_stored_status_is_read_without_its_bad_fields(raw: Any, dropped: list[
     status, gone = parse_status(raw)
     assert gone == dropped
     assert isinstance(status, CompressedModelStatus)
+
+
+ANY_READING = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=ANY_READING, p99=ANY_READING, err=ANY_READING, acc=ANY_READING)
+def test_no_reading_from_outside_breaks_or_fools_the_analysis(
+    requests: float | None, p99: float | None, err: float | None, acc: float | None
+) -> None:
+    values = {SLI.REQUESTS: requests, SLI.P99_LATENCY_MS: p99, SLI.ERROR_RATE: err, SLI.ACCURACY_DELTA: acc}
+    result = analyse(GATES, [Reading(sli, value) for sli, value in values.items()], "t")
+    json.dumps([c.model_dump(mode="json") for c in result.checks], allow_nan=False)  # status stays JSON
+    usable = {sli: v is not None and not math.isnan(v) and v >= 0 for sli, v in values.items()}
+    if result.verdict is Verdict.PASS:
+        assert all(usable.values()) and requests is not None and math.isfinite(requests)
+        assert requests >= GATES.minRequests
+        assert p99 is not None and p99 <= 50 and err is not None and err <= 0.01
+        assert acc is not None and acc <= 0.02
+    enough = usable[SLI.REQUESTS] and requests is not None and math.isfinite(requests) and requests >= 20
+    if enough and p99 == math.inf:
+        assert result.verdict is Verdict.FAIL  # +Inf p99 breaches, whatever else is missing
