@@ -181,3 +181,20 @@ def test_a_status_edited_into_garbage_is_repaired_not_a_crash_every_tick(harness
     harness.events.clear()
     harness.reconcile("digits")
     assert not any(e.reason == "BadStatus" for e in harness.events)  # repaired once, then quiet
+
+
+def test_a_child_deleted_between_read_and_patch_is_not_a_rejection(harness: Harness) -> None:
+    kube = KubeClient()
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "c", "namespace": NS},
+        "data": {"a": "1"},
+    }
+    assert kube.apply(copy.deepcopy(cm)) == "created"
+    (
+        harness.api.emulator[kmock.action.UPDATE, kmock.resource("", "v1", "configmaps")]
+        << 404
+        << status_body(404, "NotFound", 'configmaps "c" not found')
+    )
+    assert kube.apply({**cm, "data": {"a": "2"}}) == "gone"  # the next tick creates it again

@@ -115,7 +115,7 @@ class KubeClient:
         raise ValueError(f"unsupported kind {kind}")
 
     def apply(self, obj: dict[str, Any]) -> str:
-        """Create, or merge-patch when what we own differs. Returns created|patched|unchanged.
+        """Create, or merge-patch when what we own differs. Returns created|patched|unchanged|gone.
         Raises ChildRejected when the API server refuses the object with a 4xx."""
         meta = obj["metadata"]
         with _rejecting(obj["kind"], meta.get("namespace", ""), meta.get("name", "")):
@@ -144,7 +144,12 @@ class KubeClient:
         wanted["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
         if not _subset_differs(wanted, current):
             return "unchanged"
-        patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+        try:
+            patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return "gone"  # deleted since it was read (not a rejection): the next tick creates it
         return "patched"
 
     def delete(self, kind: str, name: str, namespace: str) -> bool:
