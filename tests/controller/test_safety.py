@@ -368,3 +368,26 @@ def test_no_reading_from_outside_breaks_or_fools_the_analysis(
     enough = usable[SLI.REQUESTS] and requests is not None and math.isfinite(requests) and requests >= 20
     if enough and p99 == math.inf:
         assert result.verdict is Verdict.FAIL  # +Inf p99 breaches, whatever else is missing
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_termination_message_with_a_non_finite_delta_fails_the_variant(literal: str) -> None:
+    from kondense.operator.controller import job_observation
+
+    good = job_result("int8", delta=0.004).model_dump_json()
+    message = good.replace('"accuracyDelta":0.004', f'"accuracyDelta":{literal}')
+    assert literal in message
+    job = {"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}
+    pod = {
+        "metadata": {"name": "p", "creationTimestamp": "2026-11-22T10:00:00Z"},
+        "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message}}}]},
+    }
+    jobs = good_jobs()
+    jobs["int8"] = job_observation(job, [pod])
+    driver = Driver(CompressedModelSpec.model_validate(DIGITS["spec"]), jobs)
+    driver.tick(World())
+    driver.tick(World(jobs=jobs))
+    int8 = next(v for v in driver.status.variants if v.name == "int8")
+    assert int8.phase is VariantPhase.FAILED and int8.reason == "InvalidMetrics"
+    assert "metrics.accuracyDelta" in (int8.message or "")
+    json.loads(driver.status.model_dump_json())  # and status stays JSON
