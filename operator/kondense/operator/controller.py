@@ -197,6 +197,8 @@ class Controller:
                 log.info("%s/%s changed while reconciling; retrying on the next tick", namespace, name)
                 return None
             except ApiException as exc:
+                if exc.status == 404 and self.kube.get_cmodel(namespace, name) is None:
+                    return None  # deleted while we reconciled it
                 # a 4xx on a read (e.g. RBAC): on the resource, not only in the log
                 rejected = rejection(exc, "request", namespace, name)
                 if rejected is None or body is None:
