@@ -10,11 +10,13 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch is installed first and alone, pinned, so nothing resolves a CUDA build from the registry.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package of the dev environment; localcluster/ is its own distribution
+# (kondense-localcluster, the `dev` extra's local cluster and `kondense demo`), installed from here.
+$(STAMP): pyproject.toml localcluster/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ./localcluster -e '.[dev]'
 	touch $@
 
 # System tools the tests drive for real: Prometheus (+promtool) from Debian, helm/kubectl from PyPI.
