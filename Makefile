@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools test lint typecheck unit crd demo clean
+.PHONY: setup tools test test-fast lint typecheck unit crd demo clean lock
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ typecheck: setup
 
 test: setup tools lint typecheck
 	$(VENV)/bin/pytest
+
+# The hashed lock files the images install (requirements/lock.py): after a change to pyproject.toml
+# or constraints.txt. TORCH_INDEX=https://download.pytorch.org/whl/cpu also rewrites torch-cpu.lock.
+TORCH_INDEX ?=
+lock: setup
+	$(PY) requirements/lock.py $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 crd: setup
 	$(VENV)/bin/kondense crd > crds/compressedmodels.kondense.dev.yaml
