@@ -33,6 +33,12 @@ typecheck: setup
 test: setup tools lint typecheck
 	$(VENV)/bin/pytest
 
+# The unit and in-process tests only (under two minutes): tests/conftest.py marks the rest (real
+# compression runs, model servers, Prometheus, the operator as a process, local-cluster scenarios, kind).
+FAST_MARKERS := not slow and not localcluster and not integration and not e2e
+test-fast: setup tools
+	$(VENV)/bin/pytest -m "$(FAST_MARKERS)"
+
 # The hashed lock files the images install (requirements/lock.py): after a change to pyproject.toml
 # or constraints.txt. TORCH_INDEX=https://download.pytorch.org/whl/cpu also rewrites torch-cpu.lock.
 TORCH_INDEX ?=
