@@ -39,14 +39,14 @@ IMAGE_ENVIRONMENT = {
 }  # fmt: skip
 
 
-def build_wheel(project: Path, out: Path) -> Path:
+def build_wheel(project: Path, out: Path, kind: str = "wheel") -> Path:
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(project)],
+        [sys.executable, "-m", "build", f"--{kind}", "--no-isolation", "--outdir", str(out), str(project)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (wheel,) = out.glob("*.whl")
-    return wheel
+    (built,) = out.glob("*.whl" if kind == "wheel" else "*.tar.gz")
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,16 @@ def test_kondense_wheel_registers_its_areas_and_needs_no_local_cluster_packages(
     for extra in ("operator", "compression", "serving"):
         assert not local_cluster_only & (runtime | by_extra[extra]), extra
     assert "kondense-localcluster" in by_extra["dev"]
+
+
+def test_kondense_sdist_leaves_the_local_cluster_out(tmp_path: Path) -> None:
+    import tarfile
+
+    sdist = build_wheel(REPO, tmp_path, kind="sdist")
+    with tarfile.open(sdist) as archive:
+        names = [n.split("/", 1)[1] for n in archive.getnames() if "/" in n]
+    assert "pyproject.toml" in names and "operator/kondense/cli.py" in names
+    assert not [n for n in names if n.startswith("localcluster")]
 
 
 def test_localcluster_wheel_is_the_local_cluster_only(localcluster_wheel: Path) -> None:
