@@ -121,6 +121,7 @@ class OnnxRuntimeBackend:
             "serve",
             "--model", artifact_dir(t.artifact.uri, settings),
             "--name", ctx.owner.name,
+            "--expected-sha256", t.artifact.sha256,
             "--variant", track,
             "--port", str(port),
         ]  # fmt: skip

@@ -32,9 +32,22 @@ def serve(
         int | None,
         typer.Option(min=1, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)."),
     ] = None,
+    expected_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--expected-sha256",
+            help="The artifact digest recorded when it was built (the operator passes status' sha256): "
+            "model.onnx and its external data must match it and the manifest, or the server never gets "
+            "ready. Required unless --no-verify.",
+        ),
+    ] = None,
     no_verify: Annotated[
         bool,
-        typer.Option("--no-verify", help="Serve even without a manifest.json or with a sha256 mismatch."),
+        typer.Option(
+            "--no-verify",
+            help="Local use only: serve without --expected-sha256, without a manifest.json or with a "
+            "digest mismatch (logged).",
+        ),
     ] = False,
     shadow_of: Annotated[
         str | None,
@@ -104,7 +117,7 @@ def serve(
     if shadow_of is None and (shadow_sample is not None or task is not None):
         raise _fail("--shadow-sample and --task only apply with --shadow-of")
     try:
-        artifact = check_artifact(model, verify=not no_verify)
+        artifact = check_artifact(model, verify=not no_verify, expected_sha256=expected_sha256)
     except ArtifactError as exc:
         raise _fail(f"{exc}; refusing to serve") from None
 
