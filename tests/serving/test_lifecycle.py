@@ -23,6 +23,7 @@ from kondense.serving.artifact import ArtifactError, check_artifact
 from kondense.serving.batching import DynamicBatcher
 from kondense.serving.model import OnnxModel
 from kondense_testing.onnx_models import manifest_digest
+from kondense_testing.procfs import children
 
 from .conftest import KONDENSE, Digits, expected_digest_args, free_port, running_server, start_server
 
@@ -225,3 +226,34 @@ def test_serving_module_entry_point_is_kondense_serve() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--shadow-of" in result.stdout and "--max-batch-size" in result.stdout
+
+
+def test_decode_workers_never_outlive_the_server(digits: Digits) -> None:
+    """The decode worker process ends with the server, even when the server is SIGKILLed (OOM kill)."""
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        server = start_server(digits.directory, "digits")
+        descendants = _descendants(server.process.pid)
+        assert descendants, "the server should have started its decode worker"
+        server.process.send_signal(how)
+        server.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while (alive := [pid for pid in descendants if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"left behind after {how.name}: {alive}"
+        server.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        pending += (kids := children(pending.pop()))
+        found += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

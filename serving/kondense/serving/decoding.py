@@ -11,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +34,21 @@ def _warm() -> int:
     return 0
 
 
+def _worker_init(parent: int) -> None:
+    """In each worker: leave signals to the server (it stops the workers after its graceful shutdown,
+    whether the signal reached only it, as in Kubernetes, or its whole process group) and exit if the
+    server dies without stopping them (SIGKILL, OOM)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="kondense-decode-orphan-watch", daemon=True).start()
+
+
 class ProcessDecoder:
     """``decode_request`` on ``workers`` spawned processes (spawn: the server has threads)."""
 
@@ -38,7 +57,12 @@ class ProcessDecoder:
         self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
 
     async def start(self) -> None:
         self._pool = self._new_pool()
