@@ -190,32 +190,39 @@ class Footprint:
     peak_memory_mb: float | None  # peak RSS growth while loading and running, median; None: not measurable
 
 
+def _proc_status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(field_name + ":"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def _footprint_in_this_process(
     model: str, feed_file: str, runs: int, threads: int
 ) -> dict[str, float | None]:
-    """Runs in a fresh interpreter: RSS before the load, load time, peak RSS after ``runs`` inferences."""
-    import resource
+    """Runs in a fresh interpreter: RSS before the load, load time, peak RSS after ``runs`` inferences.
 
+    The peak is ``VmHWM`` of this process (not ``ru_maxrss``, which Linux carries over from the parent
+    across fork+exec), reset after the imports when the kernel allows (``/proc/self/clear_refs``).
+    """
     import onnxruntime  # noqa: F401  # imported before the baseline so its own pages are not counted
 
     with np.load(feed_file, allow_pickle=False) as npz:
         feed = {name: npz[name] for name in npz.files}
-
-    def rss_kib() -> int | None:
-        try:
-            with open("/proc/self/status", encoding="ascii") as fh:
-                return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-        except (OSError, StopIteration, ValueError):
-            return None
-
-    before = rss_kib()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # reset the peak-RSS mark to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass  # the mark then includes the imports: a slight over-estimate, same for base and variant
+    before = _proc_status_kib("VmRSS")
     start = time.perf_counter()
     session = open_session(model, threads=threads)
     load_ms = (time.perf_counter() - start) * 1000.0
     for _ in range(runs):
         session.run(None, feed)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    peak = None if before is None else max(peak_kib - before, 0) / 1024.0
+    peak_kib = _proc_status_kib("VmHWM")
+    peak = None if before is None or peak_kib is None else max(peak_kib - before, 0) / 1024.0
     return {"loadMs": load_ms, "peakMemoryMB": peak}
 
 
@@ -224,8 +231,8 @@ def measure_footprint(
 ) -> list[Footprint]:
     """Load time and peak memory of each model, each measured in a fresh process, rounds interleaved.
 
-    Peak memory is the child's peak resident set (``ru_maxrss``) over its resident set just before
-    the load (after importing ONNX Runtime): weights, arenas and the buffers of ``runs`` batch-1
+    Peak memory is the child's peak resident set (``VmHWM``) over its resident set just before the
+    load (after importing ONNX Runtime): weights, arenas and the buffers of ``runs`` batch-1
     inferences on the first sample. A fresh process per measurement keeps one model's freed pages
     from hiding the next one's growth. Where ``/proc`` is missing, ``peak_memory_mb`` is None.
     """
