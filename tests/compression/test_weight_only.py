@@ -16,6 +16,7 @@ from kondense.api.techniques import Task
 from kondense.compression.data import load_npz
 from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference
+from kondense.compression.job import hardware_summary
 from kondense.compression.passes import PassContext, pass_for
 from kondense.compression.passes.weight_only import (
     WeightOnlyConfig,
@@ -210,6 +211,11 @@ def test_without_budget_one_trial_and_no_budget_verdict(tmp_path, encoder):
     assert manifest.gate is not None and manifest.gate.verdict == "no budget"
     assert '"verdict": "no budget"' in (tmp_path / "wo" / "manifest.json").read_text()
     assert manifest.metrics.sizeRatio is not None and manifest.metrics.sizeRatio < 0.3
+    # the evaluation hardware goes to the manifest and, shortened, to the Job's result for status
+    hardware = manifest.evaluation["hardware"]  # type: ignore[attr-defined]
+    assert hardware["executionProvider"] == "CPUExecutionProvider" and "isa" in hardware
+    summary = hardware_summary(manifest)
+    assert summary and "ORT" in summary and len(summary) <= 160
 
 
 def test_tuner_raises_the_most_sensitive_nodes_to_eight_bits_until_within_budget(tmp_path, encoder):

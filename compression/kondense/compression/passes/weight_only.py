@@ -9,7 +9,7 @@ quantizer, int8 written here (ORT's quantizer refuses 8-bit Gather; the op accep
 ``bits=8``).
 
 int4 embeddings need opset 21 (the int4 tensor type). ORT's quantizer only *sets* the opset import to
-21 without converting the graph, so a ``ReduceL2``/``ReduceMean`` exported at opset < 18 keeps its
+21 without converting the graph (the forced upgrade came with Gather support, microsoft/onnxruntime#21697), so a ``ReduceL2``/``ReduceMean`` exported at opset < 18 keeps its
 ``axes`` attribute, which opset 18 moved to an input: the model is invalid. ``upgrade_opset_for_int4``
 converts those nodes first (attribute -> constant input), so the quantizer's bump is a no-op. The
 upstream fix that would remove this: ``MatMulNBitsQuantizer.process`` converting with
