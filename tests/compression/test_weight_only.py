@@ -22,6 +22,7 @@ from kondense.compression.passes.weight_only import (
     WeightOnlyConfig,
     default_opset,
     quantize_weight_only,
+    rank_for_eight_bits,
     upgrade_opset_for_int4,
     weight_nodes,
 )
@@ -178,6 +179,23 @@ def test_eight_bit_nodes_and_excluded_nodes(tmp_path):
     assert by_name["l2/down"].op_type == "MatMul"  # kept in float32
     assert helper.get_node_attr_value(by_name["embed_Q8"], "bits") == 8
     assert cosine(run_model(model, IDS), run_model(base, IDS)) > 0.95
+
+
+def test_nodes_are_raised_by_accuracy_gained_per_byte():
+    scored = [
+        (0.004, 0.04, "big-sensitive"),  # 0.1 per unit of size
+        (0.002, 0.01, "small-sensitive"),  # 0.2 per unit: first
+        (0.0, 0.01, "useless"),
+        (-0.001, 0.01, "noise"),
+        (0.001, 0.01, "small-mild"),  # 0.1, tie with big-sensitive: by name
+    ]
+    assert rank_for_eight_bits(scored) == [
+        "small-sensitive",
+        "big-sensitive",
+        "small-mild",
+        "useless",
+        "noise",
+    ]
 
 
 def test_pass_refuses_unknown_nodes_and_graphs_without_weights(tmp_path, encoder):

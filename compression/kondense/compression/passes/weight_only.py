@@ -18,8 +18,9 @@ upstream fix that would remove this: ``MatMulNBitsQuantizer.process`` converting
 
 Tuning (``tune`` on and a budget known): the first trial is the configuration as asked. If it misses
 the budget, each 4-bit node's sensitivity is measured on a subset of the evaluation data (that node
-alone at 8 bits, the others at 4) and the most sensitive are moved to 8 bits, the smallest count that
-meets the budget found by doubling then bisecting, each measured on the full set. Every trial is
+alone at 8 bits, the others at 4) with the bytes that costs, and nodes are moved to 8 bits in order of
+accuracy gained per byte added; the smallest count that meets the budget is found by doubling then
+bisecting, each count measured on the full set. Every trial is
 recorded. If none meets the budget, the most accurate full-set trial is kept and the result says so.
 """
 
@@ -356,6 +357,19 @@ def save_model(model: Any, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def rank_for_eight_bits(scored: list[tuple[float, float, str]]) -> list[str]:
+    """Order nodes for raising to 8 bits: accuracy gained per byte added first (the greedy knapsack
+    order, so the budget is met with the smallest file), then nodes that gained nothing measurable.
+
+    ``scored`` holds (gain in accuracy delta, added size as a fraction of the base, node name).
+    """
+    helpful = [s for s in scored if s[0] > 0]
+    rest = [s for s in scored if s[0] <= 0]
+    helpful.sort(key=lambda s: (-s[0] / max(s[1], 1e-9), s[2]))
+    rest.sort(key=lambda s: (-s[0], s[1], s[2]))
+    return [node for _, _, node in helpful + rest]
+
+
 @register
 class WeightOnlyPass(Pass):
     technique: ClassVar[Technique] = Technique.WEIGHT_ONLY
@@ -470,14 +484,15 @@ class WeightOnlyPass(Pass):
             probe_base = attempt(base, probe_reference, "sensitivity baseline")
             trials[-1].withinBudget = False
         context.progress.advance()
-        gains: list[tuple[float, str]] = []
+        base_size = trials[0].sizeRatio or 0.0
+        scored: list[tuple[float, float, str]] = []  # (gain, size cost, node)
         for node in candidates:
             delta = attempt(replace(base, eight_bit=(node,)), probe_reference, f"sensitivity of {node}")
             trials[-1].withinBudget = False  # a probe is never the artifact
-            gains.append((probe_base - delta, node))
+            scored.append((probe_base - delta, (trials[-1].sizeRatio or 0.0) - base_size, node))
             context.progress.advance()
         context.progress.finish()
-        ranked = [node for _, node in sorted(gains, key=lambda g: (-g[0], g[1]))]
+        ranked = rank_for_eight_bits(scored)
 
         measured: dict[int, tuple[float, int]] = {}  # count -> (delta, trial index)
 
