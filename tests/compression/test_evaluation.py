@@ -212,6 +212,8 @@ def test_fixed_inputs_go_with_every_sample(tmp_path):
     assert not reference.dataset.batchable and set(reference.dataset.fixed) == {"h", "t"}
     np.testing.assert_allclose(reference.outputs, (x + 0.5) * 2.0)
     assert reference.accuracy_of(model).delta == 0.0
+    metrics, _ = evaluate_variant(reference, model, latency_runs=10)  # latency and footprint feed them too
+    assert metrics.accuracyDelta == 0.0 and metrics.p50Ms is not None and metrics.loadMs is not None
 
 
 @pytest.mark.parametrize(

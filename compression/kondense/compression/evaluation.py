@@ -198,18 +198,19 @@ def _proc_status_kib(field_name: str) -> int | None:
         return None
 
 
-def _footprint_in_this_process(
-    model: str, feed_file: str, runs: int, threads: int
-) -> dict[str, float | None]:
+def _footprint_in_this_process(model: str, feed_dir: str, runs: int, threads: int) -> dict[str, float | None]:
     """Runs in a fresh interpreter: RSS before the load, load time, peak RSS after ``runs`` inferences.
 
     The peak is ``VmHWM`` of this process (not ``ru_maxrss``, which Linux carries over from the parent
     across fork+exec), reset after the imports when the kernel allows (``/proc/self/clear_refs``).
     """
+    import json
+
     import onnxruntime  # noqa: F401  # imported before the baseline so its own pages are not counted
 
-    with np.load(feed_file, allow_pickle=False) as npz:
-        feed = {name: npz[name] for name in npz.files}
+    folder = Path(feed_dir)
+    names = json.loads((folder / "names.json").read_text(encoding="utf-8"))
+    feed = {name: np.load(folder / f"{i}.npy", allow_pickle=False) for i, name in enumerate(names)}
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
             fh.write("5")  # reset the peak-RSS mark to the current RSS (Linux >= 4.0)
@@ -244,8 +245,11 @@ def measure_footprint(
     loads: list[list[float]] = [[] for _ in paths]
     peaks: list[list[float]] = [[] for _ in paths]
     with tempfile.TemporaryDirectory(prefix="kondense-footprint-") as tmp:
-        feed_file = str(Path(tmp) / "feed.npz")
-        np.savez(feed_file, **dataset.sample(0))  # type: ignore[arg-type]  # numpy stubs: **kwds
+        feed_dir = tmp  # one .npy per input (names may be anything, even 'file'), names in order
+        sample = dataset.sample(0)
+        for i, array in enumerate(sample.values()):
+            np.save(Path(tmp) / f"{i}.npy", array, allow_pickle=False)
+        (Path(tmp) / "names.json").write_text(json.dumps(list(sample)), encoding="utf-8")
         for _ in range(rounds):
             for index, path in enumerate(paths):
                 code = (
@@ -253,7 +257,7 @@ def measure_footprint(
                     "print(json.dumps(f(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))"
                 )
                 done = subprocess.run(
-                    [sys.executable, "-c", code, str(path), feed_file, str(runs), str(threads)],
+                    [sys.executable, "-c", code, str(path), feed_dir, str(runs), str(threads)],
                     capture_output=True,
                     text=True,
                     timeout=600,
