@@ -49,8 +49,21 @@ def tiny_encoder(seed: int = 0, opset: int = 17) -> onnx.ModelProto:
             helper.make_node("Add", [current, f"d{layer}"], [f"h{layer + 1}"], name=f"l{layer}/residual"),
         ]
         current = f"h{layer + 1}"
+    # shape arithmetic on a constant int64 vector: a Gather that is not an embedding and must stay
+    inits += [
+        numpy_helper.from_array(np.array([SEQ, WIDTH], dtype=np.int64), "dims"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+    ]
     nodes += [
-        helper.make_node("ReduceMean", [current], ["pooled"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", [current], ["pooled0"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("Gather", ["dims", "one"], ["width"], name="shape/gather"),
+        helper.make_node("Unsqueeze", ["width", "axis0"], ["width1"], name="shape/unsqueeze")
+        if opset >= 13
+        else helper.make_node("Unsqueeze", ["width"], ["width1"], name="shape/unsqueeze", axes=[0]),
+        helper.make_node("Concat", ["minus_one", "width1"], ["shape"], name="shape/concat", axis=0),
+        helper.make_node("Reshape", ["pooled0", "shape"], ["pooled"], name="shape/reshape"),
         helper.make_node("ReduceL2", ["pooled"], ["norm"], name="norm", axes=[1], keepdims=1),
         helper.make_node("Div", ["pooled", "norm"], ["embedding"], name="normalize"),
     ]
@@ -137,6 +150,7 @@ def test_quantized_graph_uses_ort_ops_runs_and_stays_close(embeddings):
         assert default_opset(model) == 21
     assert cosine(run_model(model, IDS), run_model(base, IDS)) > 0.95
     assert len(base.graph.node) == len(tiny_encoder().graph.node)  # the source model is left untouched
+    assert {n.name: n.op_type for n in model.graph.node}["shape/gather"] == "Gather"  # not a weight
 
 
 def test_more_bits_and_int8_tables_are_closer_and_fewer_bits_smaller():

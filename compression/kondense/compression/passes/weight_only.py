@@ -334,18 +334,23 @@ def quantize_weight_only(
     matmuls_8 = [m for m in nodes.matmuls if m not in excluded and (m in eight or config.bits == 8)]
     if config.bits == 8:
         matmuls_low = []
+    # ORT's quantizer takes every MatMul/Gather with a constant input; keep it to the nodes chosen here
+    # (a Gather over a constant shape vector, a MatMul this module skipped, stays as it is).
+    others = {
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gather") and n.name not in set(nodes.matmuls) | all_gathers
+    }
     with _quiet_ort_quantizer():
         if int4_gathers:
             notes += upgrade_opset_for_int4(model)
         first_ops = ("MatMul", "Gather") if int4_gathers else ("MatMul",)
-        first_exclude = sorted(
-            excluded | set(matmuls_8) | (all_gathers - set(int4_gathers) if int4_gathers else set())
-        )
+        first_exclude = sorted(excluded | others | set(matmuls_8) | (all_gathers - set(int4_gathers)))
         if matmuls_low or int4_gathers:
             model = _run_nbits(model, config, 4, first_ops, first_exclude)
         if matmuls_8:
             # MatMuls quantized above are MatMulNBits now; only those still MatMul are candidates.
-            model = _run_nbits(model, config, 8, ("MatMul",), sorted(excluded))
+            model = _run_nbits(model, config, 8, ("MatMul",), sorted(excluded | others))
     if int8_gathers:
         quantize_gather_int8(model, set(int8_gathers), config.block_size, config.symmetric)
     return model, notes
