@@ -311,3 +311,29 @@ def test_minilm_weight_only_is_five_times_smaller_and_close(tmp_path):
     assert any("Reduce" in note for note in notes)  # MiniLM's ReduceL2 went through the workaround
     peak, base_peak = manifest.metrics.peakMemoryMB, manifest.metrics.basePeakMemoryMB
     assert peak is not None and base_peak is not None and peak < base_peak
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"bits": 3}, "bits"),
+        ({"blockSize": 48}, "blockSize"),
+        ({"embeddings": "int2"}, "embeddings"),
+        ({"accuracyLevel": 5}, "accuracyLevel"),
+        ({"amount": 0.5}, "amount"),  # a prune parameter
+    ],
+)
+def test_validate_and_the_crd_refuse_bad_weight_only_params(params, problem):
+    import yaml
+
+    from kondense.api.validation import validate_object
+    from kondense_testing.crd_schema import violations
+    from kondense_testing.paths import EXAMPLES
+
+    body = yaml.safe_load((EXAMPLES / "minilm" / "compressedmodel.yaml").read_text())
+    body["spec"]["targets"].append({"name": "wo", "technique": "weight-only", "params": {"bits": 8}})
+    assert validate_object(body)[1] == [] and not violations(body)
+    body["spec"]["targets"][-1]["params"] = params
+    _, errors = validate_object(body)
+    assert errors and problem in str(errors[0])
+    assert violations(body)
