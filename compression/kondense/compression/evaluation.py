@@ -361,8 +361,8 @@ class Reference:
             variant = model_outputs(variant_path, self.dataset, threads=threads)
             return accuracy_delta(self.task, self.outputs, variant, self.dataset.labels)
         outputs = all_model_outputs(variant_path, self.dataset, threads=threads)
-        values = list(outputs.values())
-        result = accuracy_delta(self.task, self.outputs, values[0], self.dataset.labels)
+        judged = outputs.get(self.judged or "", next(iter(outputs.values())))
+        result = accuracy_delta(self.task, self.outputs, judged, self.dataset.labels)
         others = {
             name: output_delta(base, outputs[name]).delta if name in outputs else float("nan")
             for name, base in self.others.items()

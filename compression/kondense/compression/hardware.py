@@ -90,7 +90,7 @@ def cpu_info_from_text(text: str, machine: str = "") -> CpuInfo:
 @dataclass(frozen=True)
 class Hardware:
     cpu: CpuInfo
-    cores: int | None
+    cores: int | None  # CPUs this process may run on (a container's cpuset), not the host's count
     machine: str
     onnxruntime: str | None
     executionProvider: str
@@ -156,7 +156,7 @@ def evaluation_hardware(
         ort_version = None
     return Hardware(
         cpu=cpu_info_from_text(text, platform.processor() or platform.machine()),
-        cores=os.cpu_count(),
+        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         machine=platform.machine(),
         onnxruntime=ort_version,
         executionProvider=provider,
