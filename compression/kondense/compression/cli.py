@@ -170,6 +170,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compress MODEL with one technique or a pipeline, evaluate it against MODEL, write the variant."""
         from kondense.compression.pipeline import DataFiles, compress_model
+        from kondense.compression.report import gate_label
 
         try:
             if (technique is None) == (spec is None):
@@ -221,6 +222,7 @@ def register(app: typer.Typer) -> None:
             "sha256": manifest.artifact.sha256,
             "trials": [t.model_dump(exclude_none=True) for t in manifest.trials],
             "gatePassed": manifest.gate.passed if manifest.gate else True,
+            "gate": gate_label(manifest.gate),
         }
         if as_json:
             print(json.dumps(result, indent=2))
@@ -234,7 +236,7 @@ def register(app: typer.Typer) -> None:
                 "p99 ms": f"{m.p99Ms:.3f}",
                 "accuracy delta": f"{m.accuracyDelta:.5f}",
                 "trials": len(manifest.trials),
-                "gate": "pass" if result["gatePassed"] else "FAIL",
+                "gate": gate_label(manifest.gate),
             }
             stdout_console().print(
                 result_table([row], f"{output}/model.onnx  sha256 {manifest.artifact.sha256[:12]}…")

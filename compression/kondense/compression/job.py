@@ -178,7 +178,14 @@ def run_job(
         metrics=metrics,
         technique=spec.technique_label,
         trials=len(manifest.trials),
+        hardware=hardware_summary(manifest),
     )
+
+
+def hardware_summary(manifest: Any) -> str | None:
+    """The short evaluation-hardware line the operator shows in status (from the manifest)."""
+    record = (getattr(manifest, "evaluation", None) or {}).get("hardware")
+    return str(record["summary"])[:160] if isinstance(record, dict) and record.get("summary") else None
 
 
 def _resolver(pvc_root: Path | None, downloads: Path) -> Any:
@@ -232,6 +239,7 @@ def _run_baseline(
         artifact=manifest.artifact,
         metrics=metrics,
         technique="baseline",
+        hardware=hardware_summary(manifest),
     )
 
 
