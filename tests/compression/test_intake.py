@@ -201,3 +201,15 @@ def test_the_sample_the_original_rejects_is_a_note_not_a_failure(tmp_path: Path)
     result = normalise(source, tmp_path / "work", sample={"x": np.ones((2, 9), dtype=np.float32)})
     assert result.changed and result.path != source
     assert any("not verified on the sample" in n for n in result.notes)
+
+
+def test_unnamed_nodes_get_unique_names(tmp_path: Path) -> None:
+    model = paddle_like(13)
+    model.graph.node[4].name = "MatMul_5"  # a taken name must not be reused
+    for node in model.graph.node[5:]:
+        node.name = ""
+    source = _save(model, tmp_path / "m.onnx")
+    result = normalise(source, tmp_path / "work")
+    names = [n.name for n in onnx.load(str(result.path)).graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert any("unnamed node(s) named" in c for c in result.changes)

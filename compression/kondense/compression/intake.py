@@ -16,10 +16,13 @@ and failed in its own way. Intake does the normalisation once:
    latter also *fuses* (BatchNormalization into Conv, Add into Conv…) and stamps the graph with the
    ORT version's choices; folding is all the passes need (weights visible as initializers), and the
    variant stays a plain ONNX graph that ORT optimises at load time as before;
-4. **infer shapes**: ORT's symbolic shape inference first, then ONNX's own if that is incomplete
-   (dynamic H×W often is), then none; what succeeded is recorded, never fatal;
-5. **keep the signature**: graph inputs and outputs (names, types, shapes) are restored exactly;
-6. **verify**: the normalised model must load in ONNX Runtime and, given a sample, reproduce the
+4. **name nodes** that have no name (quantization excludes nodes by name);
+5. **infer shapes**: ONNX's own inference (milliseconds); ORT's symbolic inference only for what it
+   left without a shape (symbolic inference takes tens of seconds on dynamic H×W and gives up on
+   some graphs, e.g. paddle2onnx's Concat(axis=-1) of shape values); what succeeded is recorded,
+   a failure is a note, never fatal;
+6. **keep the signature**: graph inputs and outputs (names, types, shapes) are restored exactly;
+7. **verify**: the normalised model must load in ONNX Runtime and, given a sample, reproduce the
    original's outputs; otherwise intake hands the original model to the passes and says why.
 
 ``IntakeResult.record()`` is what the manifest keeps: each change made, each fallback taken.
@@ -252,6 +255,23 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def name_unnamed_nodes(model: onnx.ModelProto) -> int:
+    """Give main-graph nodes without a name a unique one (``<op>_<index>``): quantization excludes
+    nodes, and the tuner and the manifest report them, by name. Returns how many were named."""
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for index, node in enumerate(model.graph.node):
+        if node.name:
+            continue
+        name = f"{node.op_type}_{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+        named += 1
+    return named
+
+
 # --- 4./5. shapes and signature ---------------------------------------------------------------------
 
 
@@ -403,6 +423,10 @@ def normalise(
         result.notes.append(f"constant subgraph folding skipped: {first_line(exc)}")
     if result.nodes_folded:
         result.changes.append(f"{result.nodes_folded} node(s) on constants folded (ONNX reference evaluator)")
+
+    named = name_unnamed_nodes(model)
+    if named:
+        result.changes.append(f"{named} unnamed node(s) named <op>_<index>")
 
     inferred, result.shape_inference, shape_notes = infer_shapes(model)
     result.notes.extend(shape_notes)

@@ -13,6 +13,7 @@ recorded as a trial. If none meets the budget the best one is kept and the resul
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from kondense.compression.passes import Pass, PassContext, PassResult, register
 # Op types ORT quantizes that carry a weight initializer; only these can be kept in float32 usefully.
 WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM"})
 MAX_SENSITIVITY_PROBES = 96
+MAX_RECOVERIES = 8  # invalid quantized graphs repaired per pass before giving up
 MAX_FP32_NODES = 12
 SENSITIVITY_SAMPLES = 128
 
@@ -73,6 +75,41 @@ def tuning_ladder(per_channel: bool, reduce_range: bool, user_exclude: tuple[str
     return [Int8Config(pc, rr, user_exclude) for pc, rr in chosen]
 
 
+def subgraph_weight_nodes(model: Any) -> list[tuple[str, str]]:
+    """(enclosing node, op) of weight ops inside If/Loop/Scan bodies, which ORT's quantizer skips."""
+    from onnx import AttributeProto
+
+    found: list[tuple[str, str]] = []
+
+    def walk(graph: Any, owner: str | None) -> None:
+        for node in graph.node:
+            if owner is not None and node.op_type in WEIGHT_OPS:
+                found.append((owner, node.op_type))
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+                for body in bodies:
+                    walk(body, owner or f"{node.op_type} {node.name!r}")
+
+    walk(model.graph, None)
+    return found
+
+
+def no_weights_reason(model: Any) -> str:
+    """One sentence on why a graph has nothing int8 quantization could work on."""
+    inside = subgraph_weight_nodes(model)
+    if inside:
+        owners = sorted({owner for owner, _ in inside})
+        ops = sorted({op for _, op in inside})
+        return (
+            f"its {len(inside)} weight node(s) ({'/'.join(ops)}) all sit inside the subgraphs of "
+            f"{', '.join(owners[:3])}, and ONNX Runtime's quantizer only quantizes the main graph"
+        )
+    ops = sorted({n.op_type for n in model.graph.node if n.op_type in WEIGHT_OPS})
+    if ops:
+        return f"its {'/'.join(ops)} node(s) read no float initializer of rank >= 2 (weights are computed at run time)"
+    return "no MatMul/Gemm/Conv/Gather node with a float weight to quantize"
+
+
 def weight_nodes(model: Any) -> list[str]:
     """Names of nodes whose op ORT quantizes and that read a float initializer (a weight)."""
     from onnx import TensorProto
@@ -96,16 +133,78 @@ class CalibrationReader:
         return self._batches
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def preprocess(source: Path, work_dir: Path) -> tuple[Path, str | None]:
-    """ORT's quantization pre-processing (shape inference + graph clean-up); returns (path, note)."""
+    """ORT's quantization pre-processing (shape inference + graph clean-up); returns (path, note).
+
+    ORT's symbolic shape inference gives up on some graphs ("Incomplete symbolic shape inference",
+    e.g. dynamic H×W detectors): then pre-processing runs again with ONNX's shape inference only.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     target = work_dir / "preprocessed.onnx"
     try:
         quant_pre_process(str(source), str(target))
-    except Exception as exc:  # pre-processing is an optimisation: quantize the original if it fails
-        return source, f"ORT pre-processing skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    return target, None
+        return target, None
+    except Exception as exc:  # pre-processing is an optimisation: degrade, never fail
+        first = _first_line(exc)
+    try:
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        return target, f"ORT pre-processing without symbolic shape inference ({first})"
+    except Exception as exc:
+        return source, f"ORT pre-processing skipped: {first}; then {_first_line(exc)}"
+
+
+def load_problem(path: Path) -> str | None:
+    """Why ONNX Runtime refuses to load ``path`` (first line of its error), or None if it loads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
+        return str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+_NODE_PATTERNS = (
+    re.compile(r'In Node, \("([^"]*)", (\w+)'),
+    re.compile(r"[Nn]ode \(([^)]+)\)"),
+    re.compile(r"Name:'([^']+)'"),
+)
+_QUANT_SUFFIXES = ("_DequantizeLinear", "_QuantizeLinear", "_quantized", "_quant", "_dequant", "_output_0")
+
+
+def offending_nodes(problem: str, model: Any) -> list[str]:
+    """Original node names behind a quantized node named in ORT's load error.
+
+    ORT's quantizer names what it adds after the tensor or node it quantizes
+    (``<tensor>_DequantizeLinear``, ``<node>_quant``); this maps such a name back to the original node
+    that produced or consumes that tensor, or that carries that name.
+    """
+    names = next((m.group(1) for pattern in _NODE_PATTERNS if (m := pattern.search(problem))), None)
+    if not names:
+        return []
+    stem = names
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _QUANT_SUFFIXES:
+            if stem.endswith(suffix):
+                stem, changed = stem[: -len(suffix)], True
+    by_name = {n.name for n in model.graph.node}
+    for candidate in (names, stem):
+        if candidate in by_name:
+            return [candidate]
+    consumers = [n.name for n in model.graph.node if stem in n.input and n.name]
+    producers = [n.name for n in model.graph.node if stem in n.output and n.name]
+    return consumers or producers
 
 
 class Int8Pass(Pass):
@@ -136,13 +235,19 @@ class Int8Pass(Pass):
             details["preprocessed"] = False
         model = onnx.load(str(prepared), load_external_data=False)
         candidates = weight_nodes(model)
-        unknown = sorted(set(self.params.nodesToExclude) - {n.name for n in model.graph.node})
+        known = {n.name for n in model.graph.node} | {
+            n.name for n in onnx.load(str(source), load_external_data=False).graph.node
+        }
+        unknown = sorted(set(self.params.nodesToExclude) - known)
         if unknown:
             raise BadInputError("params.nodesToExclude", f"no such node(s) in the model: {unknown[:10]}")
         if not candidates:
-            raise UnsupportedModelError(
-                str(source), "no MatMul/Gemm/Conv/Gather node with a float weight to quantize"
-            )
+            raise UnsupportedModelError(str(source), f"nothing to quantize: {no_weights_reason(model)}")
+        # Graphs to quantize, best first: the pre-processed (fused) one, then the unfused intake graph.
+        self._graphs = [prepared] if prepared == source else [prepared, source]
+        # nodes kept float32 for validity, per weight granularity (per-channel and per-tensor differ)
+        self._forced: dict[bool, list[str]] = {False: [], True: []}
+        self._recovery: list[str] = []
         self.prepare(prepared, context)
 
         budget = context.max_accuracy_delta
@@ -153,7 +258,7 @@ class Int8Pass(Pass):
 
         def attempt(config: Int8Config, reference: Reference, note: str | None = None) -> float:
             path = context.work_dir / f"trial-{next(counter)}.onnx"
-            self.quantize(prepared, path, config, context)
+            config = self.quantize_checked(path, config, context)
             accuracy = reference.accuracy_of(path, threads=context.threads)
             size_ratio = context.reference.size_ratio_of(path)
             trials.append(
@@ -175,7 +280,9 @@ class Int8Pass(Pass):
             attempt(config, context.reference)
             context.progress.finish()
             shutil.move(files[0], destination)
-            return PassResult({**details, "tuned": False, "quantizedNodes": len(candidates)}, trials, None)
+            details.update(self._recovery_details())
+            quantized = len(self.candidates()) - len(trials[0].config["nodesToExclude"])
+            return PassResult({**details, "tuned": False, "quantizedNodes": quantized}, trials, None)
 
         ladder = tuning_ladder(self.params.perChannel, self.params.reduceRange, user_exclude)
         context.progress.start(f"{self.technique}: tuning", total=len(ladder))
@@ -189,7 +296,12 @@ class Int8Pass(Pass):
         context.progress.finish()
 
         if chosen is None:
-            chosen = self._fp32_fallback(attempt, trials, candidates, user_exclude, context)
+            # after a recovery the graph quantized may be the unfused one: its own node names
+            best_pc = bool(
+                trials[most_accurate_full_trial(trials, len(context.reference.dataset))].config["perChannel"]
+            )
+            user_exclude = tuple(dict.fromkeys((*user_exclude, *self._forced[best_pc])))
+            chosen = self._fp32_fallback(attempt, trials, self.candidates(), user_exclude, context)
 
         within = trials[chosen].withinBudget if chosen is not None else False
         if chosen is None:  # keep the most accurate configuration tried; the gate will fail
@@ -198,14 +310,85 @@ class Int8Pass(Pass):
         shutil.move(files[chosen], destination)
         for path in files:
             path.unlink(missing_ok=True)
+        details.update(self._recovery_details())
         details.update(
             {
                 "tuned": True,
-                "quantizedNodes": len(candidates) - len(trials[chosen].config["nodesToExclude"]),
+                "quantizedNodes": len(self.candidates()) - len(trials[chosen].config["nodesToExclude"]),
                 "selectedConfig": trials[chosen].config,
             }
         )
         return PassResult(details, trials, within)
+
+    def candidates(self) -> list[str]:
+        import onnx
+
+        return weight_nodes(onnx.load(str(self._graphs[0]), load_external_data=False))
+
+    def _recovery_details(self) -> dict[str, Any]:
+        if not self._recovery:
+            return {}
+        return {
+            "recovered": self._recovery,
+            "quantizedGraph": "pre-processed" if self._graphs[0].name == "preprocessed.onnx" else "unfused",
+            "keptFloat32ForValidity": sorted({*self._forced[False], *self._forced[True]}),
+        }
+
+    def quantize_checked(self, path: Path, config: Int8Config, context: PassContext) -> Int8Config:
+        """Quantize as ``config`` says and make sure ONNX Runtime loads the result.
+
+        ORT's quantizer sometimes writes a graph ORT itself rejects (e.g. QDQ on BatchNorm-fused
+        convolutions of an old-opset graph). Each time: first fall back from the pre-processed to the
+        unfused graph; then keep the node named in the load error in float32. Recoveries persist for
+        later trials. Returns the configuration actually used (with any node kept for validity).
+        """
+        import onnx
+
+        for _ in range(MAX_RECOVERIES + 1):
+            graph = self._graphs[0]
+            forced = self._forced[config.per_channel]
+            used = replace(config, exclude=tuple(dict.fromkeys((*config.exclude, *forced))))
+            try:
+                self.quantize(graph, path, used, context)
+                problem = load_problem(path)
+            except BadInputError:
+                raise
+            except Exception as exc:  # the quantizer itself failed on this graph
+                problem = f"ONNX Runtime's quantizer failed: {_first_line(exc)}"
+            if problem is None:
+                return used
+            path.unlink(missing_ok=True)
+            if len(self._graphs) > 1:
+                self._graphs.pop(0)
+                self._recovery.append(
+                    f"pre-processed graph gave an invalid model ({problem}); used the unfused graph"
+                )
+                self.prepare(self._graphs[0], context)  # calibration ranges belong to the old graph's tensors
+                continue
+            culprits = [
+                n
+                for n in offending_nodes(problem, onnx.load(str(graph), load_external_data=False))
+                if n not in used.exclude
+            ]
+            if not culprits:
+                raise UnsupportedModelError(
+                    str(graph),
+                    f"ONNX Runtime's quantizer made a model it cannot load ({problem}) and the error names "
+                    "no node that could stay float32",
+                )
+            weights = weight_nodes(onnx.load(str(graph), load_external_data=False))
+            if not set(weights) - set(used.exclude) - set(culprits):
+                raise UnsupportedModelError(
+                    str(graph),
+                    f"ONNX Runtime's quantizer made a model it cannot load ({problem}); keeping "
+                    f"{culprits} in float32 would leave no node quantized",
+                )
+            forced.extend(culprits)
+            self._recovery.append(f"kept {culprits} in float32: quantized it was invalid ({problem})")
+        raise UnsupportedModelError(
+            str(self._graphs[0]),
+            f"ONNX Runtime's quantizer still made an invalid model after keeping {forced} in float32",
+        )
 
     def _fp32_fallback(
         self,

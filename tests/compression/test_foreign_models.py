@@ -1,0 +1,196 @@
+"""Techniques on graphs shaped like other toolchains' exports (built here, small): a paddle2onnx-like
+CNN (opset 11, weights as Constant nodes, BatchNorm, HardSigmoid, dynamic H×W, flatten through
+Shape/Concat(axis=-1)) and a model whose weights all live in an If subgraph.
+
+Assertions are relations and validity (the variant loads, has int8 nodes, is smaller), never exact
+deltas: int8 kernels differ between CPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from kondense.api.techniques import Task
+from kondense.compression.data import Dataset
+from kondense.compression.errors import UnsupportedModelError
+from kondense.compression.evaluation import Reference
+from kondense.compression.passes import PassContext, pass_for
+from kondense.compression.passes.quantize import offending_nodes
+from kondense.compression.pipeline import DataFiles, compress_model
+
+
+def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(array, name)
+    )
+
+
+def paddle_cnn(opset: int = 11) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [
+        _const("w1", rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32)),
+        _const("scale", rng.uniform(0.5, 1.5, 16).astype(np.float32)),
+        _const("bias", rng.normal(0, 0.1, 16).astype(np.float32)),
+        _const("mean", rng.normal(0, 0.1, 16).astype(np.float32)),
+        _const("var", rng.uniform(0.5, 1.5, 16).astype(np.float32)),
+        _const("w2", rng.normal(0, 0.2, (32, 16, 3, 3)).astype(np.float32)),
+        _const("b2", rng.normal(0, 0.1, 32).astype(np.float32)),
+        _const("fc", rng.normal(0, 0.3, (32, 4)).astype(np.float32)),
+        _const("starts", np.array([0], dtype=np.int64)),
+        _const("ends", np.array([1], dtype=np.int64)),
+        _const("minus1", np.array([-1], dtype=np.int32)),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "scale", "bias", "mean", "var"], ["bn1"], name="bn1"),
+        helper.make_node("HardSigmoid", ["bn1"], ["hs"], name="hsig", alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["bn1", "hs"], ["a1"], name="hswish"),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["a2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["a2"], ["p"], name="gap"),
+        helper.make_node("Shape", ["p"], ["shape"], name="shape"),
+        helper.make_node("Cast", ["shape"], ["shape32"], name="cast32", to=TensorProto.INT32),
+        helper.make_node("Slice", ["shape32", "starts", "ends"], ["n"], name="slice"),
+        helper.make_node("Concat", ["n", "minus1"], ["target32"], name="concat", axis=-1),
+        helper.make_node("Cast", ["target32"], ["target"], name="cast64", to=TensorProto.INT64),
+        helper.make_node("Reshape", ["p", "target"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "fc"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "paddle_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [-1, 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+@pytest.fixture
+def paddle(tmp_path: Path) -> tuple[Path, DataFiles]:
+    model = paddle_cnn()
+    onnx.checker.check_model(model)
+    path = tmp_path / "paddle.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(1)
+    for name, count in (("eval", 64), ("calib", 32)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.random((count, 3, 16, 24), dtype=np.float32))
+    return path, DataFiles(evaluation=tmp_path / "eval.npz", calibration=tmp_path / "calib.npz")
+
+
+def _loads(path: Path) -> set[str]:
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize(
+    ("technique", "params", "int8_op"),
+    [
+        ("dynamic-int8", {}, "ConvInteger"),
+        ("static-int8", {"perChannel": False}, "QuantizeLinear"),
+        ("static-int8", {"perChannel": True}, "QuantizeLinear"),
+    ],
+)
+def test_int8_on_a_paddle_like_graph(paddle, tmp_path, technique, params, int8_op):
+    """Before intake: 'no MatMul/Gemm/Conv/Gather node with a float weight' (dynamic) and an invalid
+    per-channel QDQ graph (static, opset 11). Now a valid int8 variant with every weight node quantized."""
+    model, data = paddle
+    target = {"name": "q", "technique": technique, "params": {**params, "tune": False}}
+    manifest = compress_model(
+        model, target, data, tmp_path / "out", task=Task.CLASSIFICATION, latency_runs=10
+    )
+    ops = _loads(tmp_path / "out" / "model.onnx")
+    assert int8_op in ops or "MatMulInteger" in ops
+    assert manifest.metrics.sizeRatio is not None and manifest.metrics.sizeRatio < 0.6
+    assert manifest.steps[0].details["quantizedNodes"] == 3  # conv1, conv2, fc
+    intake = manifest.model_dump()["intake"]
+    assert intake["sourceOpset"] == 11 and intake["opset"] >= 13
+    assert intake["constantNodesFolded"] >= 8
+
+
+def test_invalid_quantized_graph_is_detected_never_shipped(paddle, tmp_path):
+    """Without intake, ORT's per-channel QDQ on the opset-11 graph is invalid in every form (fused:
+    int32 bias DequantizeLinear; unfused: DequantizeLinear 'axis' needs opset 13). The pass detects it
+    by loading, recovers as far as it can, and ends in one sentence instead of writing a broken file."""
+    from kondense.compression.intake import fold_constant_nodes
+
+    model = paddle_cnn()
+    fold_constant_nodes(model)  # weights visible, opset still 11
+    source = tmp_path / "m.onnx"
+    onnx.save(model, str(source))
+    data = Dataset("x", {"x": np.random.default_rng(2).random((16, 3, 16, 24), dtype=np.float32)})
+    work = tmp_path / "work"
+    work.mkdir()
+    context = PassContext(
+        task=Task.CLASSIFICATION,
+        calibration=data,
+        train=None,
+        reference=Reference.compute(source, data, Task.CLASSIFICATION),
+        work_dir=work,
+    )
+    destination = tmp_path / "out.onnx"
+    with pytest.raises(UnsupportedModelError, match="would leave no node quantized") as caught:
+        pass_for("static-int8", {"perChannel": True, "tune": False}).run(source, destination, context)
+    assert "DequantizeLinear" in str(caught.value) and "\n" not in str(caught.value)
+    assert not destination.exists()
+
+
+def test_offending_node_is_mapped_back_from_the_quantizer_names():
+    model = paddle_cnn()
+    from kondense.compression.intake import fold_constant_nodes
+
+    fold_constant_nodes(model)
+    error = (
+        "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed:This is an invalid model. In Node, "
+        '("w2_DequantizeLinear", DequantizeLinear, "", -1) : ("w2_quantized": tensor(int8),) -> ...'
+    )
+    assert offending_nodes(error, model) == ["conv2"]
+    assert offending_nodes("Non-zero status code returned while running Add node. Name:'fc'", model) == ["fc"]
+    assert offending_nodes("something else entirely", model) == []
+
+
+def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
+    """silero-vad's spox export keeps the whole network in If branches; ORT quantizes only the main graph."""
+    rng = np.random.default_rng(3)
+
+    def branch(name: str) -> onnx.GraphProto:
+        w = numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), f"w_{name}")
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"], name=f"mm_{name}")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, [-1, 4])],
+            [w],
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["flag"], ["y"], name="dispatch", then_branch=branch("a"), else_branch=branch("b")
+            )
+        ],
+        "iffy",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 8]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    path = tmp_path / "iffy.onnx"
+    onnx.save(model, str(path))
+    data = Dataset("x", {"x": rng.random((4, 8), dtype=np.float32), "flag": np.ones((4,), dtype=bool)})
+    work = tmp_path / "w"
+    work.mkdir()
+    context = PassContext(
+        task=Task.REGRESSION,
+        calibration=None,
+        train=None,
+        reference=Reference(path, data, Task.REGRESSION, np.zeros((4, 4))),
+        work_dir=work,
+    )
+    with pytest.raises(UnsupportedModelError, match=r"inside the subgraphs of If 'dispatch'"):
+        pass_for("dynamic-int8", {}).run(path, tmp_path / "out.onnx", context)
