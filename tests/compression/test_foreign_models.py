@@ -194,3 +194,59 @@ def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
     )
     with pytest.raises(UnsupportedModelError, match=r"inside the subgraphs of If 'dispatch'"):
         pass_for("dynamic-int8", {}).run(path, tmp_path / "out.onnx", context)
+
+
+def overflowing_model() -> onnx.ModelProto:
+    """A divisor of 5e4: onnxconverter-common clamps float16 constants to 1e4, so the Div computes 5x
+    too much in float16 (ONNX Runtime's CPU kernels compute in float32, the constant is what breaks)."""
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Div", ["r", "down"], ["back"], name="scale_down"),
+            helper.make_node("MatMul", ["back", "w2"], ["y"], name="mm2"),
+        ],
+        "overflow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [
+            numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(5e4, dtype=np.float32), "down"),
+            numpy_helper.from_array(rng.normal(size=(32, 8)).astype(np.float32), "w2"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_mixed_precision_keeps_the_breaking_nodes_float32(tmp_path):
+    source = tmp_path / "overflow.onnx"
+    onnx.save(overflowing_model(), str(source))
+    np.savez(tmp_path / "eval.npz", x=np.random.default_rng(5).normal(size=(32, 16)).astype(np.float32))
+    data = DataFiles(evaluation=tmp_path / "eval.npz")
+    target = {"name": "half", "technique": "fp16"}
+
+    plain = compress_model(source, target, data, tmp_path / "plain", task=Task.REGRESSION, latency_runs=10)
+    assert plain.steps[0].details["mixedPrecision"] is False  # no budget: converted as asked ...
+    broken = plain.metrics.accuracyDelta
+    assert broken is not None and (not np.isfinite(broken) or broken > 0.5)  # ... and broken
+
+    mixed = compress_model(
+        source,
+        target,
+        data,
+        tmp_path / "mixed",
+        task=Task.REGRESSION,
+        max_accuracy_delta=0.01,
+        latency_runs=10,
+    )
+    delta = mixed.metrics.accuracyDelta
+    assert mixed.gate is not None and mixed.gate.passed and delta is not None and delta <= 0.01
+    details = mixed.steps[0].details
+    assert details["mixedPrecision"] is True
+    assert details["nodesKeptFloat32"] == ["scale_down"]  # measured: the one node that breaks
+    assert mixed.trials[0].withinBudget is False and mixed.trials[-1].withinBudget is True
+    model = onnx.load(str(tmp_path / "mixed" / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # keepIoTypes
+    assert TensorProto.FLOAT16 in {t.data_type for t in model.graph.initializer}
+    assert mixed.metrics.sizeRatio is not None and mixed.metrics.sizeRatio < 0.9
