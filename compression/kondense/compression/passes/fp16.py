@@ -30,6 +30,7 @@ from kondense.compression.passes import Pass, PassContext, PassResult, register
 FP16_MAX = 65504.0
 SENSITIVITY_SAMPLES = 8
 MAX_AMP_TRIALS = 8  # keeps 1, 2, 4, ... 128 nodes in float32 at most
+MAX_REPAIRS = 8  # nodes kept float32 so that ONNX Runtime loads the converted model
 
 
 def align_cast_targets(model: Any) -> int:
@@ -56,11 +57,9 @@ def align_cast_targets(model: Any) -> int:
     return fixed
 
 
-def convert(
+def _convert_once(
     model: Any, keep_io_types: bool, op_block_list: list[str], node_block_list: list[str]
 ) -> tuple[Any, int]:
-    """A float16 copy of ``model`` (ONNX Runtime-loadable: Cast targets aligned) and the number of
-    Cast nodes aligned."""
     from onnxconverter_common import float16
 
     converted = float16.convert_float_to_float16(
@@ -70,6 +69,52 @@ def convert(
         node_block_list=node_block_list or None,
     )
     return converted, align_cast_targets(converted)
+
+
+def convert(
+    model: Any,
+    keep_io_types: bool,
+    op_block_list: list[str],
+    node_block_list: list[str],
+    repaired: list[str] | None = None,
+) -> tuple[Any, int]:
+    """A float16 copy of ``model`` that ONNX Runtime loads, and the number of Cast nodes aligned.
+
+    onnxconverter-common sometimes writes a graph ORT rejects (a node bound to float and float16 at
+    once, e.g. on skl2onnx graphs). The result is loaded; a node named in the load error is kept
+    float32 (appended to ``repaired``) and the conversion redone; if none can be named, one sentence.
+    """
+    from kondense.compression.errors import UnsupportedModelError
+    from kondense.compression.passes.quantize import offending_nodes
+
+    blocked = list(node_block_list)
+    repaired = repaired if repaired is not None else []
+    for _ in range(MAX_REPAIRS + 1):
+        converted, casts = _convert_once(model, keep_io_types, op_block_list, blocked)
+        problem = _load_problem(converted)
+        if problem is None:
+            return converted, casts
+        culprits = [n for n in offending_nodes(problem, model) if n not in blocked]
+        if not culprits:
+            break
+        blocked += culprits
+        repaired += culprits
+    raise UnsupportedModelError(
+        "fp16",
+        f"the float16 conversion makes a model ONNX Runtime cannot load ({problem}) and no node to keep float32 is named",
+    )
+
+
+def _load_problem(model: Any) -> str | None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types
+        return str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def _with_outputs(model: Any, names: list[str]) -> bytes:
@@ -154,9 +199,12 @@ class Fp16Pass(Pass):
         block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(self.params.opBlockList))
         keep_io = self.params.keepIoTypes
         context.progress.start("fp16: converting", total=None)
-        converted, casts = convert(model, keep_io, block_list, [])
+        repaired: list[str] = []
+        converted, casts = convert(model, keep_io, block_list, [], repaired)
         context.progress.finish()
         details: dict[str, Any] = {"keepIoTypes": keep_io, "castsAligned": casts}
+        if repaired:
+            details["keptFloat32ForValidity"] = repaired
         blocked = sum(1 for node in model.graph.node if node.op_type in block_list)
         budget = context.max_accuracy_delta
         if budget is None:
@@ -203,7 +251,7 @@ class Fp16Pass(Pass):
                 if not ranked:
                     break
                 kept = ranked[: min(count, len(ranked))]
-                variant, _ = convert(model, keep_io, block_list, kept)
+                variant, _ = convert(model, keep_io, block_list, [*kept, *repaired])
                 delta = attempt(variant, kept, f"float32: {len(kept)} most sensitive node(s)")
                 if delta <= budget or count >= len(ranked):
                     break
