@@ -324,7 +324,7 @@ def export_dynamo_encoder(root: Path, opset: int, external: bool) -> Entry:
             dynamo=True,
             opset_version=opset,
             input_names=["ids"],
-            output_names=["embedding"],
+            output_names=["sentence_embedding"],  # "embedding" collides with the Gather output torch names so
             dynamic_shapes={"ids": {0: batch}},
         )
         assert program is not None

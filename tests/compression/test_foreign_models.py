@@ -7,6 +7,9 @@ deltas: int8 kernels differ between CPUs."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +155,7 @@ def test_offending_node_is_mapped_back_from_the_quantizer_names():
     assert offending_nodes("something else entirely", model) == []
 
 
-def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
-    """silero-vad's spox export keeps the whole network in If branches; ORT quantizes only the main graph."""
+def if_model() -> onnx.ModelProto:
     rng = np.random.default_rng(3)
 
     def branch(name: str) -> onnx.GraphProto:
@@ -179,7 +181,13 @@ def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+
+
+def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
+    """silero-vad's spox export keeps the whole network in If branches; ORT quantizes only the main graph."""
+    rng = np.random.default_rng(3)
+    model = if_model()
     path = tmp_path / "iffy.onnx"
     onnx.save(model, str(path))
     data = Dataset("x", {"x": rng.random((4, 8), dtype=np.float32), "flag": np.ones((4,), dtype=bool)})
@@ -250,3 +258,49 @@ def test_fp16_mixed_precision_keeps_the_breaking_nodes_float32(tmp_path):
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # keepIoTypes
     assert TensorProto.FLOAT16 in {t.data_type for t in model.graph.initializer}
     assert mixed.metrics.sizeRatio is not None and mixed.metrics.sizeRatio < 0.9
+
+
+def _inspect(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kondense.cli", "inspect", str(path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_inspect_describes_a_foreign_model_and_what_applies(tmp_path):
+    path = tmp_path / "paddle.onnx"
+    onnx.save(paddle_cnn(), str(path))
+    done = _inspect(path, "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["opsets"] == {"ai.onnx": 11}
+    assert found["inputs"] == [{"name": "x", "type": "float", "shape": [-1, 3, "H", "W"]}]
+    assert found["storage"]["constantNodes"]["nodes"] == 11
+    assert found["storage"]["initializers"]["tensors"] == 0
+    assert found["parameters"] == 16 * 3 * 9 + 4 * 16 + 32 * 16 * 9 + 32 + 32 * 4
+    assert found["ops"]["Conv"] == 2 and found["ops"]["Constant"] == 11
+    verdicts = found["techniques"]
+    assert verdicts["dynamic-int8"]["applies"] and "3 weight node(s)" in verdicts["dynamic-int8"]["reason"]
+    assert verdicts["fp16"]["applies"]
+    assert any("upgrades it to 13" in n for n in found["notes"])
+    for name in ("prune", "distill", "low-rank"):  # each has a reason, whichever way it goes
+        assert verdicts[name]["reason"]
+    text = _inspect(path)
+    assert text.returncode == 0 and "dynamic-int8" in text.stdout and "Constant nodes" in text.stdout
+
+
+def test_inspect_says_why_int8_does_not_apply(tmp_path):
+    path = tmp_path / "iffy.onnx"
+    onnx.save(if_model(), str(path))
+    found = json.loads(_inspect(path, "--json").stdout)
+    assert found["techniques"]["dynamic-int8"]["applies"] is False
+    assert "subgraphs" in found["techniques"]["dynamic-int8"]["reason"]
+    assert found["storage"]["subgraphs"] == {"graphs": 2, "parameters": 64}
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"nope")
+    done = _inspect(bad)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "not a readable ONNX model" in done.stderr
