@@ -255,6 +255,25 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def raw_encode_initializers(model: onnx.ModelProto) -> int:
+    """Re-encode initializers held in typed fields (``float_data``, as paddle2onnx writes Constants)
+    as ``raw_data``. Values are unchanged; converters that rewrite tensors (onnxconverter-common's
+    float16) keep typed fields typed, and float16 in ``int32_data`` is a varint per value: 1.5x
+    smaller instead of 2x. Returns how many tensors were re-encoded."""
+    from onnx import TensorProto, numpy_helper
+
+    changed = 0
+    for index, tensor in enumerate(model.graph.initializer):
+        typed = tensor.float_data or tensor.int32_data or tensor.int64_data or tensor.double_data
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.HasField("raw_data") or not typed:
+            continue
+        model.graph.initializer[index].CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+        )
+        changed += 1
+    return changed
+
+
 def name_unnamed_nodes(model: onnx.ModelProto) -> int:
     """Give main-graph nodes without a name a unique one (``<op>_<index>``): quantization excludes
     nodes, and the tuner and the manifest report them, by name. Returns how many were named."""
@@ -424,6 +443,9 @@ def normalise(
     if result.nodes_folded:
         result.changes.append(f"{result.nodes_folded} node(s) on constants folded (ONNX reference evaluator)")
 
+    encoded = raw_encode_initializers(model)
+    if encoded:
+        result.changes.append(f"{encoded} initializer(s) re-encoded as raw data")
     named = name_unnamed_nodes(model)
     if named:
         result.changes.append(f"{named} unnamed node(s) named <op>_<index>")
