@@ -205,14 +205,16 @@ def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
 
 
 def overflowing_model() -> onnx.ModelProto:
-    """A divisor of 5e4: onnxconverter-common clamps float16 constants to 1e4, so the Div computes 5x
-    too much in float16 (ONNX Runtime's CPU kernels compute in float32, the constant is what breaks)."""
+    """A scale of 3e-8: onnxconverter-common clamps float16 constants to at least 1e-7, so the Mul
+    computes 3x too much in float16 (ONNX Runtime's CPU kernels compute in float32; the constant is
+    what breaks). A divisor of 5e4 (above the converter's clamp of 1e4) is kept float32 always."""
     rng = np.random.default_rng(4)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-            helper.make_node("Div", ["r", "down"], ["back"], name="scale_down"),
+            helper.make_node("Div", ["r", "down"], ["small"], name="divide"),
+            helper.make_node("Mul", ["small", "tiny"], ["back"], name="scale_down"),
             helper.make_node("MatMul", ["back", "w2"], ["y"], name="mm2"),
         ],
         "overflow",
@@ -221,6 +223,7 @@ def overflowing_model() -> onnx.ModelProto:
         [
             numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "w"),
             numpy_helper.from_array(np.array(5e4, dtype=np.float32), "down"),
+            numpy_helper.from_array(np.array(3e-8, dtype=np.float32), "tiny"),
             numpy_helper.from_array(rng.normal(size=(32, 8)).astype(np.float32), "w2"),
         ],
     )
@@ -236,6 +239,7 @@ def test_fp16_mixed_precision_keeps_the_breaking_nodes_float32(tmp_path):
 
     plain = compress_model(source, target, data, tmp_path / "plain", task=Task.REGRESSION, latency_runs=10)
     assert plain.steps[0].details["mixedPrecision"] is False  # no budget: converted as asked ...
+    assert plain.steps[0].details["keptFloat32ForRange"] == ["divide"]  # ... but for the clamped weight
     broken = plain.metrics.accuracyDelta
     assert broken is not None and (not np.isfinite(broken) or broken > 0.5)  # ... and broken
 
@@ -253,6 +257,7 @@ def test_fp16_mixed_precision_keeps_the_breaking_nodes_float32(tmp_path):
     details = mixed.steps[0].details
     assert details["mixedPrecision"] is True
     assert details["nodesKeptFloat32"] == ["scale_down"]  # measured: the one node that breaks
+    assert details["keptFloat32ForRange"] == ["divide"]
     assert mixed.trials[0].withinBudget is False and mixed.trials[-1].withinBudget is True
     model = onnx.load(str(tmp_path / "mixed" / "model.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # keepIoTypes

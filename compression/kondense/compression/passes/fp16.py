@@ -2,14 +2,17 @@
 not change, and automatic mixed precision so a broken model is never shipped as a success.
 
 Without a budget the whole graph is converted (op types in ``opBlockList`` and the converter's
-default block list stay float32). With a budget (``maxAccuracyDelta``) the full conversion is
+default block list stay float32), except nodes that read a weight float16 conversion would clamp
+(|w| > 1e4): those always stay float32, their weights too. A converted model ONNX Runtime rejects
+is repaired (the node named in the error stays float32) or refused, never written. With a budget (``maxAccuracyDelta``) the full conversion is
 measured first; if it misses the budget, nodes stay float32 by measured sensitivity:
 
 1. on a few evaluation samples, every float tensor of the float32 model is compared with the same
    tensor of the float16 model; a node's sensitivity is how much relative error it *adds* (its
    output's error minus its inputs' worst error), so the node that breaks float16 ranks first, not
    everything downstream of it; nodes that read or write a value outside float16's range
-   (|x| > 65504 in the float32 model) rank above all;
+   (|x| > 65504 in the float32 model) or read a weight the converter clamps (|w| > 1e4) rank above
+   all; initializers read only by float32 nodes keep their float32 values;
 2. the top 1, 2, 4, … nodes are kept float32 until the end-to-end accuracy delta is within budget.
 
 Every configuration is recorded as a trial; if none meets the budget the most accurate is kept and
@@ -28,6 +31,7 @@ from kondense.api.techniques import Fp16Params, Technique
 from kondense.compression.passes import Pass, PassContext, PassResult, register
 
 FP16_MAX = 65504.0
+CONVERTER_MAX = 1e4  # onnxconverter-common's max_finite_val: larger float16 weights are clamped
 SENSITIVITY_SAMPLES = 8
 MAX_AMP_TRIALS = 8  # keeps 1, 2, 4, ... 128 nodes in float32 at most
 MAX_REPAIRS = 8  # nodes kept float32 so that ONNX Runtime loads the converted model
@@ -57,17 +61,61 @@ def align_cast_targets(model: Any) -> int:
     return fixed
 
 
+def restore_float32_initializers(converted: Any, original: Any) -> int:
+    """Put back the float32 values of initializers that only float32 nodes read.
+
+    onnxconverter-common converts every float initializer to float16 (clamping to ±1e4) and casts it
+    back for nodes kept in float32: a BatchNormalization running variance of 1e8 (paddle's text
+    detector) is destroyed although the node was kept float32. Where every consumer of a converted
+    initializer is such a ``Cast(to=float)``, the initializer gets its float32 values back (the
+    Cast becomes float->float, a no-op). Returns how many were restored.
+    """
+    from onnx import TensorProto
+
+    originals = {t.name: t for t in original.graph.initializer if t.data_type == TensorProto.FLOAT}
+    consumers: dict[str, list[Any]] = {}
+    for node in converted.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def casts_to_float(node: Any) -> bool:
+        return node.op_type == "Cast" and any(
+            a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute
+        )
+
+    restored: set[str] = set()
+    for index, tensor in enumerate(converted.graph.initializer):
+        users = consumers.get(tensor.name, [])
+        if (
+            tensor.data_type == TensorProto.FLOAT16
+            and tensor.name in originals
+            and users
+            and all(map(casts_to_float, users))
+        ):
+            converted.graph.initializer[index].CopyFrom(originals[tensor.name])
+            restored.add(tensor.name)
+    if restored:
+        kept = [v for v in converted.graph.value_info if v.name not in restored]
+        del converted.graph.value_info[:]
+        converted.graph.value_info.extend(kept)
+    return len(restored)
+
+
 def _convert_once(
     model: Any, keep_io_types: bool, op_block_list: list[str], node_block_list: list[str]
 ) -> tuple[Any, int]:
+    import onnx
     from onnxconverter_common import float16
 
+    converted = onnx.ModelProto()
+    converted.CopyFrom(model)  # the converter works in place; ``model`` serves every trial
     converted = float16.convert_float_to_float16(
-        model,
+        converted,
         keep_io_types=keep_io_types,
         op_block_list=op_block_list,
         node_block_list=node_block_list or None,
     )
+    restore_float32_initializers(converted, model)
     return converted, align_cast_targets(converted)
 
 
@@ -148,6 +196,7 @@ def node_sensitivity(
     """(score, node name) from most to least sensitive, measured on ``feeds`` (see module doc)."""
     import onnx
     import onnxruntime as ort
+    from onnx import numpy_helper
 
     inferred32 = onnx.shape_inference.infer_shapes(model32, strict_mode=False)
     names = _float_tensors(inferred32)
@@ -172,6 +221,11 @@ def node_sensitivity(
             diff = np.abs(a - b)
             errors[name].append(float(diff.mean()) / scale if np.isfinite(diff).all() else float("inf"))
     error = {n: float(np.mean(v)) for n, v in errors.items() if v}
+    weight_peaks = {
+        t.name: float(np.abs(numpy_helper.to_array(t)).max())
+        for t in model32.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and t.dims and int(np.prod(t.dims)) > 0
+    }
     scores: list[tuple[float, str]] = []
     for node in model32.graph.node:
         outs = [error[o] for o in node.output if o in error]
@@ -179,11 +233,28 @@ def node_sensitivity(
             continue
         ins = [error.get(i, 0.0) for i in node.input if i]
         added = max(outs) - (max(ins) if ins else 0.0)
-        # reading or writing a value float16 cannot hold: this node must compute in float32
-        overflow = any(peaks.get(t, 0.0) > FP16_MAX for t in [*node.input, *node.output])
+        # reading or writing a value float16 cannot hold (weights are clamped at ±1e4 by the converter)
+        overflow = any(peaks.get(t, 0.0) > FP16_MAX for t in [*node.input, *node.output]) or any(
+            weight_peaks.get(t, 0.0) > CONVERTER_MAX for t in node.input
+        )
         scores.append((float("inf") if overflow or not np.isfinite(added) else added, node.name))
     scores.sort(key=lambda s: s[0], reverse=True)
     return [s for s in scores if s[0] > 0]
+
+
+def clamped_weight_nodes(model: Any) -> list[str]:
+    """Nodes reading a float weight the converter would clamp (|w| > 1e4, e.g. a BatchNormalization
+    running variance of 1e8): float16 would change the weight itself, so they always stay float32."""
+    from onnx import TensorProto, numpy_helper
+
+    clamped = {
+        t.name
+        for t in model.graph.initializer
+        if t.data_type == TensorProto.FLOAT
+        and int(np.prod(t.dims)) > 0
+        and float(np.abs(numpy_helper.to_array(t)).max()) > CONVERTER_MAX
+    }
+    return [n.name for n in model.graph.node if n.name and clamped & set(n.input)]
 
 
 @register
@@ -199,10 +270,14 @@ class Fp16Pass(Pass):
         block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(self.params.opBlockList))
         keep_io = self.params.keepIoTypes
         context.progress.start("fp16: converting", total=None)
+        out_of_range = clamped_weight_nodes(model)
         repaired: list[str] = []
-        converted, casts = convert(model, keep_io, block_list, [], repaired)
+        converted, casts = convert(model, keep_io, block_list, out_of_range, repaired)
         context.progress.finish()
+        always = [*out_of_range, *repaired]  # kept float32 in every configuration
         details: dict[str, Any] = {"keepIoTypes": keep_io, "castsAligned": casts}
+        if out_of_range:
+            details["keptFloat32ForRange"] = out_of_range
         if repaired:
             details["keptFloat32ForValidity"] = repaired
         blocked = sum(1 for node in model.graph.node if node.op_type in block_list)
@@ -237,7 +312,7 @@ class Fp16Pass(Pass):
             context.progress.start("fp16: measuring node sensitivity", total=None)
             feeds = list(context.reference.dataset.take(SENSITIVITY_SAMPLES).batches(1))
             try:
-                ranked = [name for _, name in node_sensitivity(model, converted, feeds)]
+                ranked = [name for _, name in node_sensitivity(model, converted, feeds) if name not in always]
             except Exception as exc:  # e.g. tensors ORT cannot expose as outputs
                 ranked = []
                 details["sensitivityNote"] = (
@@ -251,7 +326,7 @@ class Fp16Pass(Pass):
                 if not ranked:
                     break
                 kept = ranked[: min(count, len(ranked))]
-                variant, _ = convert(model, keep_io, block_list, [*kept, *repaired])
+                variant, _ = convert(model, keep_io, block_list, [*kept, *always])
                 delta = attempt(variant, kept, f"float32: {len(kept)} most sensitive node(s)")
                 if delta <= budget or count >= len(ranked):
                     break

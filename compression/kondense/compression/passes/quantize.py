@@ -13,6 +13,7 @@ recorded as a trial. If none meets the budget the best one is kept and the resul
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from collections.abc import Iterator
@@ -470,7 +471,7 @@ class StaticInt8Pass(Int8Pass):
     params: StaticInt8Params
 
     def prepare(self, source: Path, context: PassContext) -> None:
-        self._cache = context.work_dir / "calibration-cache.json"
+        self._cache = (context.work_dir / "calibration-cache.json").resolve()
         self._cache.unlink(missing_ok=True)
 
     def quantize(self, source: Path, destination: Path, config: Int8Config, context: PassContext) -> None:
@@ -492,16 +493,19 @@ class StaticInt8Pass(Int8Pass):
             reader = CalibrationReader(
                 context.calibration, self.params.calibrationSamples, 16 if dynamic else 1
             )
-        quantize_static(
-            str(source),
-            str(destination),
-            reader,  # duck-typed CalibrationDataReader
-            quant_format=QuantFormat.QDQ,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            activation_type=types[self.params.activationType],
-            weight_type=types[self.params.weightType],
-            nodes_to_exclude=list(config.exclude),
-            calibrate_method=methods[self.params.calibrationMethod],
-            calibration_cache_path=str(self._cache),
-        )
+        # ORT 1.32's quantize_static leaves a <uuid>.data copy of the weights in the current directory
+        # (its model_input copy is saved with external data); run it from the step's work directory.
+        with contextlib.chdir(context.work_dir.resolve()):
+            quantize_static(
+                str(source.resolve()),
+                str(destination.resolve()),
+                reader,  # duck-typed CalibrationDataReader
+                quant_format=QuantFormat.QDQ,
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                activation_type=types[self.params.activationType],
+                weight_type=types[self.params.weightType],
+                nodes_to_exclude=list(config.exclude),
+                calibrate_method=methods[self.params.calibrationMethod],
+                calibration_cache_path=str(self._cache),
+            )
