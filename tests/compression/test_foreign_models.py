@@ -153,6 +153,10 @@ def test_offending_node_is_mapped_back_from_the_quantizer_names():
     assert offending_nodes(error, model) == ["conv2"]
     assert offending_nodes("Non-zero status code returned while running Add node. Name:'fc'", model) == ["fc"]
     assert offending_nodes("something else entirely", model) == []
+    float16_error = (
+        "Type Error: Type (tensor(float)) of output arg (probs) of node (fc_cast_to_probs) does not match"
+    )
+    assert offending_nodes(float16_error, model) == ["fc"]
 
 
 def if_model() -> onnx.ModelProto:

@@ -369,6 +369,12 @@ def restore_signature(model: onnx.ModelProto, original: onnx.ModelProto) -> None
     )
     del model.graph.output[:]
     model.graph.output.extend(original.graph.output)
+    # Symbolic inference also writes value_info for graph outputs; a second declaration of an output
+    # misleads converters (onnxconverter-common retyped it to float16 behind keep_io_types).
+    boundary = {v.name for v in [*model.graph.input, *model.graph.output]}
+    kept = [v for v in model.graph.value_info if v.name not in boundary]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 # --- 6. verification ----------------------------------------------------------------------------

@@ -138,7 +138,14 @@ def convert(
     blocked = list(node_block_list)
     repaired = repaired if repaired is not None else []
     for _ in range(MAX_REPAIRS + 1):
-        converted, casts = _convert_once(model, keep_io_types, op_block_list, blocked)
+        try:
+            converted, casts = _convert_once(model, keep_io_types, op_block_list, blocked)
+        except Exception as exc:  # the converter's own consistency checks (ValueError, KeyError...)
+            raise UnsupportedModelError(
+                "fp16",
+                f"onnxconverter-common cannot convert this graph with {len(blocked)} node(s) kept float32 "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            ) from exc
         problem = _load_problem(converted)
         if problem is None:
             return converted, casts

@@ -200,7 +200,9 @@ def offending_nodes(problem: str, model: Any) -> list[str]:
             if stem.endswith(suffix):
                 stem, changed = stem[: -len(suffix)], True
     by_name = {n.name for n in model.graph.node}
-    for candidate in (names, stem):
+    # onnxconverter-common's float16 casts: <node>_input_cast<k>, <node>_output_cast<k>, <node>_cast_to_<x>
+    converter_owner = re.split(r"_(?:input_cast|output_cast|cast_to_)", names)[0]
+    for candidate in (names, stem, converter_owner):
         if candidate in by_name:
             return [candidate]
     consumers = [n.name for n in model.graph.node if stem in n.input and n.name]
