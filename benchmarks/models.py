@@ -42,7 +42,13 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "prune": {"amount": 0.5, "structured": True, "fineTuneEpochs": 0},
 }
 # techniques run with the accuracy budget (tuner / mixed precision on): model -> techniques
-TUNED = {"paddle-rec": ["dynamic-int8"], "paddle-det": ["fp16"], "paddle-cls": ["fp16"]}
+TUNED = {
+    "paddle-rec": ["dynamic-int8"],
+    "paddle-det": ["fp16"],
+    "paddle-cls": ["fp16"],
+    "magika": ["static-int8"],
+    "torch-cnn-ts-op11-nofold": ["static-int8"],
+}
 
 
 def cpu_record() -> dict[str, Any]:
@@ -293,6 +299,8 @@ def run_one(
 
 
 def render(rows: list[dict[str, Any]], corpus: list[dict[str, Any]], cpu: dict[str, Any]) -> str:
+    order = {e["name"]: i for i, e in enumerate(corpus)}
+    rows = sorted(rows, key=lambda r: order.get(r["model"], len(order)))  # stable: runs keep their order
     lines = [
         "# Real-world models × techniques",
         "",
@@ -359,20 +367,25 @@ def main() -> int:
     parser.add_argument("--no-tuned", action="store_true", help="skip the budgeted (tuned) rows")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "models.md")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="rows of earlier runs (--json) to include"
+    )
+    parser.add_argument("--tuned-only", action="store_true", help="only the budgeted (tuned) rows")
     args = parser.parse_args()
     manifest = args.corpus / "corpus.json"
     if not manifest.is_file():
         print(f"no corpus at {args.corpus}: run scripts/fetch-corpus.sh first", file=sys.stderr)
         return 2
-    corpus = [e for e in json.loads(manifest.read_text()) if not args.only or e["name"] in args.only]
+    entries = json.loads(manifest.read_text())
+    to_run = [e for e in entries if e["name"] in args.only] if args.only else ([] if args.merge else entries)
     cpu = cpu_record()
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [row for path in args.merge for row in json.loads(path.read_text())]
     with tempfile.TemporaryDirectory(prefix="kondense-models-") as tmp:
-        for entry in corpus:
+        for entry in to_run:
             where = Path(tmp) / entry["name"]
             where.mkdir()
             data = write_data(entry, where)
-            plan = [(t, False) for t in args.techniques]
+            plan = [] if args.tuned_only else [(t, False) for t in args.techniques]
             if not args.no_tuned:
                 plan += [(t, True) for t in TUNED.get(entry["name"], []) if t in args.techniques]
             for technique, tuned in plan:
@@ -381,6 +394,8 @@ def main() -> int:
                 print(json.dumps({k: v for k, v in row.items() if k != "details"}), flush=True)
                 if args.json:
                     args.json.write_text(json.dumps(rows, indent=1))
+    measured = {r["model"] for r in rows}
+    corpus = [e for e in entries if e["name"] in measured]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(rows, corpus, cpu))
     print(f"wrote {args.output}")
