@@ -330,8 +330,14 @@ def export_dynamo_encoder(root: Path, opset: int, external: bool) -> Entry:
         assert program is not None
         model = program.model_proto
         if external:
+            # Weights of 16 KB and more go to the data file; small tensors (Reshape shapes) stay inline:
+            # ONNX Runtime cannot read shape inputs from external data.
             onnx.save(
-                model, str(target), save_as_external_data=True, location="model.onnx.data", size_threshold=0
+                model,
+                str(target),
+                save_as_external_data=True,
+                location="model.onnx.data",
+                size_threshold=16384,
             )
         else:
             onnx.save(model, str(target))

@@ -43,7 +43,7 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
 }
 # techniques run with the accuracy budget (tuner / mixed precision on): model -> techniques
 TUNED = {
-    "paddle-rec": ["dynamic-int8"],
+    "paddle-rec": ["dynamic-int8", "static-int8"],
     "paddle-det": ["fp16"],
     "paddle-cls": ["fp16"],
     "magika": ["static-int8"],

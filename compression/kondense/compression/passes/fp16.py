@@ -109,6 +109,11 @@ def _convert_once(
 
     converted = onnx.ModelProto()
     converted.CopyFrom(model)  # the converter works in place; ``model`` serves every trial
+    # value_info re-declaring a graph input/output makes the converter retype it behind keep_io_types
+    boundary = {v.name for v in [*converted.graph.input, *converted.graph.output]}
+    inner = [v for v in converted.graph.value_info if v.name not in boundary]
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(inner)
     converted = float16.convert_float_to_float16(
         converted,
         keep_io_types=keep_io_types,
