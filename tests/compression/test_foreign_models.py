@@ -313,3 +313,18 @@ def test_inspect_says_why_int8_does_not_apply(tmp_path):
     done = _inspect(bad)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "not a readable ONNX model" in done.stderr
+
+
+def test_static_tuning_ends_with_weight_ops_only():
+    """magika: static QDQ of its hand-written layer norm (ReduceSum/Sqrt/Mul) costs 80 % agreement
+    with no weight node to blame; the last rung quantizes only the weight ops' activations."""
+    from kondense.compression.passes.quantize import tuning_ladder
+
+    static = pass_for("static-int8", {})
+    ladder = tuning_ladder(False, False, ())
+    extra = static.extra_rungs(ladder)  # type: ignore[attr-defined]
+    assert [c.as_dict() for c in extra] == [
+        {"perChannel": True, "reduceRange": True, "nodesToExclude": [], "weightOpsOnly": True}
+    ]
+    assert pass_for("dynamic-int8", {}).extra_rungs(ladder) == []  # type: ignore[attr-defined]
+    assert "weightOpsOnly" not in ladder[0].as_dict()  # unchanged configs for everything else

@@ -55,13 +55,17 @@ class Int8Config:
     per_channel: bool
     reduce_range: bool
     exclude: tuple[str, ...] = ()
+    weight_ops_only: bool = False  # static: quantize only weight ops' activations (not Add/Mul/Reduce...)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "perChannel": self.per_channel,
             "reduceRange": self.reduce_range,
             "nodesToExclude": list(self.exclude),
         }
+        if self.weight_ops_only:
+            config["weightOpsOnly"] = True
+        return config
 
 
 def tuning_ladder(per_channel: bool, reduce_range: bool, user_exclude: tuple[str, ...]) -> list[Int8Config]:
@@ -288,6 +292,7 @@ class Int8Pass(Pass):
             return PassResult({**details, "tuned": False, "quantizedNodes": quantized}, trials, None)
 
         ladder = tuning_ladder(self.params.perChannel, self.params.reduceRange, user_exclude)
+        ladder += self.extra_rungs(ladder)
         context.progress.start(f"{self.technique}: tuning", total=len(ladder))
         chosen: int | None = None
         for config in ladder:
@@ -322,6 +327,10 @@ class Int8Pass(Pass):
             }
         )
         return PassResult(details, trials, within)
+
+    def extra_rungs(self, ladder: list[Int8Config]) -> list[Int8Config]:
+        """Configurations a technique adds after the common ladder (none by default)."""
+        return []
 
     def candidates(self) -> list[str]:
         import onnx
@@ -406,7 +415,9 @@ class Int8Pass(Pass):
         assert budget is not None
         best_index = most_accurate_full_trial(trials, len(context.reference.dataset))
         best_cfg = trials[best_index].config
-        best = Int8Config(best_cfg["perChannel"], best_cfg["reduceRange"], user_exclude)
+        best = Int8Config(
+            best_cfg["perChannel"], best_cfg["reduceRange"], user_exclude, bool(best_cfg.get("weightOpsOnly"))
+        )
         best_delta = trials[best_index].accuracyDelta or 0.0
         probe_reference = context.reference.subset(SENSITIVITY_SAMPLES)
         probe_base = best_delta if len(probe_reference.dataset) == len(context.reference.dataset) else None
@@ -472,6 +483,11 @@ class StaticInt8Pass(Int8Pass):
     technique = Technique.STATIC_INT8
     params: StaticInt8Params
 
+    def extra_rungs(self, ladder: list[Int8Config]) -> list[Int8Config]:
+        """Activation quantization of non-weight ops (Add, Mul, ReduceSum of a hand-written layer
+        norm: magika) can ruin accuracy where no weight node is to blame: quantize weight ops only."""
+        return [replace(ladder[-1], per_channel=True, weight_ops_only=True)]
+
     def prepare(self, source: Path, context: PassContext) -> None:
         self._cache = (context.work_dir / "calibration-cache.json").resolve()
         self._cache.unlink(missing_ok=True)
@@ -508,6 +524,9 @@ class StaticInt8Pass(Int8Pass):
                 activation_type=types[self.params.activationType],
                 weight_type=types[self.params.weightType],
                 nodes_to_exclude=list(config.exclude),
+                op_types_to_quantize=sorted(WEIGHT_OPS - {"LSTM", "Attention"})
+                if config.weight_ops_only
+                else None,
                 calibrate_method=methods[self.params.calibrationMethod],
                 calibration_cache_path=str(self._cache),
             )
