@@ -151,14 +151,19 @@ def preprocess(source: Path, work_dir: Path) -> tuple[Path, str | None]:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    target = work_dir / "preprocessed.onnx"
+    target = (work_dir / "preprocessed.onnx").resolve()
+    source = source.resolve()
     try:
-        quant_pre_process(str(source), str(target))
+        # ORT's pre-processing leaves a <uuid>.data copy of the weights in the current directory:
+        # run it from the work directory (absolute paths above).
+        with contextlib.chdir(work_dir.resolve()):
+            quant_pre_process(str(source), str(target))
         return target, None
     except Exception as exc:  # pre-processing is an optimisation: degrade, never fail
         first = _first_line(exc)
     try:
-        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        with contextlib.chdir(work_dir.resolve()):
+            quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
         return target, f"ORT pre-processing without symbolic shape inference ({first})"
     except Exception as exc:
         return source, f"ORT pre-processing skipped: {first}; then {_first_line(exc)}"
