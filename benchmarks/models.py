@@ -301,7 +301,9 @@ def run_one(
     return row
 
 
-def render(rows: list[dict[str, Any]], corpus: list[dict[str, Any]], cpu: dict[str, Any]) -> str:
+def render(
+    rows: list[dict[str, Any]], corpus: list[dict[str, Any]], cpu: dict[str, Any], runs: int = 1
+) -> str:
     order = {e["name"]: i for i, e in enumerate(corpus)}
     for row in rows:  # rows of runs before artifact sizes were recorded: correct external-data bases
         entry = next((e for e in corpus if e["name"] == row["model"]), None)
@@ -320,7 +322,8 @@ def render(rows: list[dict[str, Any]], corpus: list[dict[str, Any]], cpu: dict[s
         "Base and variant are measured in the same run (latency interleaved, 50 runs after 20 warm-up). "
         "Accuracy delta by task: classification = 1 - top-1 agreement with the base (per timestep for "
         "[N, T, C]); regression = relative MAE against the base output; embedding = 1 - mean cosine. "
-        f"Budgets where tuned: {BUDGETS}. Untuned rows have no budget (gate 'no budget').",
+        f"Budgets where tuned: {BUDGETS}. Untuned rows have no budget (gate 'no budget')."
+        + (f" Rows merged from {runs} runs of this script on this machine (--merge)." if runs > 1 else ""),
         "",
         "## Corpus",
         "",
@@ -405,7 +408,7 @@ def main() -> int:
     measured = {r["model"] for r in rows}
     corpus = [e for e in entries if e["name"] in measured]
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(rows, corpus, cpu))
+    args.output.write_text(render(rows, corpus, cpu, len(args.merge) + (1 if to_run else 0)))
     print(f"wrote {args.output}")
     return 0
 
