@@ -34,8 +34,8 @@ from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError
 from kondense.compression.evaluation import Reference, evaluate_variant
-from kondense.compression.integrity import digest_of, external_data_files
 from kondense.compression.intake import normalise
+from kondense.compression.integrity import digest_of, external_data_files
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
 
