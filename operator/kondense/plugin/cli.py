@@ -291,17 +291,6 @@ def _set_paused(
     _run(action)
 
 
-def _set_paused(
-    name: str, namespace: str | None, kubeconfig: str | None, context: str | None, *, paused: bool
-) -> None:
-    def action() -> None:
-        cluster = Cluster(kubeconfig, context, namespace)
-        cluster.annotate(name, {intents.PAUSED: "true" if paused else None})
-        typer.echo(f"compressedmodel {cluster.namespace}/{name}: {'paused' if paused else 'resumed'}")
-
-    _run(action)
-
-
 @app.command()
 def pause(
     name: Name, namespace: Namespace = None, kubeconfig: Kubeconfig = None, context: Context = None
