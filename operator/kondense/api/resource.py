@@ -357,6 +357,40 @@ class ServingSpec(Placement):
 
 
 # ---------------------------------------------------------------------------------------------
+# steering: manual approval and acknowledged intents (kubectl kondense; issue 14)
+
+
+class Approval(StrEnum):
+    NONE = "none"
+    PROMOTION = "promotion"
+    EVERY_STEP = "everyStep"
+
+
+class SteeringSpec(StrictModel):
+    """The parts of spec.rollout that let people gate the rollout."""
+
+    approval: Approval = Field(
+        Approval.NONE,
+        description="Manual gates: none; promotion (wait in phase WaitingForApproval before promoting); "
+        "everyStep (wait before every step up and before promoting). While waiting the canary keeps its "
+        "weight and analysis keeps running (a breach still rolls back); `kubectl kondense approve` lets it go on.",
+    )
+
+
+class SteeringStatus(BaseModel):
+    """What the operator acknowledged of the intents written as annotations (kondense.api.intents)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    paused: bool = Field(False, description="The rollout is paused (annotation kondense.dev/paused).")
+    intents: dict[str, Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="The last nonce acted on per one-shot intent (approve, promote, abort, retry).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # spec.rollout
 
 
@@ -510,7 +544,7 @@ _STEPS_INCREASING = (
 )
 
 
-class RolloutSpec(StrictModel):
+class RolloutSpec(SteeringSpec):
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 25, 50, 100],
         min_length=1,
@@ -671,6 +705,7 @@ class Phase(StrEnum):
     COMPRESSING = "Compressing"
     EVALUATING = "Evaluating"
     CANARY = "Canary"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"  # a canary held until approved (spec.rollout.approval)
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     FAILED = "Failed"
@@ -750,7 +785,7 @@ class SpecHashes(StatusModel):
     rollout: str | None = None
 
 
-class CompressedModelStatus(StatusModel):
+class CompressedModelStatus(SteeringStatus):
     phase: Phase = Phase.PENDING
     observedGeneration: int | None = None
     message: str | None = None

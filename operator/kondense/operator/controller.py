@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
+from kondense.api import intents
 from kondense.api.artifacts import JobResult
 from kondense.api.resource import (
     CompressedModelSpec,
@@ -246,6 +247,7 @@ class Controller:
             canary=track_observation(self.kube.get("Deployment", names.deployment("canary"), namespace))
             if serving
             else None,
+            intents=intents.parse(meta.get("annotations")),
         )
         backend = SERVING_BACKENDS[spec.serving.runtime]
         router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
