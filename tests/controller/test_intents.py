@@ -22,11 +22,14 @@ from kondense.operator.rollout import (
     JobObservation,
     JobState,
     TrackObservation,
+    WebhookResult,
     World,
     analysis_due,
+    post_rollout_due,
     reconcile,
     rollout_hash,
     topology,
+    webhooks_due,
 )
 from kondense.operator.routers import ReplicaRouter
 from kondense_testing.builders import digits_body, job_result, sha
@@ -437,3 +440,132 @@ def test_pause_survives_a_restart_and_abort_wins_over_promote() -> None:
     ]  # abort first; then nothing is left to promote
     assert restarted.status.phase is Phase.ROLLED_BACK
     assert set(restarted.status.intents) == {"abort", "promote"}
+
+
+# ------------------------------------------------------------------------------------------------
+# webhooks: the shell calls the ones due (webhooks_due) and puts the results in World.webhooks
+
+
+def spec_with_hooks(*hooks: tuple[str, str]) -> CompressedModelSpec:
+    body = digits_body()["spec"]
+    body["rollout"]["webhooks"] = [
+        {"name": name, "type": kind, "url": f"http://hooks.test/{name}"} for name, kind in hooks
+    ]
+    return CompressedModelSpec.model_validate(body)
+
+
+class HookDriver(Driver):
+    """Answers every due webhook with the verdict the test sets per name (the shell's part)."""
+
+    def __init__(self, spec: CompressedModelSpec) -> None:
+        super().__init__(spec)
+        self.answers: dict[str, tuple[bool, str]] = {}
+        self.called: list[str] = []
+
+    def tick(self, readings: list[Reading] | None = None, advance: float = 1.0) -> Decision:
+        self.now += timedelta(seconds=advance)
+        world = self.world()
+        due = analysis_due(self.spec, self.status, world, self.now)
+        if readings is not None:
+            assert due is not AnalysisDue.NONE
+            world = replace(world, readings=readings, due=due)
+        results = {}
+        for hook in webhooks_due(self.spec, self.status, due if readings is not None else AnalysisDue.NONE):
+            self.called.append(f"{hook.type.value}:{hook.name}")
+            ok, message = self.answers.get(hook.name, (True, "answered 200"))
+            results[hook.name] = WebhookResult(hook.name, hook.type, ok, message)
+        world = replace(world, webhooks=results)
+        decision = reconcile(self.spec, self.status, 1, world, self.now)
+        self.status = decision.status
+        return decision
+
+
+def test_a_failing_rollout_webhook_is_a_failed_check_that_names_it() -> None:
+    driver = HookDriver(spec_with_hooks(("smoke", "rollout")))
+    driver.to_canary()
+    driver.answers["smoke"] = (False, "answered 503: not ready")
+    decision = driver.interval(GOOD)
+    assert driver.reasons(decision) == ["CheckFailed"] and driver.canary.failedChecks == 1
+    check = driver.canary.checks[-1]
+    assert (check.sli, check.passed) == ("webhook/smoke", False)
+    assert check.message == "rollout webhook smoke (http://hooks.test/smoke): answered 503: not ready"
+    assert driver.canary.requestedWeight == 25  # halted
+    driver.answers["smoke"] = (False, "no answer within 5s (timed out)")
+    driver.interval(GOOD)
+    int8 = {v.name: v for v in driver.status.variants}["int8"]
+    assert int8.phase is VariantPhase.ROLLED_BACK and "timed out" in (int8.message or "")
+    assert driver.canary.variant == "fp16"
+    driver.answers["smoke"] = (True, "answered 200")
+    driver.tick()
+    assert driver.reasons(driver.interval(GOOD)) == ["CanaryStep"]
+
+
+def test_a_rollback_webhook_answering_2xx_rolls_back_at_once() -> None:
+    driver = HookDriver(spec_with_hooks(("kill-switch", "rollback")))
+    driver.to_canary()
+    driver.answers["kill-switch"] = (False, "answered 404")  # the normal case: no rollback asked
+    assert driver.reasons(driver.interval(GOOD)) == ["CanaryStep"]
+    driver.answers["kill-switch"] = (True, "answered 200")
+    decision = driver.interval(GOOD)
+    assert driver.reasons(decision)[:2] == ["Aborted", "RolledBack"]  # whatever failureLimit
+    assert {v.name: v.reason for v in driver.status.variants}["int8"] == "Abort"
+
+
+@pytest.mark.parametrize("kind", ["confirm-traffic-increase", "confirm-promotion"])
+def test_confirm_webhooks_hold_without_counting_failures(kind: str) -> None:
+    driver = HookDriver(spec_with_hooks(("gate", kind)))
+    driver.to_canary()
+    driver.answers["gate"] = (False, "answered 403: closed")
+    if kind == "confirm-promotion":  # steps up freely, holds before promoting
+        for weight in (50, 100):
+            driver.interval(GOOD)
+            assert driver.canary.requestedWeight == weight
+    before = driver.canary.requestedWeight
+    for i in range(3):
+        decision = driver.interval(GOOD)
+        assert driver.reasons(decision) == (["WebhookHalted"] if i == 0 else [])
+        assert driver.canary.requestedWeight == before and not driver.canary.promoting
+        assert driver.canary.failedChecks == 0
+    assert f"not confirmed: {kind} webhook gate: answered 403: closed" in (driver.status.message or "")
+    driver.answers["gate"] = (True, "answered 200")
+    decision = driver.interval(GOOD)
+    assert driver.reasons(decision) == ["Promoting" if kind == "confirm-promotion" else "CanaryStep"]
+
+
+def test_pre_rollout_webhooks_hold_every_canary_start() -> None:
+    driver = HookDriver(spec_with_hooks(("warm-up", "pre-rollout")))
+    driver.answers["warm-up"] = (False, "unreachable: ConnectError: refused")
+    driver.tick()
+    driver.tick()  # compressed: Evaluating, the pre-rollout webhook is called and fails
+    for _ in range(2):
+        driver.tick()
+        assert driver.status.phase is Phase.EVALUATING
+        assert topology(driver.spec, driver.status, ReplicaRouter().split).canary is None
+    assert driver.status.message == (
+        "canary int8 not started: pre-rollout webhook warm-up: unreachable: ConnectError: refused"
+    )
+    driver.answers["warm-up"] = (True, "answered 204")
+    driver.tick()
+    assert driver.status.phase is Phase.CANARY and driver.canary.variant == "int8"
+    # a rollback goes through selection again: the next variant waits for the webhook too
+    driver.tick()
+    driver.interval(SLOW)
+    driver.interval(SLOW)
+    assert driver.status.phase is Phase.EVALUATING and "fp16" in (driver.status.message or "")
+    driver.tick()
+    assert driver.status.phase is Phase.CANARY and driver.canary.variant == "fp16"
+    assert driver.called.count("pre-rollout:warm-up") >= 4
+
+
+def test_post_rollout_webhooks_are_due_once_the_rollout_ends() -> None:
+    spec = spec_with_hooks(("tell", "post-rollout"), ("smoke", "rollout"))
+    driver = HookDriver(spec)
+    driver.to_canary()
+    canary_status = driver.status.model_copy(deep=True)
+    driver.request(intents.Intent.ABORT)
+    driver.tick()
+    assert [h.name for h in post_rollout_due(spec, canary_status, driver.status)] == ["tell"]
+    assert post_rollout_due(spec, driver.status, driver.status) == []
+    assert "post-rollout:tell" not in driver.called  # never with the analysis
+    # webhooks gate the rollout, they do not change what it serves: editing them restarts nothing
+    assert rollout_hash(spec) == rollout_hash(spec_with())

@@ -375,6 +375,53 @@ class SteeringSpec(StrictModel):
         "everyStep (wait before every step up and before promoting). While waiting the canary keeps its "
         "weight and analysis keeps running (a breach still rolls back); `kubectl kondense approve` lets it go on.",
     )
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        max_length=16,
+        description="HTTP hooks: pre-rollout, rollout, confirm-traffic-increase, confirm-promotion, "
+        "post-rollout, rollback (see Webhook).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhooks(cls, hooks: list[Webhook]) -> list[Webhook]:
+        names = [h.name for h in hooks]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"[{index}].name: duplicate webhook name {name!r} (names must be unique)")
+        return hooks
+
+
+class WebhookType(StrEnum):
+    PRE_ROLLOUT = "pre-rollout"  # before a canary gets any traffic: a failure holds it back
+    ROLLOUT = "rollout"  # with every interval analysis: a failure is a failed check
+    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"  # before each step up: a failure holds
+    CONFIRM_PROMOTION = "confirm-promotion"  # before promoting: a failure holds
+    POST_ROLLOUT = "post-rollout"  # after a promotion or a rollback (told, not asked)
+    ROLLBACK = "rollback"  # with every interval analysis: a 2xx rolls the canary back at once
+
+
+class Webhook(StrictModel):
+    """An HTTP POST the operator makes at a point of the rollout (as Flagger's analysis.webhooks). The
+    JSON payload names the model, namespace, phase, webhook type, variant, step, weight, the latest
+    readings and `metadata`. A 2xx answer passes; anything else, an unreachable URL or a timeout fails."""
+
+    name: Name
+    type: WebhookType = Field(WebhookType.ROLLOUT, description="When it is called and what its answer does.")
+    url: str = Field(pattern=r"^https?://.+$", max_length=2048, description="http(s) URL to POST to.")
+    timeout: str = _duration_field("5s", timedelta(seconds=1), timedelta(seconds=60), "Answer within this.")
+    metadata: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
+        None, max_length=32, description="Passed as is in the payload."
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_range(cls, value: str) -> str:
+        return _check_duration(value, timedelta(seconds=1), timedelta(seconds=60))
+
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout).total_seconds()
 
 
 class SteeringStatus(BaseModel):

@@ -24,7 +24,7 @@ from kondense.api.resource import (
     model_name_problem,
 )
 from kondense.api.validation import field_errors, join_path
-from kondense.operator import metrics
+from kondense.operator import metrics, webhooks
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
 from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
@@ -49,11 +49,14 @@ from kondense.operator.rollout import (
     compression_hash,
     continuous_window,
     effective_window,
+    post_rollout_due,
     reconcile,
     set_condition,
     topology,
+    webhooks_due,
 )
 from kondense.operator.routers import TRAFFIC_ROUTERS
+from kondense.operator.selection import select_variants
 from kondense.operator.settings import OperatorSettings
 from kondense.operator.workloads import serving_plan
 
@@ -262,6 +265,19 @@ class Controller:
             provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
             world = replace(world, readings=read_slis(provider, queries), due=due)
 
+        hooks = webhooks_due(spec, current, due)
+        if hooks:  # pre-rollout for the variant about to start, else the canary's
+            starting = (
+                select_variants(spec, current.variants).best if current.phase is Phase.EVALUATING else None
+            )
+            readings = world.readings
+            world = replace(
+                world,
+                webhooks=webhooks.call_all(
+                    hooks, lambda h: webhooks.payload(h, namespace, name, current, readings, starting)
+                ),
+            )
+
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
         for cond in list(status.conditions):
@@ -305,6 +321,10 @@ class Controller:
 
         for event in decision.events:
             self.post_event(body, event)
+        told = post_rollout_due(spec, current, status)
+        webhooks.call_in_background(
+            told, lambda h: webhooks.payload(h, namespace, name, status, None), lambda results: None
+        )
         self._record_metrics(namespace, name, current, status, decision)
         return status
 

@@ -22,6 +22,7 @@ from kondense.api.resource import (
     MAX_CHECKS,
     Approval,
     CanaryStatus,
+    Check,
     CompressedModelSpec,
     CompressedModelStatus,
     Condition,
@@ -29,6 +30,8 @@ from kondense.api.resource import (
     StableStatus,
     VariantPhase,
     VariantStatus,
+    Webhook,
+    WebhookType,
     parse_duration,
 )
 from kondense.operator.analysis import INFINITE_READING, SLI, Analysis, Reading, Verdict, analyse
@@ -78,6 +81,17 @@ class World:
     readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
     due: AnalysisDue | None = None  # which analysis the readings are for (analysis_due)
     intents: Intents = field(default_factory=lambda: Intents(False, ()))  # from the annotations
+    webhooks: Mapping[str, WebhookResult] = field(default_factory=dict)  # by name (webhooks_due)
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """What one webhook call came to (the shell calls: kondense.operator.webhooks)."""
+
+    name: str
+    type: WebhookType
+    ok: bool  # answered 2xx
+    message: str  # e.g. "answered 503: busy", "timed out after 5s"
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,9 @@ def rollout_hash(spec: CompressedModelSpec) -> str:
     # approval gates how the canary moves on, not what it serves: changing it never restarts a canary
     return _digest(
         spec.model_dump(
-            mode="json", include={"selection", "serving", "rollout"}, exclude={"rollout": {"approval"}}
+            mode="json",
+            include={"selection", "serving", "rollout"},
+            exclude={"rollout": {"approval", "webhooks"}},
         )
     )
 
@@ -472,6 +488,10 @@ def reconcile(
                 status.message = f"{selection.best} is already stable"
             elif status.paused:  # a paused rollout starts no canary (no new traffic shift)
                 status.message = f"paused: canary {selection.best} starts on resume"
+            elif (held := pre_rollout_hold(spec, world, selection.best)) is not None:
+                if status.message != held:
+                    d.events.append(Event("Warning", "WebhookHalted", held))
+                status.message = held
             else:
                 status.ladder = selection.ladder[1:]
                 _start_canary(status, spec, selection.best, ts)
@@ -547,6 +567,8 @@ def _canary(
         analysis = analyse(spec.rollout.analysis, readings, ts)
     else:
         analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
+    if not continuous:
+        analysis = webhook_analysis(spec, analysis, world, ts)  # rollout and rollback webhooks
     d.analysis = analysis
     for check in analysis.checks:
         check.variant = variant.name
@@ -560,7 +582,7 @@ def _canary(
 
     if analysis.verdict is Verdict.PASS:
         set_condition(status, "CanaryHealthy", True, "ChecksPassed", _summary(analysis), ts, generation)
-        if hold_advance(spec, status, variant, d):  # paused, or waiting for approval
+        if hold_advance(spec, status, variant, world, d):  # paused, a confirm webhook, or approval
             return
         last = canary.step >= len(spec.rollout.steps) - 1
         _advance(spec, status, variant, ts, d, ("passed every step: " if last else "") + _summary(analysis))
@@ -608,7 +630,7 @@ def _summary(analysis: Analysis) -> str:
     parts = []
     for c in analysis.checks:
         if c.value is None:
-            parts.append(f"{c.sli}: no data")
+            parts.append(f"{c.sli}: {c.message if c.sli.startswith(WEBHOOK_SLI) else 'no data'}")
         else:
             shown = "+Inf" if c.value >= INFINITE_READING else f"{c.value:.4g}"
             parts.append(f"{c.sli}={shown}{'<=' if c.passed else '>'}{c.threshold:g}")
@@ -639,6 +661,9 @@ def _roll_back(
         status.message = (
             f"{variant.name} rolled back ({variant.reason}); paused: {status.ladder[0]} starts on resume"
         )
+    elif status.ladder and _hooks(spec, WebhookType.PRE_ROLLOUT):  # selection starts it once they pass
+        status.phase = Phase.EVALUATING
+        status.message = f"{variant.name} rolled back ({variant.reason}); next: {status.ladder[0]} (pre-rollout webhooks first)"
     elif status.ladder:
         following = status.ladder.pop(0)
         _start_canary(status, spec, following, ts)
@@ -692,7 +717,11 @@ def _where(status: CompressedModelStatus) -> str:
 
 
 def hold_advance(
-    spec: CompressedModelSpec, status: CompressedModelStatus, variant: VariantStatus, d: Decision
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    variant: VariantStatus,
+    world: World,
+    d: Decision,
 ) -> bool:
     """After a passed interval analysis: should the canary stay where it is (paused, or a manual
     approval is needed)? Entering WaitingForApproval posts one Event; staying there posts none."""
@@ -705,6 +734,14 @@ def hold_advance(
         status.message = (
             f"paused: canary {variant.name} held at {canary.requestedWeight}%; {what} waits for resume"
         )
+        return True
+    gate = WebhookType.CONFIRM_PROMOTION if last else WebhookType.CONFIRM_TRAFFIC_INCREASE
+    failed = _failed_hooks(spec, gate, world)
+    if failed:
+        held = f"canary {variant.name} held at {canary.requestedWeight}%: {what} not confirmed: {failed}"
+        if status.message != held:
+            d.events.append(Event("Warning", "WebhookHalted", held))
+        status.message = held
         return True
     approval = spec.rollout.approval
     if not (approval is Approval.EVERY_STEP or (approval is Approval.PROMOTION and last)):
@@ -804,6 +841,83 @@ def _retry(
             f"starting the rollout over ({request.nonce}); candidates again: {', '.join(again) or 'none rolled back'}",
         )
     )
+
+
+# webhooks (as Flagger's analysis.webhooks): the shell calls the ones due and puts the results in World
+
+
+def _hooks(spec: CompressedModelSpec, *types: WebhookType) -> list[Webhook]:
+    return [h for h in spec.rollout.webhooks if h.type in types]
+
+
+def webhooks_due(spec: CompressedModelSpec, status: CompressedModelStatus, due: AnalysisDue) -> list[Webhook]:
+    """The webhooks the shell calls on this tick (post-rollout ones it calls after a promotion or a
+    rollback, see post_rollout_due): pre-rollout while a canary waits to start, the rollout, rollback
+    and confirm-* ones with each interval analysis."""
+    canary = status.canary
+    if status.phase is Phase.EVALUATING:
+        return [] if status.paused else _hooks(spec, WebhookType.PRE_ROLLOUT)
+    if (
+        status.phase not in CANARY_PHASES
+        or canary is None
+        or canary.promoting
+        or due is not AnalysisDue.INTERVAL
+    ):
+        return []
+    last = canary.step >= len(spec.rollout.steps) - 1
+    confirm = WebhookType.CONFIRM_PROMOTION if last else WebhookType.CONFIRM_TRAFFIC_INCREASE
+    return _hooks(spec, WebhookType.ROLLOUT, WebhookType.ROLLBACK, confirm)
+
+
+def post_rollout_due(
+    spec: CompressedModelSpec, before: CompressedModelStatus, after: CompressedModelStatus
+) -> list[Webhook]:
+    ended = after.phase in (Phase.PROMOTED, Phase.ROLLED_BACK) and before.phase is not after.phase
+    return _hooks(spec, WebhookType.POST_ROLLOUT) if ended else []
+
+
+def _failed_hooks(spec: CompressedModelSpec, kind: WebhookType, world: World) -> str:
+    """'; '-joined failures of the webhooks of a kind (a webhook with no result counts as failed)."""
+    out = []
+    for hook in _hooks(spec, kind):
+        result = world.webhooks.get(hook.name)
+        if result is None or not result.ok:
+            out.append(f"{kind.value} webhook {hook.name}: {result.message if result else 'not called'}")
+    return "; ".join(out)
+
+
+def pre_rollout_hold(spec: CompressedModelSpec, world: World, variant: str) -> str | None:
+    failed = _failed_hooks(spec, WebhookType.PRE_ROLLOUT, world)
+    return f"canary {variant} not started: {failed}" if failed else None
+
+
+WEBHOOK_SLI = "webhook"
+
+
+def webhook_analysis(spec: CompressedModelSpec, analysis: Analysis, world: World, ts: str) -> Analysis:
+    """An interval analysis with its rollout and rollback webhooks: a failed rollout webhook is a
+    failed check (it counts against failureLimit); a rollback webhook answering 2xx rolls back at once."""
+    checks, verdict = list(analysis.checks), analysis.verdict
+    window = analysis.checks[0].window if analysis.checks else None
+    for hook in _hooks(spec, WebhookType.ROLLOUT):
+        result = world.webhooks.get(hook.name)
+        if result is None or not result.ok:
+            why = result.message if result else "not called"
+            checks.append(
+                Check(time=ts, sli=f"{WEBHOOK_SLI}/{hook.name}", window=window, passed=False,
+                      message=f"rollout webhook {hook.name} ({hook.url}): {why}")
+            )  # fmt: skip
+            if verdict is Verdict.PASS:
+                verdict = Verdict.FAIL
+    for hook in _hooks(spec, WebhookType.ROLLBACK):
+        result = world.webhooks.get(hook.name)
+        if result is not None and result.ok:
+            checks.append(
+                Check(time=ts, sli=f"{WEBHOOK_SLI}/{hook.name}", window=window, passed=False,
+                      message=f"rollback webhook {hook.name} ({hook.url}) {result.message}: roll back")
+            )  # fmt: skip
+            verdict = Verdict.ABORT
+    return Analysis(checks, verdict)
 
 
 _INTENT_HANDLERS: dict[
