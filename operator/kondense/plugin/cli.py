@@ -146,7 +146,13 @@ def render_status(obj: dict[str, Any], console: Console) -> None:
             f"({(stable['artifact'].get('sha256') or '')[:12]})"
         )
     if intents.parse(annotations).paused:
-        console.print("  [yellow]paused[/] (kubectl kondense resume to go on)")
+        state = "acknowledged" if status.get("paused") else "not acknowledged yet"
+        console.print(f"  [yellow]paused[/] ({state}; kubectl kondense resume to go on)")
+    if status.get("phase") == "WaitingForApproval":
+        console.print(f"  [yellow]waiting for approval[/] (kubectl kondense approve {meta.get('name')})")
+    acknowledged = status.get("intents") or {}
+    if acknowledged:
+        console.print("  acknowledged: " + ", ".join(f"{k} {v}" for k, v in sorted(acknowledged.items())))
     table = Table(title="variants", title_justify="left")
     for column in ("variant", "phase", "technique", "size", "p50 ms", "Δ accuracy", "note"):
         table.add_column(column)
