@@ -569,3 +569,18 @@ def test_post_rollout_webhooks_are_due_once_the_rollout_ends() -> None:
     assert "post-rollout:tell" not in driver.called  # never with the analysis
     # webhooks gate the rollout, they do not change what it serves: editing them restarts nothing
     assert rollout_hash(spec) == rollout_hash(spec_with())
+
+
+def test_the_timer_wakes_for_an_unacknowledged_intent_even_when_settled() -> None:
+    from kondense.operator.handlers import intent_waiting
+
+    settled = {"phase": "RolledBack", "intents": {"retry": "n1"}}
+    assert not intent_waiting({}, settled)
+    assert not intent_waiting({"kondense.dev/retry": "n1"}, settled)  # acknowledged
+    assert intent_waiting({"kondense.dev/retry": "n2"}, settled)  # a new nonce
+    assert intent_waiting({intents.PAUSED: "true"}, settled)  # pause not acknowledged yet
+    assert not intent_waiting({intents.PAUSED: "true"}, {**settled, "paused": True})
+    assert intent_waiting({}, {**settled, "paused": True})  # resume not acknowledged yet
+    assert intent_waiting(
+        {"kondense.dev/abort": "x"}, {"intents": "garbage"}
+    )  # a bad status: pending, no error
