@@ -536,7 +536,10 @@ def test_pre_rollout_webhooks_hold_every_canary_start() -> None:
     driver = HookDriver(spec_with_hooks(("warm-up", "pre-rollout")))
     driver.answers["warm-up"] = (False, "unreachable: ConnectError: refused")
     driver.tick()
-    driver.tick()  # compressed: Evaluating, the pre-rollout webhook is called and fails
+    decision = driver.tick()  # compressed: Evaluating; the shell calls pre-rollout hooks from the next tick
+    assert driver.status.message == "canary int8: pre-rollout webhooks first"
+    assert "WebhookHalted" not in driver.reasons(decision)
+    assert driver.reasons(driver.tick()) == ["WebhookHalted"]  # called: it failed, said once
     for _ in range(2):
         driver.tick()
         assert driver.status.phase is Phase.EVALUATING

@@ -489,9 +489,10 @@ def reconcile(
             elif status.paused:  # a paused rollout starts no canary (no new traffic shift)
                 status.message = f"paused: canary {selection.best} starts on resume"
             elif (held := pre_rollout_hold(spec, world, selection.best)) is not None:
-                if status.message != held:
+                called = all(h.name in world.webhooks for h in _hooks(spec, WebhookType.PRE_ROLLOUT))
+                if called and status.message != held:  # (not called yet: the shell calls on the next tick)
                     d.events.append(Event("Warning", "WebhookHalted", held))
-                status.message = held
+                status.message = held if called else f"canary {selection.best}: pre-rollout webhooks first"
             else:
                 status.ladder = selection.ladder[1:]
                 _start_canary(status, spec, selection.best, ts)
