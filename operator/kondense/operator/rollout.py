@@ -126,7 +126,7 @@ def compression_hash(spec: CompressedModelSpec) -> str:
 
 
 def rollout_hash(spec: CompressedModelSpec) -> str:
-    # approval gates how the canary moves on, not what it serves: changing it never restarts a canary
+    # approval and webhooks gate how the canary moves on, not what it serves: changing them restarts nothing
     return _digest(
         spec.model_dump(
             mode="json",
