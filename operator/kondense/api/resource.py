@@ -424,6 +424,43 @@ class Webhook(StrictModel):
         return parse_duration(self.timeout).total_seconds()
 
 
+class NotificationType(StrEnum):
+    SLACK = "slack"  # Slack incoming webhook: {"text": ...}
+    MSTEAMS = "msteams"  # Microsoft Teams incoming webhook: {"text": ...}
+    WEBHOOK = "webhook"  # generic: {name, namespace, severity, reason, message}
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class SecretKeyRef(StrictModel):
+    name: Name = Field(description="A Secret in the CompressedModel's namespace.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Its key.")
+
+
+class Notification(StrictModel):
+    """Where to tell people about the rollout: canary start, waiting for approval, each breach,
+    rollback, promotion and failure. Sent off the reconcile path, with retries and backoff."""
+
+    name: Name
+    type: NotificationType
+    secretKeyRef: SecretKeyRef = Field(description="The Secret key holding the URL to POST to.")
+    severity: Severity = Field(Severity.INFO, description="Send only notices at least this severe.")
+
+
+class NotificationsSpec(StrictModel):
+    notifications: list[Notification] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Chat and webhook notifications (the operator needs `get` on Secrets: chart value "
+        "notifications.enabled).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
 class SteeringStatus(BaseModel):
     """What the operator acknowledged of the intents written as annotations (kondense.api.intents)."""
 
@@ -650,7 +687,7 @@ class ArtifactsSpec(StrictModel):
     ]
 
 
-class CompressedModelSpec(StrictModel):
+class CompressedModelSpec(NotificationsSpec):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(

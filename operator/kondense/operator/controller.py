@@ -36,6 +36,7 @@ from kondense.operator.naming import (
     VARIANT_LABEL,
     Names,
 )
+from kondense.operator.notifications import Notifier, kube_secret_reader
 from kondense.operator.objects import Owner, compression_job
 from kondense.operator.providers import ProviderFactory, read_slis
 from kondense.operator.rollout import (
@@ -169,9 +170,12 @@ class Controller:
     kube: KubeClient
     post_event: EventSink
     providers: ProviderFactory | None = None
+    notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
         self.metric_providers = self.providers or ProviderFactory(self.settings)
+        # the Secret is read when a notice is sent (the client's CoreV1Api, looked up only then)
+        self.notices = self.notifier or Notifier(lambda ns, ref: kube_secret_reader(self.kube.core)(ns, ref))
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -321,6 +325,7 @@ class Controller:
 
         for event in decision.events:
             self.post_event(body, event)
+        self.notices.notify(namespace, name, spec.notifications, decision.events)  # enqueued, never blocks
         told = post_rollout_due(spec, current, status)
         webhooks.call_in_background(
             told, lambda h: webhooks.payload(h, namespace, name, status, None), lambda results: None
