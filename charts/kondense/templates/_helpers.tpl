@@ -62,6 +62,7 @@ kube.py and kopf), nothing more; see the RBAC section of docs/kind.md.
   - persistentvolumeclaims: pvc_exists (get).
   - events: kopf.event posts core/v1 Events.
   - httproutes (gatewayAPI only): read the route, merge-patch its backend weights.
+  - secrets (notifications.enabled only): get the URL a spec.notifications[].secretKeyRef names.
 */}}
 {{- define "kondense.workloadRules" -}}
 - apiGroups: [kondense.dev]
@@ -91,6 +92,11 @@ kube.py and kopf), nothing more; see the RBAC section of docs/kind.md.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.notifications.enabled }}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
 {{- if .Values.gatewayAPI.enabled }}
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]

@@ -247,6 +247,86 @@ def stop_prometheus_during_analysis(ctx: ScenarioContext, status: dict[str, Any]
     ctx.cluster.prometheus.stop()
 
 
+# ---- steering (issue 14): manual approval, a failing webhook -----------------------------------------
+
+
+def approve_each_wait(ctx: ScenarioContext, status: dict[str, Any]) -> None:
+    """What a person with `kubectl kondense approve` does: each time the rollout waits for approval,
+    look twice (the weight holds), then approve with a fresh nonce on the resource's annotation."""
+    canary = status.get("canary") or {}
+    if status.get("phase") != "WaitingForApproval":
+        return
+    key = f"{canary.get('variant')}@{canary.get('step')}"
+    seen = ctx.notes.setdefault("waits", {})
+    seen.setdefault(key, []).append(canary.get("requestedWeight"))
+    if len(seen[key]) == 2:
+        nonce = f"demo-{len(seen)}-{int(time.time())}"
+        ctx.display.say(f"waiting for approval at {canary.get('requestedWeight')}%: approving ({nonce})")
+        ctx.cluster.client.patch(
+            "CompressedModel", ctx.cluster.namespace, ctx.name,
+            {"metadata": {"annotations": {"kondense.dev/approve": nonce}}},
+        )  # fmt: skip
+
+
+def verify_manual_approval(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = verify_happy(ctx, status)
+    waits = ctx.notes.get("waits") or {}
+    if len(waits) < 2:
+        problems.append(f"expected a wait before the step up and before promotion, saw {sorted(waits)}")
+    for key, weights in waits.items():
+        if len(set(weights)) != 1:
+            problems.append(f"the weight moved while waiting for approval at {key}: {weights}")
+    if len(ctx.events("Approved")) != len(waits):
+        problems.append(f"{len(ctx.events('Approved'))} Approved events for {len(waits)} waits")
+    if not (status.get("intents") or {}).get("approve"):
+        problems.append("no approval acknowledged in status.intents")
+    return problems
+
+
+class FailingReceiver:
+    """A webhook receiver on loopback that answers 503 to everything (lives as long as the process)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = b"smoke tests failing"
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/smoke"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def add_failing_webhook(body: dict[str, Any]) -> None:
+    receiver = FailingReceiver()
+    body["spec"]["rollout"]["webhooks"] = [
+        {"name": "smoke", "type": "rollout", "url": receiver.url, "timeout": "2s"}
+    ]
+
+
+def verify_webhook_halt(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = []
+    if ctx.events("Promoted") or any(v.get("phase") == "Promoted" for v in _variants(status).values()):
+        problems.append("a variant was promoted although its rollout webhook failed")
+    checks = (status.get("canary") or {}).get("checks") or []
+    named = [c for c in checks if c.get("sli") == "webhook/smoke" and not c.get("passed")]
+    if not named or "answered 503: smoke tests failing" not in (named[-1].get("message") or ""):
+        problems.append(f"no failed check naming the webhook and its answer: {checks[-3:]}")
+    rolled = [v for v in _variants(status).values() if v.get("phase") == "RolledBack"]
+    if not rolled or not all("rollout webhook smoke" in (v.get("message") or "") for v in rolled):
+        problems.append(f"rolled back variants do not name the webhook: {rolled}")
+    return problems
+
+
 # ---- the CRs -----------------------------------------------------------------------------------------
 
 
@@ -311,6 +391,21 @@ SCENARIOS: dict[str, Scenario] = {
             "RolledBack",
             on_status=stop_prometheus_during_analysis,
             verify=verify_outage,
+        ),
+        Scenario(
+            "manual-approval",
+            "rollout.approval everyStep: the canary waits at each step until approved, then promotes",
+            "Promoted",
+            customize=lambda body: body["spec"]["rollout"].update(approval="everyStep"),
+            on_status=approve_each_wait,
+            verify=verify_manual_approval,
+        ),
+        Scenario(
+            "webhook-halt",
+            "a rollout webhook answers 503: failed checks naming it, rollback, never promoted",
+            "RolledBack",
+            customize=add_failing_webhook,
+            verify=verify_webhook_halt,
         ),
         Scenario(
             "job-failure",

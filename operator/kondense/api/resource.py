@@ -357,6 +357,124 @@ class ServingSpec(Placement):
 
 
 # ---------------------------------------------------------------------------------------------
+# steering: manual approval and acknowledged intents (kubectl kondense; issue 14)
+
+
+class Approval(StrEnum):
+    NONE = "none"
+    PROMOTION = "promotion"
+    EVERY_STEP = "everyStep"
+
+
+class SteeringSpec(StrictModel):
+    """The parts of spec.rollout that let people gate the rollout."""
+
+    approval: Approval = Field(
+        Approval.NONE,
+        description="Manual gates: none; promotion (wait in phase WaitingForApproval before promoting); "
+        "everyStep (wait before every step up and before promoting). While waiting the canary keeps its "
+        "weight and analysis keeps running (a breach still rolls back); `kubectl kondense approve` lets it go on.",
+    )
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        max_length=16,
+        description="HTTP hooks: pre-rollout, rollout, confirm-traffic-increase, confirm-promotion, "
+        "post-rollout, rollback (see Webhook).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhooks(cls, hooks: list[Webhook]) -> list[Webhook]:
+        names = [h.name for h in hooks]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"[{index}].name: duplicate webhook name {name!r} (names must be unique)")
+        return hooks
+
+
+class WebhookType(StrEnum):
+    PRE_ROLLOUT = "pre-rollout"  # before a canary gets any traffic: a failure holds it back
+    ROLLOUT = "rollout"  # with every interval analysis: a failure is a failed check
+    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"  # before each step up: a failure holds
+    CONFIRM_PROMOTION = "confirm-promotion"  # before promoting: a failure holds
+    POST_ROLLOUT = "post-rollout"  # after a promotion or a rollback (told, not asked)
+    ROLLBACK = "rollback"  # with every interval analysis: a 2xx rolls the canary back at once
+
+
+class Webhook(StrictModel):
+    """An HTTP POST the operator makes at a point of the rollout (as Flagger's analysis.webhooks). The
+    JSON payload names the model, namespace, phase, webhook type, variant, step, weight, the latest
+    readings and `metadata`. A 2xx answer passes; anything else, an unreachable URL or a timeout fails."""
+
+    name: Name
+    type: WebhookType = Field(WebhookType.ROLLOUT, description="When it is called and what its answer does.")
+    url: str = Field(pattern=r"^https?://.+$", max_length=2048, description="http(s) URL to POST to.")
+    timeout: str = _duration_field("5s", timedelta(seconds=1), timedelta(seconds=60), "Answer within this.")
+    metadata: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
+        None, max_length=32, description="Passed as is in the payload."
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_range(cls, value: str) -> str:
+        return _check_duration(value, timedelta(seconds=1), timedelta(seconds=60))
+
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout).total_seconds()
+
+
+class NotificationType(StrEnum):
+    SLACK = "slack"  # Slack incoming webhook: {"text": ...}
+    MSTEAMS = "msteams"  # Microsoft Teams incoming webhook: {"text": ...}
+    WEBHOOK = "webhook"  # generic: {name, namespace, severity, reason, message}
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class SecretKeyRef(StrictModel):
+    name: Name = Field(description="A Secret in the CompressedModel's namespace.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Its key.")
+
+
+class Notification(StrictModel):
+    """Where to tell people about the rollout: canary start, waiting for approval, each breach,
+    rollback, promotion and failure. Sent off the reconcile path, with retries and backoff."""
+
+    name: Name
+    type: NotificationType
+    secretKeyRef: SecretKeyRef = Field(description="The Secret key holding the URL to POST to.")
+    severity: Severity = Field(Severity.INFO, description="Send only notices at least this severe.")
+
+
+class NotificationsSpec(StrictModel):
+    notifications: list[Notification] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Chat and webhook notifications (the operator needs `get` on Secrets: chart value "
+        "notifications.enabled).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+class SteeringStatus(BaseModel):
+    """What the operator acknowledged of the intents written as annotations (kondense.api.intents)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    paused: bool = Field(False, description="The rollout is paused (annotation kondense.dev/paused).")
+    intents: dict[str, Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="The last nonce acted on per one-shot intent (approve, promote, abort, retry).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # spec.rollout
 
 
@@ -510,7 +628,7 @@ _STEPS_INCREASING = (
 )
 
 
-class RolloutSpec(StrictModel):
+class RolloutSpec(SteeringSpec):
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 25, 50, 100],
         min_length=1,
@@ -569,7 +687,7 @@ class ArtifactsSpec(StrictModel):
     ]
 
 
-class CompressedModelSpec(StrictModel):
+class CompressedModelSpec(NotificationsSpec):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
@@ -671,6 +789,7 @@ class Phase(StrEnum):
     COMPRESSING = "Compressing"
     EVALUATING = "Evaluating"
     CANARY = "Canary"
+    WAITING_FOR_APPROVAL = "WaitingForApproval"  # a canary held until approved (spec.rollout.approval)
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     FAILED = "Failed"
@@ -753,7 +872,7 @@ class SpecHashes(StatusModel):
     rollout: str | None = None
 
 
-class CompressedModelStatus(StatusModel):
+class CompressedModelStatus(SteeringStatus):
     phase: Phase = Phase.PENDING
     observedGeneration: int | None = None
     message: str | None = None

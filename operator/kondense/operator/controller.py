@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
+from kondense.api import intents
 from kondense.api.artifacts import JobResult
 from kondense.api.resource import (
     CompressedModelSpec,
@@ -23,7 +24,7 @@ from kondense.api.resource import (
     model_name_problem,
 )
 from kondense.api.validation import field_errors, join_path
-from kondense.operator import metrics
+from kondense.operator import metrics, webhooks
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
 from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
@@ -35,6 +36,7 @@ from kondense.operator.naming import (
     VARIANT_LABEL,
     Names,
 )
+from kondense.operator.notifications import Notifier, kube_secret_reader
 from kondense.operator.objects import Owner, compression_job
 from kondense.operator.providers import ProviderFactory, read_slis
 from kondense.operator.rollout import (
@@ -48,11 +50,14 @@ from kondense.operator.rollout import (
     compression_hash,
     continuous_window,
     effective_window,
+    post_rollout_due,
     reconcile,
     set_condition,
     topology,
+    webhooks_due,
 )
 from kondense.operator.routers import TRAFFIC_ROUTERS
+from kondense.operator.selection import select_variants
 from kondense.operator.settings import OperatorSettings
 from kondense.operator.workloads import serving_plan
 
@@ -165,9 +170,12 @@ class Controller:
     kube: KubeClient
     post_event: EventSink
     providers: ProviderFactory | None = None
+    notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
         self.metric_providers = self.providers or ProviderFactory(self.settings)
+        # the Secret is read when a notice is sent (the client's CoreV1Api, looked up only then)
+        self.notices = self.notifier or Notifier(lambda ns, ref: kube_secret_reader(self.kube.core)(ns, ref))
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -246,6 +254,7 @@ class Controller:
             canary=track_observation(self.kube.get("Deployment", names.deployment("canary"), namespace))
             if serving
             else None,
+            intents=intents.parse(meta.get("annotations")),
         )
         backend = SERVING_BACKENDS[spec.serving.runtime]
         router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
@@ -259,6 +268,19 @@ class Controller:
             queries = backend.queries(namespace, name, "canary", window, pods)
             provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
             world = replace(world, readings=read_slis(provider, queries), due=due)
+
+        hooks = webhooks_due(spec, current, due)
+        if hooks:  # pre-rollout for the variant about to start, else the canary's
+            starting = (
+                select_variants(spec, current.variants).best if current.phase is Phase.EVALUATING else None
+            )
+            readings = world.readings
+            world = replace(
+                world,
+                webhooks=webhooks.call_all(
+                    hooks, lambda h: webhooks.payload(h, namespace, name, current, readings, starting)
+                ),
+            )
 
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
@@ -303,6 +325,11 @@ class Controller:
 
         for event in decision.events:
             self.post_event(body, event)
+        self.notices.notify(namespace, name, spec.notifications, decision.events)  # enqueued, never blocks
+        told = post_rollout_due(spec, current, status)
+        webhooks.call_in_background(
+            told, lambda h: webhooks.payload(h, namespace, name, status, None), lambda results: None
+        )
         self._record_metrics(namespace, name, current, status, decision)
         return status
 

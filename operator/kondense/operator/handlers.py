@@ -10,6 +10,7 @@ import kopf
 from kubernetes import config as kube_config
 from prometheus_client import start_http_server
 
+from kondense.api import intents
 from kondense.api.resource import GROUP, PLURAL, VERSION
 from kondense.operator import metrics
 from kondense.operator.controller import Controller
@@ -80,13 +81,22 @@ def tick_delay(phase: str | None) -> float:
     return SETTINGS.tick_seconds
 
 
+def intent_waiting(annotations: Any, status: Any) -> bool:
+    """A pause, resume or one-shot intent the status has not acknowledged yet: acted on at the next tick,
+    not after a settled object's idle resync (annotation changes do not wake the spec handlers)."""
+    wanted = intents.parse(dict(annotations or {}))
+    acknowledged = status.get("intents") if isinstance(status.get("intents"), dict) else {}
+    return wanted.paused != bool(status.get("paused")) or bool(wanted.pending(acknowledged))
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.tick_seconds, sharp=False)
-def on_tick(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> None:
+def on_tick(
+    namespace: str | None, name: str, status: kopf.Status, annotations: kopf.Annotations, **_: Any
+) -> None:
     namespace = namespace or "default"  # CompressedModels are namespaced; kopf types it optional
-    if (
-        time.monotonic() - _last_reconcile.get((namespace, name), 0.0)
-        < tick_delay(status.get("phase")) - 0.05
-    ):
+    if time.monotonic() - _last_reconcile.get((namespace, name), 0.0) < tick_delay(
+        status.get("phase")
+    ) - 0.05 and not intent_waiting(annotations, status):
         return
     _reconcile(namespace, name)
 

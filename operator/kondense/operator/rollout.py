@@ -17,9 +17,12 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from kondense.api.artifacts import ArtifactRef, JobResult, VariantMetrics
+from kondense.api.intents import Intent, Intents, Request
 from kondense.api.resource import (
     MAX_CHECKS,
+    Approval,
     CanaryStatus,
+    Check,
     CompressedModelSpec,
     CompressedModelStatus,
     Condition,
@@ -27,6 +30,8 @@ from kondense.api.resource import (
     StableStatus,
     VariantPhase,
     VariantStatus,
+    Webhook,
+    WebhookType,
     parse_duration,
 )
 from kondense.operator.analysis import INFINITE_READING, SLI, Analysis, Reading, Verdict, analyse
@@ -34,6 +39,8 @@ from kondense.operator.selection import select_variants
 
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
 TERMINAL = {VariantPhase.SUCCEEDED, VariantPhase.REJECTED, VariantPhase.FAILED}
+# phases with a live canary (weights, analysis, rollback): WaitingForApproval is a canary held for approval
+CANARY_PHASES = (Phase.CANARY, Phase.WAITING_FOR_APPROVAL)
 MIN_WINDOW = timedelta(seconds=10)  # shortest PromQL window worth asking for (several scrapes)
 # Shortest window of a continuous analysis after a counted check: fresh samples only, so two counted
 # failures never share evidence (and several scrapes of a 1-2 s scrape interval).
@@ -73,6 +80,18 @@ class World:
     canary: TrackObservation | None = None
     readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
     due: AnalysisDue | None = None  # which analysis the readings are for (analysis_due)
+    intents: Intents = field(default_factory=lambda: Intents(False, ()))  # from the annotations
+    webhooks: Mapping[str, WebhookResult] = field(default_factory=dict)  # by name (webhooks_due)
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    """What one webhook call came to (the shell calls: kondense.operator.webhooks)."""
+
+    name: str
+    type: WebhookType
+    ok: bool  # answered 2xx
+    message: str  # e.g. "answered 503: busy", "timed out after 5s"
 
 
 @dataclass(frozen=True)
@@ -107,7 +126,14 @@ def compression_hash(spec: CompressedModelSpec) -> str:
 
 
 def rollout_hash(spec: CompressedModelSpec) -> str:
-    return _digest(spec.model_dump(mode="json", include={"selection", "serving", "rollout"}))
+    # approval and webhooks gate how the canary moves on, not what it serves: changing them restarts nothing
+    return _digest(
+        spec.model_dump(
+            mode="json",
+            include={"selection", "serving", "rollout"},
+            exclude={"rollout": {"approval", "webhooks"}},
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +353,7 @@ def analysis_due(
     interval. A continuous analysis after a counted check waits for CONTINUOUS_MIN_WINDOW of fresh
     samples."""
     canary = status.canary
-    if status.phase is not Phase.CANARY or canary is None or canary.promoting:
+    if status.phase not in CANARY_PHASES or canary is None or canary.promoting:
         return AnalysisDue.NONE
     interval = timedelta(seconds=spec.rollout.interval_seconds())
     ready = parse_time(canary.readyAt) or (now if _canary_serving(status, world) else None)
@@ -387,7 +413,13 @@ def reconcile(
         )
     elif status.hashes.rollout != roll:
         status.hashes.rollout = roll
-        if status.phase in (Phase.CANARY, Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED, Phase.EVALUATING):
+        if status.phase in (
+            *CANARY_PHASES,
+            Phase.PROMOTED,
+            Phase.ROLLED_BACK,
+            Phase.FAILED,
+            Phase.EVALUATING,
+        ):
             for v in status.variants:
                 if v.phase is VariantPhase.ROLLED_BACK:
                     v.phase = VariantPhase.SUCCEEDED
@@ -397,6 +429,7 @@ def reconcile(
                 Event("Normal", "Redeploying", "serving/rollout settings changed: selecting again")
             )
     status.observedGeneration = generation
+    steer(spec, status, world, now, d)  # pause/resume and the one-shot intents (kubectl kondense)
 
     # 2. compress: the baseline and one Job per target
     if status.phase in (Phase.PENDING, Phase.COMPRESSING):
@@ -454,6 +487,13 @@ def reconcile(
                 status.phase, status.selectedVariant = Phase.PROMOTED, selection.best
                 status.ladder = selection.ladder[1:]
                 status.message = f"{selection.best} is already stable"
+            elif status.paused:  # a paused rollout starts no canary (no new traffic shift)
+                status.message = f"paused: canary {selection.best} starts on resume"
+            elif (held := pre_rollout_hold(spec, world, selection.best)) is not None:
+                called = all(h.name in world.webhooks for h in _hooks(spec, WebhookType.PRE_ROLLOUT))
+                if called and status.message != held:  # (not called yet: the shell calls on the next tick)
+                    d.events.append(Event("Warning", "WebhookHalted", held))
+                status.message = held if called else f"canary {selection.best}: pre-rollout webhooks first"
             else:
                 status.ladder = selection.ladder[1:]
                 _start_canary(status, spec, selection.best, ts)
@@ -468,7 +508,7 @@ def reconcile(
                 )
 
     # 4. canary: weights, analysis, promotion, rollback
-    if status.phase is Phase.CANARY and status.canary is not None:
+    if status.phase in CANARY_PHASES and status.canary is not None:
         _canary(spec, status, world, now, d)
 
     # conditions
@@ -529,6 +569,8 @@ def _canary(
         analysis = analyse(spec.rollout.analysis, readings, ts)
     else:
         analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
+    if not continuous:
+        analysis = webhook_analysis(spec, analysis, world, ts)  # rollout and rollback webhooks
     d.analysis = analysis
     for check in analysis.checks:
         check.variant = variant.name
@@ -542,21 +584,10 @@ def _canary(
 
     if analysis.verdict is Verdict.PASS:
         set_condition(status, "CanaryHealthy", True, "ChecksPassed", _summary(analysis), ts, generation)
-        steps = spec.rollout.steps
-        if canary.step >= len(steps) - 1:
-            canary.promoting = True
-            status.message = f"promoting {variant.name}: stable moves to its artifact"
-            d.events.append(
-                Event("Normal", "Promoting", f"{variant.name} passed every step: {_summary(analysis)}")
-            )
-        else:
-            canary.step += 1
-            canary.requestedWeight = steps[canary.step]
-            canary.stepStartedAt = ts
-            status.message = f"canary {variant.name} at {steps[canary.step]}%"
-            d.events.append(
-                Event("Normal", "CanaryStep", f"{variant.name} → {steps[canary.step]}%: {_summary(analysis)}")
-            )
+        if hold_advance(spec, status, variant, world, d):  # paused, a confirm webhook, or approval
+            return
+        last = canary.step >= len(spec.rollout.steps) - 1
+        _advance(spec, status, variant, ts, d, ("passed every step: " if last else "") + _summary(analysis))
         return
 
     canary.failedChecks += 1
@@ -572,11 +603,36 @@ def _canary(
     _roll_back(spec, status, variant, analysis, ts, d)
 
 
+def _advance(
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    variant: VariantStatus,
+    ts: str,
+    d: Decision,
+    why: str,
+) -> None:
+    """One step up, or promotion from the last step (after a passed analysis, an approval or by hand)."""
+    canary = status.canary
+    assert canary is not None
+    steps = spec.rollout.steps
+    status.phase = Phase.CANARY
+    if canary.step >= len(steps) - 1:
+        canary.promoting = True
+        status.message = f"promoting {variant.name}: stable moves to its artifact"
+        d.events.append(Event("Normal", "Promoting", f"{variant.name} {why}"))
+    else:
+        canary.step += 1
+        canary.requestedWeight = steps[canary.step]
+        canary.stepStartedAt = ts
+        status.message = f"canary {variant.name} at {steps[canary.step]}%"
+        d.events.append(Event("Normal", "CanaryStep", f"{variant.name} → {steps[canary.step]}%: {why}"))
+
+
 def _summary(analysis: Analysis) -> str:
     parts = []
     for c in analysis.checks:
         if c.value is None:
-            parts.append(f"{c.sli}: no data")
+            parts.append(f"{c.sli}: {c.message if c.sli.startswith(WEBHOOK_SLI) else 'no data'}")
         else:
             shown = "+Inf" if c.value >= INFINITE_READING else f"{c.value:.4g}"
             parts.append(f"{c.sli}={shown}{'<=' if c.passed else '>'}{c.threshold:g}")
@@ -602,7 +658,15 @@ def _roll_back(
     variant.message = "; ".join(c.message or c.sli for c in failed)
     canary.requestedWeight, canary.weight = 0, 0
     d.events.append(Event("Warning", "RolledBack", f"{variant.name}: {variant.message}"))
-    if status.ladder:
+    if status.ladder and status.paused:  # the next variant's canary starts on resume (selection)
+        status.phase = Phase.EVALUATING
+        status.message = (
+            f"{variant.name} rolled back ({variant.reason}); paused: {status.ladder[0]} starts on resume"
+        )
+    elif status.ladder and _hooks(spec, WebhookType.PRE_ROLLOUT):  # selection starts it once they pass
+        status.phase = Phase.EVALUATING
+        status.message = f"{variant.name} rolled back ({variant.reason}); next: {status.ladder[0]} (pre-rollout webhooks first)"
+    elif status.ladder:
         following = status.ladder.pop(0)
         _start_canary(status, spec, following, ts)
         status.message = f"{variant.name} rolled back ({variant.reason}); trying {following}"
@@ -612,6 +676,260 @@ def _roll_back(
         status.message = (
             f"{variant.name} rolled back ({variant.message}); no variant left, stable keeps serving"
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# steering: pause, manual approval and the one-shot intents of `kubectl kondense` (issue 14)
+#
+# Safety first: pause and approval only ever hold traffic where it is (no step up, no promotion, no new
+# canary); analysis keeps running and a breach still rolls back. Explicit commands (approve, promote,
+# abort, retry) act even while paused. Each one-shot intent is acknowledged in status.intents with its
+# nonce in the same status write as its effect, so a replayed reconcile never acts on it twice.
+
+
+def steer(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime, d: Decision
+) -> None:
+    ts = _iso(now)
+    wanted = world.intents
+    if wanted.paused != status.paused:
+        status.paused = wanted.paused
+        where = _where(status)
+        d.events.append(
+            Event(
+                "Normal",
+                "Paused",
+                f"paused {where}: no step up, no promotion, no new canary; breaches still roll back",
+            )
+            if wanted.paused
+            else Event("Normal", "Resumed", f"resumed {where}")
+        )
+        if not wanted.paused and (status.message or "").startswith("paused"):
+            status.message = f"resumed {where}"
+    for request in wanted.pending(status.intents):
+        status.intents[request.intent.value] = request.nonce
+        _INTENT_HANDLERS[request.intent](spec, status, request, ts, d)
+
+
+def _where(status: CompressedModelStatus) -> str:
+    canary = status.canary
+    if status.phase in CANARY_PHASES and canary is not None:
+        return f"(canary {canary.variant} at {canary.requestedWeight}%, phase {status.phase.value})"
+    return f"(phase {status.phase.value})"
+
+
+def hold_advance(
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    variant: VariantStatus,
+    world: World,
+    d: Decision,
+) -> bool:
+    """After a passed interval analysis: should the canary stay where it is (paused, or a manual
+    approval is needed)? Entering WaitingForApproval posts one Event; staying there posts none."""
+    canary = status.canary
+    assert canary is not None
+    steps = spec.rollout.steps
+    last = canary.step >= len(steps) - 1
+    what = "promotion" if last else f"the step to {steps[canary.step + 1]}%"
+    if status.paused:
+        status.message = (
+            f"paused: canary {variant.name} held at {canary.requestedWeight}%; {what} waits for resume"
+        )
+        return True
+    gate = WebhookType.CONFIRM_PROMOTION if last else WebhookType.CONFIRM_TRAFFIC_INCREASE
+    failed = _failed_hooks(spec, gate, world)
+    if failed:
+        held = f"canary {variant.name} held at {canary.requestedWeight}%: {what} not confirmed: {failed}"
+        if status.message != held:
+            d.events.append(Event("Warning", "WebhookHalted", held))
+        status.message = held
+        return True
+    approval = spec.rollout.approval
+    if not (approval is Approval.EVERY_STEP or (approval is Approval.PROMOTION and last)):
+        return False
+    if status.phase is not Phase.WAITING_FOR_APPROVAL:
+        status.phase = Phase.WAITING_FOR_APPROVAL
+        status.message = (
+            f"canary {variant.name} passed at {canary.requestedWeight}%: {what} waits for approval "
+            "(kubectl kondense approve)"
+        )
+        d.events.append(Event("Normal", "WaitingForApproval", status.message))
+    return True
+
+
+def _ignored(status: CompressedModelStatus, request: Request, why: str, d: Decision) -> None:
+    d.events.append(Event("Normal", "IntentIgnored", f"{request.intent.value} ({request.nonce}): {why}"))
+
+
+def _live_canary(status: CompressedModelStatus) -> CanaryStatus | None:
+    canary = status.canary
+    if status.phase in CANARY_PHASES and canary is not None and canary.variant is not None:
+        return canary
+    return None
+
+
+def _approve(
+    spec: CompressedModelSpec, status: CompressedModelStatus, request: Request, ts: str, d: Decision
+) -> None:
+    canary = _live_canary(status)
+    if status.phase is not Phase.WAITING_FOR_APPROVAL or canary is None or canary.variant is None:
+        _ignored(status, request, f"nothing waits for approval (phase {status.phase.value})", d)
+        return
+    d.events.append(Event("Normal", "Approved", f"{canary.variant} approved ({request.nonce})"))
+    _advance(spec, status, _variant(status, canary.variant), ts, d, f"approved ({request.nonce})")
+
+
+def _promote(
+    spec: CompressedModelSpec, status: CompressedModelStatus, request: Request, ts: str, d: Decision
+) -> None:
+    canary = _live_canary(status)
+    if canary is None or canary.variant is None or canary.promoting:
+        state = (
+            "already promoting" if canary is not None and canary.promoting else f"phase {status.phase.value}"
+        )
+        _ignored(status, request, f"no canary to promote ({state})", d)
+        return
+    variant = _variant(status, canary.variant)
+    how = "analysis skipped" if request.skip_analysis else "one step now"
+    d.events.append(
+        Event("Normal", "ManualPromotion", f"{variant.name}: promote by hand, {how} ({request.nonce})")
+    )
+    if request.skip_analysis:
+        canary.step = len(spec.rollout.steps) - 1
+    _advance(spec, status, variant, ts, d, f"promoted by hand, {how} ({request.nonce})")
+
+
+def _abort(
+    spec: CompressedModelSpec, status: CompressedModelStatus, request: Request, ts: str, d: Decision
+) -> None:
+    canary = _live_canary(status)
+    if canary is None or canary.variant is None:
+        _ignored(status, request, f"no canary to abort (phase {status.phase.value})", d)
+        return
+    variant = _variant(status, canary.variant)
+    variant.phase, variant.reason = VariantPhase.ROLLED_BACK, "Aborted"
+    variant.message = f"aborted by hand ({request.nonce})"
+    canary.requestedWeight, canary.weight, canary.promoting = 0, 0, False
+    status.phase = Phase.ROLLED_BACK
+    serving = status.stable.variant if status.stable and status.stable.variant else "the base model"
+    status.message = (
+        f"{variant.name} aborted by hand: 100% on stable ({serving}); kubectl kondense retry starts over"
+    )
+    d.events.append(Event("Warning", "ManualAbort", f"{variant.name}: {status.message} ({request.nonce})"))
+
+
+def _retry(
+    spec: CompressedModelSpec, status: CompressedModelStatus, request: Request, ts: str, d: Decision
+) -> None:
+    if status.phase not in (Phase.ROLLED_BACK, Phase.FAILED):
+        _ignored(
+            status,
+            request,
+            f"only a rolled back or failed rollout is retried (phase {status.phase.value})",
+            d,
+        )
+        return
+    again = [v.name for v in status.variants if v.phase is VariantPhase.ROLLED_BACK]
+    for v in status.variants:
+        if v.phase is VariantPhase.ROLLED_BACK:
+            v.phase, v.reason, v.message = VariantPhase.SUCCEEDED, None, None
+    status.phase, status.selectedVariant, status.ladder = Phase.EVALUATING, None, []
+    status.message = "retrying: selecting again"
+    d.events.append(
+        Event(
+            "Normal",
+            "Retrying",
+            f"starting the rollout over ({request.nonce}); candidates again: {', '.join(again) or 'none rolled back'}",
+        )
+    )
+
+
+# webhooks (as Flagger's analysis.webhooks): the shell calls the ones due and puts the results in World
+
+
+def _hooks(spec: CompressedModelSpec, *types: WebhookType) -> list[Webhook]:
+    return [h for h in spec.rollout.webhooks if h.type in types]
+
+
+def webhooks_due(spec: CompressedModelSpec, status: CompressedModelStatus, due: AnalysisDue) -> list[Webhook]:
+    """The webhooks the shell calls on this tick (post-rollout ones it calls after a promotion or a
+    rollback, see post_rollout_due): pre-rollout while a canary waits to start, the rollout, rollback
+    and confirm-* ones with each interval analysis."""
+    canary = status.canary
+    if status.phase is Phase.EVALUATING:
+        return [] if status.paused else _hooks(spec, WebhookType.PRE_ROLLOUT)
+    if (
+        status.phase not in CANARY_PHASES
+        or canary is None
+        or canary.promoting
+        or due is not AnalysisDue.INTERVAL
+    ):
+        return []
+    last = canary.step >= len(spec.rollout.steps) - 1
+    confirm = WebhookType.CONFIRM_PROMOTION if last else WebhookType.CONFIRM_TRAFFIC_INCREASE
+    return _hooks(spec, WebhookType.ROLLOUT, WebhookType.ROLLBACK, confirm)
+
+
+def post_rollout_due(
+    spec: CompressedModelSpec, before: CompressedModelStatus, after: CompressedModelStatus
+) -> list[Webhook]:
+    ended = after.phase in (Phase.PROMOTED, Phase.ROLLED_BACK) and before.phase is not after.phase
+    return _hooks(spec, WebhookType.POST_ROLLOUT) if ended else []
+
+
+def _failed_hooks(spec: CompressedModelSpec, kind: WebhookType, world: World) -> str:
+    """'; '-joined failures of the webhooks of a kind (a webhook with no result counts as failed)."""
+    out = []
+    for hook in _hooks(spec, kind):
+        result = world.webhooks.get(hook.name)
+        if result is None or not result.ok:
+            out.append(f"{kind.value} webhook {hook.name}: {result.message if result else 'not called'}")
+    return "; ".join(out)
+
+
+def pre_rollout_hold(spec: CompressedModelSpec, world: World, variant: str) -> str | None:
+    failed = _failed_hooks(spec, WebhookType.PRE_ROLLOUT, world)
+    return f"canary {variant} not started: {failed}" if failed else None
+
+
+WEBHOOK_SLI = "webhook"
+
+
+def webhook_analysis(spec: CompressedModelSpec, analysis: Analysis, world: World, ts: str) -> Analysis:
+    """An interval analysis with its rollout and rollback webhooks: a failed rollout webhook is a
+    failed check (it counts against failureLimit); a rollback webhook answering 2xx rolls back at once."""
+    checks, verdict = list(analysis.checks), analysis.verdict
+    window = analysis.checks[0].window if analysis.checks else None
+    for hook in _hooks(spec, WebhookType.ROLLOUT):
+        result = world.webhooks.get(hook.name)
+        if result is None or not result.ok:
+            why = result.message if result else "not called"
+            checks.append(
+                Check(time=ts, sli=f"{WEBHOOK_SLI}/{hook.name}", window=window, passed=False,
+                      message=f"rollout webhook {hook.name} ({hook.url}): {why}")
+            )  # fmt: skip
+            if verdict is Verdict.PASS:
+                verdict = Verdict.FAIL
+    for hook in _hooks(spec, WebhookType.ROLLBACK):
+        result = world.webhooks.get(hook.name)
+        if result is not None and result.ok:
+            checks.append(
+                Check(time=ts, sli=f"{WEBHOOK_SLI}/{hook.name}", window=window, passed=False,
+                      message=f"rollback webhook {hook.name} ({hook.url}) {result.message}: roll back")
+            )  # fmt: skip
+            verdict = Verdict.ABORT
+    return Analysis(checks, verdict)
+
+
+_INTENT_HANDLERS: dict[
+    Intent, Callable[[CompressedModelSpec, CompressedModelStatus, Request, str, Decision], None]
+] = {
+    Intent.APPROVE: _approve,
+    Intent.PROMOTE: _promote,
+    Intent.ABORT: _abort,
+    Intent.RETRY: _retry,
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -642,7 +960,7 @@ def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: Re
         return Topology(None, None, 0)
     stable = Track(status.stable.artifact, status.stable.variant, total)
     canary_status = status.canary
-    if status.phase is not Phase.CANARY or canary_status is None or canary_status.variant is None:
+    if status.phase not in CANARY_PHASES or canary_status is None or canary_status.variant is None:
         return Topology(stable, None, 0)
     variant = _variant(status, canary_status.variant)
     if variant.artifact is None:

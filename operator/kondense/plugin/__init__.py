@@ -1,0 +1,1 @@
+"""kubectl-kondense: the kubectl plugin."""
