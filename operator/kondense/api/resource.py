@@ -449,6 +449,56 @@ class FractionThreshold(_Threshold):
         return self.abortAt if self.abortAt is not None else min(1.0, ABORT_FACTOR * self.max)
 
 
+# ---------------------------------------------------------------------------------------------
+# relative gates (issue 13): the canary judged against stable over the same window
+
+MAX_RATIO_TO_STABLE = 100.0
+DEFAULT_ALPHA = 0.05
+
+
+class LatencyThreshold(MaxThreshold):
+    """The p99 gate: absolute (``max``) and, optionally, relative to stable."""
+
+    maxRatioToStable: float | None = Field(
+        None,
+        gt=1,
+        le=MAX_RATIO_TO_STABLE,
+        description="Relative gate: breach when the canary's p99 is above this many times stable's p99 "
+        "over the same window AND a one-sided Mann-Whitney U test on the two latency histograms says the "
+        "canary is slower with p < analysis.alpha. Above 1 (a same-speed canary must pass). The "
+        "onnxruntime runtime only (Triton exports a latency summary, not a histogram).",
+    )
+
+
+class ErrorRateThreshold(FractionThreshold):
+    """The error-rate gate: absolute (``max``) and, optionally, relative to stable."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                f"!has(self.abortAt) || self.abortAt > (has(self.max) ? self.max : {DEFAULT_ERROR_RATE})",
+                "abortAt must be greater than max",
+                ".abortAt",
+            )
+        )
+    )
+
+    max: float = Field(
+        DEFAULT_ERROR_RATE,
+        gt=0,
+        le=1,
+        description=f"Breach when the reading is above this (0 < max <= 1). Default {DEFAULT_ERROR_RATE}.",
+    )
+    maxIncreaseOverStable: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Relative gate: breach when the canary's error rate exceeds stable's over the same "
+        "window by more than this (absolute, e.g. 0.005 = half a percentage point) AND a one-sided "
+        "two-proportion z-test says it is higher with p < analysis.alpha.",
+    )
+
+
 class LoadTest(StrictModel):
     rps: float = Field(gt=0, le=100_000, description="Requests per second replayed from the evaluation data.")
 
@@ -456,7 +506,7 @@ class LoadTest(StrictModel):
 # A gate that can never fail is off: a fraction gate at max 1 (every reading is <= 1). The error-rate
 # gate is on by default; a spec may loosen gates but cannot switch every one of them off.
 _SOME_GATE_ON = (
-    "(!has(self.errorRate) || double(self.errorRate.max) < 1.0)"
+    "(!has(self.errorRate) || !has(self.errorRate.max) || double(self.errorRate.max) < 1.0)"
     " || (has(self.accuracyDelta) && double(self.accuracyDelta.max) < 1.0)"
     " || has(self.p99LatencyMs)"
 )
@@ -479,14 +529,28 @@ class AnalysisSpec(StrictModel):
     minRequests: int = Field(
         20, ge=1, le=1_000_000, description="Fewer canary requests in the window counts as no data."
     )
-    p99LatencyMs: MaxThreshold | None = Field(None, description="Gate on the canary's p99 latency (ms).")
-    errorRate: FractionThreshold = Field(
-        default_factory=lambda: FractionThreshold(max=DEFAULT_ERROR_RATE),
+    p99LatencyMs: LatencyThreshold | None = Field(None, description="Gate on the canary's p99 latency (ms).")
+    errorRate: ErrorRateThreshold = Field(
+        default_factory=lambda: ErrorRateThreshold(max=DEFAULT_ERROR_RATE),
         description="Gate on the canary's share of failed requests (HTTP 5xx and errors). Always in force: "
         f"max {DEFAULT_ERROR_RATE} unless set; a spec cannot switch every gate off.",
     )
     accuracyDelta: FractionThreshold | None = Field(
         None, description="Live: 1 - agreement of the canary with the stable model (shadow requests)."
+    )
+    alpha: float = Field(
+        DEFAULT_ALPHA,
+        gt=0,
+        le=0.5,
+        description="Significance level of the relative gates: a canary-versus-stable difference past its "
+        "gate only counts when the test's one-sided p-value is below this (noise does not roll back).",
+    )
+    minSamplesPerSide: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Requests each track (canary and stable) needs in the window before a relative gate "
+        "is judged; fewer is no data. Default: minRequests.",
     )
     loadTest: LoadTest | None = None
 
@@ -502,6 +566,14 @@ class AnalysisSpec(StrictModel):
         if not (error_gate_on or accuracy_gate_on or self.p99LatencyMs is not None):
             raise ValueError(f"errorRate.max: {ALL_GATES_OFF}")
         return self
+
+    def relative_gates(self) -> bool:
+        """Whether any gate compares the canary with stable (the shell then reads both tracks)."""
+        latency = self.p99LatencyMs is not None and self.p99LatencyMs.maxRatioToStable is not None
+        return latency or self.errorRate.maxIncreaseOverStable is not None
+
+    def samples_per_side(self) -> int:
+        return self.minSamplesPerSide if self.minSamplesPerSide is not None else self.minRequests
 
 
 _STEPS_INCREASING = (
@@ -569,6 +641,12 @@ class ArtifactsSpec(StrictModel):
     ]
 
 
+LATENCY_RATIO_NEEDS_HISTOGRAM = (
+    "a p99 ratio to stable needs the onnxruntime runtime (the test compares two latency histograms; "
+    "Triton exports a latency summary)"
+)
+
+
 class CompressedModelSpec(StrictModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -587,6 +665,13 @@ class CompressedModelSpec(StrictModel):
                 " || !has(self.serving) || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'",
                 "live accuracyDelta needs the onnxruntime runtime (its canary shadows the stable model)",
                 ".rollout.analysis.accuracyDelta",
+            ),
+            cel(
+                "!has(self.rollout) || !has(self.rollout.analysis) || !has(self.rollout.analysis.p99LatencyMs)"
+                " || !has(self.rollout.analysis.p99LatencyMs.maxRatioToStable)"
+                " || !has(self.serving) || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'",
+                LATENCY_RATIO_NEEDS_HISTOGRAM,
+                ".rollout.analysis.p99LatencyMs.maxRatioToStable",
             ),
         )
     )
@@ -637,6 +722,15 @@ class CompressedModelSpec(StrictModel):
             raise ValueError(
                 "rollout.analysis.accuracyDelta: live accuracy delta needs the onnxruntime runtime "
                 "(its canary shadows the stable model)"
+            )
+        latency = self.rollout.analysis.p99LatencyMs
+        if (
+            latency is not None
+            and latency.maxRatioToStable is not None
+            and self.serving.runtime is not Runtime.ONNXRUNTIME
+        ):
+            raise ValueError(
+                f"rollout.analysis.p99LatencyMs.maxRatioToStable: {LATENCY_RATIO_NEEDS_HISTOGRAM}"
             )
         return self
 
@@ -710,6 +804,14 @@ class Check(StatusModel):
     window: str | None = None
     passed: bool
     message: str | None = None
+    # relative gates (p99LatencyRatio, errorRateIncrease): both readings and the test behind the verdict
+    canaryValue: float | None = Field(None, description="Relative gates: the canary's reading.")
+    stableValue: float | None = Field(None, description="Relative gates: stable's reading, same window.")
+    canarySamples: float | None = Field(None, description="Relative gates: canary requests in the window.")
+    stableSamples: float | None = Field(None, description="Relative gates: stable requests in the window.")
+    test: str | None = Field(None, description="Relative gates: the statistical test (one-sided).")
+    pValue: float | None = Field(None, description="Relative gates: the test's p-value.")
+    alpha: float | None = Field(None, description="Relative gates: the significance level in force.")
 
 
 class CanaryStatus(StatusModel):

@@ -24,7 +24,8 @@ from kondense.api.resource import (
 )
 from kondense.api.validation import field_errors, join_path
 from kondense.operator import metrics
-from kondense.operator.backends import SERVING_BACKENDS, ServingContext
+from kondense.operator.analysis import Comparison
+from kondense.operator.backends import SERVING_BACKENDS, ServingBackend, ServingContext
 from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
 from kondense.operator.naming import (
@@ -36,7 +37,7 @@ from kondense.operator.naming import (
     Names,
 )
 from kondense.operator.objects import Owner, compression_job
-from kondense.operator.providers import ProviderFactory, read_slis
+from kondense.operator.providers import MetricProvider, ProviderFactory, read_slis, read_track
 from kondense.operator.rollout import (
     AnalysisDue,
     Event,
@@ -259,6 +260,10 @@ class Controller:
             queries = backend.queries(namespace, name, "canary", window, pods)
             provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
             world = replace(world, readings=read_slis(provider, queries), due=due)
+            if spec.rollout.analysis.relative_gates():
+                world = replace(
+                    world, comparison=self._compare(backend, provider, current, namespace, name, window)
+                )
 
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
@@ -455,6 +460,25 @@ class Controller:
                 obs.result.artifact.uri = uri
             out[variant] = obs
         return out
+
+    def _compare(
+        self,
+        backend: ServingBackend,
+        provider: MetricProvider,
+        status: CompressedModelStatus,
+        namespace: str,
+        name: str,
+        window: str,
+    ) -> Comparison:
+        """Both tracks over the same window, each limited to the pods serving its artifact."""
+        stable_sha = status.stable.artifact.sha256 if status.stable and status.stable.artifact else None
+        sides = {}
+        for track, sha in (("canary", _canary_sha(status)), ("stable", stable_sha)):
+            pods = self._serving_pods(namespace, name, track, sha)
+            sides[track] = read_track(
+                provider, backend.comparison_queries(namespace, name, track, window, pods)
+            )
+        return Comparison(canary=sides["canary"], stable=sides["stable"])
 
     def _serving_pods(self, namespace: str, name: str, track: str, sha: str | None) -> list[str]:
         """Pods of a track whose template serves the artifact ``sha`` (not the pods it replaced)."""

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -29,7 +29,15 @@ from kondense.api.resource import (
     VariantStatus,
     parse_duration,
 )
-from kondense.operator.analysis import INFINITE_READING, SLI, Analysis, Reading, Verdict, analyse
+from kondense.operator.analysis import (
+    INFINITE_READING,
+    SLI,
+    Analysis,
+    Comparison,
+    Reading,
+    Verdict,
+    analyse,
+)
 from kondense.operator.selection import select_variants
 
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
@@ -73,6 +81,7 @@ class World:
     canary: TrackObservation | None = None
     readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
     due: AnalysisDue | None = None  # which analysis the readings are for (analysis_due)
+    comparison: Comparison | None = None  # canary and stable over the same window (relative gates)
 
 
 @dataclass(frozen=True)
@@ -518,8 +527,11 @@ def _canary(
     if world.readings is None:
         return
     continuous = world.due is AnalysisDue.CONTINUOUS
+    comparison = stable_comparison(canary, world)
     if continuous:
-        analysis = analyse(spec.rollout.analysis, world.readings, ts, continuous_window(status, now))
+        analysis = analyse(
+            spec.rollout.analysis, world.readings, ts, continuous_window(status, now), comparison
+        )
         if not analysis.breached:
             return  # between intervals only a breach counts: passes and no data wait for the interval
     elif canary.readyAt is None:
@@ -527,7 +539,9 @@ def _canary(
         readings = [Reading(SLI.REQUESTS, None, f"canary pods not serving {variant.name} after {waited}s")]
         analysis = analyse(spec.rollout.analysis, readings, ts)
     else:
-        analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
+        analysis = analyse(
+            spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now), comparison
+        )
     d.analysis = analysis
     for check in analysis.checks:
         check.variant = variant.name
@@ -569,6 +583,14 @@ def _canary(
         d.events.append(Event("Warning", "CheckFailed", f"{variant.name}: {_summary(analysis)}"))
         return
     _roll_back(spec, status, variant, analysis, ts, d)
+
+
+def stable_comparison(canary: CanaryStatus, world: World) -> Comparison | None:
+    """The relative gates' view of this tick: at 100 % stable serves no user traffic, so there is
+    nothing to compare with (the absolute gates judge that step alone)."""
+    if world.comparison is None:
+        return None
+    return replace(world.comparison, stable_idle=canary.requestedWeight >= 100)
 
 
 def _summary(analysis: Analysis) -> str:
