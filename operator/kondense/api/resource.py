@@ -582,7 +582,20 @@ _STEPS_INCREASING = (
 )
 
 
+BAKE_BELOW_INTERVAL = "must be at least one interval (the bake judges at least one full analysis)"
+
+
 class RolloutSpec(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.bake) || duration(self.bake) >= duration(has(self.interval) ? self.interval : '30s')",
+                f"bake {BAKE_BELOW_INTERVAL}",
+                ".bake",
+            )
+        )
+    )
+
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 25, 50, 100],
         min_length=1,
@@ -597,6 +610,17 @@ class RolloutSpec(StrictModel):
     failureLimit: int = Field(1, ge=0, le=100, description="Failed checks tolerated; one more rolls back.")
     trafficRouting: TrafficRouting = Field(default_factory=TrafficRouting)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    bake: str | None = Field(
+        None,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="Keep the gates running this long after 100 % (phase Baking, the variant serving as "
+        "stable, the previous stable artifact kept): a breach reverts stable to the previous artifact at "
+        "once, without replaying the steps. At least one interval, at most 24h.",
+        json_schema_extra=cel_rules(
+            cel("duration(self) <= duration('86400s')", "must be at most 86400s"),
+        ),
+    )
 
     @field_validator("steps")
     @classmethod
@@ -612,6 +636,23 @@ class RolloutSpec(StrictModel):
     @classmethod
     def _interval_range(cls, value: str) -> str:
         return _check_duration(value, MIN_INTERVAL, MAX_INTERVAL)
+
+    @model_validator(mode="after")
+    def _bake_range(self) -> RolloutSpec:
+        if self.bake is not None:
+            bake = parse_duration(self.bake)
+            if bake > MAX_INTERVAL:
+                raise ValueError(
+                    f"bake: must be at most {int(MAX_INTERVAL.total_seconds())}s, got {self.bake!r}"
+                )
+            if bake < parse_duration(self.interval):
+                raise ValueError(
+                    f"bake: {BAKE_BELOW_INTERVAL} (bake {self.bake!r}, interval {self.interval!r})"
+                )
+        return self
+
+    def bake_seconds(self) -> float | None:
+        return parse_duration(self.bake).total_seconds() if self.bake is not None else None
 
     def interval_seconds(self) -> float:
         return parse_duration(self.interval).total_seconds()
@@ -765,6 +806,7 @@ class Phase(StrEnum):
     COMPRESSING = "Compressing"
     EVALUATING = "Evaluating"
     CANARY = "Canary"
+    BAKING = "Baking"  # at 100 %, stable on the variant, gates still running, previous artifact kept
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     FAILED = "Failed"
@@ -835,6 +877,24 @@ class StableStatus(StatusModel):
     artifact: ArtifactRef | None = None
 
 
+class BakeStatus(StatusModel):
+    """The bake after 100 %: the variant serves as stable while the gates keep running."""
+
+    variant: str | None = None
+    artifact: ArtifactRef | None = Field(None, description="The artifact being baked (now stable's).")
+    previous: StableStatus | None = Field(
+        None,
+        description="The stable artifact before the bake: reverted to on a breach, released when it passes.",
+    )
+    startedAt: str | None = None
+    lastAnalysisAt: str | None = None
+    lastVerdict: str | None = Field(None, description="Verdict of the last counted analysis.")
+    failedChecks: int = Field(0, ge=0)
+    result: Literal["Passed", "Reverted"] | None = None
+    finishedAt: str | None = None
+    checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
+
+
 class Condition(StatusModel):
     type: str
     status: Literal["True", "False", "Unknown"]
@@ -863,6 +923,7 @@ class CompressedModelStatus(StatusModel):
     ladder: list[str] = Field(default_factory=list, description="Variants still to try, best first.")
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
+    bake: BakeStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 

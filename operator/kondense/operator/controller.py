@@ -46,6 +46,8 @@ from kondense.operator.rollout import (
     TrackObservation,
     World,
     analysis_due,
+    bake_due,
+    bake_window,
     compression_hash,
     continuous_window,
     effective_window,
@@ -265,6 +267,7 @@ class Controller:
                     world, comparison=self._compare(backend, provider, current, namespace, name, window)
                 )
 
+        world = self._bake_readings(spec, current, world, backend, namespace, name, now)
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
         for cond in list(status.conditions):
@@ -460,6 +463,26 @@ class Controller:
                 obs.result.artifact.uri = uri
             out[variant] = obs
         return out
+
+    def _bake_readings(
+        self,
+        spec: CompressedModelSpec,
+        status: CompressedModelStatus,
+        world: World,
+        backend: ServingBackend,
+        namespace: str,
+        name: str,
+        now: datetime,
+    ) -> World:
+        """During a bake, the SLIs of the stable pods serving the baked artifact."""
+        due = bake_due(spec, status, now)
+        if due is AnalysisDue.NONE or status.bake is None or status.bake.artifact is None:
+            return world
+        window = bake_window(spec, status, now, due)
+        pods = self._serving_pods(namespace, name, "stable", status.bake.artifact.sha256)
+        provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
+        readings = read_slis(provider, backend.queries(namespace, name, "stable", window, pods))
+        return replace(world, readings=readings, due=due)
 
     def _compare(
         self,

@@ -19,6 +19,7 @@ from enum import StrEnum
 from kondense.api.artifacts import ArtifactRef, JobResult, VariantMetrics
 from kondense.api.resource import (
     MAX_CHECKS,
+    BakeStatus,
     CanaryStatus,
     CompressedModelSpec,
     CompressedModelStatus,
@@ -35,6 +36,7 @@ from kondense.operator.analysis import (
     Analysis,
     Comparison,
     Reading,
+    TrackSample,
     Verdict,
     analyse,
 )
@@ -479,6 +481,10 @@ def reconcile(
     if status.phase is Phase.CANARY and status.canary is not None:
         _canary(spec, status, world, now, d)
 
+    # 5. bake: after 100 %, a breach reverts stable to the previous artifact at once
+    if status.phase is Phase.BAKING:
+        _bake(spec, status, world, now, d)
+
     # conditions
     ready = status.phase is Phase.PROMOTED
     set_condition(
@@ -505,6 +511,9 @@ def _canary(
             and stable.sha256 == target_sha
             and stable.ready >= stable.replicas > 0
         ):
+            if spec.rollout.bake is not None:  # the gates keep running before the promotion is final
+                _start_bake(status, variant, ts, d)
+                return
             status.phase = Phase.PROMOTED
             variant.phase = VariantPhase.PROMOTED
             status.stable = StableStatus(variant=variant.name, artifact=variant.artifact)
@@ -633,6 +642,134 @@ def _roll_back(
         status.message = (
             f"{variant.name} rolled back ({variant.message}); no variant left, stable keeps serving"
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# bake and instant revert (issue 13): after 100 % the variant serves as stable while the gates keep
+# running; the previous stable artifact is kept in status.bake.previous until the bake passes
+
+
+# Nothing to compare with during a bake (only the variant serves): the relative gates are not judged.
+NO_BASELINE = Comparison(TrackSample(), TrackSample(), stable_idle=True)
+
+
+def _start_bake(status: CompressedModelStatus, variant: VariantStatus, ts: str, d: Decision) -> None:
+    canary = status.canary
+    assert canary is not None
+    previous = status.stable.model_copy(deep=True) if status.stable is not None else None
+    status.phase = Phase.BAKING
+    status.stable = StableStatus(variant=variant.name, artifact=variant.artifact)
+    status.bake = BakeStatus(variant=variant.name, artifact=variant.artifact, previous=previous, startedAt=ts)
+    canary.promoting = False
+    was = (previous.variant or "base") if previous else "nothing"
+    status.message = f"{variant.name} baking at 100 % (previous stable {was} kept)"
+    d.events.append(Event("Normal", "Baking", f"{variant.name} is stable; baking, {was} kept for a revert"))
+
+
+def bake_due(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> AnalysisDue:
+    """During a bake, like a canary: one interval analysis per interval (from the bake's start), a
+    continuous one on every tick in between (after CONTINUOUS_MIN_WINDOW of fresh samples)."""
+    bake = status.bake
+    if status.phase is not Phase.BAKING or bake is None:
+        return AnalysisDue.NONE
+    started = parse_time(bake.startedAt) or now
+    last = max(filter(None, [parse_time(bake.lastAnalysisAt), started]))
+    if now - last >= timedelta(seconds=spec.rollout.interval_seconds()):
+        return AnalysisDue.INTERVAL
+    if now - last >= CONTINUOUS_MIN_WINDOW:
+        return AnalysisDue.CONTINUOUS
+    return AnalysisDue.NONE
+
+
+def bake_window(
+    spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime, due: AnalysisDue
+) -> str:
+    """Interval: the analysis window, cut to the bake (samples of the previous artifact must not
+    count); continuous: the samples since the last counted check."""
+    bake = status.bake
+    started = parse_time(bake.startedAt if bake else None) or now
+    if due is AnalysisDue.CONTINUOUS:
+        since = max(filter(None, [parse_time(bake.lastAnalysisAt if bake else None), started]))
+        return f"{int(max(now - since, CONTINUOUS_MIN_WINDOW).total_seconds())}s"
+    window = min(parse_duration(spec.rollout.analysis.window), max(now - started, MIN_WINDOW))
+    return f"{int(window.total_seconds())}s"
+
+
+def _bake(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime, d: Decision
+) -> None:
+    bake = status.bake
+    if bake is None or bake.variant is None:  # a status edited by hand: nothing to bake
+        status.phase = Phase.PROMOTED
+        return
+    ts = _iso(now)
+    variant = _variant(status, bake.variant)
+    if world.readings is not None and world.due is not None:
+        window = bake_window(spec, status, now, world.due)
+        # nothing shadows the stable track: live accuracy is judged during the canary steps only
+        gates = spec.rollout.analysis.model_copy(update={"accuracyDelta": None})
+        analysis = analyse(gates, world.readings, ts, window, NO_BASELINE)
+        if world.due is AnalysisDue.INTERVAL or analysis.breached:
+            d.analysis = analysis
+            for check in analysis.checks:
+                check.variant = variant.name
+            bake.checks = (bake.checks + analysis.checks)[-MAX_CHECKS:]
+            bake.lastAnalysisAt = ts
+            bake.lastVerdict = analysis.verdict.value
+            if analysis.breached:
+                _revert(status, variant, analysis, ts, d)
+                return
+            if analysis.verdict is Verdict.NO_DATA:
+                bake.failedChecks += 1
+                if bake.failedChecks > spec.rollout.failureLimit:
+                    _revert(status, variant, analysis, ts, d)
+                    return
+                d.events.append(
+                    Event("Warning", "CheckFailed", f"{variant.name} (baking): {_summary(analysis)}")
+                )
+    seconds = spec.rollout.bake_seconds()
+    started = parse_time(bake.startedAt) or now
+    elapsed = seconds is None or now - started >= timedelta(seconds=seconds)
+    if elapsed and (seconds is None or bake.lastVerdict == Verdict.PASS.value):
+        _bake_passed(status, variant, ts, d)
+
+
+def _revert(
+    status: CompressedModelStatus, variant: VariantStatus, analysis: Analysis, ts: str, d: Decision
+) -> None:
+    """Stable back on the previous artifact at once (the topology follows status.stable); no replay."""
+    bake = status.bake
+    assert bake is not None
+    failed = [c for c in analysis.checks if not c.passed]
+    status.stable = bake.previous.model_copy(deep=True) if bake.previous else status.stable
+    bake.result, bake.finishedAt = "Reverted", ts
+    variant.phase = VariantPhase.ROLLED_BACK
+    variant.reason = "Bake" + _REASONS[analysis.verdict]
+    variant.message = "during the bake: " + "; ".join(c.message or c.sli for c in failed)
+    back = (bake.previous.variant or "base") if bake.previous else "the previous artifact"
+    status.phase = Phase.ROLLED_BACK
+    status.message = f"{variant.name} reverted during the bake ({variant.reason}); stable back on {back}"
+    set_condition(
+        status, "CanaryHealthy", False, variant.reason, _summary(analysis), ts, status.observedGeneration
+    )
+    d.events.append(
+        Event("Warning", "Reverted", f"{variant.name}: {_summary(analysis)}; stable back on {back}")
+    )
+
+
+def _bake_passed(status: CompressedModelStatus, variant: VariantStatus, ts: str, d: Decision) -> None:
+    bake = status.bake
+    assert bake is not None
+    released = (bake.previous.variant or "base") if bake.previous else None
+    bake.previous = None  # released: nothing pins the old artifact any more
+    bake.result, bake.finishedAt = "Passed", ts
+    status.phase = Phase.PROMOTED
+    variant.phase = VariantPhase.PROMOTED
+    status.message = f"{variant.name} promoted (bake passed)"
+    sha = variant.artifact.sha256[:12] if variant.artifact else ""
+    d.events.append(
+        Event("Normal", "Promoted", f"{variant.name} baked and is stable ({sha}); released {released}")
+    )
 
 
 # ------------------------------------------------------------------------------------------------
