@@ -788,6 +788,7 @@ class Topology:
     stable: Track | None
     canary: Track | None  # None: no canary Deployment at all
     weight: int  # requested canary percent (routers turn it into replicas or route weights)
+    baking: bool = False  # stable serves a variant under bake: its gates still need load
 
 
 ReplicaSplit = Callable[[int, int], tuple[int, int]]
@@ -801,7 +802,7 @@ def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: Re
     stable = Track(status.stable.artifact, status.stable.variant, total)
     canary_status = status.canary
     if status.phase is not Phase.CANARY or canary_status is None or canary_status.variant is None:
-        return Topology(stable, None, 0)
+        return Topology(stable, None, 0, baking=status.phase is Phase.BAKING)
     variant = _variant(status, canary_status.variant)
     if variant.artifact is None:
         return Topology(stable, None, 0)
