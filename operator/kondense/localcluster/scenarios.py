@@ -116,6 +116,26 @@ class BakedStableFault:
         return list(self.args) if labels.get(VARIANT_LABEL) not in (None, "base") else []
 
 
+class TrackLatencyFault:
+    """Kubelet hook: every serving pod answers ``base_ms`` late, the first canary variant ``slow_ms``
+    late: a canary proportionally slower than stable (e.g. 30 ms against 20 ms, 1.5x) while far under
+    the absolute p99 limit; the next variant runs at stable's speed."""
+
+    def __init__(self, base_ms: int, slow_ms: int) -> None:
+        self.base_ms, self.slow_ms = base_ms, slow_ms
+        self.first = FirstCanaryFault([])
+
+    def __call__(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
+        if container.get("name") != "server":
+            return []
+        labels = pod["metadata"].get("labels") or {}
+        slow = False
+        if labels.get(TRACK_LABEL) == "canary":
+            self.first(pod, container)  # remembers the first canary variant
+            slow = labels.get(VARIANT_LABEL) == self.first.variant
+        return ["--inject-latency-ms", str(self.slow_ms if slow else self.base_ms)]
+
+
 # ---- checks ------------------------------------------------------------------------------------------
 
 
@@ -319,6 +339,36 @@ def verify_bake_revert(ctx: ScenarioContext, status: dict[str, Any]) -> list[str
     return problems
 
 
+def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    """The slower canary was rolled back by the relative gate alone (its absolute p99 checks passed,
+    the ratio past the gate with p < alpha); the same-speed one promoted."""
+    checks = (status.get("canary") or {}).get("checks") or []
+    rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
+    problems = []
+    if len(rolled) != 1:
+        return [f"expected exactly one rolled-back variant, got {rolled}"]
+    mine = [c for c in checks if c.get("variant") == rolled[0]]
+    ratios = [c for c in mine if c.get("sli") == "p99LatencyRatio" and not c.get("passed") and c.get("value")]
+    if not any(
+        c["value"] > c["threshold"] and (c.get("pValue") or 1) < (c.get("alpha") or 0) for c in ratios
+    ):
+        problems.append(f"no significant p99LatencyRatio breach for {rolled[0]}: {mine}")
+    absolute = [c for c in mine if c.get("sli") == "p99LatencyMs" and c.get("value") is not None]
+    if not absolute or not all(c.get("passed") for c in absolute):
+        problems.append(f"{rolled[0]} was not under the absolute p99 limit: {absolute}")
+    promoted = (status.get("stable") or {}).get("variant")
+    judged = [c for c in checks if c.get("variant") == promoted and c.get("sli") == "p99LatencyRatio"]
+    if not judged or not all(c.get("passed") for c in judged):
+        problems.append(f"the same-speed variant {promoted} was not judged equal to stable: {judged}")
+    return problems + verify_promoted_artifact(ctx, status)
+
+
+def relative_latency_gate(body: dict[str, Any]) -> None:
+    analysis = body["spec"]["rollout"]["analysis"]
+    analysis["p99LatencyMs"] = {"max": 100, "maxRatioToStable": 1.2}
+    analysis["minSamplesPerSide"] = 20
+
+
 def bake_with_slow_stable(body: dict[str, Any]) -> None:
     """A bake long enough that the breach lands inside it."""
     body["spec"]["rollout"]["bake"] = "60s"
@@ -427,6 +477,15 @@ SCENARIOS: dict[str, Scenario] = {
             customize=bake_with_slow_stable,
             fault=lambda: BakedStableFault(["--inject-latency-ms", "80"]),
             verify=verify_bake_revert,
+        ),
+        Scenario(
+            "relative-latency",
+            "the first canary is 1.5x slower than stable (30 ms vs 20 ms, limit 100 ms): rolled back by "
+            "the relative gate; the next, as fast as stable, is promoted",
+            "Promoted",
+            customize=relative_latency_gate,
+            fault=lambda: TrackLatencyFault(20, 30),
+            verify=verify_relative_latency,
         ),
         Scenario(
             "job-failure",
