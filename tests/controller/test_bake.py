@@ -264,3 +264,17 @@ def test_a_same_speed_canary_is_promoted_and_the_last_step_needs_no_stable_traff
     assert driver.status.canary.promoting
     judged = [c.passed for c in driver.status.canary.checks if c.sli == "p99LatencyRatio"]
     assert judged == [True, True]
+
+
+def test_relative_gates_are_judged_at_interval_analyses_only() -> None:
+    """A test on every tick over overlapping samples would make false rollbacks likelier than alpha:
+    the continuous analysis between intervals leaves the relative gates out."""
+    driver = relative_driver()
+    slower = Comparison(track(0.006, 1), track(0.004, 2))
+    decision = driver.tick(replace(driver.serving(), readings=GOOD, comparison=slower), advance=5)
+    assert decision.analysis is None  # a continuous pass: nothing recorded, nothing counted
+    assert driver.status.canary is not None and driver.status.canary.failedChecks == 0
+    decision = driver.tick(
+        replace(driver.serving(), readings=GOOD, comparison=slower), advance=driver.interval()
+    )
+    assert decision.analysis is not None and driver.status.canary.failedChecks == 1

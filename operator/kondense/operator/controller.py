@@ -262,7 +262,7 @@ class Controller:
             queries = backend.queries(namespace, name, "canary", window, pods)
             provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
             world = replace(world, readings=read_slis(provider, queries), due=due)
-            if spec.rollout.analysis.relative_gates():
+            if spec.rollout.analysis.relative_gates() and due is AnalysisDue.INTERVAL:
                 world = replace(
                     world, comparison=self._compare(backend, provider, current, namespace, name, window)
                 )

@@ -536,7 +536,9 @@ def _canary(
     if world.readings is None:
         return
     continuous = world.due is AnalysisDue.CONTINUOUS
-    comparison = stable_comparison(canary, world)
+    # relative gates at interval analyses only: a test on every tick over overlapping samples would
+    # make false rollbacks far likelier than alpha (multiple testing)
+    comparison = NO_BASELINE if continuous else stable_comparison(canary, world)
     if continuous:
         analysis = analyse(
             spec.rollout.analysis, world.readings, ts, continuous_window(status, now), comparison
