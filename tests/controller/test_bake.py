@@ -278,3 +278,13 @@ def test_relative_gates_are_judged_at_interval_analyses_only() -> None:
         replace(driver.serving(), readings=GOOD, comparison=slower), advance=driver.interval()
     )
     assert decision.analysis is not None and driver.status.canary.failedChecks == 1
+
+
+def test_during_a_bake_stable_alone_serves_and_the_load_test_keeps_running() -> None:
+    """The topology says "baking" (the shell keeps the load generator for the gates; the bake-revert
+    scenario checks the load reaches stable); after the revert it does not."""
+    driver = baking_driver("60s")
+    topo = topology(driver.spec, driver.status, ReplicaRouter().split)
+    assert topo.baking and topo.canary is None and topo.stable is not None and topo.stable.replicas == 4
+    driver.tick(replace(driver.serving(), readings=BAKE_SLOW), advance=driver.interval())
+    assert not topology(driver.spec, driver.status, ReplicaRouter().split).baking
