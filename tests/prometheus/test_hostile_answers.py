@@ -239,6 +239,9 @@ class Recorder:
     def query(self, promql: str) -> float | None:
         return None
 
+    def query_buckets(self, promql: str) -> list[tuple[float, float]] | None:
+        return None
+
     def is_online(self) -> bool:
         return True
 

@@ -4,6 +4,7 @@ real `kondense serve` processes (stable + canary with shadow agreement)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kondense.api.resource import AnalysisSpec
 from kondense.loadgen.requests import request_bodies
 from kondense.loadgen.runner import run_load
 from kondense.localcluster.prometheus import LocalPrometheus
-from kondense.operator.analysis import SLI
+from kondense.operator.analysis import SLI, Comparison, Reading, Verdict, analyse
 from kondense.operator.backends import OnnxRuntimeBackend
-from kondense.operator.providers import PrometheusProvider, read_slis
+from kondense.operator.providers import PrometheusProvider, read_slis, read_track
 from kondense_testing.onnx_models import artifact_dir
 from kondense_testing.servers import ServerProcess, start_server
 
@@ -93,3 +95,47 @@ def test_prometheus_down_is_no_data_with_the_reason(tmp_path: Path) -> None:
     assert all(r.value is None for r in readings)
     assert all("unreachable" in (r.message or "") for r in readings)
     assert not provider.is_online()
+
+
+def test_relative_gates_on_real_histograms(stack: tuple[LocalPrometheus, dict[str, ServerProcess]]) -> None:
+    """Both tracks read with the comparison queries (vector of buckets + counts), judged by the pure
+    analysis: the canary's injected 60 ms is a significant ratio breach; stable against itself is not."""
+    prometheus, _ = stack
+    provider = PrometheusProvider(prometheus.url)
+    backend = OnnxRuntimeBackend()
+    canary = read_track(provider, backend.comparison_queries(NAMESPACE, MODEL, "canary", "30s"))
+    stable = read_track(provider, backend.comparison_queries(NAMESPACE, MODEL, "stable", "30s"))
+    assert canary.message is None and stable.message is None
+    for sample in (canary, stable):
+        assert sample.latency is not None and sample.latency[-1][0] == math.inf
+        # the histogram counts the same requests as the counter
+        assert sample.latency[-1][1] == pytest.approx(sample.requests, rel=0.02)
+        assert sample.errors == 0.0
+    assert (canary.requests or 0) > 150 and (stable.requests or 0) > 150
+    spec = AnalysisSpec(
+        minRequests=20,
+        p99LatencyMs={"max": 1000, "maxRatioToStable": 1.2},
+        errorRate={"maxIncreaseOverStable": 0.005},
+    )
+    readings = [
+        Reading(SLI.REQUESTS, canary.requests),
+        Reading(SLI.P99_LATENCY_MS, 70.0),
+        Reading(SLI.ERROR_RATE, 0.0),
+    ]
+    analysis = analyse(spec, readings, "2026-01-01T00:00:00Z", "30s", Comparison(canary, stable))
+    checks = {c.sli: c for c in analysis.checks}
+    assert analysis.verdict is Verdict.FAIL
+    ratio = checks["p99LatencyRatio"]
+    assert not ratio.passed and (ratio.value or 0) > 3 and (ratio.pValue or 1) < 1e-6
+    assert (ratio.canaryValue or 0) >= 60 > (ratio.stableValue or 100)
+    assert checks["errorRateIncrease"].passed and checks["errorRateIncrease"].value == 0
+    same = analyse(spec, readings, "2026-01-01T00:00:00Z", "30s", Comparison(stable, stable))
+    assert same.verdict is Verdict.PASS
+    assert {c.sli: c.value for c in same.checks}["p99LatencyRatio"] == 1.0
+
+
+def test_comparison_of_prometheus_down_is_no_data_with_the_reason() -> None:
+    provider = PrometheusProvider("http://127.0.0.1:9", timeout=0.5, attempts=1)
+    sample = read_track(provider, OnnxRuntimeBackend().comparison_queries(NAMESPACE, MODEL, "stable", "30s"))
+    assert (sample.requests, sample.errors, sample.latency) == (None, None, None)
+    assert "unreachable" in (sample.message or "")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,6 +100,40 @@ class FirstCanaryFault:
             if self.variant is None:
                 self.variant = labels.get(VARIANT_LABEL)
             return list(self.args) if labels.get(VARIANT_LABEL) == self.variant else []
+
+
+class BakedStableFault:
+    """Kubelet hook: extra server arguments for stable pods serving a variant (not the base model), so a
+    canary that ran clean breaches once it is promoted and baking; the reverted base runs clean."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+
+    def __call__(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(TRACK_LABEL) != "stable" or container.get("name") != "server":
+            return []
+        return list(self.args) if labels.get(VARIANT_LABEL) not in (None, "base") else []
+
+
+class TrackLatencyFault:
+    """Kubelet hook: every serving pod answers ``base_ms`` late, the first canary variant ``slow_ms``
+    late: a canary proportionally slower than stable (e.g. 150 ms against 100 ms, 1.5x) while far under
+    the absolute p99 limit; the next variant runs at stable's speed."""
+
+    def __init__(self, base_ms: int, slow_ms: int) -> None:
+        self.base_ms, self.slow_ms = base_ms, slow_ms
+        self.first = FirstCanaryFault([])
+
+    def __call__(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
+        if container.get("name") != "server":
+            return []
+        labels = pod["metadata"].get("labels") or {}
+        slow = False
+        if labels.get(TRACK_LABEL) == "canary":
+            self.first(pod, container)  # remembers the first canary variant
+            slow = labels.get(VARIANT_LABEL) == self.first.variant
+        return ["--inject-latency-ms", str(self.slow_ms if slow else self.base_ms)]
 
 
 # ---- checks ------------------------------------------------------------------------------------------
@@ -214,6 +249,129 @@ def verify_job_failure(ctx: ScenarioContext, status: dict[str, Any]) -> list[str
     if not any(v.get("phase") in ("Promoted", "Succeeded", "RolledBack") for v in others):
         problems.append("no other variant went on")
     return problems
+
+
+def _stable_serves(ctx: ScenarioContext, sha: str) -> str | None:
+    """Why the stable pods do not (yet) all answer with the verified artifact ``sha`` (None: they do)."""
+    deployment = ctx.cluster.client.get("Deployment", ctx.cluster.namespace, f"{ctx.name}-stable") or {}
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata", {})
+    if (template.get("annotations") or {}).get("kondense.dev/artifact-sha256") != sha:
+        return "the stable Deployment's template is not on it"
+    url = ctx.cluster.service_url(f"{ctx.name}-stable", _serving_port(ctx))
+    served = set()
+    try:
+        for _ in range(8):
+            body = httpx.get(f"{url}/v2/models/{ctx.name}", timeout=5).json()
+            served.add((body["parameters"]["sha256"], body["parameters"]["verified"]))
+    except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+        return f"cannot read the stable pods' model metadata: {exc}"
+    return None if served == {(sha, True)} else f"stable pods serve {sorted(served)}"
+
+
+def _prometheus_value(ctx: ScenarioContext, promql: str) -> float | None:
+    try:
+        body = httpx.get(
+            f"{ctx.cluster.prometheus.url}/api/v1/query", params={"query": promql}, timeout=5
+        ).json()
+        result = body["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+    except (httpx.HTTPError, KeyError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _timestamp(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def verify_bake_revert(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    """Promoted into a bake, breached, reverted: stable back on the base artifact, no failed request."""
+    problems = []
+    bake = status.get("bake") or {}
+    baked = bake.get("variant")
+    if bake.get("result") != "Reverted":
+        problems.append(f"the bake was not reverted: {bake}")
+    if _variants(status).get(baked or "", {}).get("reason") not in ("BakeBreach", "BakeAbort"):
+        problems.append(
+            f"variant {baked} has no bake breach as its reason: {_variants(status).get(baked or '')}"
+        )
+    breaches = [c for c in bake.get("checks") or [] if not c.get("passed") and c.get("value") is not None]
+    if not any(c.get("sli") == "p99LatencyMs" and c["value"] > c["threshold"] for c in breaches):
+        problems.append(f"no failed p99LatencyMs check in status.bake.checks: {bake.get('checks')}")
+    previous = ((bake.get("previous") or {}).get("artifact") or {}).get("sha256")
+    stable = ((status.get("stable") or {}).get("artifact") or {}).get("sha256")
+    if previous is None or stable != previous or (status.get("stable") or {}).get("variant") is not None:
+        problems.append(f"status.stable is not the previous (base) artifact: {status.get('stable')}")
+        return problems
+    # the stable Deployment follows status at once; its pods roll with surge (never below ready)
+    reverted = time.monotonic()
+    why = _stable_serves(ctx, previous)
+    while why is not None and time.monotonic() - reverted < 120:
+        time.sleep(0.25)
+        why = _stable_serves(ctx, previous)
+    if why is not None:
+        problems.append(f"stable not back on the base artifact {previous[:12]}: {why}")
+    # Events are posted after the status write they report (checked once the revert has settled)
+    if not ctx.events("Baking") or not ctx.events("Reverted"):
+        problems.append("no Baking then Reverted Events")
+    if ctx.events("Promoted"):
+        problems.append("a Promoted Event although the bake breached")
+    decided = _timestamp(bake.get("finishedAt"))
+    if decided is not None:  # from the revert decision (the operator's clock is this machine's)
+        ctx.notes["revert_settled_s"] = round((datetime.now(UTC) - decided).total_seconds(), 1)
+    ctx.display.say(
+        f"stable serves the base artifact again {ctx.notes['revert_settled_s']} s after the revert"
+    )
+    sel = f'namespace="{ctx.cluster.namespace}",model="{ctx.name}"'
+    # the pods of the reverted variant are gone (their series stale): the largest count each series had
+    failed = _prometheus_value(
+        ctx, f'sum(max_over_time(kondense_requests_total{{{sel},code!~"2.."}}[15m])) or vector(0)'
+    )
+    served = _prometheus_value(
+        ctx, f'sum(max_over_time(kondense_requests_total{{{sel},variant="stable"}}[15m]))'
+    )
+    if failed is None or failed > 0:
+        problems.append(f"failed requests during the run: {failed}")
+    if not served:
+        problems.append("no request reached stable (no load during the bake)")
+    return problems
+
+
+def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    """The slower canary was rolled back by the relative gate alone (its absolute p99 checks passed,
+    the ratio past the gate with p < alpha); the same-speed one promoted."""
+    checks = (status.get("canary") or {}).get("checks") or []
+    rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
+    problems = []
+    if len(rolled) != 1:
+        return [f"expected exactly one rolled-back variant, got {rolled}"]
+    mine = [c for c in checks if c.get("variant") == rolled[0]]
+    ratios = [c for c in mine if c.get("sli") == "p99LatencyRatio" and not c.get("passed") and c.get("value")]
+    if not any(
+        c["value"] > c["threshold"] and (c.get("pValue") or 1) < (c.get("alpha") or 0) for c in ratios
+    ):
+        problems.append(f"no significant p99LatencyRatio breach for {rolled[0]}: {mine}")
+    absolute = [c for c in mine if c.get("sli") == "p99LatencyMs" and c.get("value") is not None]
+    if not absolute or not all(c.get("passed") for c in absolute):
+        problems.append(f"{rolled[0]} was not under the absolute p99 limit: {absolute}")
+    promoted = (status.get("stable") or {}).get("variant")
+    judged = [c for c in checks if c.get("variant") == promoted and c.get("sli") == "p99LatencyRatio"]
+    if not judged or not all(c.get("passed") for c in judged):
+        problems.append(f"the same-speed variant {promoted} was not judged equal to stable: {judged}")
+    return problems + verify_promoted_artifact(ctx, status)
+
+
+def relative_latency_gate(body: dict[str, Any]) -> None:
+    analysis = body["spec"]["rollout"]["analysis"]
+    analysis["p99LatencyMs"] = {"max": 500, "maxRatioToStable": 1.2}
+    analysis["minSamplesPerSide"] = 20
+
+
+def bake_with_slow_stable(body: dict[str, Any]) -> None:
+    """A bake long enough that the breach lands inside it."""
+    body["spec"]["rollout"]["bake"] = "60s"
 
 
 # ---- actions -----------------------------------------------------------------------------------------
@@ -406,6 +564,23 @@ SCENARIOS: dict[str, Scenario] = {
             "RolledBack",
             customize=add_failing_webhook,
             verify=verify_webhook_halt,
+        ),
+        Scenario(
+            "bake-revert",
+            "promoted into a bake, the variant answers 80 ms late as stable: reverted to the base at once",
+            "RolledBack",
+            customize=bake_with_slow_stable,
+            fault=lambda: BakedStableFault(["--inject-latency-ms", "80"]),
+            verify=verify_bake_revert,
+        ),
+        Scenario(
+            "relative-latency",
+            "the first canary is 1.5x slower than stable (150 ms vs 100 ms, limit 500 ms): rolled back by "
+            "the relative gate; the next, as fast as stable, is promoted",
+            "Promoted",
+            customize=relative_latency_gate,
+            fault=lambda: TrackLatencyFault(100, 150),
+            verify=verify_relative_latency,
         ),
         Scenario(
             "job-failure",

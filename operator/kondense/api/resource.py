@@ -567,6 +567,56 @@ class FractionThreshold(_Threshold):
         return self.abortAt if self.abortAt is not None else min(1.0, ABORT_FACTOR * self.max)
 
 
+# ---------------------------------------------------------------------------------------------
+# relative gates (issue 13): the canary judged against stable over the same window
+
+MAX_RATIO_TO_STABLE = 100.0
+DEFAULT_ALPHA = 0.05
+
+
+class LatencyThreshold(MaxThreshold):
+    """The p99 gate: absolute (``max``) and, optionally, relative to stable."""
+
+    maxRatioToStable: float | None = Field(
+        None,
+        gt=1,
+        le=MAX_RATIO_TO_STABLE,
+        description="Relative gate: breach when the canary's p99 is above this many times stable's p99 "
+        "over the same window AND a one-sided Mann-Whitney U test on the two latency histograms says the "
+        "canary is slower with p < analysis.alpha. Above 1 (a same-speed canary must pass). The "
+        "onnxruntime runtime only (Triton exports a latency summary, not a histogram).",
+    )
+
+
+class ErrorRateThreshold(FractionThreshold):
+    """The error-rate gate: absolute (``max``) and, optionally, relative to stable."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                f"!has(self.abortAt) || self.abortAt > (has(self.max) ? self.max : {DEFAULT_ERROR_RATE})",
+                "abortAt must be greater than max",
+                ".abortAt",
+            )
+        )
+    )
+
+    max: float = Field(
+        DEFAULT_ERROR_RATE,
+        gt=0,
+        le=1,
+        description=f"Breach when the reading is above this (0 < max <= 1). Default {DEFAULT_ERROR_RATE}.",
+    )
+    maxIncreaseOverStable: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Relative gate: breach when the canary's error rate exceeds stable's over the same "
+        "window by more than this (absolute, e.g. 0.005 = half a percentage point) AND a one-sided "
+        "two-proportion z-test says it is higher with p < analysis.alpha.",
+    )
+
+
 class LoadTest(StrictModel):
     rps: float = Field(gt=0, le=100_000, description="Requests per second replayed from the evaluation data.")
 
@@ -574,7 +624,7 @@ class LoadTest(StrictModel):
 # A gate that can never fail is off: a fraction gate at max 1 (every reading is <= 1). The error-rate
 # gate is on by default; a spec may loosen gates but cannot switch every one of them off.
 _SOME_GATE_ON = (
-    "(!has(self.errorRate) || double(self.errorRate.max) < 1.0)"
+    "(!has(self.errorRate) || !has(self.errorRate.max) || double(self.errorRate.max) < 1.0)"
     " || (has(self.accuracyDelta) && double(self.accuracyDelta.max) < 1.0)"
     " || has(self.p99LatencyMs)"
 )
@@ -597,14 +647,28 @@ class AnalysisSpec(StrictModel):
     minRequests: int = Field(
         20, ge=1, le=1_000_000, description="Fewer canary requests in the window counts as no data."
     )
-    p99LatencyMs: MaxThreshold | None = Field(None, description="Gate on the canary's p99 latency (ms).")
-    errorRate: FractionThreshold = Field(
-        default_factory=lambda: FractionThreshold(max=DEFAULT_ERROR_RATE),
+    p99LatencyMs: LatencyThreshold | None = Field(None, description="Gate on the canary's p99 latency (ms).")
+    errorRate: ErrorRateThreshold = Field(
+        default_factory=lambda: ErrorRateThreshold(max=DEFAULT_ERROR_RATE),
         description="Gate on the canary's share of failed requests (HTTP 5xx and errors). Always in force: "
         f"max {DEFAULT_ERROR_RATE} unless set; a spec cannot switch every gate off.",
     )
     accuracyDelta: FractionThreshold | None = Field(
         None, description="Live: 1 - agreement of the canary with the stable model (shadow requests)."
+    )
+    alpha: float = Field(
+        DEFAULT_ALPHA,
+        gt=0,
+        le=0.5,
+        description="Significance level of the relative gates: a canary-versus-stable difference past its "
+        "gate only counts when the test's one-sided p-value is below this (noise does not roll back).",
+    )
+    minSamplesPerSide: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Requests each track (canary and stable) needs in the window before a relative gate "
+        "is judged; fewer is no data. Default: minRequests.",
     )
     loadTest: LoadTest | None = None
 
@@ -621,6 +685,14 @@ class AnalysisSpec(StrictModel):
             raise ValueError(f"errorRate.max: {ALL_GATES_OFF}")
         return self
 
+    def relative_gates(self) -> bool:
+        """Whether any gate compares the canary with stable (the shell then reads both tracks)."""
+        latency = self.p99LatencyMs is not None and self.p99LatencyMs.maxRatioToStable is not None
+        return latency or self.errorRate.maxIncreaseOverStable is not None
+
+    def samples_per_side(self) -> int:
+        return self.minSamplesPerSide if self.minSamplesPerSide is not None else self.minRequests
+
 
 _STEPS_INCREASING = (
     "[" + ", ".join(str(i) for i in range(MAX_ROLLOUT_STEPS - 1)) + "]"
@@ -628,7 +700,20 @@ _STEPS_INCREASING = (
 )
 
 
+BAKE_BELOW_INTERVAL = "must be at least one interval (the bake judges at least one full analysis)"
+
+
 class RolloutSpec(SteeringSpec):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.bake) || duration(self.bake) >= duration(has(self.interval) ? self.interval : '30s')",
+                f"bake {BAKE_BELOW_INTERVAL}",
+                ".bake",
+            )
+        )
+    )
+
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [10, 25, 50, 100],
         min_length=1,
@@ -643,6 +728,17 @@ class RolloutSpec(SteeringSpec):
     failureLimit: int = Field(1, ge=0, le=100, description="Failed checks tolerated; one more rolls back.")
     trafficRouting: TrafficRouting = Field(default_factory=TrafficRouting)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    bake: str | None = Field(
+        None,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="Keep the gates running this long after 100 % (phase Baking, the variant serving as "
+        "stable, the previous stable artifact kept): a breach reverts stable to the previous artifact at "
+        "once, without replaying the steps. At least one interval, at most 24h.",
+        json_schema_extra=cel_rules(
+            cel("duration(self) <= duration('86400s')", "must be at most 86400s"),
+        ),
+    )
 
     @field_validator("steps")
     @classmethod
@@ -658,6 +754,23 @@ class RolloutSpec(SteeringSpec):
     @classmethod
     def _interval_range(cls, value: str) -> str:
         return _check_duration(value, MIN_INTERVAL, MAX_INTERVAL)
+
+    @model_validator(mode="after")
+    def _bake_range(self) -> RolloutSpec:
+        if self.bake is not None:
+            bake = parse_duration(self.bake)
+            if bake > MAX_INTERVAL:
+                raise ValueError(
+                    f"bake: must be at most {int(MAX_INTERVAL.total_seconds())}s, got {self.bake!r}"
+                )
+            if bake < parse_duration(self.interval):
+                raise ValueError(
+                    f"bake: {BAKE_BELOW_INTERVAL} (bake {self.bake!r}, interval {self.interval!r})"
+                )
+        return self
+
+    def bake_seconds(self) -> float | None:
+        return parse_duration(self.bake).total_seconds() if self.bake is not None else None
 
     def interval_seconds(self) -> float:
         return parse_duration(self.interval).total_seconds()
@@ -687,6 +800,12 @@ class ArtifactsSpec(StrictModel):
     ]
 
 
+LATENCY_RATIO_NEEDS_HISTOGRAM = (
+    "a p99 ratio to stable needs the onnxruntime runtime (the test compares two latency histograms; "
+    "Triton exports a latency summary)"
+)
+
+
 class CompressedModelSpec(NotificationsSpec):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -705,6 +824,13 @@ class CompressedModelSpec(NotificationsSpec):
                 " || !has(self.serving) || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'",
                 "live accuracyDelta needs the onnxruntime runtime (its canary shadows the stable model)",
                 ".rollout.analysis.accuracyDelta",
+            ),
+            cel(
+                "!has(self.rollout) || !has(self.rollout.analysis) || !has(self.rollout.analysis.p99LatencyMs)"
+                " || !has(self.rollout.analysis.p99LatencyMs.maxRatioToStable)"
+                " || !has(self.serving) || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'",
+                LATENCY_RATIO_NEEDS_HISTOGRAM,
+                ".rollout.analysis.p99LatencyMs.maxRatioToStable",
             ),
         )
     )
@@ -756,6 +882,15 @@ class CompressedModelSpec(NotificationsSpec):
                 "rollout.analysis.accuracyDelta: live accuracy delta needs the onnxruntime runtime "
                 "(its canary shadows the stable model)"
             )
+        latency = self.rollout.analysis.p99LatencyMs
+        if (
+            latency is not None
+            and latency.maxRatioToStable is not None
+            and self.serving.runtime is not Runtime.ONNXRUNTIME
+        ):
+            raise ValueError(
+                f"rollout.analysis.p99LatencyMs.maxRatioToStable: {LATENCY_RATIO_NEEDS_HISTOGRAM}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -790,6 +925,7 @@ class Phase(StrEnum):
     EVALUATING = "Evaluating"
     CANARY = "Canary"
     WAITING_FOR_APPROVAL = "WaitingForApproval"  # a canary held until approved (spec.rollout.approval)
+    BAKING = "Baking"  # at 100 %, stable on the variant, gates still running, previous artifact kept
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     FAILED = "Failed"
@@ -832,6 +968,14 @@ class Check(StatusModel):
     window: str | None = None
     passed: bool
     message: str | None = None
+    # relative gates (p99LatencyRatio, errorRateIncrease): both readings and the test behind the verdict
+    canaryValue: float | None = Field(None, description="Relative gates: the canary's reading.")
+    stableValue: float | None = Field(None, description="Relative gates: stable's reading, same window.")
+    canarySamples: float | None = Field(None, description="Relative gates: canary requests in the window.")
+    stableSamples: float | None = Field(None, description="Relative gates: stable requests in the window.")
+    test: str | None = Field(None, description="Relative gates: the statistical test (one-sided).")
+    pValue: float | None = Field(None, description="Relative gates: the test's p-value.")
+    alpha: float | None = Field(None, description="Relative gates: the significance level in force.")
 
 
 class CanaryStatus(StatusModel):
@@ -853,6 +997,24 @@ class CanaryStatus(StatusModel):
 class StableStatus(StatusModel):
     variant: str | None = Field(None, description="Variant served as stable; absent for the base model.")
     artifact: ArtifactRef | None = None
+
+
+class BakeStatus(StatusModel):
+    """The bake after 100 %: the variant serves as stable while the gates keep running."""
+
+    variant: str | None = None
+    artifact: ArtifactRef | None = Field(None, description="The artifact being baked (now stable's).")
+    previous: StableStatus | None = Field(
+        None,
+        description="The stable artifact before the bake: reverted to on a breach, released when it passes.",
+    )
+    startedAt: str | None = None
+    lastAnalysisAt: str | None = None
+    lastVerdict: str | None = Field(None, description="Verdict of the last counted analysis.")
+    failedChecks: int = Field(0, ge=0)
+    result: Literal["Passed", "Reverted"] | None = None
+    finishedAt: str | None = None
+    checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
 
 
 class Condition(StatusModel):
@@ -883,6 +1045,7 @@ class CompressedModelStatus(SteeringStatus):
     ladder: list[str] = Field(default_factory=list, description="Variants still to try, best first.")
     stable: StableStatus | None = None
     canary: CanaryStatus | None = None
+    bake: BakeStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -14,6 +14,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from kondense.api.resource import AnalysisSpec, Check
+from kondense.operator.statistics import (
+    Buckets,
+    StatisticsError,
+    TestResult,
+    bin_counts,
+    histogram_quantile,
+    mann_whitney_greater,
+    two_proportion_greater,
+)
 
 
 class SLI(StrEnum):
@@ -21,6 +30,9 @@ class SLI(StrEnum):
     P99_LATENCY_MS = "p99LatencyMs"
     ERROR_RATE = "errorRate"
     ACCURACY_DELTA = "accuracyDelta"
+    # relative gates: judged from a Comparison of both tracks, never queried as a scalar
+    P99_LATENCY_RATIO = "p99LatencyRatio"
+    ERROR_RATE_INCREASE = "errorRateIncrease"
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,26 @@ class Reading:
     sli: SLI
     value: float | None  # None: no data (no samples, Prometheus down, too few requests)
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackSample:
+    """What one track (canary or stable) served over the window, for the relative gates."""
+
+    requests: float | None = None  # requests in the window
+    errors: float | None = None  # failed requests in the window
+    latency: Buckets | None = None  # latency histogram (le in seconds, cumulative counts), +Inf last
+    message: str | None = None  # why a part is missing
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The canary and stable over the same window. ``stable_idle``: stable serves no user traffic at
+    this step (the canary has 100 %): the relative gates are not judged, the absolute ones are."""
+
+    canary: TrackSample
+    stable: TrackSample
+    stable_idle: bool = False
 
 
 class Verdict(StrEnum):
@@ -88,8 +120,15 @@ def invalid_reason(value: float) -> str | None:
     return None
 
 
-def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: str | None = None) -> Analysis:
-    """One check per gate in force. Missing, empty or invalid readings fail as no-data."""
+def analyse(
+    spec: AnalysisSpec,
+    readings: Sequence[Reading],
+    now: str,
+    window: str | None = None,
+    comparison: Comparison | None = None,
+) -> Analysis:
+    """One check per gate in force. Missing, empty or invalid readings fail as no-data. The relative
+    gates (``relative_checks``) are judged from ``comparison`` when the spec sets any."""
     window = window or spec.window
     by_sli = {r.sli: r for r in readings}
     checks: list[Check] = []
@@ -153,6 +192,8 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
                 message=verdict_text,
             )
         )
+    if spec.relative_gates() and not (comparison is not None and comparison.stable_idle):
+        checks += relative_checks(spec, comparison, now, window)
     if severe:
         verdict = Verdict.ABORT
     elif any(not c.passed and c.value is not None for c in checks):
@@ -162,3 +203,171 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
     else:
         verdict = Verdict.PASS
     return Analysis(checks, verdict)
+
+
+# ------------------------------------------------------------------------------------------------
+# relative gates: the canary against stable over the same window
+
+
+def _side_problem(name: str, sample: TrackSample, need: int, window: str) -> str | None:
+    """Why one side's counts cannot be judged (None: they can)."""
+    n = sample.requests
+    if n is None:
+        return f"{name}: {sample.message or 'no request count'}"
+    bad = invalid_reason(n) or ("+Inf requests" if math.isinf(n) else None)
+    if bad is not None:
+        return f"{name} request count invalid: {bad}"
+    if n < need:
+        return f"{name} has {n:.0f} requests, need {need} in {window}"
+    return None
+
+
+def _no_data(sli: SLI, threshold: float, now: str, window: str, why: str, spec: AnalysisSpec) -> Check:
+    return Check(
+        time=now,
+        sli=sli.value,
+        value=None,
+        threshold=threshold,
+        window=window,
+        passed=False,
+        alpha=spec.alpha,
+        message=f"{why} (no data, counts as a failure)",
+    )
+
+
+def _finite(value: float) -> float:
+    return INFINITE_READING if math.isinf(value) else round(value, 6)
+
+
+def _judge(
+    difference: float,
+    threshold: float,
+    result: TestResult,
+    alpha: float,
+    what: str,
+) -> tuple[bool, str]:
+    """A relative breach needs both: the difference past the gate and a significant test."""
+    past = difference > threshold
+    significant = result.p_value < alpha
+    test = f"{result.test} p={result.p_value:.3g}"
+    if past and significant:
+        return False, f"{what} > {threshold:g} and {test} < alpha {alpha:g}: significantly worse than stable"
+    if past:
+        return True, f"{what} > {threshold:g} but {test} >= alpha {alpha:g}: not significant (noise), passed"
+    return True, f"{what} <= {threshold:g} ({test})"
+
+
+def relative_checks(spec: AnalysisSpec, comparison: Comparison | None, now: str, window: str) -> list[Check]:
+    """One check per relative gate in force. Each side needs ``samples_per_side`` requests (fewer is
+    no data); a breach needs the ratio/increase past the gate AND the one-sided test's p < alpha."""
+    gates: list[tuple[SLI, float]] = []
+    if spec.p99LatencyMs is not None and spec.p99LatencyMs.maxRatioToStable is not None:
+        gates.append((SLI.P99_LATENCY_RATIO, spec.p99LatencyMs.maxRatioToStable))
+    if spec.errorRate.maxIncreaseOverStable is not None:
+        gates.append((SLI.ERROR_RATE_INCREASE, spec.errorRate.maxIncreaseOverStable))
+    if not gates:
+        return []
+    need = spec.samples_per_side()
+    if comparison is None:
+        return [_no_data(sli, t, now, window, "stable was not measured", spec) for sli, t in gates]
+    problems = [
+        p
+        for p in (
+            _side_problem("canary", comparison.canary, need, window),
+            _side_problem("stable", comparison.stable, need, window),
+        )
+        if p is not None
+    ]
+    if problems:
+        return [_no_data(sli, t, now, window, "; ".join(problems), spec) for sli, t in gates]
+    checks = []
+    for sli, threshold in gates:
+        judge = _latency_check if sli is SLI.P99_LATENCY_RATIO else _error_check
+        checks.append(judge(spec, comparison, threshold, now, window))
+    return checks
+
+
+def _latency_check(
+    spec: AnalysisSpec, comparison: Comparison, threshold: float, now: str, window: str
+) -> Check:
+    sli = SLI.P99_LATENCY_RATIO
+    canary, stable = comparison.canary.latency, comparison.stable.latency
+    if canary is None or stable is None:
+        missing = comparison.canary if canary is None else comparison.stable
+        side = "canary" if canary is None else "stable"
+        return _no_data(
+            sli, threshold, now, window, f"{side} latency histogram: {missing.message or 'none'}", spec
+        )
+    need = spec.samples_per_side()
+    try:
+        counts = [sum(bin_counts(h)[1]) for h in (canary, stable)]
+        if min(counts) < need:
+            raise StatisticsError(
+                f"histograms hold {counts[0]:.0f} canary and {counts[1]:.0f} stable requests, need {need} each"
+            )
+        p99_canary = histogram_quantile(0.99, canary)
+        p99_stable = histogram_quantile(0.99, stable)
+        result = mann_whitney_greater(canary, stable)
+    except StatisticsError as exc:
+        return _no_data(sli, threshold, now, window, f"latency histograms unusable: {exc}", spec)
+    assert p99_canary is not None and p99_stable is not None  # both sides hold observations
+    # a stable p99 of 0 (every request in the lowest bucket): any slower canary is infinitely slower
+    ratio = p99_canary / p99_stable if p99_stable > 0 else (math.inf if p99_canary > 0 else 1.0)
+    canary_ms, stable_ms = 1000 * p99_canary, 1000 * p99_stable
+    what = f"p99 {canary_ms:.4g} ms / stable {stable_ms:.4g} ms = {ratio:.3g}x"
+    passed, message = _judge(ratio, threshold, result, spec.alpha, what)
+    return Check(
+        time=now,
+        sli=sli.value,
+        value=_finite(ratio),
+        threshold=threshold,
+        window=window,
+        passed=passed,
+        message=f"{message} over {window}",
+        canaryValue=_finite(canary_ms),
+        stableValue=_finite(stable_ms),
+        canarySamples=counts[0],
+        stableSamples=counts[1],
+        test=result.test,
+        pValue=result.p_value,
+        alpha=spec.alpha,
+    )
+
+
+def _error_check(
+    spec: AnalysisSpec, comparison: Comparison, threshold: float, now: str, window: str
+) -> Check:
+    sli = SLI.ERROR_RATE_INCREASE
+    c, s = comparison.canary, comparison.stable
+    assert c.requests is not None and s.requests is not None  # checked by _side_problem
+    errors = []
+    for side, sample, total in (("canary", c, c.requests), ("stable", s, s.requests)):
+        e = sample.errors
+        bad = "no error count" if e is None else invalid_reason(e)
+        if e is not None and bad is None and (math.isinf(e) or e > total):
+            bad = f"{e:g} errors out of {total:g} requests"
+        if bad is not None:
+            return _no_data(sli, threshold, now, window, f"{side} error count invalid: {bad}", spec)
+        assert e is not None
+        errors.append(e)
+    result = two_proportion_greater(errors[0], c.requests, errors[1], s.requests)
+    rate_c, rate_s = errors[0] / c.requests, errors[1] / s.requests
+    increase = rate_c - rate_s
+    what = f"error rate {rate_c:.4g} - stable {rate_s:.4g} = {increase:+.4g}"
+    passed, message = _judge(increase, threshold, result, spec.alpha, what)
+    return Check(
+        time=now,
+        sli=sli.value,
+        value=round(increase, 6),
+        threshold=threshold,
+        window=window,
+        passed=passed,
+        message=f"{message} over {window}",
+        canaryValue=round(rate_c, 6),
+        stableValue=round(rate_s, 6),
+        canarySamples=c.requests,
+        stableSamples=s.requests,
+        test=result.test,
+        pValue=result.p_value,
+        alpha=spec.alpha,
+    )

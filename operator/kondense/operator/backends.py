@@ -20,6 +20,7 @@ from kondense.operator.objects import (
     pod_security,
     scratch_volume,
 )
+from kondense.operator.providers import ComparisonQueries
 from kondense.operator.rollout import Track
 from kondense.operator.settings import OperatorSettings
 
@@ -108,6 +109,13 @@ class ServingBackend(Protocol):
         serving the current variant: series of replaced pods must not count)."""
         ...
 
+    def comparison_queries(
+        self, namespace: str, model: str, track: str, window: str, pods: Sequence[str] | None = None
+    ) -> ComparisonQueries:
+        """Counts (and the latency histogram when the runtime exports one) of one track over
+        ``window``, for the relative gates that judge the canary against stable."""
+        ...
+
 
 class OnnxRuntimeBackend:
     """kondense's own server (`kondense serve`): Open Inference Protocol v2, shadow agreement."""
@@ -190,6 +198,16 @@ class OnnxRuntimeBackend:
                 f" / {compared}"
             ),
         }
+
+    def comparison_queries(
+        self, namespace: str, model: str, track: str, window: str, pods: Sequence[str] | None = None
+    ) -> ComparisonQueries:
+        sel = f'namespace="{namespace}",model="{model}",variant="{track}"' + pod_matcher(pods)
+        return ComparisonQueries(
+            requests=f"sum(increase(kondense_requests_total{{{sel}}}[{window}]))",
+            errors=f'sum(increase(kondense_requests_total{{{sel},code=~"5.."}}[{window}])) or vector(0)',
+            latency_buckets=f"sum by (le) (increase(kondense_request_duration_seconds_bucket{{{sel}}}[{window}]))",
+        )
 
 
 TRITON_HTTP_PORT = 8000
@@ -291,6 +309,16 @@ class TritonBackend:
             SLI.P99_LATENCY_MS: f'max(nv_inference_request_summary_us{{{pods_sel},quantile="0.99"}}) / 1000',
             SLI.ERROR_RATE: f"{failure} / ({success} + {failure})",
         }
+
+    def comparison_queries(
+        self, namespace: str, model: str, track: str, window: str, pods: Sequence[str] | None = None
+    ) -> ComparisonQueries:
+        by_name = pod_matcher(pods) if pods is not None else f',pod=~"{Names(model).deployment(track)}-.*"'
+        pods_sel = f'namespace="{namespace}",model="{model}"' + by_name
+        success = f"sum(increase(nv_inference_request_success{{{pods_sel}}}[{window}]))"
+        failure = f"(sum(increase(nv_inference_request_failure{{{pods_sel}}}[{window}])) or vector(0))"
+        # Triton exports latency as a summary (quantiles), not a histogram: no latency comparison
+        return ComparisonQueries(requests=f"{success} + {failure}", errors=failure, latency_buckets=None)
 
 
 SERVING_BACKENDS: dict[Runtime, ServingBackend] = {

@@ -25,7 +25,8 @@ from kondense.api.resource import (
 )
 from kondense.api.validation import field_errors, join_path
 from kondense.operator import metrics, webhooks
-from kondense.operator.backends import SERVING_BACKENDS, ServingContext
+from kondense.operator.analysis import Comparison
+from kondense.operator.backends import SERVING_BACKENDS, ServingBackend, ServingContext
 from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
 from kondense.operator.naming import (
@@ -38,7 +39,7 @@ from kondense.operator.naming import (
 )
 from kondense.operator.notifications import Notifier, kube_secret_reader
 from kondense.operator.objects import Owner, compression_job
-from kondense.operator.providers import ProviderFactory, read_slis
+from kondense.operator.providers import MetricProvider, ProviderFactory, read_slis, read_track
 from kondense.operator.rollout import (
     AnalysisDue,
     Event,
@@ -47,6 +48,8 @@ from kondense.operator.rollout import (
     TrackObservation,
     World,
     analysis_due,
+    bake_due,
+    bake_window,
     compression_hash,
     continuous_window,
     effective_window,
@@ -268,6 +271,10 @@ class Controller:
             queries = backend.queries(namespace, name, "canary", window, pods)
             provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
             world = replace(world, readings=read_slis(provider, queries), due=due)
+            if spec.rollout.analysis.relative_gates() and due is AnalysisDue.INTERVAL:
+                world = replace(
+                    world, comparison=self._compare(backend, provider, current, namespace, name, window)
+                )
 
         hooks = webhooks_due(spec, current, due)
         if hooks:  # pre-rollout for the variant about to start, else the canary's
@@ -282,6 +289,7 @@ class Controller:
                 ),
             )
 
+        world = self._bake_readings(spec, current, world, backend, namespace, name, now)
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
         for cond in list(status.conditions):
@@ -482,6 +490,45 @@ class Controller:
                 obs.result.artifact.uri = uri
             out[variant] = obs
         return out
+
+    def _bake_readings(
+        self,
+        spec: CompressedModelSpec,
+        status: CompressedModelStatus,
+        world: World,
+        backend: ServingBackend,
+        namespace: str,
+        name: str,
+        now: datetime,
+    ) -> World:
+        """During a bake, the SLIs of the stable pods serving the baked artifact."""
+        due = bake_due(spec, status, now)
+        if due is AnalysisDue.NONE or status.bake is None or status.bake.artifact is None:
+            return world
+        window = bake_window(spec, status, now, due)
+        pods = self._serving_pods(namespace, name, "stable", status.bake.artifact.sha256)
+        provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
+        readings = read_slis(provider, backend.queries(namespace, name, "stable", window, pods))
+        return replace(world, readings=readings, due=due)
+
+    def _compare(
+        self,
+        backend: ServingBackend,
+        provider: MetricProvider,
+        status: CompressedModelStatus,
+        namespace: str,
+        name: str,
+        window: str,
+    ) -> Comparison:
+        """Both tracks over the same window, each limited to the pods serving its artifact."""
+        stable_sha = status.stable.artifact.sha256 if status.stable and status.stable.artifact else None
+        sides = {}
+        for track, sha in (("canary", _canary_sha(status)), ("stable", stable_sha)):
+            pods = self._serving_pods(namespace, name, track, sha)
+            sides[track] = read_track(
+                provider, backend.comparison_queries(namespace, name, track, window, pods)
+            )
+        return Comparison(canary=sides["canary"], stable=sides["stable"])
 
     def _serving_pods(self, namespace: str, name: str, track: str, sha: str | None) -> list[str]:
         """Pods of a track whose template serves the artifact ``sha`` (not the pods it replaced)."""

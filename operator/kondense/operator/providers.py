@@ -17,14 +17,24 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from kondense.api.resource import AnalysisSpec
-from kondense.operator.analysis import SLI, Reading
+from kondense.operator.analysis import SLI, Reading, TrackSample
 from kondense.operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class ComparisonQueries:
+    """PromQL for one track's side of the relative gates (a serving backend writes them)."""
+
+    requests: str  # scalar: requests in the window
+    errors: str  # scalar: failed requests in the window (0 when none failed)
+    latency_buckets: str | None  # vector grouped by le: the latency histogram; None: not exported
 
 
 class MetricUnavailable(RuntimeError):
@@ -38,6 +48,11 @@ class MalformedAnswer(MetricUnavailable):
 class MetricProvider(Protocol):
     def query(self, promql: str) -> float | None:
         """A scalar reading, or None when the query has no data."""
+        ...
+
+    def query_buckets(self, promql: str) -> list[tuple[float, float]] | None:
+        """A histogram's buckets (``le``, cumulative count) from a vector answer grouped by ``le``,
+        ``+Inf`` last; None when the query has no data."""
         ...
 
     def is_online(self) -> bool: ...
@@ -96,6 +111,55 @@ def parse_answer(body: Any) -> float | None:
     return max(usable)
 
 
+MAX_BUCKETS = 256  # no histogram the servers export has more; a larger answer is not one of ours
+
+
+def parse_buckets(body: Any) -> list[tuple[float, float]] | None:
+    """The histogram in a successful ``/api/v1/query`` answer to ``sum by (le) (...)``: one sample
+    per bucket, each labelled with its upper bound ``le``. Strict: every sample needs a numeric ``le``
+    (no duplicates), a finite non-negative count, and the ``+Inf`` bucket must be there. No samples:
+    None. Counts that fall slightly between buckets (``increase`` extrapolation) are left to the
+    statistics, which clip them."""
+    _check_success(body)
+    data = body["data"]
+    if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        raise MalformedAnswer("a histogram answer must be a vector with a result list")
+    result = data["result"]
+    if not result:
+        return None
+    if len(result) > MAX_BUCKETS:
+        raise MalformedAnswer(f"a histogram answer with more than {MAX_BUCKETS} buckets")
+    buckets: dict[float, float] = {}
+    for sample in result:
+        if not isinstance(sample, dict) or not isinstance(sample.get("metric"), dict):
+            raise MalformedAnswer("a histogram sample is not an object with labels")
+        le = sample["metric"].get("le")
+        if not isinstance(le, str) or len(le) > 32:
+            raise MalformedAnswer("a histogram sample without an 'le' label")
+        try:
+            bound = float(le)
+        except ValueError:
+            raise MalformedAnswer("a histogram 'le' label is not a number") from None
+        if math.isnan(bound) or bound in buckets:
+            raise MalformedAnswer("histogram 'le' labels are NaN or repeated")
+        count = _sample_value(sample.get("value"))
+        if math.isnan(count) or math.isinf(count) or count < 0:
+            raise MalformedAnswer("a histogram bucket count is not a finite non-negative number")
+        buckets[bound] = count
+    if math.inf not in buckets:
+        raise MalformedAnswer("the histogram has no +Inf bucket")
+    return sorted(buckets.items())
+
+
+def _check_success(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise MalformedAnswer(f"the answer is a JSON {type(body).__name__}, not an object")
+    if body.get("status") != "success":
+        raise MalformedAnswer("the answer's status is not 'success'")
+    if not isinstance(body.get("data"), dict):
+        raise MalformedAnswer("the answer has no data object")
+
+
 class PrometheusProvider:
     """Instant queries against the Prometheus HTTP API, with timeouts and a few quick retries."""
 
@@ -125,6 +189,12 @@ class PrometheusProvider:
             ) from exc
 
     def query(self, promql: str) -> float | None:
+        return parse_answer(self._answer(promql))
+
+    def query_buckets(self, promql: str) -> list[tuple[float, float]] | None:
+        return parse_buckets(self._answer(promql))
+
+    def _answer(self, promql: str) -> Any:
         response = self._get("/api/v1/query", {"query": promql})
         try:
             body = response.json()
@@ -139,7 +209,7 @@ class PrometheusProvider:
             raise MetricUnavailable(
                 f"Prometheus at {self.url} refused the query: HTTP {response.status_code}{why}"
             )
-        return parse_answer(body)
+        return body
 
     def is_online(self) -> bool:
         try:
@@ -162,6 +232,38 @@ def read_slis(provider: MetricProvider, queries: Mapping[SLI, str]) -> list[Read
             return [Reading(s, None, str(exc)) for s in queries]
         readings.append(Reading(sli, value, None if value is not None else "no samples"))
     return readings
+
+
+def read_track(provider: MetricProvider, queries: ComparisonQueries) -> TrackSample:
+    """One track's counts and latency histogram for the relative gates. A provider that cannot
+    answer, or an unreadable answer, leaves the part missing with the reason (no data, never a pass)."""
+    values: dict[str, Any] = {}
+    reasons: list[str] = []
+    parts: list[tuple[str, str | None]] = [
+        ("requests", queries.requests),
+        ("errors", queries.errors),
+        ("latency", queries.latency_buckets),
+    ]
+    for part, promql in parts:
+        if promql is None:
+            reasons.append(f"{part}: not measured by this runtime")
+            continue
+        try:
+            value = provider.query_buckets(promql) if part == "latency" else provider.query(promql)
+        except MalformedAnswer as exc:
+            reasons.append(f"{part}: unreadable answer from the metric provider: {exc}")
+            continue
+        except MetricUnavailable as exc:
+            return TrackSample(message=str(exc))
+        if value is None:
+            reasons.append(f"{part}: no samples")
+        values[part] = value
+    return TrackSample(
+        requests=values.get("requests"),
+        errors=values.get("errors"),
+        latency=values.get("latency"),
+        message="; ".join(reasons) or None,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

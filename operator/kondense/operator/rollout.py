@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -21,6 +21,7 @@ from kondense.api.intents import Intent, Intents, Request
 from kondense.api.resource import (
     MAX_CHECKS,
     Approval,
+    BakeStatus,
     CanaryStatus,
     Check,
     CompressedModelSpec,
@@ -34,7 +35,16 @@ from kondense.api.resource import (
     WebhookType,
     parse_duration,
 )
-from kondense.operator.analysis import INFINITE_READING, SLI, Analysis, Reading, Verdict, analyse
+from kondense.operator.analysis import (
+    INFINITE_READING,
+    SLI,
+    Analysis,
+    Comparison,
+    Reading,
+    TrackSample,
+    Verdict,
+    analyse,
+)
 from kondense.operator.selection import select_variants
 
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
@@ -82,6 +92,7 @@ class World:
     due: AnalysisDue | None = None  # which analysis the readings are for (analysis_due)
     intents: Intents = field(default_factory=lambda: Intents(False, ()))  # from the annotations
     webhooks: Mapping[str, WebhookResult] = field(default_factory=dict)  # by name (webhooks_due)
+    comparison: Comparison | None = None  # canary and stable over the same window (relative gates)
 
 
 @dataclass(frozen=True)
@@ -511,6 +522,10 @@ def reconcile(
     if status.phase in CANARY_PHASES and status.canary is not None:
         _canary(spec, status, world, now, d)
 
+    # 5. bake: after 100 %, a breach reverts stable to the previous artifact at once
+    if status.phase is Phase.BAKING:
+        _bake(spec, status, world, now, d)
+
     # conditions
     ready = status.phase is Phase.PROMOTED
     set_condition(
@@ -537,6 +552,9 @@ def _canary(
             and stable.sha256 == target_sha
             and stable.ready >= stable.replicas > 0
         ):
+            if spec.rollout.bake is not None:  # the gates keep running before the promotion is final
+                _start_bake(status, variant, ts, d)
+                return
             status.phase = Phase.PROMOTED
             variant.phase = VariantPhase.PROMOTED
             status.stable = StableStatus(variant=variant.name, artifact=variant.artifact)
@@ -559,8 +577,13 @@ def _canary(
     if world.readings is None:
         return
     continuous = world.due is AnalysisDue.CONTINUOUS
+    # relative gates at interval analyses only: a test on every tick over overlapping samples would
+    # make false rollbacks far likelier than alpha (multiple testing)
+    comparison = NO_BASELINE if continuous else stable_comparison(canary, world)
     if continuous:
-        analysis = analyse(spec.rollout.analysis, world.readings, ts, continuous_window(status, now))
+        analysis = analyse(
+            spec.rollout.analysis, world.readings, ts, continuous_window(status, now), comparison
+        )
         if not analysis.breached:
             return  # between intervals only a breach counts: passes and no data wait for the interval
     elif canary.readyAt is None:
@@ -568,7 +591,9 @@ def _canary(
         readings = [Reading(SLI.REQUESTS, None, f"canary pods not serving {variant.name} after {waited}s")]
         analysis = analyse(spec.rollout.analysis, readings, ts)
     else:
-        analysis = analyse(spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now))
+        analysis = analyse(
+            spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now), comparison
+        )
     if not continuous:
         analysis = webhook_analysis(spec, analysis, world, ts)  # rollout and rollback webhooks
     d.analysis = analysis
@@ -626,6 +651,14 @@ def _advance(
         canary.stepStartedAt = ts
         status.message = f"canary {variant.name} at {steps[canary.step]}%"
         d.events.append(Event("Normal", "CanaryStep", f"{variant.name} → {steps[canary.step]}%: {why}"))
+
+
+def stable_comparison(canary: CanaryStatus, world: World) -> Comparison | None:
+    """The relative gates' view of this tick: at 100 % stable serves no user traffic, so there is
+    nothing to compare with (the absolute gates judge that step alone)."""
+    if world.comparison is None:
+        return None
+    return replace(world.comparison, stable_idle=canary.requestedWeight >= 100)
 
 
 def _summary(analysis: Analysis) -> str:
@@ -932,6 +965,133 @@ _INTENT_HANDLERS: dict[
 }
 
 
+# bake and instant revert (issue 13): after 100 % the variant serves as stable while the gates keep
+# running; the previous stable artifact is kept in status.bake.previous until the bake passes
+
+
+# Nothing to compare with during a bake (only the variant serves): the relative gates are not judged.
+NO_BASELINE = Comparison(TrackSample(), TrackSample(), stable_idle=True)
+
+
+def _start_bake(status: CompressedModelStatus, variant: VariantStatus, ts: str, d: Decision) -> None:
+    canary = status.canary
+    assert canary is not None
+    previous = status.stable.model_copy(deep=True) if status.stable is not None else None
+    status.phase = Phase.BAKING
+    status.stable = StableStatus(variant=variant.name, artifact=variant.artifact)
+    status.bake = BakeStatus(variant=variant.name, artifact=variant.artifact, previous=previous, startedAt=ts)
+    canary.promoting = False
+    was = (previous.variant or "base") if previous else "nothing"
+    status.message = f"{variant.name} baking at 100 % (previous stable {was} kept)"
+    d.events.append(Event("Normal", "Baking", f"{variant.name} is stable; baking, {was} kept for a revert"))
+
+
+def bake_due(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> AnalysisDue:
+    """During a bake, like a canary: one interval analysis per interval (from the bake's start), a
+    continuous one on every tick in between (after CONTINUOUS_MIN_WINDOW of fresh samples)."""
+    bake = status.bake
+    if status.phase is not Phase.BAKING or bake is None:
+        return AnalysisDue.NONE
+    started = parse_time(bake.startedAt) or now
+    last = max(filter(None, [parse_time(bake.lastAnalysisAt), started]))
+    if now - last >= timedelta(seconds=spec.rollout.interval_seconds()):
+        return AnalysisDue.INTERVAL
+    if now - last >= CONTINUOUS_MIN_WINDOW:
+        return AnalysisDue.CONTINUOUS
+    return AnalysisDue.NONE
+
+
+def bake_window(
+    spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime, due: AnalysisDue
+) -> str:
+    """Interval: the analysis window, cut to the bake (samples of the previous artifact must not
+    count); continuous: the samples since the last counted check."""
+    bake = status.bake
+    started = parse_time(bake.startedAt if bake else None) or now
+    if due is AnalysisDue.CONTINUOUS:
+        since = max(filter(None, [parse_time(bake.lastAnalysisAt if bake else None), started]))
+        return f"{int(max(now - since, CONTINUOUS_MIN_WINDOW).total_seconds())}s"
+    window = min(parse_duration(spec.rollout.analysis.window), max(now - started, MIN_WINDOW))
+    return f"{int(window.total_seconds())}s"
+
+
+def _bake(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime, d: Decision
+) -> None:
+    bake = status.bake
+    if bake is None or bake.variant is None:  # a status edited by hand: nothing to bake
+        status.phase = Phase.PROMOTED
+        return
+    ts = _iso(now)
+    variant = _variant(status, bake.variant)
+    if world.readings is not None and world.due is not None:
+        window = bake_window(spec, status, now, world.due)
+        # nothing shadows the stable track: live accuracy is judged during the canary steps only
+        gates = spec.rollout.analysis.model_copy(update={"accuracyDelta": None})
+        analysis = analyse(gates, world.readings, ts, window, NO_BASELINE)
+        if world.due is AnalysisDue.INTERVAL or analysis.breached:
+            d.analysis = analysis
+            for check in analysis.checks:
+                check.variant = variant.name
+            bake.checks = (bake.checks + analysis.checks)[-MAX_CHECKS:]
+            bake.lastAnalysisAt = ts
+            bake.lastVerdict = analysis.verdict.value
+            if analysis.breached:
+                _revert(status, variant, analysis, ts, d)
+                return
+            if analysis.verdict is Verdict.NO_DATA:
+                bake.failedChecks += 1
+                if bake.failedChecks > spec.rollout.failureLimit:
+                    _revert(status, variant, analysis, ts, d)
+                    return
+                d.events.append(
+                    Event("Warning", "CheckFailed", f"{variant.name} (baking): {_summary(analysis)}")
+                )
+    seconds = spec.rollout.bake_seconds()
+    started = parse_time(bake.startedAt) or now
+    elapsed = seconds is None or now - started >= timedelta(seconds=seconds)
+    if elapsed and (seconds is None or bake.lastVerdict == Verdict.PASS.value):
+        _bake_passed(status, variant, ts, d)
+
+
+def _revert(
+    status: CompressedModelStatus, variant: VariantStatus, analysis: Analysis, ts: str, d: Decision
+) -> None:
+    """Stable back on the previous artifact at once (the topology follows status.stable); no replay."""
+    bake = status.bake
+    assert bake is not None
+    failed = [c for c in analysis.checks if not c.passed]
+    status.stable = bake.previous.model_copy(deep=True) if bake.previous else status.stable
+    bake.result, bake.finishedAt = "Reverted", ts
+    variant.phase = VariantPhase.ROLLED_BACK
+    variant.reason = "Bake" + _REASONS[analysis.verdict]
+    variant.message = "during the bake: " + "; ".join(c.message or c.sli for c in failed)
+    back = (bake.previous.variant or "base") if bake.previous else "the previous artifact"
+    status.phase = Phase.ROLLED_BACK
+    status.message = f"{variant.name} reverted during the bake ({variant.reason}); stable back on {back}"
+    set_condition(
+        status, "CanaryHealthy", False, variant.reason, _summary(analysis), ts, status.observedGeneration
+    )
+    d.events.append(
+        Event("Warning", "Reverted", f"{variant.name}: {_summary(analysis)}; stable back on {back}")
+    )
+
+
+def _bake_passed(status: CompressedModelStatus, variant: VariantStatus, ts: str, d: Decision) -> None:
+    bake = status.bake
+    assert bake is not None
+    released = (bake.previous.variant or "base") if bake.previous else None
+    bake.previous = None  # released: nothing pins the old artifact any more
+    bake.result, bake.finishedAt = "Passed", ts
+    status.phase = Phase.PROMOTED
+    variant.phase = VariantPhase.PROMOTED
+    status.message = f"{variant.name} promoted (bake passed)"
+    sha = variant.artifact.sha256[:12] if variant.artifact else ""
+    d.events.append(
+        Event("Normal", "Promoted", f"{variant.name} baked and is stable ({sha}); released {released}")
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # desired serving topology
 
@@ -948,6 +1108,7 @@ class Topology:
     stable: Track | None
     canary: Track | None  # None: no canary Deployment at all
     weight: int  # requested canary percent (routers turn it into replicas or route weights)
+    baking: bool = False  # stable serves a variant under bake: its gates still need load
 
 
 ReplicaSplit = Callable[[int, int], tuple[int, int]]
@@ -961,7 +1122,7 @@ def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: Re
     stable = Track(status.stable.artifact, status.stable.variant, total)
     canary_status = status.canary
     if status.phase not in CANARY_PHASES or canary_status is None or canary_status.variant is None:
-        return Topology(stable, None, 0)
+        return Topology(stable, None, 0, baking=status.phase is Phase.BAKING)
     variant = _variant(status, canary_status.variant)
     if variant.artifact is None:
         return Topology(stable, None, 0)

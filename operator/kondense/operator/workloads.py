@@ -46,7 +46,8 @@ def serving_plan(
         plan.apply[:0] = routes
     else:
         plan.apply += routes
-    if topo.canary is not None and topo.canary.replicas > 0 and spec.rollout.analysis.loadTest is not None:
+    canary_serves = topo.canary is not None and topo.canary.replicas > 0
+    if (canary_serves or topo.baking) and spec.rollout.analysis.loadTest is not None:
         plan.apply.append(loadgen_job(spec, ctx.owner, ctx.settings, ctx.service_url(None)))
     else:
         plan.delete.append(("Job", names.loadgen()))
