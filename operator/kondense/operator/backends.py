@@ -121,6 +121,7 @@ class OnnxRuntimeBackend:
             "serve",
             "--model", artifact_dir(t.artifact.uri, settings),
             "--name", ctx.owner.name,
+            "--expected-sha256", t.artifact.sha256,
             "--variant", track,
             "--port", str(port),
         ]  # fmt: skip
@@ -210,6 +211,7 @@ class TritonBackend:
             "--model", artifact_dir(t.artifact.uri, settings),
             "--repository", "/models",
             "--name", ctx.owner.name,
+            "--expected-sha256", t.artifact.sha256,
             "--max-batch-size", str(max_batch),
             "--instance-kind", (triton.instanceKind.value if triton else "KIND_CPU"),
             "--instance-count", str(triton.instanceCount if triton else 1),
