@@ -28,6 +28,15 @@ def serve(
     variant: Annotated[str, typer.Option(help="Value of the 'variant' label on all metrics.")] = "stable",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Also serve the Open Inference Protocol over gRPC (KServe v2 GRPCInferenceService) on "
+            "this port (default: no gRPC; the operator's pods use 8081).",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(min=1, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)."),
@@ -148,7 +157,8 @@ def serve(
         float, typer.Option(min=0.0, max=1.0, help="Tests/demos only: answer this fraction with HTTP 500.")
     ] = 0.0,
 ) -> None:
-    """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST) with metrics."""
+    """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST, and gRPC with
+    --grpc-port) with metrics."""
     from urllib.parse import urlsplit
 
     from kondense.serving.app import ServerSettings, ShadowSettings
@@ -207,7 +217,9 @@ def serve(
         inject_error_rate=inject_error_rate,
         shadow=shadow,
     )
-    listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s)
+    if grpc_port is not None and grpc_port == port and port != 0:
+        raise _fail(f"--grpc-port {grpc_port} is the HTTP --port; give gRPC its own port")
+    listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s, grpc_port=grpc_port)
     code = run_server(artifact, settings, listen, threads)
     if code:
         raise typer.Exit(code)

@@ -20,6 +20,8 @@ class ListenOptions:
     port: int = 8080
     graceful_timeout_s: int = 30
     """How long in-flight requests may take to finish after SIGTERM."""
+    grpc_port: int | None = None
+    """The Open Inference Protocol over gRPC on this port too (off when None)."""
 
 
 def serve(
@@ -40,7 +42,13 @@ def serve(
         fatal.append(message)
         server.should_exit = True
 
-    app = build_app(settings, load_model, on_fatal)
+    front_ends = []
+    if listen.grpc_port is not None:
+        from kondense.serving.grpc_server import GrpcFrontEnd  # grpcio: imported only when asked for
+
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        front_ends.append(GrpcFrontEnd(f"{host}:{listen.grpc_port}", grace_s=listen.graceful_timeout_s))
+    app = build_app(settings, load_model, on_fatal, front_ends)
     config = uvicorn.Config(
         app,
         host=listen.host,
