@@ -26,7 +26,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kondense.api.techniques import Task
-from kondense.serving.batching import DynamicBatcher, InferenceRunner, InlineRunner, PooledRunner
+from kondense.serving.batching import (
+    AdaptiveRunner,
+    DynamicBatcher,
+    InferenceRunner,
+    InlineRunner,
+    PooledRunner,
+)
 from kondense.serving.decoding import DecoderUnavailableError, ProcessDecoder
 from kondense.serving.metrics import ServerMetrics
 from kondense.serving.protocol import (
@@ -89,6 +95,9 @@ class ServerSettings:
     max_batch_delay_s: float = 0.002
     inference_workers: int = 1
     """Concurrent session calls; 1 without batching runs the model inline on the event loop."""
+    adaptive: bool = False
+    """Ignore max_batch_size/inference_workers: inline while the model is fast, else micro-batches on
+    one worker whose session uses every core (``AdaptiveRunner``)."""
     inject_latency_s: float = 0.0
     """Tests and demos only: a fixed delay added to every inference."""
     inject_error_rate: float = 0.0
@@ -97,6 +106,7 @@ class ServerSettings:
 
 
 RETRY_AFTER_S = 1
+ADAPTIVE_MAX_BATCH = 16
 
 
 class ClientError(Exception):
@@ -256,7 +266,14 @@ class ModelServer:
         try:
             model = await asyncio.to_thread(self._load_model)
             runner: InferenceRunner
-            if settings.max_batch_size > 1:
+            if settings.adaptive:
+                runner = AdaptiveRunner(
+                    model,
+                    max_batch_size=max(settings.max_batch_size, ADAPTIVE_MAX_BATCH),
+                    max_delay_s=settings.max_batch_delay_s,
+                    on_batch=self.metrics.batch_rows.observe,
+                )
+            elif settings.max_batch_size > 1:
                 runner = DynamicBatcher(
                     model,
                     max_batch_size=settings.max_batch_size,

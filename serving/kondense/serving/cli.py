@@ -39,7 +39,11 @@ def serve(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)."),
+        typer.Option(
+            min=1,
+            help="ONNX Runtime intra-op threads (default: the CPUs the process may use, cgroup CPU quota "
+            "included; the operator passes the pod's CPU limit).",
+        ),
     ] = None,
     expected_sha256: Annotated[
         str | None,
@@ -126,8 +130,14 @@ def serve(
         ),
     ] = 32 * 1024 * 1024,
     max_batch_size: Annotated[
-        int, typer.Option(min=1, help="Micro-batch up to this many rows per session call (1 = no batching).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Micro-batch up to this many rows per session call (1 = no batching). Without it and "
+            "--inference-workers the server adapts: inline while the model answers in under 0.5 ms, "
+            "else micro-batches of up to 16 rows on one session call at a time using every thread.",
+        ),
+    ] = None,
     max_batch_delay_ms: Annotated[
         float,
         typer.Option(
@@ -137,13 +147,13 @@ def serve(
         ),
     ] = 2.0,
     inference_workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="Session calls run at once on worker threads (1 without batching: inline on the event loop, "
             "best for tiny models). With --threads 1, set it to the cores to use.",
         ),
-    ] = 1,
+    ] = None,
     allow_non_finite: Annotated[
         bool, typer.Option("--allow-non-finite", help="Pass NaN/Infinity inputs to the model instead of 400.")
     ] = False,
@@ -210,9 +220,10 @@ def serve(
         decode_offload_bytes=decode_offload_bytes,
         max_connections=max_connections,
         allow_non_finite=allow_non_finite,
-        max_batch_size=max_batch_size,
+        max_batch_size=max_batch_size or 1,
         max_batch_delay_s=max_batch_delay_ms / 1000.0,
-        inference_workers=inference_workers,
+        inference_workers=inference_workers or 1,
+        adaptive=max_batch_size is None and inference_workers is None,
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
         shadow=shadow,

@@ -6,6 +6,8 @@ anything else that fails inside the runtime raises ``ModelRuntimeError``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +33,17 @@ _ORT_DATATYPES = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+def available_cpus() -> int:
+    """Whole CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota (a pod's
+    CPU limit), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    return max(1, cpus)
 
 
 class ModelLoadError(RuntimeError):

@@ -31,9 +31,11 @@ def serve(
     fatal: list[str] = []
 
     def load_model() -> InferenceModel:
-        from kondense.serving.model import OnnxModel  # onnxruntime: imported only when serving
+        from kondense.serving.model import OnnxModel, available_cpus  # onnxruntime: only when serving
 
-        model = OnnxModel(artifact.model_path, threads=threads)
+        intra_op = threads or available_cpus()
+        log.info("ONNX Runtime intra-op threads: %d%s", intra_op, "" if threads else " (the CPUs available)")
+        model = OnnxModel(artifact.model_path, threads=intra_op)
         model.warm_up()
         return model
 
