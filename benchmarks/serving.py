@@ -9,7 +9,7 @@
   latency percentiles from its per-request log, errors from the canary's own counters (gRPC
   refusals travel in trailers, which h2load does not read).
 * In-process ORT ("the limit"): ``c`` threads calling ``session.run`` on one request each, in a
-  closed loop, with the best of 1 and 2 intra-op threads.
+  closed loop, with the best of 1 and 2 intra-op threads (2 with and without spinning).
 * ``kondense serve`` runs as a canary with everything on: metrics, input validation, and shadowing to
   a stable ``kondense serve`` of the same model (``--shadow-sample``, default 0.1) on the same machine.
 * MLServer (PyPI ``mlserver``, default settings) with ``serving_mlserver_runtime.py`` wrapping the
@@ -225,13 +225,17 @@ def export_minilm(source: Path, target: Path) -> None:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def measure_inprocess(model: Model, concurrency: int, duration: float, threads: int) -> Row:
+def measure_inprocess(
+    model: Model, concurrency: int, duration: float, threads: int, spin: bool = True
+) -> Row:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         str(model.directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
@@ -267,7 +271,7 @@ def measure_inprocess(model: Model, concurrency: int, duration: float, threads: 
         float(np.percentile(flat, 90)),
         float(np.percentile(flat, 99)),
         load,
-        notes={"intra_op_threads": threads},
+        notes={"intra_op_threads": threads, "spinning": spin},
     )
 
 
@@ -576,7 +580,11 @@ def benchmark(
             measured: dict[str, list[Row]] = {}
             for _ in range(rounds):
                 best = max(
-                    (measure_inprocess(model, concurrency, duration, t) for t in model.inprocess_threads),
+                    (
+                        measure_inprocess(model, concurrency, duration, t, spin)
+                        for t in model.inprocess_threads
+                        for spin in ((True, False) if t > 1 else (True,))
+                    ),
                     key=lambda row: row.requests_per_s,
                 )
                 points = [best, measure_http(model, "kondense serve REST (canary, shadowing)", canary + infer, concurrency,
@@ -662,7 +670,9 @@ def write_results(rows: list[Row], meta: dict[str, object]) -> None:
         "",
         f"`kondense serve` runs as a canary with metrics, validation and shadowing on (`--shadow-sample "
         f"{meta['shadow_sample']}` to a stable `kondense serve` of the same model on the same 2 cores). "
-        "In-process ORT is the best of 1 and 2 intra-op threads, one request per `session.run`, `c` threads.",
+        "In-process ORT is the best of 1 and 2 intra-op threads (2: with and without spinning), one request per "
+        "`session.run`, `c` threads. `kondense serve` does not let ONNX Runtime threads spin (`--no-spin-wait`, "
+        "the default).",
         "",
         "| model | system | c | req/s | p50 ms | p90 ms | p99 ms | errors | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

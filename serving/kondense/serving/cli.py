@@ -45,6 +45,14 @@ def serve(
             "included; the operator passes the pod's CPU limit).",
         ),
     ] = None,
+    spin_wait: Annotated[
+        bool,
+        typer.Option(
+            "--spin-wait/--no-spin-wait",
+            help="Let idle ONNX Runtime intra-op threads spin (lower latency on CPUs nothing else uses; "
+            "costly when the CPU is shared or quota-limited).",
+        ),
+    ] = False,
     expected_sha256: Annotated[
         str | None,
         typer.Option(
@@ -231,7 +239,7 @@ def serve(
     if grpc_port is not None and grpc_port == port and port != 0:
         raise _fail(f"--grpc-port {grpc_port} is the HTTP --port; give gRPC its own port")
     listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s, grpc_port=grpc_port)
-    code = run_server(artifact, settings, listen, threads)
+    code = run_server(artifact, settings, listen, threads, spin_wait)
     if code:
         raise typer.Exit(code)
 

@@ -72,10 +72,15 @@ def _spec(arg: ort.NodeArg, role: str) -> TensorSpec:
 class OnnxModel:
     """One ONNX Runtime session on the CPU."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, spin_wait: bool = False) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
+        if not spin_wait:
+            # Idle intra-op threads sleep instead of spinning: a spinning thread burns the CPU the event
+            # loop, the shadow client and other pods need (and a pod's CPU quota). Measured on a shared
+            # 2-core machine: MiniLM 2-3x faster through the server without spinning.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

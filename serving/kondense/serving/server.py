@@ -25,7 +25,11 @@ class ListenOptions:
 
 
 def serve(
-    artifact: CheckedArtifact, settings: ServerSettings, listen: ListenOptions, threads: int | None
+    artifact: CheckedArtifact,
+    settings: ServerSettings,
+    listen: ListenOptions,
+    threads: int | None,
+    spin_wait: bool = False,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code (non-zero if the model never loaded)."""
     fatal: list[str] = []
@@ -35,7 +39,7 @@ def serve(
 
         intra_op = threads or available_cpus()
         log.info("ONNX Runtime intra-op threads: %d%s", intra_op, "" if threads else " (the CPUs available)")
-        model = OnnxModel(artifact.model_path, threads=intra_op)
+        model = OnnxModel(artifact.model_path, threads=intra_op, spin_wait=spin_wait)
         model.warm_up()
         return model
 
