@@ -4,8 +4,12 @@
 
 * Load generator: ``wrk`` (Debian package) with ``serving_post.lua`` posting one fixed v2 JSON body;
   a Python load client on 2 cores would measure itself more than the server.
+* gRPC: ``h2load`` (Debian ``nghttp2-client``) posting one fixed gRPC frame (a ``ModelInferRequest``
+  with ``raw_input_contents``) to ``inference.GRPCInferenceService/ModelInfer`` on the same canary;
+  latency percentiles from its per-request log, errors from the canary's own counters (gRPC
+  refusals travel in trailers, which h2load does not read).
 * In-process ORT ("the limit"): ``c`` threads calling ``session.run`` on one request each, in a
-  closed loop, with the best of 1 and 2 intra-op threads.
+  closed loop, with the best of 1 and 2 intra-op threads (2 with and without spinning).
 * ``kondense serve`` runs as a canary with everything on: metrics, input validation, and shadowing to
   a stable ``kondense serve`` of the same model (``--shadow-sample``, default 0.1) on the same machine.
 * MLServer (PyPI ``mlserver``, default settings) with ``serving_mlserver_runtime.py`` wrapping the
@@ -172,17 +176,8 @@ def build_minilm() -> Model:
         directory,
         json.dumps(body).encode(),
         {"input_ids": ids, "attention_mask": mask},
-        # two single-threaded session calls side by side (one per core), each on a micro-batch of up to 4
-        server_args=[
-            "--threads",
-            "1",
-            "--inference-workers",
-            "2",
-            "--max-batch-size",
-            "4",
-            "--max-batch-delay-ms",
-            "5",
-        ],
+        # no tuning flags: the server adapts (every core on one request, micro-batches under load)
+        server_args=[],
         mlserver_threads=2,
         inprocess_threads=(1, 2),
     )
@@ -230,13 +225,17 @@ def export_minilm(source: Path, target: Path) -> None:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def measure_inprocess(model: Model, concurrency: int, duration: float, threads: int) -> Row:
+def measure_inprocess(
+    model: Model, concurrency: int, duration: float, threads: int, spin: bool = True
+) -> Row:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         str(model.directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
@@ -272,7 +271,7 @@ def measure_inprocess(model: Model, concurrency: int, duration: float, threads: 
         float(np.percentile(flat, 90)),
         float(np.percentile(flat, 99)),
         load,
-        notes={"intra_op_threads": threads},
+        notes={"intra_op_threads": threads, "spinning": spin},
     )
 
 
@@ -333,6 +332,87 @@ def measure_http(
     )  # fmt: skip
 
 
+def grpc_frame(model: Model) -> bytes:
+    """One length-prefixed gRPC message: a ModelInferRequest carrying the feed as raw contents."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model.name)
+    for name, array in model.feed.items():
+        datatype = {"float32": "FP32", "int64": "INT64"}[str(array.dtype)]
+        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        request.raw_input_contents.append(
+            np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+        )
+    message = request.SerializeToString()
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def grpc_answers(base: str) -> dict[str, float]:
+    """kondense_requests_total{protocol="grpc"} by code, from the canary's /metrics."""
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    found = re.findall(
+        r'^kondense_requests_total\{code="(\d+)",[^}]*protocol="grpc"[^}]*\} (\S+)$', text, re.M
+    )
+    return {code: float(value) for code, value in found}
+
+
+def run_h2load(
+    address: str, frame: bytes, concurrency: int, duration: float, warmup: float
+) -> dict[str, float]:
+    frame_file = WORK / "frame.bin"
+    frame_file.write_bytes(frame)
+    log = WORK / "h2load.log"
+    log.unlink(missing_ok=True)
+    command = [
+        "h2load", "-t1", f"-c{concurrency}", "-m1", f"-D{duration:g}", f"--warm-up-time={warmup:g}",
+        "-d", str(frame_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
+        "--log-file", str(log), f"http://{address}/inference.GRPCInferenceService/ModelInfer",
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    elapsed_us = []
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "200":
+            elapsed_us.append(float(parts[2]))
+    failed = re.search(
+        r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed, (\d+) errored", out
+    )
+    rate = re.search(r"finished in \S+, ([\d.]+) req/s", out)
+    if not elapsed_us or not failed or not rate:
+        raise RuntimeError(f"cannot read h2load output:\n{out}")
+    ms = np.array(elapsed_us) / 1000.0
+    return {
+        "rps": float(rate.group(1)),
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": int(failed.group(1)) + int(failed.group(2)),
+    }
+
+
+def measure_grpc(
+    model: Model,
+    system: str,
+    address: str,
+    base: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    **notes: object,
+) -> Row:
+    load = os.getloadavg()[0]
+    before = grpc_answers(base)
+    result = run_h2load(address, grpc_frame(model), concurrency, duration, warmup)
+    after = grpc_answers(base)
+    refused = sum(v - before.get(code, 0.0) for code, v in after.items() if code != "200")
+    return Row(
+        model.name, system, concurrency, result["rps"], result["p50"], result["p90"], result["p99"], load,
+        errors=int(result["errors"] + refused), notes=dict(notes),
+    )  # fmt: skip
+
+
 # --- servers -------------------------------------------------------------------------------------------
 
 
@@ -380,6 +460,7 @@ def process(
 
 @contextmanager
 def kondense(model: Model, *args: str, variant: str = "stable") -> Iterator[str]:
+    """Base URL of a running ``kondense serve``; gRPC on the HTTP port + 1 when ``--grpc-port`` is asked."""
     port = free_port()
     command = [*KONDENSE, "--model", str(model.directory), "--name", model.name, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--variant", variant, *args]
@@ -489,24 +570,34 @@ def benchmark(
     with contextlib.ExitStack() as stack:
         stable = stack.enter_context(kondense(model, "--threads", "1"))
         shadow = ["--shadow-of", stable, "--shadow-sample", str(shadow_sample)]
-        canary = stack.enter_context(kondense(model, *model.server_args, *shadow, variant="canary"))
+        grpc_port = free_port()
+        canary = stack.enter_context(
+            kondense(model, *model.server_args, *shadow, "--grpc-port", str(grpc_port), variant="canary")
+        )
+        grpc_address = f"127.0.0.1:{grpc_port}"
         other = stack.enter_context(mlserver(model)) if mlserver_on else None
         for concurrency in concurrencies:
             measured: dict[str, list[Row]] = {}
             for _ in range(rounds):
                 best = max(
-                    (measure_inprocess(model, concurrency, duration, t) for t in model.inprocess_threads),
+                    (
+                        measure_inprocess(model, concurrency, duration, t, spin)
+                        for t in model.inprocess_threads
+                        for spin in ((True, False) if t > 1 else (True,))
+                    ),
                     key=lambda row: row.requests_per_s,
                 )
-                points = [best, measure_http(model, "kondense serve (canary, shadowing)", canary + infer, concurrency,
-                                             duration, warmup, args=" ".join(model.server_args), shadow_sample=shadow_sample)]  # fmt: skip
+                points = [best, measure_http(model, "kondense serve REST (canary, shadowing)", canary + infer, concurrency,
+                                             duration, warmup, args=" ".join(model.server_args), shadow_sample=shadow_sample),
+                          measure_grpc(model, "kondense serve gRPC (canary, shadowing)", grpc_address, canary, concurrency,
+                                       duration, warmup, args=" ".join(model.server_args), shadow_sample=shadow_sample)]  # fmt: skip
                 if other is not None:
                     points.append(measure_http(model, "MLServer (custom ORT runtime)", other + infer, concurrency,
                                                duration, warmup, intra_op_threads=model.mlserver_threads))  # fmt: skip
                 for point in points:
                     measured.setdefault(point.system, []).append(point)
                     print(
-                        f"{point.model:7} {point.system:34} c={point.concurrency:<3} {point.requests_per_s:9.0f} req/s  "
+                        f"{point.model:7} {point.system:39} c={point.concurrency:<3} {point.requests_per_s:9.0f} req/s  "
                         f"p50 {point.p50_ms:7.3f} ms  p99 {point.p99_ms:7.3f} ms  load {point.load_1m:.2f}  "
                         f"errors {point.errors}",
                         flush=True,
@@ -538,29 +629,26 @@ def _paired_ratio(ours: Row | None, reference: Row | None) -> float | None:
     return float(np.median([a / b for a, b in pairs]))
 
 
+def _goal(
+    found: list[tuple[str, float | None, str, bool | None]], name: str, value: float | None, at_least: float
+) -> None:
+    found.append((name, value, f">= {at_least:g}", None if value is None else value >= at_least))
+
+
 def goals(rows: list[Row]) -> list[tuple[str, float | None, str, bool | None]]:
     found: list[tuple[str, float | None, str, bool | None]] = []
-    ratio = _paired_ratio(_row(rows, "digits", "kondense", 8), _row(rows, "digits", "MLServer", 8))
-    found.append(
-        (
-            "digits c=8 throughput, kondense / MLServer",
-            ratio,
-            ">= 2.5",
-            None if ratio is None else ratio >= 2.5,
-        )
-    )
-    single = _row(rows, "digits", "kondense", 1)
+    rest, grpc = "kondense serve REST", "kondense serve gRPC"
+    for c in (1, 8):
+        for system, label in ((rest, "REST"), (grpc, "gRPC")):
+            ratio = _paired_ratio(_row(rows, "minilm", system, c), _row(rows, "minilm", "in-process", c))
+            _goal(found, f"MiniLM c={c} throughput, kondense {label} / in-process ORT", ratio, 0.90)
+    ratio = _paired_ratio(_row(rows, "minilm", grpc, 8), _row(rows, "minilm", rest, 8))
+    _goal(found, "MiniLM c=8 throughput, kondense gRPC / REST", ratio, 1.0)
+    ratio = _paired_ratio(_row(rows, "digits", rest, 8), _row(rows, "digits", "MLServer", 8))
+    _goal(found, "digits c=8 throughput, kondense REST / MLServer", ratio, 6.0)
+    single = _row(rows, "digits", rest, 1)
     p50 = single.p50_ms if single else None
-    found.append(("digits c=1 p50 of kondense (ms)", p50, "<= 0.3", None if p50 is None else p50 <= 0.3))
-    ratio = _paired_ratio(_row(rows, "minilm", "kondense", 8), _row(rows, "minilm", "in-process", 8))
-    found.append(
-        (
-            "MiniLM c=8 throughput, kondense / in-process ORT",
-            ratio,
-            ">= 0.90",
-            None if ratio is None else ratio >= 0.90,
-        )
-    )
+    found.append(("digits c=1 p50 of kondense REST (ms)", p50, "<= 0.3", None if p50 is None else p50 <= 0.3))
     return found
 
 
@@ -576,12 +664,15 @@ def write_results(rows: list[Row], meta: dict[str, object]) -> None:
         "",
         f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores, shared with other work), "
         f"{meta['duration_s']} s per point after {meta['warmup_s']} s warm-up, systems interleaved point by point, "
-        f"median of {meta['rounds']} rounds; load generator `wrk -t1` with `serving_post.lua`; 1-minute load "
-        "average at the start of each point in the last column.",
+        f"median of {meta['rounds']} rounds; load generators `wrk -t1` with `serving_post.lua` (REST) and "
+        "`h2load -t1 -m1` (gRPC, raw tensor contents); 1-minute load average at the start of each point in the "
+        "last column. The machine is shared with other work and noisy: compare rows of one run, not runs.",
         "",
         f"`kondense serve` runs as a canary with metrics, validation and shadowing on (`--shadow-sample "
         f"{meta['shadow_sample']}` to a stable `kondense serve` of the same model on the same 2 cores). "
-        "In-process ORT is the best of 1 and 2 intra-op threads, one request per `session.run`, `c` threads.",
+        "In-process ORT is the best of 1 and 2 intra-op threads (2: with and without spinning), one request per "
+        "`session.run`, `c` threads. `kondense serve` does not let ONNX Runtime threads spin (`--no-spin-wait`, "
+        "the default).",
         "",
         "| model | system | c | req/s | p50 ms | p90 ms | p99 ms | errors | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -638,8 +729,8 @@ def main() -> None:
     parser.add_argument("--shadow-sample", type=float, default=0.1)
     parser.add_argument("--skip-mlserver", action="store_true")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install -y wrk")
+    if shutil.which("wrk") is None or shutil.which("h2load") is None:
+        sys.exit("wrk or h2load is not installed: apt-get install -y wrk nghttp2-client")
     WORK.mkdir(exist_ok=True)
     builders: dict[str, Callable[[], Model]] = {"digits": build_digits, "minilm": build_minilm}
     models = [builders[name]() for name in args.models]
@@ -666,7 +757,7 @@ def main() -> None:
         "shadow_sample": args.shadow_sample,
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
-        "server_args": {m.name: " ".join(m.server_args) for m in models},
+        "server_args": {m.name: " ".join(m.server_args) or "(no tuning flags: adaptive)" for m in models},
     }
     print(f"load average at start: {meta['load_at_start']}", flush=True)
     rows: list[Row] = []

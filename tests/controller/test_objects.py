@@ -114,6 +114,68 @@ def test_serving_objects_validate(example: str) -> None:
         assert "--metrics-config=summary_latencies=true" in template["spec"]["containers"][0]["args"]
 
 
+def _serving_objects(spec: CompressedModelSpec) -> list[dict[str, Any]]:
+    router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
+    backend = SERVING_BACKENDS[spec.serving.runtime]
+    plan = serving_plan(
+        ServingContext(spec, OWNER, SETTINGS),
+        topology(spec, canary_status(spec), router.split),
+        backend,
+        router,
+    )
+    return plan.apply
+
+
+@pytest.mark.parametrize("example", ["digits", "digits-triton"])
+def test_services_expose_rest_and_grpc_on_named_container_ports(example: str) -> None:
+    objects = _serving_objects(spec_of(example))
+    services = [o for o in objects if o["kind"] == "Service"]
+    assert len(services) == 3
+    for svc in services:
+        ports = {p["name"]: p for p in svc["spec"]["ports"]}
+        assert ports["http"]["targetPort"] == "http" and ports["grpc"]["targetPort"] == "grpc"
+        assert ports["grpc"]["port"] == ports["http"]["port"] + 1 == 8081
+        validate(svc)
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        named = {p["name"] for p in container["ports"]}
+        assert {"http", "grpc"} <= named
+        if example == "digits":
+            args = container["args"]
+            grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+            assert args[args.index("--grpc-port") + 1] == str(grpc_port) == "8081"
+
+
+@pytest.mark.parametrize(
+    ("threads", "resources", "expected"),
+    [
+        (None, {"limits": {"cpu": "4"}, "requests": {"cpu": "1"}}, "4"),
+        (None, {"limits": {"cpu": "1500m"}}, "1"),
+        (None, {"requests": {"cpu": "2"}}, "2"),
+        (None, {"limits": {"cpu": "250m"}}, "1"),
+        (3, {"limits": {"cpu": "8"}}, "3"),
+        (None, {"limits": {"memory": "1Gi"}}, None),
+        (None, None, None),
+    ],
+)
+def test_server_threads_follow_the_pods_cpu(
+    threads: int | None, resources: dict[str, Any] | None, expected: str | None
+) -> None:
+    raw = spec_of("digits").model_dump(mode="json", exclude_none=True)
+    raw["serving"].pop("threads", None)
+    raw["serving"].pop("resources", None)
+    if threads is not None:
+        raw["serving"]["threads"] = threads
+    if resources is not None:
+        raw["serving"]["resources"] = resources
+    spec = CompressedModelSpec.model_validate(raw)
+    for deployment in (o for o in _serving_objects(spec) if o["kind"] == "Deployment"):
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        got = args[args.index("--threads") + 1] if "--threads" in args else None
+        assert got == expected
+        validate(deployment)
+
+
 def test_settings_namespaces_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONDENSE_NAMESPACES", "ml, team-b")
     assert OperatorSettings().namespaces == ["ml", "team-b"]

@@ -155,7 +155,7 @@ def test_metrics_count_requests_by_code_and_time_them(digits_server: Server, dig
         assert _infer(digits_server, _digits_request(digits.inputs[:1])).status_code == 200
     assert _infer(digits_server, _input(shape=[2, 64])).status_code == 400
     after = digits_server.metrics()
-    labels = {"model": "digits", "variant": "stable"}
+    labels = {"model": "digits", "variant": "stable", "protocol": "rest"}
     ok = _counter(after, "kondense_requests_total", code="200", **labels) - _counter(
         before, "kondense_requests_total", code="200", **labels
     )
@@ -168,7 +168,10 @@ def test_metrics_count_requests_by_code_and_time_them(digits_server: Server, dig
     )
     assert count == 4
     # sub-millisecond buckets exist so histogram_quantile can resolve fast answers
-    assert 'kondense_request_duration_seconds_bucket{le="0.0001",model="digits",variant="stable"}' in after
+    assert (
+        'kondense_request_duration_seconds_bucket{le="0.0001",model="digits",protocol="rest",variant="stable"}'
+        in after
+    )
 
 
 # Fuzzing over HTTP: start from a valid request and break one thing at a time.

@@ -132,7 +132,7 @@ def test_injected_errors_are_answered_500_and_counted(digits: Digits) -> None:
         responses = [httpx.post(server.infer_url, json=body) for _ in range(5)]
         assert [response.status_code for response in responses] == [500] * 5
         assert "injected error" in responses[0].json()["error"]
-        series = 'kondense_requests_total{code="500",model="digits",variant="canary"} 5.0'
+        series = 'kondense_requests_total{code="500",model="digits",protocol="rest",variant="canary"} 5.0'
         assert series in server.metrics()
 
 
@@ -214,8 +214,8 @@ def test_injected_latency_shows_in_the_histogram(digits: Digits) -> None:
         for _ in range(3):
             assert httpx.post(server.infer_url, json=body).status_code == 200
         metrics = server.metrics()
-    below = re.search(r'_bucket{le="0.3",model="digits",variant="stable"} (\S+)', metrics)
-    total = re.search(r'_count{model="digits",variant="stable"} (\S+)', metrics)
+    below = re.search(r'_bucket{le="0.3",model="digits",protocol="rest",variant="stable"} (\S+)', metrics)
+    total = re.search(r'_count{model="digits",protocol="rest",variant="stable"} (\S+)', metrics)
     assert below and total and (float(below.group(1)), float(total.group(1))) == (0.0, 3.0)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kondense.api.resource import CompressedModelSpec, Runtime
+from kubernetes.utils.quantity import parse_quantity
+
+from kondense.api.resource import CompressedModelSpec, ResourceRequirements, Runtime
 from kondense.operator.analysis import SLI
 from kondense.operator.locations import Location, pvc_volumes
 from kondense.operator.naming import SHA_ANNOTATION, TRACK_LABEL, VARIANT_LABEL, Names
@@ -15,6 +18,7 @@ from kondense.operator.objects import (
     Owner,
     artifact_dir,
     container_security,
+    grpc_port,
     metadata,
     placement,
     pod_security,
@@ -94,6 +98,17 @@ def _pvc_mounts(
     return pvc_volumes([claim] if claim else [], settings.pvc_root, read_only=True)
 
 
+def cpu_threads(resources: ResourceRequirements | None) -> int | None:
+    """ONNX Runtime intra-op threads for a pod's CPU limit (its request when it has no limit): the
+    whole CPUs it may use, at least 1; None when neither is set."""
+    cpu = None
+    if resources is not None:
+        cpu = (resources.limits or {}).get("cpu") or (resources.requests or {}).get("cpu")
+    if cpu is None:
+        return None
+    return max(1, math.floor(parse_quantity(str(cpu))))
+
+
 class ServingBackend(Protocol):
     @property
     def runtime(self) -> Runtime: ...
@@ -133,8 +148,11 @@ class OnnxRuntimeBackend:
             "--variant", track,
             "--port", str(port),
         ]  # fmt: skip
-        if spec.serving.threads:
-            args += ["--threads", str(spec.serving.threads)]
+        grpc = grpc_port(port)
+        args += ["--grpc-port", str(grpc)]
+        threads = spec.serving.threads or cpu_threads(spec.serving.resources)
+        if threads:  # else the server reads its cgroup's CPU quota itself
+            args += ["--threads", str(threads)]
         if track == "canary":
             args += [
                 "--shadow-of",
@@ -164,7 +182,10 @@ class OnnxRuntimeBackend:
                     "imagePullPolicy": settings.image_pull_policy,
                     "command": ["kondense"],
                     "args": args,
-                    "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+                    "ports": [
+                        {"name": "http", "containerPort": port, "protocol": "TCP"},
+                        {"name": "grpc", "containerPort": grpc, "protocol": "TCP"},
+                    ],
                     "readinessProbe": probe,
                     "livenessProbe": {
                         "httpGet": {"path": "/v2/health/live", "port": "http"},

@@ -160,9 +160,16 @@ def compression_job(
     }
 
 
+def grpc_port(http_port: int) -> int:
+    """The Service (and kondense serve's) gRPC port next to the HTTP one: 8081 for the default 8080."""
+    return http_port + 1 if http_port < 65535 else http_port - 1
+
+
 def service(
     owner: Owner, name: str, selector: dict[str, str], port: int, labels: dict[str, str]
 ) -> dict[str, Any]:
+    """REST on ``port`` and the Open Inference Protocol over gRPC on ``grpc_port(port)``; both
+    target the serving container's named ports (``http``, ``grpc``) whatever the runtime."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -170,7 +177,16 @@ def service(
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": grpc_port(port),
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+            ],
         },
     }
 

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import random
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter
+from typing import Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,7 +26,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kondense.api.techniques import Task
-from kondense.serving.batching import DynamicBatcher, InferenceRunner, InlineRunner, PooledRunner
+from kondense.serving.batching import (
+    AdaptiveRunner,
+    DynamicBatcher,
+    InferenceRunner,
+    InlineRunner,
+    PooledRunner,
+)
 from kondense.serving.decoding import DecoderUnavailableError, ProcessDecoder
 from kondense.serving.metrics import ServerMetrics
 from kondense.serving.protocol import (
@@ -88,6 +95,9 @@ class ServerSettings:
     max_batch_delay_s: float = 0.002
     inference_workers: int = 1
     """Concurrent session calls; 1 without batching runs the model inline on the event loop."""
+    adaptive: bool = False
+    """Ignore max_batch_size/inference_workers: inline while the model is fast, else micro-batches on
+    one worker whose session uses every core (``AdaptiveRunner``)."""
     inject_latency_s: float = 0.0
     """Tests and demos only: a fixed delay added to every inference."""
     inject_error_rate: float = 0.0
@@ -96,9 +106,12 @@ class ServerSettings:
 
 
 RETRY_AFTER_S = 1
+ADAPTIVE_MAX_BATCH = 16
 
 
-class _BodyError(Exception):
+class ClientError(Exception):
+    """A request refused with an HTTP status (the gRPC front end maps it to a status code)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -126,7 +139,7 @@ class ByteBudget:
         self.used -= size
 
 
-class _Reservation:
+class Reservation:
     """One request's share of the byte budget, given back when its response is made."""
 
     def __init__(self, budget: ByteBudget) -> None:
@@ -135,7 +148,7 @@ class _Reservation:
 
     def take(self, size: int) -> None:
         if not self._budget.take(size):
-            raise _BodyError(
+            raise ClientError(
                 503,
                 f"the server is busy: request bodies in flight would exceed {self._budget.limit} bytes "
                 "(--max-inflight-bytes); retry later",
@@ -151,6 +164,15 @@ def _json(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status, media_type=JSON)
 
 
+class FrontEnd(Protocol):
+    """Another protocol serving the same model (gRPC): started before the model loads (health
+    answers meanwhile), stopped after the HTTP server drained."""
+
+    async def start(self, server: ModelServer) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class ModelServer:
     """State and handlers of one served model: ready only after the loader returned a model."""
 
@@ -159,8 +181,10 @@ class ModelServer:
         settings: ServerSettings,
         load_model: Callable[[], InferenceModel],
         on_fatal: Callable[[str], None],
+        front_ends: Sequence[FrontEnd] = (),
     ) -> None:
         self.settings = settings
+        self._front_ends = list(front_ends)
         self.metrics = ServerMetrics(settings.model_name, settings.variant)
         self.metrics.set_model(settings.sha256, ready=False)
         self._load_model = load_model
@@ -182,13 +206,49 @@ class ModelServer:
     def ready(self) -> bool:
         return self._runner is not None
 
+    @property
+    def runner(self) -> InferenceRunner | None:
+        return self._runner
+
+    @property
+    def shadow(self) -> ShadowComparer | None:
+        return self._shadow
+
+    @property
+    def limits(self) -> RequestLimits:
+        return self._limits
+
+    @property
+    def server_version(self) -> str:
+        return self._server_version
+
+    def model_problem(self, name: str, wanted: str | None) -> str | None:
+        """Why a model name/version is not served here (None when it is)."""
+        if name != self.settings.model_name:
+            return f"model '{name}' is not served here; this server serves '{self.settings.model_name}'"
+        if wanted and wanted != self.settings.model_version:
+            return (
+                f"model '{name}' has no version '{wanted}'; served version: '{self.settings.model_version}'"
+            )
+        return None
+
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        started: list[FrontEnd] = []
+        for front_end in self._front_ends:
+            try:
+                await front_end.start(self)
+            except Exception as exc:
+                self._on_fatal(str(exc))
+                break
+            started.append(front_end)
         # Load in the background: liveness answers while a large model loads.
         loading = asyncio.create_task(self._load())
         try:
             yield
         finally:
+            for front_end in started:
+                await front_end.stop()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
@@ -206,7 +266,14 @@ class ModelServer:
         try:
             model = await asyncio.to_thread(self._load_model)
             runner: InferenceRunner
-            if settings.max_batch_size > 1:
+            if settings.adaptive:
+                runner = AdaptiveRunner(
+                    model,
+                    max_batch_size=max(settings.max_batch_size, ADAPTIVE_MAX_BATCH),
+                    max_delay_s=settings.max_batch_delay_s,
+                    on_batch=self.metrics.batch_rows.observe,
+                )
+            elif settings.max_batch_size > 1:
                 runner = DynamicBatcher(
                     model,
                     max_batch_size=settings.max_batch_size,
@@ -264,18 +331,8 @@ class ModelServer:
         )
 
     def _check_name(self, request: Request) -> Response | None:
-        name = request.path_params["name"]
-        wanted = request.path_params.get("version")
-        if name != self.settings.model_name:
-            return error_response(
-                404, f"model '{name}' is not served here; this server serves '{self.settings.model_name}'"
-            )
-        if wanted is not None and wanted != self.settings.model_version:
-            return error_response(
-                404,
-                f"model '{name}' has no version '{wanted}'; served version: '{self.settings.model_version}'",
-            )
-        return None
+        problem = self.model_problem(request.path_params["name"], request.path_params.get("version"))
+        return None if problem is None else error_response(404, problem)
 
     async def model_ready(self, request: Request) -> Response:
         if (problem := self._check_name(request)) is not None:
@@ -319,25 +376,35 @@ class ModelServer:
             response = error_response(
                 500, "internal server error while answering the request (see the server log)"
             )
-        self.metrics.observe_request(response.status_code, perf_counter() - started)
+        self.metrics.observe_request(response.status_code, perf_counter() - started, "rest")
         return response
 
-    async def _admit(self, request: Request) -> Response:
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Reservation]:
+        """One inference request's admission, shared by REST and gRPC: bounded in number, and the
+        bytes it holds bounded by the in-flight budget. Raises ``ClientError(503)`` when busy."""
         limit = self.settings.max_concurrent_requests
         if self._in_flight >= limit:
-            return error_response(
+            raise ClientError(
                 503,
                 f"the server is busy: {limit} inference requests are in flight (--max-concurrent-requests)",
             )
         self._in_flight += 1
-        reservation = _Reservation(self._budget)
+        reservation = Reservation(self._budget)
         try:
-            return await self._infer(request, reservation)
+            yield reservation
         finally:
             self._in_flight -= 1
             reservation.release()
 
-    async def _infer(self, request: Request, reservation: _Reservation) -> Response:
+    async def _admit(self, request: Request) -> Response:
+        try:
+            with self.admitted() as reservation:
+                return await self._infer(request, reservation)
+        except ClientError as exc:
+            return error_response(exc.status, str(exc))
+
+    async def _infer(self, request: Request, reservation: Reservation) -> Response:
         if (problem := self._check_name(request)) is not None:
             return problem
         model, runner, settings = self.model, self._runner, self.settings
@@ -347,7 +414,7 @@ class ModelServer:
             body = await self._read_body(request, reservation)
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
             decoded = await self._decode(body, header_length, model)
-        except _BodyError as exc:
+        except ClientError as exc:
             return error_response(exc.status, str(exc))
         except RequestError as exc:
             return error_response(400, str(exc))
@@ -385,7 +452,7 @@ class ModelServer:
         settings = self.settings
         json_bytes = len(body) if header_length is None else header_length
         if json_bytes > settings.max_json_bytes:
-            raise _BodyError(
+            raise ClientError(
                 413,
                 f"the JSON part of the request is {json_bytes} bytes, over the limit of {settings.max_json_bytes} "
                 "(--max-json-bytes); send large tensors as binary data (binary_data_size)",
@@ -410,16 +477,16 @@ class ModelServer:
             limits=self._limits,
         )
 
-    async def _read_body(self, request: Request, reservation: _Reservation) -> bytes:
+    async def _read_body(self, request: Request, reservation: Reservation) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _BodyError(
+            raise ClientError(
                 413, f"request body of {declared} bytes is over the limit of {limit} bytes (--max-body-bytes)"
             )
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding not in ("identity", "gzip", "deflate"):
-            raise _BodyError(
+            raise ClientError(
                 415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or identity)"
             )
         chunks = []
@@ -428,20 +495,20 @@ class ModelServer:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise _BodyError(
+                    raise ClientError(
                         413, f"request body is over the limit of {limit} bytes (--max-body-bytes)"
                     )
                 reservation.take(len(chunk))
                 chunks.append(chunk)
         except ClientDisconnect:
-            raise _BodyError(400, "the client disconnected before sending the whole body") from None
+            raise ClientError(400, "the client disconnected before sending the whole body") from None
         body = b"".join(chunks)
         del chunks
         if encoding == "identity":
             return body
         return await self._inflate(body, encoding, reservation)
 
-    async def _inflate(self, body: bytes, encoding: str, reservation: _Reservation) -> bytes:
+    async def _inflate(self, body: bytes, encoding: str, reservation: Reservation) -> bytes:
         """Inflate in slices: bounded by --max-body-bytes and the in-flight budget, yielding to the loop."""
         limit = self.settings.max_body_bytes
         # gzip: 16 + window bits; "deflate" in HTTP means the zlib format.
@@ -455,7 +522,7 @@ class ModelServer:
                 pending = inflater.unconsumed_tail
                 size += len(piece)
                 if size > limit:
-                    raise _BodyError(
+                    raise ClientError(
                         413,
                         f"decompressed request body is over the limit of {limit} bytes (--max-body-bytes)",
                     )
@@ -465,9 +532,9 @@ class ModelServer:
                     break  # all input consumed and no output pending
                 await asyncio.sleep(0)
         except zlib.error as exc:
-            raise _BodyError(400, f"request body is not valid {encoding} data: {exc}") from None
+            raise ClientError(400, f"request body is not valid {encoding} data: {exc}") from None
         if not inflater.eof:
-            raise _BodyError(400, f"request body is truncated {encoding} data")
+            raise ClientError(400, f"request body is truncated {encoding} data")
         return b"".join(pieces)
 
 
@@ -488,8 +555,9 @@ def build_app(
     settings: ServerSettings,
     load_model: Callable[[], InferenceModel],
     on_fatal: Callable[[str], None],
+    front_ends: Sequence[FrontEnd] = (),
 ) -> Starlette:
-    server = ModelServer(settings, load_model, on_fatal)
+    server = ModelServer(settings, load_model, on_fatal, front_ends)
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     routes = [
         Route("/v2/health/live", server.live, methods=["GET"]),

@@ -19,11 +19,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Protocol
 
 import numpy as np
 
-from kondense.serving.tensors import InferenceModel, InputRejectedError
+from kondense.serving.tensors import InferenceModel, InputRejectedError, TensorSpec
 
 
 class BatchSplitError(RuntimeError):
@@ -237,6 +238,88 @@ class DynamicBatcher:
         for item in batch:
             _settle(item, {name: array[start : start + item.rows] for name, array in result.items()})
             start += item.rows
+
+
+class _TimedModel:
+    """A model whose session calls are timed: a moving average of seconds per call."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        self._model = model
+        self.seconds = 0.0
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._model.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._model.outputs
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        started = perf_counter()
+        try:
+            return self._model.predict(inputs, outputs)
+        finally:
+            elapsed = perf_counter() - started
+            self.seconds = elapsed if self.seconds == 0.0 else 0.9 * self.seconds + 0.1 * elapsed
+
+
+def batchable(model: InferenceModel) -> bool:
+    """Every input has a dynamic first (batch) dimension."""
+    return all(spec.shape and spec.shape[0] < 0 for spec in model.inputs)
+
+
+class AdaptiveRunner:
+    """Picks how to run each request from what it sees, for a session that uses every core.
+
+    While the model answers faster than ``inline_below_s`` (a thread hop and a batch would cost more
+    than the inference), requests run inline on the event loop. Slower models go through a
+    ``DynamicBatcher`` with one worker: a lone client gets the whole machine on its request (all
+    intra-op threads, no waiting), concurrent clients pile up while the worker is busy and run as one
+    batch on all cores. Models without a batch dimension run on one worker thread.
+    """
+
+    def __init__(
+        self,
+        model: InferenceModel,
+        *,
+        max_batch_size: int = 16,
+        max_delay_s: float = 0.002,
+        inline_below_s: float = 0.0005,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._timed = _TimedModel(model)
+        self._inline_below_s = inline_below_s
+        self._offloaded: DynamicBatcher | PooledRunner = (
+            DynamicBatcher(
+                self._timed,
+                max_batch_size=max_batch_size,
+                max_delay_s=max_delay_s,
+                workers=1,
+                on_batch=on_batch,
+            )
+            if batchable(model)
+            else PooledRunner(self._timed, workers=1)
+        )
+
+    @property
+    def inline(self) -> bool:
+        return self._timed.seconds < self._inline_below_s
+
+    async def start(self) -> None:
+        await self._offloaded.start()
+
+    async def stop(self) -> None:
+        await self._offloaded.stop()
+
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        if self.inline:
+            return self._timed.predict(inputs, outputs)
+        return await self._offloaded.run(inputs, outputs)
 
 
 def _settle(item: _Pending, outcome: dict[str, np.ndarray] | BaseException) -> None:

@@ -28,10 +28,31 @@ def serve(
     variant: Annotated[str, typer.Option(help="Value of the 'variant' label on all metrics.")] = "stable",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Also serve the Open Inference Protocol over gRPC (KServe v2 GRPCInferenceService) on "
+            "this port (default: no gRPC; the operator's pods use 8081).",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)."),
+        typer.Option(
+            min=1,
+            help="ONNX Runtime intra-op threads (default: the CPUs the process may use, cgroup CPU quota "
+            "included; the operator passes the pod's CPU limit).",
+        ),
     ] = None,
+    spin_wait: Annotated[
+        bool,
+        typer.Option(
+            "--spin-wait/--no-spin-wait",
+            help="Let idle ONNX Runtime intra-op threads spin (lower latency on CPUs nothing else uses; "
+            "costly when the CPU is shared or quota-limited).",
+        ),
+    ] = False,
     expected_sha256: Annotated[
         str | None,
         typer.Option(
@@ -117,8 +138,14 @@ def serve(
         ),
     ] = 32 * 1024 * 1024,
     max_batch_size: Annotated[
-        int, typer.Option(min=1, help="Micro-batch up to this many rows per session call (1 = no batching).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Micro-batch up to this many rows per session call (1 = no batching). Without it and "
+            "--inference-workers the server adapts: inline while the model answers in under 0.5 ms, "
+            "else micro-batches of up to 16 rows on one session call at a time using every thread.",
+        ),
+    ] = None,
     max_batch_delay_ms: Annotated[
         float,
         typer.Option(
@@ -128,13 +155,13 @@ def serve(
         ),
     ] = 2.0,
     inference_workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="Session calls run at once on worker threads (1 without batching: inline on the event loop, "
             "best for tiny models). With --threads 1, set it to the cores to use.",
         ),
-    ] = 1,
+    ] = None,
     allow_non_finite: Annotated[
         bool, typer.Option("--allow-non-finite", help="Pass NaN/Infinity inputs to the model instead of 400.")
     ] = False,
@@ -148,7 +175,8 @@ def serve(
         float, typer.Option(min=0.0, max=1.0, help="Tests/demos only: answer this fraction with HTTP 500.")
     ] = 0.0,
 ) -> None:
-    """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST) with metrics."""
+    """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST, and gRPC with
+    --grpc-port) with metrics."""
     from urllib.parse import urlsplit
 
     from kondense.serving.app import ServerSettings, ShadowSettings
@@ -200,15 +228,18 @@ def serve(
         decode_offload_bytes=decode_offload_bytes,
         max_connections=max_connections,
         allow_non_finite=allow_non_finite,
-        max_batch_size=max_batch_size,
+        max_batch_size=max_batch_size or 1,
         max_batch_delay_s=max_batch_delay_ms / 1000.0,
-        inference_workers=inference_workers,
+        inference_workers=inference_workers or 1,
+        adaptive=max_batch_size is None and inference_workers is None,
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
         shadow=shadow,
     )
-    listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s)
-    code = run_server(artifact, settings, listen, threads)
+    if grpc_port is not None and grpc_port == port and port != 0:
+        raise _fail(f"--grpc-port {grpc_port} is the HTTP --port; give gRPC its own port")
+    listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s, grpc_port=grpc_port)
+    code = run_server(artifact, settings, listen, threads, spin_wait)
     if code:
         raise typer.Exit(code)
 

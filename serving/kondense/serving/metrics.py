@@ -28,6 +28,8 @@ SCORE_BUCKETS = (
     0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 1.0, 2.0, 10.0,
 )  # fmt: skip
 SHADOW_RESULTS = ("agree", "disagree", "error")
+PROTOCOLS = ("rest", "grpc")
+"""Front ends: the ``protocol`` label of request series (sum over it for a track's SLIs)."""
 
 
 class ServerMetrics:
@@ -38,20 +40,24 @@ class ServerMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._labels = {"model": model, "variant": variant}
-        self.request_duration = Histogram(
+        duration = Histogram(
             "kondense_request_duration_seconds",
             "Time to answer an inference request (any status), from its arrival in the handler.",
-            ["model", "variant"],
+            ["model", "variant", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
-        ).labels(**self._labels)
+        )
+        self.request_duration = {p: duration.labels(**self._labels, protocol=p) for p in PROTOCOLS}
         self._requests = Counter(
             "kondense_requests",
-            "Inference requests answered, by HTTP status code.",
-            ["model", "variant", "code"],
+            "Inference requests answered, by HTTP status code (gRPC answers by the HTTP status of the "
+            "same refusal over REST: UNAVAILABLE 503, INVALID_ARGUMENT 400, ...).",
+            ["model", "variant", "protocol", "code"],
             registry=self.registry,
         )
-        self._requests_by_code = {code: self._requests.labels(**self._labels, code=code) for code in ("200",)}
+        self._requests_by_code = {
+            (p, "200"): self._requests.labels(**self._labels, protocol=p, code="200") for p in PROTOCOLS
+        }
         shadow = Counter(
             "kondense_shadow_comparisons",
             "Samples compared with the stable server: agree, disagree, or error (not compared: stable slow, "
@@ -95,12 +101,14 @@ class ServerMetrics:
             registry=self.registry,
         ).labels(**self._labels)
 
-    def observe_request(self, code: int, seconds: float) -> None:
-        self.request_duration.observe(seconds)
-        key = str(code)
+    def observe_request(self, code: int, seconds: float, protocol: str = "rest") -> None:
+        self.request_duration[protocol].observe(seconds)
+        key = (protocol, str(code))
         child = self._requests_by_code.get(key)
         if child is None:
-            child = self._requests_by_code[key] = self._requests.labels(**self._labels, code=key)
+            child = self._requests_by_code[key] = self._requests.labels(
+                **self._labels, protocol=protocol, code=key[1]
+            )
         child.inc()
 
     def set_model(self, sha256: str, ready: bool) -> None:

@@ -6,6 +6,8 @@ anything else that fails inside the runtime raises ``ModelRuntimeError``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +33,17 @@ _ORT_DATATYPES = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+def available_cpus() -> int:
+    """Whole CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota (a pod's
+    CPU limit), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    return max(1, cpus)
 
 
 class ModelLoadError(RuntimeError):
@@ -59,10 +72,15 @@ def _spec(arg: ort.NodeArg, role: str) -> TensorSpec:
 class OnnxModel:
     """One ONNX Runtime session on the CPU."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, spin_wait: bool = False) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
+        if not spin_wait:
+            # Idle intra-op threads sleep instead of spinning: a spinning thread burns the CPU the event
+            # loop, the shadow client and other pods need (and a pod's CPU quota). Measured on a shared
+            # 2-core machine: MiniLM 2-3x faster through the server without spinning.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

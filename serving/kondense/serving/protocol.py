@@ -339,6 +339,45 @@ def _as_text(value: Any, name: str) -> str:
         ) from None
 
 
+def from_binary(chunk: bytes, datatype: str, shape: Sequence[int], where: str) -> np.ndarray:
+    """One tensor from its raw little-endian bytes (BYTES: 4-byte length-prefixed elements), as in
+    Triton's binary tensor data and gRPC's ``raw_input_contents``; the shape was checked already."""
+    return _from_binary(chunk, datatype, list(shape), math.prod(shape), where)
+
+
+def to_binary(array: np.ndarray) -> bytes:
+    """The raw bytes of an output tensor (``from_binary``'s inverse)."""
+    return _to_binary(array, datatype_of(array))
+
+
+def encode_binary_request(
+    request_id: str | None, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+) -> tuple[bytes, int]:
+    """A REST inference request carrying every input as binary tensor data (and asking for binary
+    outputs): how a request that came in another way (gRPC) is replayed to a REST server."""
+    described: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in inputs.items():
+        datatype = datatype_of(array)
+        blob = _to_binary(array, datatype)
+        described.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+        blobs.append(blob)
+    request: dict[str, Any] = {"inputs": described, "parameters": {"binary_data_output": True}}
+    if request_id:
+        request["id"] = request_id
+    if outputs is not None:
+        request["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
+    header = orjson.dumps(request)
+    return b"".join([header, *blobs]), len(header)
+
+
 def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
     """Output arrays of another v2 server's response (JSON or binary outputs)."""
     header, blob = (body, b"") if header_length is None else (body[:header_length], body[header_length:])

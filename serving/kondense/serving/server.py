@@ -20,18 +20,26 @@ class ListenOptions:
     port: int = 8080
     graceful_timeout_s: int = 30
     """How long in-flight requests may take to finish after SIGTERM."""
+    grpc_port: int | None = None
+    """The Open Inference Protocol over gRPC on this port too (off when None)."""
 
 
 def serve(
-    artifact: CheckedArtifact, settings: ServerSettings, listen: ListenOptions, threads: int | None
+    artifact: CheckedArtifact,
+    settings: ServerSettings,
+    listen: ListenOptions,
+    threads: int | None,
+    spin_wait: bool = False,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code (non-zero if the model never loaded)."""
     fatal: list[str] = []
 
     def load_model() -> InferenceModel:
-        from kondense.serving.model import OnnxModel  # onnxruntime: imported only when serving
+        from kondense.serving.model import OnnxModel, available_cpus  # onnxruntime: only when serving
 
-        model = OnnxModel(artifact.model_path, threads=threads)
+        intra_op = threads or available_cpus()
+        log.info("ONNX Runtime intra-op threads: %d%s", intra_op, "" if threads else " (the CPUs available)")
+        model = OnnxModel(artifact.model_path, threads=intra_op, spin_wait=spin_wait)
         model.warm_up()
         return model
 
@@ -40,7 +48,13 @@ def serve(
         fatal.append(message)
         server.should_exit = True
 
-    app = build_app(settings, load_model, on_fatal)
+    front_ends = []
+    if listen.grpc_port is not None:
+        from kondense.serving.grpc_server import GrpcFrontEnd  # grpcio: imported only when asked for
+
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        front_ends.append(GrpcFrontEnd(f"{host}:{listen.grpc_port}", grace_s=listen.graceful_timeout_s))
+    app = build_app(settings, load_model, on_fatal, front_ends)
     config = uvicorn.Config(
         app,
         host=listen.host,

@@ -136,8 +136,15 @@ class ShadowComparer:
 
     def offer(self, body: bytes, header_length: int | None, outputs: dict[str, np.ndarray]) -> None:
         """Maybe queue a comparison; never blocks. A full queue counts the samples as ``error``."""
-        if self._sample < 1.0 and random.random() >= self._sample:
-            return
+        if self.sampled():
+            self.enqueue(body, header_length, outputs)
+
+    def sampled(self) -> bool:
+        """Whether this request is one of the sample (draw once per request)."""
+        return self._sample >= 1.0 or random.random() < self._sample
+
+    def enqueue(self, body: bytes, header_length: int | None, outputs: dict[str, np.ndarray]) -> None:
+        """Queue a comparison of a sampled request (a REST body) unless the queue is full."""
         rows = sample_count(next(iter(outputs.values())), self._task)
         size = len(body) + sum(_nbytes(array) for array in outputs.values())
         if self.queued_bytes + size > self._max_queue_bytes:

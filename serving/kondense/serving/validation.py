@@ -1,4 +1,4 @@
-"""Request validation shared by every protocol front end (REST today, gRPC next).
+"""Request validation shared by every protocol front end (REST and gRPC).
 
 Checks what a client sends against the model's ``TensorSpec`` s and the server's ``RequestLimits``
 *before* anything is allocated for the data: names, datatypes, shapes, then the element budget, and
@@ -79,6 +79,8 @@ def check_inputs(
                 f"{where}: datatype {header.datatype} does not match the model's {spec.datatype}"
             )
         shape = list(header.shape)
+        if any(size < 0 for size in shape):
+            raise RequestError(f"{where}: shape {shape} has a negative dimension")
         if not spec.accepts_shape(shape):
             raise RequestError(
                 f"{where}: shape {shape} does not match the model's {list(spec.shape)} (-1 means any size)"
