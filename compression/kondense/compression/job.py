@@ -90,6 +90,7 @@ def run_job(
     pvc_root: Path | None = None,
     threads: int = 1,
     latency_runs: int = 200,
+    output_dir: str | None = None,
 ) -> JobResult:
     """Do the Job's work; every failure becomes a JobResult instead of an exception.
 
@@ -101,7 +102,9 @@ def run_job(
     name = "unknown"
     try:
         if target_text is None:
-            return _run_baseline(model_uri, eval_uri, output, task, pvc_root, threads, latency_runs)
+            return _run_baseline(
+                model_uri, eval_uri, output, task, pvc_root, threads, latency_runs, output_dir
+            )
         raw = read_target_argument(target_text)
         name = str(raw.get("name") or name)[:63]
         spec = parse_target(raw)
@@ -113,7 +116,7 @@ def run_job(
             ) from None
         with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
             resolver = _resolver(pvc_root, Path(downloads))
-            output_dir = resolver.local_path(output, "--output")
+            write_to = _output_directory(resolver, output, output_dir)
             model = resolver.fetch(model_uri, "--model")
             uris = {"evaluation": eval_uri}
             data = DataFiles(evaluation=resolver.fetch(eval_uri, "--eval"), uris=uris)
@@ -123,12 +126,12 @@ def run_job(
             if train_uri:
                 data.train = resolver.fetch(train_uri, "--train")
                 uris["train"] = train_uri
-            output_uri = output if "://" in output else output_dir.resolve().as_uri()
+            output_uri = output if "://" in output else write_to.resolve().as_uri()
             manifest = compress_model(
                 model,
                 spec,
                 data,
-                output_dir,
+                write_to,
                 task=task_value,
                 max_accuracy_delta=max_accuracy_delta,
                 model_uri=model_uri,
@@ -161,6 +164,12 @@ def run_job(
     )
 
 
+def _output_directory(resolver: Any, output: str, output_dir: str | None) -> Path:
+    """Where the artifact is written: ``--output-dir`` when given (the Job's own mounted directory;
+    ``--output`` is then only the URI recorded), else where ``--output`` points."""
+    return Path(output_dir) if output_dir else Path(resolver.local_path(output, "--output"))
+
+
 def _resolver(pvc_root: Path | None, downloads: Path) -> Any:
     from kondense.compression.uris import UriResolver
 
@@ -177,6 +186,7 @@ def _run_baseline(
     pvc_root: Path | None,
     threads: int,
     latency_runs: int,
+    output_dir: str | None = None,
 ) -> JobResult:
     from kondense.compression.baseline import BASELINE_NAME, prepare_baseline
 
@@ -186,12 +196,12 @@ def _run_baseline(
         raise BadInputError("--task", f"unknown task {task!r}; known: {[t.value for t in Task]}") from None
     with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
         resolver = _resolver(pvc_root, Path(downloads))
-        output_dir = resolver.local_path(output, "--output")
-        output_uri = output if "://" in output else output_dir.resolve().as_uri()
+        write_to = _output_directory(resolver, output, output_dir)
+        output_uri = output if "://" in output else write_to.resolve().as_uri()
         manifest = prepare_baseline(
             resolver.fetch(model_uri, "--model"),
             resolver.fetch(eval_uri, "--eval"),
-            output_dir,
+            write_to,
             task=task_value,
             model_uri=model_uri,
             output_uri=f"{output_uri.rstrip('/')}/{MODEL_FILE}",
@@ -218,6 +228,12 @@ def compress_job(
     model: Annotated[str, typer.Option(help="Base model URI: file://, pvc://claim/path, http(s)://.")],
     eval: Annotated[str, typer.Option("--eval", help="Evaluation data (.npz) URI.")],
     output: Annotated[str, typer.Option(help="Output directory (path, file:// or pvc:// URI).")],
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Write here instead (the Job's own mounted directory); --output is then the URI recorded."
+        ),
+    ] = None,
     calibration: Annotated[str | None, typer.Option(help="Calibration data (.npz) URI.")] = None,
     train: Annotated[str | None, typer.Option(help="Training data URI (default: calibration).")] = None,
     task: Annotated[str, typer.Option(help="classification | embedding | regression.")] = "classification",
@@ -259,6 +275,7 @@ def compress_job(
         pvc_root=pvc_root,
         threads=threads,
         latency_runs=latency_runs,
+        output_dir=output_dir,
     )
     write_termination_log(termination_log, result)
     print(termination_message(result))

@@ -19,6 +19,7 @@ from kondense.operator.objects import (
     placement,
     pod_security,
     scratch_volume,
+    workload_image,
 )
 from kondense.operator.rollout import Track
 from kondense.operator.settings import OperatorSettings
@@ -123,6 +124,8 @@ class OnnxRuntimeBackend:
             "--name", ctx.owner.name,
             "--variant", track,
             "--port", str(port),
+            # the digest the operator recorded, not only the manifest beside the model (issue 11)
+            "--expected-sha256", t.artifact.sha256,
         ]  # fmt: skip
         if spec.serving.threads:
             args += ["--threads", str(spec.serving.threads)]
@@ -136,7 +139,7 @@ class OnnxRuntimeBackend:
                 spec.task.value,
             ]
         volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
-        tmp_volume, tmp_mount = scratch_volume()
+        tmp_volume, tmp_mount = scratch_volume(settings.pod_tmp_size_limit)
         pod_fields, container_fields = placement(spec.serving)
         probe = {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -151,7 +154,9 @@ class OnnxRuntimeBackend:
             "containers": [
                 {
                     "name": "server",
-                    "image": spec.serving.image or settings.serving_image,
+                    "image": workload_image(
+                        spec.serving.image, settings.serving_image, settings, "spec.serving.image"
+                    ),
                     "imagePullPolicy": settings.image_pull_policy,
                     "command": ["kondense"],
                     "args": args,
@@ -209,6 +214,7 @@ class TritonBackend:
             "triton-repository",
             "--model", artifact_dir(t.artifact.uri, settings),
             "--repository", "/models",
+            "--expected-sha256", t.artifact.sha256,
             "--name", ctx.owner.name,
             "--max-batch-size", str(max_batch),
             "--instance-kind", (triton.instanceKind.value if triton else "KIND_CPU"),
@@ -219,7 +225,7 @@ class TritonBackend:
             for size in triton.dynamicBatching.preferredBatchSize or []:
                 init_args += ["--preferred-batch-size", str(size)]
         volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
-        tmp_volume, tmp_mount = scratch_volume()
+        tmp_volume, tmp_mount = scratch_volume(settings.pod_tmp_size_limit)
         repo_volume, repo_mount = (
             {"name": "models", "emptyDir": {}},
             {"name": "models", "mountPath": "/models"},
@@ -232,7 +238,9 @@ class TritonBackend:
             "initContainers": [
                 {
                     "name": "model-repository",
-                    "image": spec.serving.image or settings.serving_image,
+                    "image": workload_image(
+                        spec.serving.image, settings.serving_image, settings, "spec.serving.image"
+                    ),
                     "imagePullPolicy": settings.image_pull_policy,
                     "command": ["kondense"],
                     "args": init_args,

@@ -29,6 +29,7 @@ from kondense.api.resource import (
     parse_duration,
 )
 from kondense.operator.analysis import SLI, Analysis, Reading, Verdict, analyse
+from kondense.operator.naming import run_id
 from kondense.operator.selection import select_variants
 
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
@@ -286,6 +287,7 @@ def reconcile(
         status.base = VariantStatus(name=BASE, technique="baseline")
         status.phase, status.selectedVariant, status.ladder, status.canary = Phase.COMPRESSING, None, [], None
         status.hashes.compression, status.hashes.rollout = comp, roll
+        status.hashes.run = run_id(comp, ts, generation)  # a new run: new Jobs, a new directory
         status.message = f"compressing {len(spec.targets)} targets"
         d.events.append(
             Event("Normal", "Compressing", ("spec changed: " if restarted else "") + status.message)

@@ -16,6 +16,7 @@ from kondense.operator.routers import TrafficRouter
 class ServingPlan:
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    routes: list[dict[str, Any]] = field(default_factory=list)  # written by the router (router.apply)
 
 
 def serving_plan(
@@ -39,7 +40,7 @@ def serving_plan(
             service(ctx.owner, names.service(track), {**model, TRACK_LABEL: track}, port, labels)
         )
     route = spec.rollout.trafficRouting.httpRoute
-    plan.apply += router.objects(names, topo.weight if topo.canary else 0, route, port)
+    plan.routes += router.objects(names, topo.weight if topo.canary else 0, route, port)
     if topo.canary is not None and topo.canary.replicas > 0 and spec.rollout.analysis.loadTest is not None:
         plan.apply.append(loadgen_job(spec, ctx.owner, ctx.settings, ctx.service_url(None)))
     else:
