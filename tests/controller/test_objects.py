@@ -353,3 +353,21 @@ def test_each_router_says_which_weight_it_gives(
     from kondense.api.resource import RouterType
 
     assert TRAFFIC_ROUTERS[RouterType(router)].observed_weight(requested, stable, canary) == observed
+
+
+@pytest.mark.parametrize(("router", "weight"), [("replicas", 20), ("gatewayAPI", 25)])
+def test_the_core_takes_the_observed_weight_from_the_router(router: str, weight: int) -> None:
+    from kondense.api.resource import RouterType
+    from kondense.operator.rollout import TrackObservation
+
+    spec = spec_of("digits")  # first step 25 %
+    status = canary_status(spec)
+    assert status.canary is not None and status.canary.requestedWeight == 25
+    track = TrackObservation(replicas=4, ready=4, updated=4, sha256=None, settled=True)
+    world = World(
+        stable=track,
+        canary=TrackObservation(replicas=1, ready=1, updated=1, sha256=None, settled=True),
+        observed_weight=TRAFFIC_ROUTERS[RouterType(router)].observed_weight,
+    )
+    after = reconcile(spec, status, 1, world, datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC)).status
+    assert after.canary is not None and after.canary.weight == weight

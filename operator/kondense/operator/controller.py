@@ -182,7 +182,10 @@ class Controller:
         owner = Owner(name, namespace, meta["uid"])
         names = Names(name)
         serving = current.stable is not None  # nothing is served before the base model's artifact exists
+        backend = SERVING_BACKENDS[spec.serving.runtime]
+        router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
         world = World(
+            observed_weight=router.observed_weight,
             jobs={} if new_spec else self._observe_jobs(spec, owner, current.hashes.run or spec_hash),
             stable=track_observation(self.kube.get("Deployment", names.deployment("stable"), namespace))
             if serving
@@ -191,8 +194,6 @@ class Controller:
             if serving
             else None,
         )
-        backend = SERVING_BACKENDS[spec.serving.runtime]
-        router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
         if analysis_due(spec, current, world, now):
             url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
             window = effective_window(spec, current, now)

@@ -69,6 +69,19 @@ class World:
     stable: TrackObservation | None = None
     canary: TrackObservation | None = None
     readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
+    # (requested, stable ready, canary ready) -> the canary percent achieved: the traffic router's
+    observed_weight: ObservedWeight = field(
+        default=lambda requested, stable, canary: ready_ratio(stable, canary)
+    )
+
+
+ObservedWeight = Callable[[int, int, int], int]
+
+
+def ready_ratio(stable_ready: int, canary_ready: int) -> int:
+    """The canary's share of the ready pods, in percent (what one Service over both tracks gives it)."""
+    total = stable_ready + canary_ready
+    return round(100 * canary_ready / total) if total else 0
 
 
 @dataclass(frozen=True)
@@ -414,12 +427,9 @@ def _canary(
             )
         return
 
-    # the weight the Service actually gives the canary, from ready pods
+    # the weight the canary actually gets, as its traffic router observes it
     if world.canary is not None and world.stable is not None:
-        total = world.canary.ready + world.stable.ready
-        canary.weight = round(100 * world.canary.ready / total) if total else 0
-        if spec.rollout.trafficRouting.type.value == "gatewayAPI" and world.canary.ready:
-            canary.weight = canary.requestedWeight
+        canary.weight = world.observed_weight(canary.requestedWeight, world.stable.ready, world.canary.ready)
 
     if canary.readyAt is None and _canary_serving(status, world):
         canary.readyAt = ts

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from kondense.api.resource import RouterType, TrafficRouting
 from kondense.operator.naming import CANARY_OF_LABEL, Names
+from kondense.operator.rollout import ready_ratio
 
 GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
 
@@ -59,11 +60,6 @@ class TrafficRouter(Protocol):
     def observed_weight(self, requested: int, stable_ready: int, canary_ready: int) -> int:
         """The canary traffic percent actually achieved."""
         ...
-
-
-def ready_ratio(stable_ready: int, canary_ready: int) -> int:
-    total = stable_ready + canary_ready
-    return round(100 * canary_ready / total) if total else 0
 
 
 class ReplicaRouter:
