@@ -9,8 +9,10 @@ that comes back runs into a new directory; a compression Job writes only its own
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -275,3 +277,89 @@ def test_the_job_writes_into_its_output_dir_and_records_the_operator_s_uri(tmp_p
     # nothing was written outside the mounted directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "output", "termination-log"]
     assert [p.name for p in mounted.iterdir()] == ["artifact"]
+
+
+# ---- the local cluster's kubelet honours subPath and readOnly (the demo runs the Jobs above) -----------
+
+
+class RecordingAPI:
+    def __init__(self) -> None:
+        self.statuses: dict[str, dict[str, Any]] = {}
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.statuses[name] = status
+        return {"status": status}
+
+
+WRITER = """
+import json, os, sys
+out = {}
+for path in sys.argv[1:]:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write("x")
+        out[path] = "wrote"
+    except OSError as exc:
+        out[path] = exc.strerror
+print(json.dumps(out))
+"""
+
+
+def test_the_local_kubelet_lets_a_job_write_only_its_own_directory(tmp_path: Path) -> None:
+    from kondense.localcluster.kubelet import CannotRun, Kubelet, NodeContext, landlock_abi, plan_container
+
+    pvc = tmp_path / "pvc"
+    (pvc / "models" / "digits").mkdir(parents=True)
+    (pvc / "models" / "digits" / "model.onnx").write_text("the base model")
+    pod = {
+        "metadata": {"name": "compress", "namespace": NS, "uid": "uid-compress"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "output", "persistentVolumeClaim": {"claimName": "models", "readOnly": False}}],
+            "containers": [{
+                "name": "main", "image": "kondense/compression", "command": [sys.executable, "-c", WRITER],
+                "args": ["/output/artifact/model.onnx", f"{pvc}/models/digits/model.onnx",
+                         f"{pvc}/models/digits/kondense/other/model.onnx"],
+                "volumeMounts": [
+                    {"name": "output", "mountPath": str(pvc / "models"), "readOnly": True},
+                    {"name": "output", "mountPath": "/output", "subPath": "digits/kondense/run1/int8"},
+                ],
+            }],
+        },
+    }  # fmt: skip
+    ctx = NodeContext(pvc_dir=pvc, service_address=lambda *a: None, namespace_exists=lambda ns: True)
+    launch = plan_container(pod, pod["spec"]["containers"][0], tmp_path / "pods" / "compress", ctx)
+    job_dir = str(pvc / "models" / "digits" / "kondense" / "run1" / "int8")
+    assert launch.argv[3] == f"{job_dir}/artifact/model.onnx"  # the subPath, mapped to the claim's directory
+    assert job_dir in launch.writable and str(pvc / "models") not in launch.writable
+    climbing = copy.deepcopy(pod)
+    climbing["spec"]["containers"][0]["volumeMounts"][1]["subPath"] = "digits/../../etc"
+    with pytest.raises(
+        CannotRun, match=r"subPath 'digits/\.\./\.\./etc' must be a relative path without '\.\.'"
+    ):
+        plan_container(climbing, climbing["spec"]["containers"][0], tmp_path / "pods" / "x", ctx)
+
+    if landlock_abi() < 2:
+        pytest.skip("this kernel has no Landlock ABI 2: the local kubelet cannot enforce readOnly here")
+    api = RecordingAPI()
+    kubelet = Kubelet(api, tmp_path / "pods", tmp_path / "logs", ctx)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and api.statuses.get("compress", {}).get("phase") not in (
+            "Succeeded",
+            "Failed",
+        ):
+            kubelet.sync([pod])
+            time.sleep(0.1)
+    finally:
+        kubelet.shutdown(grace_s=5)
+    assert api.statuses["compress"]["phase"] == "Succeeded", api.statuses
+    output = (tmp_path / "logs" / f"{NS}_compress_main.log").read_text()
+    results = json.loads(output.strip().splitlines()[-1])
+    assert results == {
+        f"{job_dir}/artifact/model.onnx": "wrote",
+        f"{pvc}/models/digits/model.onnx": "Permission denied",  # the base model beside it: read-only
+        f"{pvc}/models/digits/kondense/other/model.onnx": "Permission denied",
+    }
+    assert (pvc / "models" / "digits" / "model.onnx").read_text() == "the base model"
