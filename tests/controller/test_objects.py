@@ -227,9 +227,12 @@ def test_inputs_on_other_claims_are_mounted_read_only() -> None:
 
 
 def test_a_location_that_climbs_out_of_its_directory_is_refused() -> None:
+    from kondense.api.resource import ArtifactsSpec
     from kondense.operator.locations import LocationError
 
-    spec = digits_spec(artifacts={"uri": "pvc://models/../other"})
+    # built past the models' own checks: the operator refuses it again before mounting anything
+    climbing = ArtifactsSpec.model_construct(uri="pvc://models/../other")
+    spec = digits_spec().model_copy(update={"artifacts": climbing})
     with pytest.raises(LocationError, match=r"'\.\.'"):
         compression_job(spec, OWNER, SETTINGS, "0123456789ab", "int8")
 

@@ -122,10 +122,9 @@ class OnnxRuntimeBackend:
             "serve",
             "--model", artifact_dir(t.artifact.uri, settings),
             "--name", ctx.owner.name,
+            "--expected-sha256", t.artifact.sha256,
             "--variant", track,
             "--port", str(port),
-            # the digest the operator recorded, not only the manifest beside the model (issue 11)
-            "--expected-sha256", t.artifact.sha256,
         ]  # fmt: skip
         if spec.serving.threads:
             args += ["--threads", str(spec.serving.threads)]
@@ -214,8 +213,8 @@ class TritonBackend:
             "triton-repository",
             "--model", artifact_dir(t.artifact.uri, settings),
             "--repository", "/models",
-            "--expected-sha256", t.artifact.sha256,
             "--name", ctx.owner.name,
+            "--expected-sha256", t.artifact.sha256,
             "--max-batch-size", str(max_batch),
             "--instance-kind", (triton.instanceKind.value if triton else "KIND_CPU"),
             "--instance-count", str(triton.instanceCount if triton else 1),
