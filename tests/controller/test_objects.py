@@ -374,3 +374,24 @@ def test_the_core_takes_the_observed_weight_from_the_router(router: str, weight:
     )
     after = reconcile(spec, status, 1, world, datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC)).status
     assert after.canary is not None and after.canary.weight == weight
+
+
+@pytest.mark.parametrize("example", ["digits", "digits-triton"])
+def test_a_server_sees_only_its_own_artifact_read_only(example: str) -> None:
+    spec = spec_of(example)
+    for obj in serving_objects(spec):
+        if obj["kind"] != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["readOnly"] is True
+        consumer = pod["initContainers"][0] if spec.serving.runtime == "triton" else pod["containers"][0]
+        model_dir = consumer["args"][consumer["args"].index("--model") + 1]
+        (mount,) = [m for m in consumer["volumeMounts"] if m["name"] == volume["name"]]
+        assert model_dir.startswith("/mnt/pvc/models/kondense/ml/digits/abc/")
+        assert mount == {
+            "name": volume["name"],
+            "mountPath": model_dir,
+            "subPath": model_dir.removeprefix("/mnt/pvc/models/"),
+            "readOnly": True,
+        }

@@ -90,8 +90,19 @@ def _deployment(
 def _pvc_mounts(
     uri: str | None, settings: OperatorSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    claim = Location(uri).claim if uri else None
-    return pvc_volumes([claim] if claim else [], settings.pvc_root, read_only=True)
+    """The artifact's own directory, read-only, where its path says (a server sees nothing else of
+    the claim: not the other models' artifacts, not the data)."""
+    location = Location(uri) if uri else None
+    if location is None or location.claim is None:
+        return [], []
+    volumes, _ = pvc_volumes([location.claim], settings.pvc_root, read_only=True)
+    mount = {
+        "name": volumes[0]["name"],
+        "mountPath": location.local_path(settings.pvc_root),
+        "subPath": location.subpath(),
+        "readOnly": True,
+    }
+    return volumes, [mount]
 
 
 class ServingBackend(Protocol):
