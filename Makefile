@@ -89,6 +89,7 @@ deploy:
 	$(KUBECTL) create namespace $(KONDENSE_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) label namespace $(KONDENSE_NAMESPACE) --overwrite pod-security.kubernetes.io/enforce=restricted
 	$(HELM) upgrade --install kondense charts/kondense -n $(KONDENSE_NAMESPACE) \
+	  --set 'watch.namespaces={$(DEMO_NAMESPACE)}' \
 	  --set images.operator.repository=$(IMAGE_PREFIX)/operator \
 	  --set images.compression.repository=$(IMAGE_PREFIX)/compression \
 	  --set images.serving.repository=$(IMAGE_PREFIX)/serving \

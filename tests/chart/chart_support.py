@@ -21,10 +21,16 @@ CHART = REPO / "charts" / "kondense"
 
 Render = Callable[..., list[dict[str, Any]]]
 
+# Compression Jobs may fetch base models from one host, over https.
+MODEL_HOST_EGRESS = [
+    {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+]
+
 # Every optional feature on, watching two namespaces (Roles instead of a ClusterRole).
 ALL_FEATURES: dict[str, Any] = {
     "watch": {"namespaces": ["team-a", "team-b"]},
     "gatewayAPI": {"enabled": True},
+    "networkPolicy": {"enabled": True, "compression": {"egress": MODEL_HOST_EGRESS}},
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "podMonitor": {"enabled": True},

@@ -69,7 +69,17 @@ def validate_all(objects: list[dict[str, Any]]) -> set[str]:
 def test_helm_lint_strict_default_and_all_features(helm: str, tmp_path: Path) -> None:
     values = tmp_path / "all.yaml"
     values.write_text(yaml.safe_dump(ALL_FEATURES))
-    for extra in ([], ["--values", str(values)]):
+    cluster_wide = tmp_path / "cluster-wide.yaml"
+    cluster_wide.write_text(
+        yaml.safe_dump(
+            {
+                **ALL_FEATURES,
+                "watch": {"clusterWide": True},
+                "networkPolicy": {"enabled": True, "namespaces": ["ml"]},
+            }
+        )
+    )
+    for extra in ([], ["--values", str(values)], ["--values", str(cluster_wide)]):
         result = run([helm, "lint", "--strict", str(CHART), *extra])
         assert result.returncode == 0, result.stdout + result.stderr
         assert "0 chart(s) failed" in result.stdout
@@ -78,7 +88,17 @@ def test_helm_lint_strict_default_and_all_features(helm: str, tmp_path: Path) ->
 def test_default_render_is_valid(render: Render) -> None:
     kinds = validate_all(render())
     assert kinds == {
+        "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+        "Deployment", "Service",
+    }  # fmt: skip
+
+
+def test_cluster_wide_render_is_valid(render: Render) -> None:
+    values = {"watch": {"clusterWide": True}, "networkPolicy": {"enabled": True, "namespaces": ["ml"]}}
+    kinds = validate_all(render(values))
+    assert kinds == {
         "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+        "NetworkPolicy",
     }  # fmt: skip
 
 
@@ -136,7 +156,7 @@ def test_operator_deployment_contract(render: Render) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["args"] == ["operator", "--all-namespaces"]
+    assert container["args"] == ["operator", "--namespace=kondense"]  # namespaced by default
     sc = container["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -169,6 +189,16 @@ def test_watching_namespaces(render: Render) -> None:
     assert container["args"] == ["operator", "--namespace=team-a", "--namespace=team-b"]
 
 
+def test_the_default_install_watches_only_its_own_namespace(render: Render) -> None:
+    container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["operator", "--namespace=kondense"]
+    cluster_wide = one(render({"watch": {"clusterWide": True}}), "Deployment")
+    assert cluster_wide["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "operator",
+        "--all-namespaces",
+    ]
+
+
 def test_operator_reads_the_chart_environment(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real operator settings accept what the chart sets, value for value."""
     from kondense.operator.settings import OperatorSettings
@@ -192,25 +222,27 @@ def test_operator_reads_the_chart_environment(render: Render, monkeypatch: pytes
     assert settings.namespaces == []
 
 
-# What the operator calls (the contract in DESIGN/issue 7), per (apiGroup, resource).
+# What the operator calls, per (apiGroup, resource), and nothing more: kube.py (apply = get + create
+# + merge-patch, delete, list_jobs, list_pods, pvc_exists, get_cmodel, patch_status,
+# patch_http_route) and kopf (list/watch/patch of CompressedModels, watch of Jobs, core/v1 Events).
+# `compressedmodels/finalizers: update` lets children carry blockOwnerDeletion ownerReferences.
 WORKLOAD_RULES = {
-    ("kondense.dev", "compressedmodels"): {"get", "list", "watch", "patch", "update"},
-    ("kondense.dev", "compressedmodels/status"): {"get", "patch", "update"},
+    ("kondense.dev", "compressedmodels"): {"get", "list", "watch", "patch"},
+    ("kondense.dev", "compressedmodels/status"): {"patch"},
     ("kondense.dev", "compressedmodels/finalizers"): {"update"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"list"},
+    ("apps", "deployments"): {"get", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "persistentvolumeclaims"): {"get"},
+    ("", "events"): {"create"},
 }
-HTTPROUTES = {("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "patch", "update"}}
-DISCOVERY_RULES = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"get", "list", "watch"},
-}
+HTTPROUTES = {("gateway.networking.k8s.io", "httproutes"): {"get", "patch"}}
+CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+# kopf lists/watches namespaces only when it watches given ones (to notice them come and go)
+DISCOVERY_RULES = CRD_DISCOVERY | {("", "namespaces"): {"list", "watch"}}
+READ_VERBS = {"get", "list", "watch"}
 
 
 def flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -232,16 +264,35 @@ def rules_of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[tuple[s
 
 
 def test_rbac_cluster_wide_is_exactly_what_the_operator_uses(render: Render) -> None:
-    cluster_roles = rules_of(render(), "ClusterRole")
-    assert cluster_roles == {"/kondense-discovery": DISCOVERY_RULES, "/kondense": WORKLOAD_RULES}
+    cluster_wide = {"watch": {"clusterWide": True}}
+    objects = render(cluster_wide)
+    cluster_roles = rules_of(objects, "ClusterRole")
+    assert cluster_roles == {"/kondense-discovery": CRD_DISCOVERY, "/kondense": WORKLOAD_RULES}
+    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding")
     assert not any(resource == "secrets" for rules in cluster_roles.values() for _, resource in rules)
-    with_gateway = rules_of(render({"gatewayAPI": {"enabled": True}}), "ClusterRole")
+    with_gateway = rules_of(render({**cluster_wide, "gatewayAPI": {"enabled": True}}), "ClusterRole")
     assert with_gateway["/kondense"] == WORKLOAD_RULES | HTTPROUTES
+
+
+def test_rbac_default_is_namespaced_and_cluster_scope_is_read_only(render: Render) -> None:
+    """The default install may change nothing outside its own namespace (kube-system included)."""
+    objects = render()
+    assert rules_of(objects, "Role") == {"kondense/kondense": WORKLOAD_RULES}
+    cluster_roles = rules_of(objects, "ClusterRole")
+    assert cluster_roles == {"/kondense-discovery": DISCOVERY_RULES}
+    assert all(verbs <= READ_VERBS for rules in cluster_roles.values() for verbs in rules.values())
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "kondense" and binding["roleRef"]["kind"] == "Role"
+    (cluster_binding,) = by_kind(objects, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == "kondense-discovery"
 
 
 def test_rbac_namespaced_when_watching_namespaces(render: Render) -> None:
     objects = render({"watch": {"namespaces": ["team-a", "team-b"]}})
     assert rules_of(objects, "ClusterRole") == {"/kondense-discovery": DISCOVERY_RULES}
+    assert not [
+        r for r in rules_of(objects, "Role") if r.startswith("kondense/")
+    ]  # not its own unless listed
     assert rules_of(objects, "Role") == {"team-a/kondense": WORKLOAD_RULES, "team-b/kondense": WORKLOAD_RULES}
     sa = one(objects, "ServiceAccount")["metadata"]
     for binding in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding"):
@@ -285,6 +336,16 @@ def test_existing_service_account(render: Render, helm: str, tmp_path: Path) -> 
             "at '/metrics/podMonitor/interval': got number, want string",
         ),
         ({"gatewayAPI": {"enabled": "yes"}}, "at '/gatewayAPI/enabled': got string, want boolean"),
+        ({"watch": {"clusterWide": "yes"}}, "at '/watch/clusterWide': got string, want boolean"),
+        ({"networkPolicy": {"enabled": True, "namespaces": ["Bad_NS"]}}, "at '/networkPolicy/namespaces/0'"),
+        (
+            {"networkPolicy": {"prometheus": {"podSelector": {"matchLabel": {"a": "b"}}}}},
+            "at '/networkPolicy/prometheus/podSelector': additional properties 'matchLabel' not allowed",
+        ),
+        (
+            {"networkPolicy": {"compression": {"egress": [{"to": [{"ipBlok": {"cidr": "1.2.3.4/32"}}]}]}}},
+            "at '/networkPolicy/compression/egress/0/to/0': additional properties 'ipBlok' not allowed",
+        ),
     ],
 )
 def test_bad_values_fail_with_the_path(
@@ -294,6 +355,30 @@ def test_bad_values_fail_with_the_path(
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"watch": {"clusterWide": True, "namespaces": ["a"]}},
+            "watch.clusterWide and watch.namespaces exclude each other",
+        ),
+        (
+            {"watch": {"clusterWide": True}, "networkPolicy": {"enabled": True}},
+            "networkPolicy.namespaces: list the namespaces to protect when watch.clusterWide is true",
+        ),
+        (
+            {"networkPolicy": {"enabled": True, "namespaces": ["a"]}},
+            "networkPolicy.namespaces is only for watch.clusterWide",
+        ),
+    ],
+)
+def test_contradicting_values_fail_with_a_sentence(
+    helm: str, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    result = helm_template(helm, tmp_path, values)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_service_monitor_needs_the_service(helm: str, tmp_path: Path) -> None:

@@ -32,7 +32,9 @@ def pvc(digits, tmp_path) -> Path:
 
 
 @pytest.fixture
-def http_root(digits) -> Iterator[str]:
+def http_root(digits, monkeypatch) -> Iterator[str]:
+    # a loopback server: downloads reach it only with the explicit opt-in (tests/security/test_downloads.py)
+    monkeypatch.setenv("KONDENSE_ALLOW_PRIVATE_DOWNLOADS", "1")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(digits.root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -161,7 +161,7 @@ def serving_objects(spec: CompressedModelSpec, settings: OperatorSettings = SETT
     backend = SERVING_BACKENDS[spec.serving.runtime]
     ctx = ServingContext(spec, OWNER, settings)
     plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
-    return plan.apply + plan.routes
+    return plan.apply
 
 
 @pytest.mark.parametrize("example", ["digits", "digits-triton"])
@@ -395,3 +395,25 @@ def test_a_server_sees_only_its_own_artifact_read_only(example: str) -> None:
             "subPath": model_dir.removeprefix("/mnt/pvc/models/"),
             "readOnly": True,
         }
+
+
+def test_rollback_sets_the_route_weight_to_zero_before_the_canary_scales_down() -> None:
+    # Gateway API weights are independent of pods: scaling the canary down while the route still sends
+    # it traffic would starve that share. The plan is applied in order.
+    from kondense.api.resource import Phase
+
+    spec = spec_of("minilm")
+    status = canary_status(spec)
+    router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
+    backend = SERVING_BACKENDS[spec.serving.runtime]
+    ctx = ServingContext(spec, OWNER, SETTINGS)
+    stepping = [
+        o["kind"] for o in serving_plan(ctx, topology(spec, status, router.split), backend, router).apply
+    ]
+    assert stepping.index("HTTPRoute") > stepping.index("Deployment")  # pods first when traffic grows
+    status.phase = Phase.ROLLED_BACK
+    plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
+    kinds = [o["kind"] for o in plan.apply]
+    assert kinds[0] == "HTTPRoute"
+    assert [r["weight"] for r in plan.apply[0]["spec"]["rules"][0]["backendRefs"]] == [100, 0]
+    assert ("Deployment", f"{OWNER.name}-canary") in plan.delete

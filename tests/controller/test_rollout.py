@@ -17,6 +17,7 @@ from kondense.api.resource import (
 from kondense.operator.analysis import SLI, Reading
 from kondense.operator.rollout import (
     BASE,
+    AnalysisDue,
     Decision,
     JobObservation,
     JobState,
@@ -27,7 +28,7 @@ from kondense.operator.rollout import (
     topology,
 )
 from kondense.operator.routers import ReplicaRouter
-from kondense_testing.builders import digits_spec, job_result, sha
+from kondense_testing.builders import digits_body, digits_spec, job_result, sha
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 GOOD = [
@@ -68,7 +69,9 @@ class Driver:
     def tick(self, world: World, advance: float = 0.0) -> Decision:
         self.now += timedelta(seconds=advance)
         if world.readings is not None:
-            assert analysis_due(self.spec, self.status, world, self.now), "the shell only reads SLIs when due"
+            due = analysis_due(self.spec, self.status, world, self.now)
+            assert due is not AnalysisDue.NONE, "the shell only reads SLIs when due"
+            world = replace(world, due=due)
         decision = reconcile(self.spec, self.status, self.generation, world, self.now)
         self.status = decision.status
         return decision
@@ -141,7 +144,13 @@ def test_steps_then_promotion_waits_for_stable_then_is_final(driver: Driver) -> 
     to_canary(driver)
     interval = driver.spec.rollout.interval_seconds()
     world = driver.serving()
-    assert not analysis_due(driver.spec, driver.status, world, driver.now + timedelta(seconds=interval - 1))
+    early = driver.now + timedelta(seconds=interval - 1)
+    assert analysis_due(driver.spec, driver.status, world, early) is AnalysisDue.CONTINUOUS
+    # a continuous analysis that passes records nothing and does not advance the step
+    before = driver.status.model_copy(deep=True)
+    decision = driver.tick(replace(driver.serving(), readings=GOOD), advance=interval - 1)
+    assert decision.analysis is None and driver.status == before
+    driver.now -= timedelta(seconds=interval - 1)
     driver.tick(replace(driver.serving(), readings=GOOD), advance=interval)
     assert driver.status.canary and canary(driver.status).requestedWeight == 50
     driver.tick(replace(driver.serving(), readings=GOOD), advance=interval)
@@ -232,11 +241,10 @@ def test_no_analysis_before_the_canary_serves_then_a_failed_check_when_overdue()
     driver.tick(World(jobs=finished_jobs()))
     starting = replace(driver.serving(), canary=None)  # the canary pods are not up
     interval = driver.spec.rollout.interval_seconds()
-    assert not analysis_due(
-        driver.spec, driver.status, starting, driver.now + timedelta(seconds=interval * 3)
-    )
+    soon = driver.now + timedelta(seconds=interval * 3)
+    assert analysis_due(driver.spec, driver.status, starting, soon) is AnalysisDue.NONE
     late = driver.now + timedelta(seconds=130)
-    assert analysis_due(driver.spec, driver.status, starting, late)
+    assert analysis_due(driver.spec, driver.status, starting, late) is AnalysisDue.INTERVAL
     driver.tick(replace(starting, readings=GOOD), advance=130)
     check = canary(driver.status).checks[-1]
     assert not check.passed and "canary pods not serving int8 after 130s" in (check.message or "")
@@ -296,3 +304,93 @@ def test_spec_changes_restart_from_the_earliest_affected_stage(driver: Driver) -
     assert driver.status.phase is Phase.COMPRESSING and [v.name for v in driver.status.variants] == ["int8"]
     # stable keeps serving what it served while compressing again
     assert driver.status.stable and driver.status.stable.artifact
+
+
+# ------------------------------------------------------------------------------------------------
+# continuous analysis and abort thresholds (issue 17)
+
+ERRORS_50 = [*GOOD[:2], Reading(SLI.ERROR_RATE, 0.5), *GOOD[3:]]
+FEW = [Reading(SLI.REQUESTS, 5), *ERRORS_50[1:]]  # below minRequests (20)
+
+
+def continuous(driver: Driver, readings: list[Reading], advance: float) -> Decision:
+    world = driver.serving()
+    due = analysis_due(driver.spec, driver.status, world, driver.now + timedelta(seconds=advance))
+    assert due is AnalysisDue.CONTINUOUS
+    return driver.tick(replace(world, readings=readings), advance=advance)
+
+
+@pytest.mark.parametrize(
+    ("readings", "advance", "outcome"),
+    [
+        # a severe breach rolls back on the first continuous analysis, whatever failureLimit
+        (ERRORS_50, 2, "rolled back"),
+        # too few samples: no verdict at all between intervals (the interval decides no-data)
+        (FEW, 2, "unchanged"),
+        # an ordinary breach counts at once (tolerated by failureLimit 1)
+        (SLOW, 2, "failed check"),
+        # a pass between intervals records nothing
+        (GOOD, 2, "unchanged"),
+    ],
+)
+def test_continuous_analysis_acts_only_on_breaches(
+    driver: Driver, readings: list[Reading], advance: float, outcome: str
+) -> None:
+    to_canary(driver)
+    before = driver.status.model_copy(deep=True)
+    decision = continuous(driver, readings, advance)
+    status = driver.status
+    if outcome == "unchanged":
+        assert status == before and decision.events == []
+    elif outcome == "failed check":
+        assert canary(status).failedChecks == 1 and status.selectedVariant == "int8"
+        assert [e.reason for e in decision.events] == ["CheckFailed"]
+    else:
+        int8 = {v.name: v for v in status.variants}["int8"]
+        assert int8.phase is VariantPhase.ROLLED_BACK and int8.reason == "Abort"
+        assert "abortAt 0.1" in (int8.message or "")
+        assert [e.reason for e in decision.events][:2] == ["Aborted", "RolledBack"]
+        assert status.selectedVariant == "fp16" and canary(status).requestedWeight == 25
+
+
+def test_two_ordinary_breaches_roll_back_before_the_interval_on_fresh_samples(driver: Driver) -> None:
+    to_canary(driver)
+    interval = driver.spec.rollout.interval_seconds()
+    continuous(driver, SLOW, 2)
+    assert canary(driver.status).failedChecks == 1
+    # the next counted check needs a fresh window: nothing is due on the very next tick
+    soon = driver.now + timedelta(seconds=2)
+    assert analysis_due(driver.spec, driver.status, driver.serving(), soon) is AnalysisDue.NONE
+    decision = continuous(driver, SLOW, 4)
+    assert {v.name: v.phase for v in driver.status.variants}["int8"] is VariantPhase.ROLLED_BACK
+    assert any(e.reason == "RolledBack" for e in decision.events)
+    breach = [c for c in canary(driver.status).checks if c.sli == "p99LatencyMs" and c.variant == "int8"]
+    assert [(c.value, c.window, c.passed) for c in breach] == [(180.0, "4s", False)] * 2
+    assert interval > 2 + 4  # both counted, and rolled back, before the first interval analysis
+
+
+def test_abort_threshold_applies_at_the_interval_too_whatever_failure_limit() -> None:
+    body = digits_body()["spec"]
+    body["rollout"]["failureLimit"] = 3
+    driver = Driver(CompressedModelSpec.model_validate(body))
+    to_canary(driver)
+    driver.analyse(ERRORS_50)
+    assert {v.name: v.reason for v in driver.status.variants}["int8"] == "Abort"
+
+
+def test_abort_defaults_and_validation() -> None:
+    from pydantic import ValidationError
+
+    from kondense.api.resource import AnalysisSpec
+    from kondense.operator.analysis import abort_thresholds
+
+    spec = AnalysisSpec.model_validate(
+        {
+            "p99LatencyMs": {"max": 50},
+            "errorRate": {"max": 0.2},
+            "accuracyDelta": {"max": 0.02, "abortAt": 0.05},
+        }
+    )
+    assert abort_thresholds(spec) == {SLI.P99_LATENCY_MS: 500, SLI.ERROR_RATE: 1.0, SLI.ACCURACY_DELTA: 0.05}
+    with pytest.raises(ValidationError, match="abortAt: must be greater than max"):
+        AnalysisSpec.model_validate({"p99LatencyMs": {"max": 50, "abortAt": 40}})

@@ -87,8 +87,12 @@ def readings(
         ({}, Verdict.PASS, []),
         ({"p99": 50.0}, Verdict.PASS, []),  # at the threshold passes
         ({"p99": 80.0}, Verdict.FAIL, ["p99LatencyMs"]),
-        ({"err": 0.5}, Verdict.FAIL, ["errorRate"]),
-        ({"acc": 0.3, "p99": 90.0}, Verdict.FAIL, ["p99LatencyMs", "accuracyDelta"]),
+        ({"err": 0.05}, Verdict.FAIL, ["errorRate"]),
+        ({"err": 0.5}, Verdict.ABORT, ["errorRate"]),  # a 50 % error rate is never a wait-and-see
+        ({"acc": 0.1, "p99": 90.0}, Verdict.FAIL, ["p99LatencyMs", "accuracyDelta"]),
+        # past abortAt (default 10 x max): a severe breach, rolled back at once
+        ({"acc": 0.3, "p99": 90.0}, Verdict.ABORT, ["p99LatencyMs", "accuracyDelta"]),
+        ({"p99": 501.0}, Verdict.ABORT, ["p99LatencyMs"]),
         ({"acc": None}, Verdict.NO_DATA, ["accuracyDelta"]),  # no shadow comparisons: never a pass
         ({"requests": 5}, Verdict.NO_DATA, ["requests"]),  # too little traffic
         ({"requests": None}, Verdict.NO_DATA, ["requests"]),  # Prometheus down

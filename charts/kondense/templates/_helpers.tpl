@@ -51,53 +51,74 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/*
-The namespaced rules of the operator: everything it reads and writes where CompressedModels live.
-Verbs are the ones the operator calls; see the RBAC section of docs/kind.md.
+The rules of the operator where CompressedModels live: exactly the calls it makes (kondense/operator/
+kube.py and kopf), nothing more; see the RBAC section of docs/kind.md.
+  - compressedmodels: kopf lists/watches and patches them (progress annotations); get_cmodel reads one.
+  - compressedmodels/status: patch_status merge-patches it.
+  - compressedmodels/finalizers: children carry ownerReferences with blockOwnerDeletion.
+  - jobs: kopf watches them (on.event); the controller creates, reads, lists and deletes them.
+  - pods: list_pods (the pods of a track or Job).
+  - deployments, services, configmaps: apply (get, create, merge-patch) and delete.
+  - persistentvolumeclaims: pvc_exists (get).
+  - events: kopf.event posts core/v1 Events.
+  - httproutes (gatewayAPI only): read the route, merge-patch its backend weights.
 */}}
 {{- define "kondense.workloadRules" -}}
 - apiGroups: [kondense.dev]
   resources: [compressedmodels]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [kondense.dev]
   resources: [compressedmodels/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 - apiGroups: [kondense.dev]
   resources: [compressedmodels/finalizers]
   verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete, patch]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, list]
+  verbs: [get]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- if .Values.gatewayAPI.enabled }}
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, patch]
 {{- end }}
+{{- end -}}
+
+{{/*
+The namespaces the operator watches, as a JSON list: empty when it watches the whole cluster
+(watch.clusterWide), else watch.namespaces or, by default, the release namespace alone.
+*/}}
+{{- define "kondense.watchedNamespaces" -}}
+{{- if .Values.watch.clusterWide -}}
+{{- if .Values.watch.namespaces -}}
+{{- fail "watch.clusterWide and watch.namespaces exclude each other: a cluster-wide operator watches every namespace" -}}
+{{- end -}}
+[]
+{{- else -}}
+{{- default (list .Release.Namespace) .Values.watch.namespaces | toJson -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Namespaces whose workload pods the PodMonitor selects. */}}
 {{- define "kondense.namespaceSelector" -}}
-{{- if .Values.watch.namespaces }}
-matchNames:
-{{- toYaml .Values.watch.namespaces | nindent 2 }}
-{{- else }}
+{{- if .Values.watch.clusterWide }}
 any: true
+{{- else }}
+matchNames:
+{{- include "kondense.watchedNamespaces" . | fromJsonArray | toYaml | nindent 2 }}
 {{- end }}
 {{- end -}}

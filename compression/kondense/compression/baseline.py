@@ -12,10 +12,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kondense.api.artifacts import MANIFEST_FILE, MODEL_FILE, ArtifactRef, Manifest, sha256_file
+from kondense.api.artifacts import MANIFEST_FILE, MODEL_FILE, ArtifactRef, Manifest
 from kondense.api.techniques import Task
 from kondense.compression.data import load_for_model
 from kondense.compression.evaluation import Reference, evaluate_variant
+from kondense.compression.integrity import copy_with_external_data, digest_of, external_data_files
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.pipeline import install_output, tool_versions
 
@@ -35,6 +36,8 @@ def prepare_baseline(
 ) -> Manifest:
     """Check the base model runs on the evaluation data, copy it to ``output_dir`` with a manifest."""
     model_path, output_dir, task = Path(model_path), Path(output_dir), Task(task)
+    external = external_data_files(model_path)
+    base_digest = digest_of(model_path, external, str(model_path))
     signature = signature_of(load_model(model_path))
     open_session(model_path, threads=threads)  # fail early if ORT cannot run it
     evaluation = load_for_model(evaluation_path, signature)
@@ -42,15 +45,21 @@ def prepare_baseline(
     workspace = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         final = workspace / MODEL_FILE
-        shutil.copyfile(model_path, final)
+        copy_with_external_data(model_path, external, final)  # the artifact is all of its files
         reference = Reference.compute(model_path, evaluation, task, threads=threads)
         metrics, details = evaluate_variant(reference, final, latency_runs=latency_runs, threads=threads)
         ref = ArtifactRef(
             uri=model_uri or model_path.resolve().as_uri(),
-            sha256=sha256_file(model_path),
-            sizeBytes=model_path.stat().st_size,
+            sha256=base_digest,
+            sizeBytes=_total_size(model_path, external),
+            externalData=external,
         )
-        artifact = ArtifactRef(uri=output_uri, sha256=sha256_file(final), sizeBytes=final.stat().st_size)
+        artifact = ArtifactRef(
+            uri=output_uri,
+            sha256=digest_of(final, external, str(final)),
+            sizeBytes=_total_size(final, external),
+            externalData=external,
+        )
         manifest = Manifest(
             name=BASELINE_NAME,
             task=task,
@@ -66,3 +75,7 @@ def prepare_baseline(
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
     return manifest
+
+
+def _total_size(model_path: Path, external: list[str]) -> int:
+    return model_path.stat().st_size + sum((model_path.parent / name).stat().st_size for name in external)

@@ -77,12 +77,26 @@ def write_termination_log(path: str, result: JobResult) -> None:
         print(f"warning: cannot write termination log {path}: {exc}", file=sys.stderr)
 
 
+def refuse_non_empty_output(output_dir: Path, output: str) -> None:
+    """A Job never writes into an artifact directory that already holds something: each run gets
+    its own, so an artifact being served can never be rewritten under it."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BadInputError("--output", f"{output} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise BadInputError(
+            "--output",
+            f"{output} is not empty; a compression Job never writes into a non-empty artifact "
+            "directory (each run gets a new one)",
+        )
+
+
 def run_job(
     target_text: str | None,
     model_uri: str,
     eval_uri: str,
     output: str,
     *,
+    model_sha256: str | None = None,
     calibration_uri: str | None = None,
     train_uri: str | None = None,
     task: str = Task.CLASSIFICATION.value,
@@ -97,13 +111,15 @@ def run_job(
     Without a target (``--baseline``) the base model itself is checked, copied to the output with
     its manifest and evaluated: the artifact the operator's stable track serves first.
     """
+    from kondense.compression.integrity import check_base_pin, check_sha256_argument
     from kondense.compression.pipeline import DataFiles, compress_model, parse_target
 
     name = "unknown"
     try:
+        model_sha256 = check_sha256_argument(model_sha256)
         if target_text is None:
             return _run_baseline(
-                model_uri, eval_uri, output, task, pvc_root, threads, latency_runs, output_dir
+                model_uri, eval_uri, output, task, pvc_root, threads, latency_runs, model_sha256, output_dir
             )
         raw = read_target_argument(target_text)
         name = str(raw.get("name") or name)[:63]
@@ -117,7 +133,9 @@ def run_job(
         with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
             resolver = _resolver(pvc_root, Path(downloads))
             write_to = _output_directory(resolver, output, output_dir)
+            refuse_non_empty_output(write_to, output)
             model = resolver.fetch(model_uri, "--model")
+            check_base_pin(model, model_sha256, model_uri)  # before anything reads the model
             uris = {"evaluation": eval_uri}
             data = DataFiles(evaluation=resolver.fetch(eval_uri, "--eval"), uris=uris)
             if calibration_uri:
@@ -186,9 +204,11 @@ def _run_baseline(
     pvc_root: Path | None,
     threads: int,
     latency_runs: int,
+    model_sha256: str | None = None,
     output_dir: str | None = None,
 ) -> JobResult:
     from kondense.compression.baseline import BASELINE_NAME, prepare_baseline
+    from kondense.compression.integrity import check_base_pin
 
     try:
         task_value = Task(task)
@@ -197,9 +217,12 @@ def _run_baseline(
     with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
         resolver = _resolver(pvc_root, Path(downloads))
         write_to = _output_directory(resolver, output, output_dir)
+        refuse_non_empty_output(write_to, output)
         output_uri = output if "://" in output else write_to.resolve().as_uri()
+        model = resolver.fetch(model_uri, "--model")
+        check_base_pin(model, model_sha256, model_uri)  # before anything reads the model
         manifest = prepare_baseline(
-            resolver.fetch(model_uri, "--model"),
+            model,
             resolver.fetch(eval_uri, "--eval"),
             write_to,
             task=task_value,
@@ -252,6 +275,14 @@ def compress_job(
     baseline: Annotated[
         bool, typer.Option("--baseline", help="No target: prepare the base model itself for serving.")
     ] = False,
+    model_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--model-sha256",
+            help="Pin (spec.baseModel.sha256): refuse a base model whose digest (model file plus its "
+            "external data) differs, before reading it.",
+        ),
+    ] = None,
 ) -> None:
     if (target is None) == (not baseline):
         result = JobResult(
@@ -268,6 +299,7 @@ def compress_job(
         model,
         eval,
         output,
+        model_sha256=model_sha256,
         calibration_uri=calibration,
         train_uri=train,
         task=task,

@@ -30,9 +30,11 @@ from kondense.api.artifacts import (
     sha256_file,
 )
 from kondense.api.techniques import TECHNIQUES_NEEDING_CALIBRATION, Task, Technique, params_for
+from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError
 from kondense.compression.evaluation import Reference, evaluate_variant
+from kondense.compression.integrity import digest_of, external_data_files
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
 
@@ -157,7 +159,9 @@ def install_output(stage: Path, output_dir: Path) -> None:
         os.replace(stage, output_dir)  # one atomic rename of the whole directory
         return
     (output_dir / MANIFEST_FILE).unlink(missing_ok=True)  # an old manifest must never describe the new model
-    os.replace(stage / MODEL_FILE, output_dir / MODEL_FILE)
+    for staged in sorted(stage.iterdir()):  # the model and any external data, then the manifest
+        if staged.name != MANIFEST_FILE:
+            os.replace(staged, output_dir / staged.name)
     os.replace(stage / MANIFEST_FILE, output_dir / MANIFEST_FILE)
 
 
@@ -224,24 +228,32 @@ def compress_model(
         work.mkdir()
         stage.mkdir()
         reference = Reference.compute(model_path, evaluation, task, threads=threads)
-        manifest = _run_steps(
-            spec,
-            model_path,
-            reference,
-            calibration,
-            train,
-            work,
-            stage,
-            task,
-            budget,
-            threads,
-            latency_runs,
-            progress,
-        )
+
+        def attempt(candidate: TargetSpec, directory: Path) -> Manifest:
+            (directory / "work").mkdir()
+            (directory / "stage").mkdir()
+            return _run_steps(
+                candidate,
+                model_path,
+                reference,
+                calibration,
+                train,
+                directory / "work",
+                directory / "stage",
+                task,
+                budget,
+                threads,
+                latency_runs,
+                progress,
+            )
+
+        manifest = fit_budget(spec, budget, attempt, work, stage)  # backs off a step that misses the budget
+        base_external = external_data_files(model_path)
         manifest.base = ArtifactRef(
             uri=model_uri or model_path.resolve().as_uri(),
-            sha256=sha256_file(model_path),
+            sha256=digest_of(model_path, base_external, str(model_path)),
             sizeBytes=model_path.stat().st_size,
+            externalData=base_external,
         )
         manifest.data = {  # type: ignore[attr-defined]  # provenance of the data, extra field
             role: {"uri": data.uris.get(role, Path(path).resolve().as_uri()), "sha256": sha256_file(path)}
@@ -301,6 +313,10 @@ def _run_steps(
         current = destination
 
     final = stage / MODEL_FILE
+    external = external_data_files(current)  # tensors a pass kept beside its output go with it
+    for name in external:
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(current.parent / name, stage / name)
     shutil.move(current, final)
     progress.start("evaluating variant against base (interleaved)", total=None)
     metrics, details = evaluate_variant(reference, final, latency_runs=latency_runs, threads=threads)
@@ -310,7 +326,11 @@ def _run_steps(
         name=spec.name,
         task=task,
         base=ArtifactRef(sha256="0" * 64, sizeBytes=0),  # filled in by the caller
-        artifact=ArtifactRef(sha256=sha256_file(final), sizeBytes=final.stat().st_size),
+        artifact=ArtifactRef(
+            sha256=digest_of(final, external, str(final)),
+            sizeBytes=final.stat().st_size,
+            externalData=external,
+        ),
         steps=steps,
         tools=tool_versions(),
         metrics=metrics,

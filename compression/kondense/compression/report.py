@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pydantic
 
-from kondense.api.artifacts import MANIFEST_FILE, Manifest, sha256_file
+from kondense.api.artifacts import (
+    MANIFEST_FILE,
+    ArtifactPathError,
+    Manifest,
+    artifact_digest,
+    artifact_member,
+)
 from kondense.compression.errors import BadInputError
 
 
@@ -47,13 +53,22 @@ def read_manifest(directory: Path) -> Manifest:
 
 
 def verify_artifact(directory: Path, manifest: Manifest) -> None:
-    """The model next to a manifest must be the one it describes (sha256), as for any loader."""
-    path = directory / manifest.artifact.file
-    if not path.is_file():
-        raise BadInputError(str(path), "the manifest's model file is missing")
-    if sha256_file(path) != manifest.artifact.sha256:
+    """The files next to a manifest must be the ones it describes: ``artifact.sha256`` is the
+    ``artifact_digest`` of the model and every external-data file it lists, as for any loader."""
+    try:
+        path = artifact_member(directory, manifest.artifact.file)
+        members = [artifact_member(directory, name) for name in manifest.artifact.externalData]
+    except ArtifactPathError as exc:
+        raise BadInputError(str(directory / MANIFEST_FILE), str(exc)) from None
+    for member in (path, *members):
+        if not member.is_file():
+            raise BadInputError(str(member), "a file the manifest lists is missing")
+    digest = artifact_digest(path, manifest.artifact.externalData)
+    if digest != manifest.artifact.sha256:
+        covers = f" and {len(members)} external-data file(s)" if members else ""
         raise BadInputError(
-            str(path), f"sha256 does not match manifest.json ({manifest.artifact.sha256[:12]}…)"
+            str(path),
+            f"sha256 does not match manifest.json ({manifest.artifact.sha256[:12]}…); checked the model{covers}",
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from kondense.compression.data import Dataset
 from kondense.compression.errors import BadInputError
 from kondense.compression.evaluation import model_outputs
 from kondense.compression.model_files import ModelSignature
+
+if TYPE_CHECKING:
+    from kondense.compression.passes import PassContext
 
 
 @dataclass(frozen=True)
@@ -127,3 +130,36 @@ def train_against_teacher(
     module.eval()
     progress.finish()
     return history
+
+
+def require_train(context: PassContext, what: str) -> Dataset:
+    """The pass's training data, or a clear refusal naming ``what`` needs it."""
+    if context.train is None:
+        raise BadInputError("train", f"{what} needs training (or calibration) data")
+    return context.train
+
+
+def fine_tune(
+    module: Any,
+    signature: ModelSignature,
+    context: PassContext,
+    settings: TrainingSettings,
+    description: str,
+    *,
+    what: str,
+    teacher: np.ndarray | None = None,
+) -> list[float]:
+    """Train ``module`` in place on ``context.train`` against the base model's outputs (run once in
+    ONNX Runtime unless ``teacher`` already holds them); returns the mean loss of each epoch.
+
+    The one recovery/distillation loop of the prune, low-rank and distill passes; ``what`` names
+    the caller in the refusal when there is no training data."""
+    import torch
+
+    train = require_train(context, what)
+    if teacher is None:
+        teacher = teacher_outputs(context.reference.base_path, train, context.threads)
+    with torch.enable_grad():
+        return train_against_teacher(
+            module, signature, train, teacher, context.task, settings, context.progress, description
+        )

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -37,6 +38,7 @@ from kondense.api.techniques import (
     Task,
     Technique,
 )
+from kondense.api.uris import check_uri
 
 GROUP = "kondense.dev"
 VERSION = "v1alpha1"
@@ -87,6 +89,7 @@ Uri = Annotated[
         pattern=URI_PATTERN,
         description="pvc://CLAIM/PATH (mounted from a PersistentVolumeClaim), file://PATH, or http(s)://URL.",
     ),
+    AfterValidator(check_uri),  # the one pvc:// rule (kondense.api.uris); not expressible in OpenAPI
 ]
 
 
@@ -415,12 +418,47 @@ class PrometheusRef(StrictModel):
     url: str = Field(pattern=r"^https?://.+$", max_length=2048)
 
 
-class MaxThreshold(StrictModel):
+ABORT_FACTOR = 10.0
+"""Default abort threshold: this many times ``max`` (a fraction's is capped at 1)."""
+
+_ABORT_ABOVE_MAX = cel(
+    "!has(self.abortAt) || self.abortAt > self.max", "abortAt must be greater than max", ".abortAt"
+)
+_ABORT_DESCRIPTION = (
+    "Severe breach: a reading above this (with at least minRequests in the window) rolls back at once, "
+    f"whatever failureLimit. Default {ABORT_FACTOR:g} x max"
+)
+
+
+class _Threshold(StrictModel):
+    max: float
+    abortAt: float | None = None
+
+    @model_validator(mode="after")
+    def _abort_above_max(self) -> _Threshold:
+        if self.abortAt is not None and self.abortAt <= self.max:
+            raise ValueError(f"abortAt: must be greater than max ({self.max:g}), got {self.abortAt:g}")
+        return self
+
+    def abort_at(self) -> float:
+        return self.abortAt if self.abortAt is not None else ABORT_FACTOR * self.max
+
+
+class MaxThreshold(_Threshold):
+    model_config = ConfigDict(json_schema_extra=cel_rules(_ABORT_ABOVE_MAX))
+
     max: float = Field(gt=0, description="Breach when the reading is above this.")
+    abortAt: float | None = Field(None, gt=0, description=_ABORT_DESCRIPTION + ".")
 
 
-class FractionThreshold(StrictModel):
+class FractionThreshold(_Threshold):
+    model_config = ConfigDict(json_schema_extra=cel_rules(_ABORT_ABOVE_MAX))
+
     max: float = Field(gt=0, le=1, description="Breach when the reading is above this (0 < max <= 1).")
+    abortAt: float | None = Field(None, gt=0, le=1, description=_ABORT_DESCRIPTION + " (at most 1).")
+
+    def abort_at(self) -> float:
+        return self.abortAt if self.abortAt is not None else min(1.0, ABORT_FACTOR * self.max)
 
 
 class LoadTest(StrictModel):
@@ -502,11 +540,15 @@ _USES_STATIC_INT8 = (
 class ArtifactsSpec(StrictModel):
     """Where compression Jobs write the variants (must be writable by the Jobs, readable by the servers)."""
 
-    uri: str = Field(
-        max_length=2048,
-        pattern=r"^(pvc|file)://.+$",
-        description="pvc://CLAIM/DIR or file://DIR. Default: a `kondense/` folder beside the base model.",
-    )
+    uri: Annotated[
+        str,
+        Field(
+            max_length=2048,
+            pattern=r"^(pvc|file)://.+$",
+            description="pvc://CLAIM/DIR or file://DIR. Default: a `kondense/` folder beside the base model.",
+        ),
+        AfterValidator(check_uri),
+    ]
 
 
 class CompressedModelSpec(StrictModel):

@@ -19,15 +19,18 @@ def loadgen(
     import asyncio
     import json
     import signal
-    from urllib.parse import urlsplit
 
     import numpy as np
 
+    from kondense.api.uris import UriError, local_path
     from kondense.loadgen.requests import DataError, request_bodies
     from kondense.loadgen.runner import run_load
 
-    parts = urlsplit(data)
-    path = {"pvc": f"{pvc_root}/{parts.netloc}{parts.path}", "file": parts.path}.get(parts.scheme, data)
+    try:
+        path = local_path(data, pvc_root)
+    except UriError as exc:
+        typer.echo(f"error: --data: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         with np.load(path, allow_pickle=False) as npz:
             bodies = request_bodies({k: npz[k] for k in npz.files})

@@ -26,6 +26,7 @@ class Reading:
 class Verdict(StrEnum):
     PASS = "pass"
     FAIL = "fail"  # a threshold was breached
+    ABORT = "abort"  # a reading past its abort threshold: roll back at once, whatever failureLimit
     NO_DATA = "nodata"
 
 
@@ -38,6 +39,10 @@ class Analysis:
     def breaches(self) -> list[Check]:
         return [c for c in self.checks if not c.passed and c.value is not None]
 
+    @property
+    def breached(self) -> bool:
+        return self.verdict in (Verdict.FAIL, Verdict.ABORT)
+
 
 def thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
     out: dict[SLI, float] = {}
@@ -47,6 +52,18 @@ def thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
         out[SLI.ERROR_RATE] = spec.errorRate.max
     if spec.accuracyDelta:
         out[SLI.ACCURACY_DELTA] = spec.accuracyDelta.max
+    return out
+
+
+def abort_thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
+    """Per configured SLI, the reading past which the canary is rolled back at once."""
+    out: dict[SLI, float] = {}
+    if spec.p99LatencyMs:
+        out[SLI.P99_LATENCY_MS] = spec.p99LatencyMs.abort_at()
+    if spec.errorRate:
+        out[SLI.ERROR_RATE] = spec.errorRate.abort_at()
+    if spec.accuracyDelta:
+        out[SLI.ACCURACY_DELTA] = spec.accuracyDelta.abort_at()
     return out
 
 
@@ -71,6 +88,8 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
             )
         )
         return Analysis(checks, Verdict.NO_DATA)
+    aborts = abort_thresholds(spec)
+    severe = False
     for sli, threshold in thresholds(spec).items():
         reading = by_sli.get(sli)
         value = reading.value if reading else None
@@ -91,6 +110,11 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
             )
             continue
         passed = value <= threshold
+        verdict_text = None if passed else f"{sli.value} {value:.4g} > {threshold:g} over {window}"
+        abort_at = aborts.get(sli)
+        if abort_at is not None and value > abort_at:
+            severe = True
+            verdict_text = f"{verdict_text}; past abortAt {abort_at:g}: severe breach, rolled back at once"
         checks.append(
             Check(
                 time=now,
@@ -99,10 +123,12 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
                 threshold=threshold,
                 window=window,
                 passed=passed,
-                message=None if passed else f"{sli.value} {value:.4g} > {threshold:g} over {window}",
+                message=verdict_text,
             )
         )
-    if any(not c.passed and c.value is not None for c in checks):
+    if severe:
+        verdict = Verdict.ABORT
+    elif any(not c.passed and c.value is not None for c in checks):
         verdict = Verdict.FAIL
     elif any(not c.passed for c in checks):
         verdict = Verdict.NO_DATA

@@ -30,6 +30,7 @@ from kondense.operator.naming import (
 from kondense.operator.objects import Owner, compression_job, image_problems
 from kondense.operator.providers import MetricProvider, PrometheusProvider, read_slis
 from kondense.operator.rollout import (
+    AnalysisDue,
     Event,
     JobObservation,
     JobState,
@@ -37,6 +38,7 @@ from kondense.operator.rollout import (
     World,
     analysis_due,
     compression_hash,
+    continuous_window,
     effective_window,
     reconcile,
     set_condition,
@@ -194,13 +196,19 @@ class Controller:
             if serving
             else None,
         )
-        if analysis_due(spec, current, world, now):
+        due = analysis_due(spec, current, world, now)
+        if due is not AnalysisDue.NONE:
             url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
-            window = effective_window(spec, current, now)
+            if due is AnalysisDue.CONTINUOUS:
+                window = continuous_window(current, now)
+            else:
+                window = effective_window(spec, current, now)
             pods = self._serving_pods(namespace, name, "canary", _canary_sha(current))
             queries = backend.queries(namespace, name, "canary", window, pods)
             world = replace(
-                world, readings=read_slis(self.provider(url or self.settings.prometheus_url), queries)
+                world,
+                readings=read_slis(self.provider(url or self.settings.prometheus_url), queries),
+                due=due,
             )
 
         decision = reconcile(spec, current, generation, world, now)
@@ -222,14 +230,15 @@ class Controller:
 
         ctx = ServingContext(spec, owner, self.settings)
         plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
-        for obj in plan.apply:
+        for obj in plan.apply:  # in order (a route's weight goes to 0 before the canary scales down)
+            if router.owns(obj):  # the router's own objects, in this namespace only
+                try:
+                    router.apply(self.kube, namespace, name, obj)
+                except RouteRefused as exc:  # the opt-in went away since _preflight: the next tick says so
+                    log.warning("%s/%s: %s", namespace, name, exc)
+                continue
             obj["metadata"].setdefault("namespace", namespace)
             self.kube.apply(obj)
-        for obj in plan.routes:  # the router's own objects, in this namespace only
-            try:
-                router.apply(self.kube, namespace, name, obj)
-            except RouteRefused as exc:  # the opt-in went away since _preflight: the next tick says so
-                log.warning("%s/%s: %s", namespace, name, exc)
         for kind, obj_name in plan.delete:
             self.kube.delete(kind, obj_name, namespace)
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kondense.api.resource import CompressedModelSpec
+from kondense.api.uris import UriError, local_path, parse_pvc_uri
 
 
 class LocationError(ValueError):
@@ -33,15 +34,20 @@ class Location:
 
     @property
     def claim(self) -> str | None:
-        return urlsplit(self.uri).netloc if self.scheme == "pvc" else None
+        if self.scheme != "pvc":
+            return None
+        try:  # the one pvc:// rule (kondense.api.uris), as the Job and loadgen apply it
+            return parse_pvc_uri(self.uri, require_path=False).claim
+        except UriError as exc:
+            raise LocationError(str(exc)) from None
 
     def local_path(self, pvc_root: str) -> str:
-        parts = urlsplit(self.uri)
-        if parts.scheme == "pvc":
-            return posixpath.join(pvc_root, parts.netloc, parts.path.lstrip("/"))
-        if parts.scheme == "file":
-            return parts.path
-        raise LocationError(f"{self.uri}: only pvc:// and file:// locations can be mounted")
+        if self.scheme not in ("pvc", "file"):
+            raise LocationError(f"{self.uri}: only pvc:// and file:// locations can be mounted")
+        try:
+            return local_path(self.uri, pvc_root, require_path=False)
+        except UriError as exc:
+            raise LocationError(str(exc)) from None
 
     def child(self, *names: str) -> Location:
         return Location(self.uri.rstrip("/") + "/" + "/".join(names))

@@ -35,6 +35,9 @@ from kondense.operator.selection import select_variants
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
 TERMINAL = {VariantPhase.SUCCEEDED, VariantPhase.REJECTED, VariantPhase.FAILED}
 MIN_WINDOW = timedelta(seconds=10)  # shortest PromQL window worth asking for (several scrapes)
+# Shortest window of a continuous analysis after a counted check: fresh samples only, so two counted
+# failures never share evidence (and several scrapes of a 1-2 s scrape interval).
+CONTINUOUS_MIN_WINDOW = timedelta(seconds=4)
 
 
 class JobState(StrEnum):
@@ -69,6 +72,7 @@ class World:
     stable: TrackObservation | None = None
     canary: TrackObservation | None = None
     readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
+    due: AnalysisDue | None = None  # which analysis the readings are for (analysis_due)
     # (requested, stable ready, canary ready) -> the canary percent achieved: the traffic router's
     observed_weight: ObservedWeight = field(
         default=lambda requested, stable, canary: ready_ratio(stable, canary)
@@ -244,26 +248,56 @@ def effective_window(spec: CompressedModelSpec, status: CompressedModelStatus, n
     return f"{int(window.total_seconds())}s"
 
 
+def continuous_window(status: CompressedModelStatus, now: datetime) -> str:
+    """Window of a continuous analysis: the samples since the last counted check (or since the canary
+    began serving), so two counted failures never share evidence; at least CONTINUOUS_MIN_WINDOW."""
+    canary = status.canary
+    ready = _parse(canary.readyAt if canary else None)
+    last = _parse(canary.lastAnalysisAt if canary else None)
+    since = max(filter(None, [ready, last]), default=now)
+    window = max(now - since, CONTINUOUS_MIN_WINDOW)
+    return f"{int(window.total_seconds())}s"
+
+
 def ready_timeout(spec: CompressedModelSpec) -> timedelta:
     """How long canary pods may take to serve before that counts as a failed check."""
     return max(timedelta(seconds=5 * spec.rollout.interval_seconds()), timedelta(minutes=2))
 
 
+class AnalysisDue(StrEnum):
+    """Which analysis the shell should read SLIs for on this tick."""
+
+    NONE = "none"
+    INTERVAL = "interval"  # once per interval: a pass advances the step, a breach counts
+    CONTINUOUS = "continuous"  # between intervals: only breaches count (ordinary ones, or abort)
+
+
 def analysis_due(
     spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime
-) -> bool:
-    """One analysis per interval, the clock starting when the canary's pods serve the variant (an
-    analysis of pods that are still starting would only ever say "no data")."""
+) -> AnalysisDue:
+    """One interval analysis per interval, the clock starting when the canary's pods serve the variant
+    (an analysis of pods that are still starting would only ever say "no data"); in between, once the
+    canary serves, a continuous analysis on every tick so that breaches are not left standing for an
+    interval. A continuous analysis after a counted check waits for CONTINUOUS_MIN_WINDOW of fresh
+    samples."""
     canary = status.canary
     if status.phase is not Phase.CANARY or canary is None or canary.promoting:
-        return False
+        return AnalysisDue.NONE
     interval = timedelta(seconds=spec.rollout.interval_seconds())
     ready = _parse(canary.readyAt) or (now if _canary_serving(status, world) else None)
     if ready is None:  # not serving yet: a check only once it is overdue (it counts as a failure)
         since = _parse(canary.lastAnalysisAt) or _parse(canary.startedAt)
-        return since is not None and now - since >= max(ready_timeout(spec), interval)
-    last = max(filter(None, [_parse(canary.lastAnalysisAt), _parse(canary.stepStartedAt), ready]))
-    return now - last >= interval
+        overdue = since is not None and now - since >= max(ready_timeout(spec), interval)
+        return AnalysisDue.INTERVAL if overdue else AnalysisDue.NONE
+    last_check = _parse(canary.lastAnalysisAt)
+    last = max(filter(None, [last_check, _parse(canary.stepStartedAt), ready]))
+    if now - last >= interval:
+        return AnalysisDue.INTERVAL
+    if canary.readyAt is None:  # readyAt is recorded by this tick's reconcile; continuous from the next
+        return AnalysisDue.NONE
+    if last_check is not None and last_check >= ready and now - last_check < CONTINUOUS_MIN_WINDOW:
+        return AnalysisDue.NONE
+    return AnalysisDue.CONTINUOUS
 
 
 def _canary_serving(status: CompressedModelStatus, world: World) -> bool:
@@ -435,7 +469,12 @@ def _canary(
         canary.readyAt = ts
     if world.readings is None:
         return
-    if canary.readyAt is None:
+    continuous = world.due is AnalysisDue.CONTINUOUS
+    if continuous:
+        analysis = analyse(spec.rollout.analysis, world.readings, ts, continuous_window(status, now))
+        if not analysis.breached:
+            return  # between intervals only a breach counts: passes and no data wait for the interval
+    elif canary.readyAt is None:
         waited = int((now - (_parse(canary.startedAt) or now)).total_seconds())
         readings = [Reading(SLI.REQUESTS, None, f"canary pods not serving {variant.name} after {waited}s")]
         analysis = analyse(spec.rollout.analysis, readings, ts)
@@ -472,10 +511,12 @@ def _canary(
         return
 
     canary.failedChecks += 1
-    reason = "Breach" if analysis.verdict is Verdict.FAIL else "NoData"
+    reason = _REASONS[analysis.verdict]
     set_condition(status, "CanaryHealthy", False, reason, _summary(analysis), ts, generation)
     limit = spec.rollout.failureLimit
-    if canary.failedChecks <= limit:
+    if analysis.verdict is Verdict.ABORT:
+        d.events.append(Event("Warning", "Aborted", f"{variant.name}: {_summary(analysis)}"))
+    elif canary.failedChecks <= limit:
         status.message = f"canary {variant.name}: failed check {canary.failedChecks}/{limit} tolerated"
         d.events.append(Event("Warning", "CheckFailed", f"{variant.name}: {_summary(analysis)}"))
         return
@@ -492,6 +533,9 @@ def _summary(analysis: Analysis) -> str:
     return ", ".join(parts) + (f" over {analysis.checks[0].window}" if analysis.checks else "")
 
 
+_REASONS = {Verdict.FAIL: "Breach", Verdict.ABORT: "Abort", Verdict.NO_DATA: "NoData", Verdict.PASS: "Pass"}
+
+
 def _roll_back(
     spec: CompressedModelSpec,
     status: CompressedModelStatus,
@@ -504,7 +548,7 @@ def _roll_back(
     assert canary is not None
     failed = [c for c in analysis.checks if not c.passed]
     variant.phase = VariantPhase.ROLLED_BACK
-    variant.reason = "Breach" if analysis.verdict is Verdict.FAIL else "NoData"
+    variant.reason = _REASONS[analysis.verdict]
     variant.message = "; ".join(c.message or c.sli for c in failed)
     canary.requestedWeight, canary.weight = 0, 0
     d.events.append(Event("Warning", "RolledBack", f"{variant.name}: {variant.message}"))

@@ -49,6 +49,10 @@ class TrafficRouter(Protocol):
         """Extra objects that carry the weight (an HTTPRoute), beyond Deployments and Services."""
         ...
 
+    def owns(self, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` is one of ``objects`` (written by ``apply``, not as a plain child)."""
+        ...
+
     def check(self, api: CustomObjects, namespace: str, model: str, routing: TrafficRouting) -> list[str]:
         """Why the router may not route for ``model`` (nothing is created while this is not empty)."""
         ...
@@ -81,6 +85,9 @@ class ReplicaRouter:
 
     def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
         return []
+
+    def owns(self, obj: dict[str, Any]) -> bool:
+        return False
 
     def check(self, api: CustomObjects, namespace: str, model: str, routing: TrafficRouting) -> list[str]:
         return []
@@ -136,6 +143,11 @@ class GatewayAPIRouter:
                 },
             }
         ]
+
+    def owns(self, obj: dict[str, Any]) -> bool:
+        return obj.get("kind") == "HTTPRoute" and str(obj.get("apiVersion", "")).startswith(
+            f"{GATEWAY_GROUP}/"
+        )
 
     def check(self, api: CustomObjects, namespace: str, model: str, routing: TrafficRouting) -> list[str]:
         if routing.httpRoute is None:

@@ -16,7 +16,6 @@ from kondense.operator.routers import TrafficRouter
 class ServingPlan:
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
-    routes: list[dict[str, Any]] = field(default_factory=list)  # written by the router (router.apply)
 
 
 def serving_plan(
@@ -40,7 +39,13 @@ def serving_plan(
             service(ctx.owner, names.service(track), {**model, TRACK_LABEL: track}, port, labels)
         )
     route = spec.rollout.trafficRouting.httpRoute
-    plan.routes += router.objects(names, topo.weight if topo.canary else 0, route, port)
+    weight = topo.weight if topo.canary else 0
+    routes = router.objects(names, weight, route, port)
+    if weight == 0 or topo.canary is None or topo.canary.replicas == 0:
+        # stable is never starved: the canary's weight goes to 0 before its pods scale down
+        plan.apply[:0] = routes
+    else:
+        plan.apply += routes
     if topo.canary is not None and topo.canary.replicas > 0 and spec.rollout.analysis.loadTest is not None:
         plan.apply.append(loadgen_job(spec, ctx.owner, ctx.settings, ctx.service_url(None)))
     else:

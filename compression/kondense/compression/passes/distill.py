@@ -60,19 +60,19 @@ class DistillPass(Pass):
         from kondense.compression.passes.prune import shrink_channels
         from kondense.compression.training import (
             TrainingSettings,
+            fine_tune,
             limit_torch_threads,
+            require_train,
             teacher_outputs,
-            train_against_teacher,
         )
 
         limit_torch_threads(context.threads)
         p = self.params
-        if context.train is None:
-            raise BadInputError("train", "distillation needs training (or calibration) data")
+        what = "distillation"
+        train = require_train(context, what)
         chosen = [k for k in ("hiddenSizes", "widthMultiplier", "keepLayers") if getattr(p, k) is not None]
         if len(chosen) > 1:
             raise BadInputError("params", f"give at most one student shape, got {chosen}")
-        train = context.train
         teacher = teacher_outputs(context.reference.base_path, train, context.threads)
         signature = signature_of(load_model(source, with_weights=False))
         example_np = {name: array[:2] for name, array in train.inputs.items()}
@@ -112,15 +112,8 @@ class DistillPass(Pass):
         if alpha != p.alpha:
             details["note"] = "no usable labels in the training data: trained on the teacher's outputs only"
         settings = TrainingSettings(p.epochs, p.learningRate, p.batchSize, p.temperature, alpha)
-        losses = train_against_teacher(
-            student,
-            signature,
-            train,
-            teacher,
-            context.task,
-            settings,
-            context.progress,
-            "distill: training student",
+        losses = fine_tune(
+            student, signature, context, settings, "distill: training student", what=what, teacher=teacher
         )
         details["loss"] = [round(v, 6) for v in losses[:: max(1, len(losses) // 10)]]
         if reduced is not None:

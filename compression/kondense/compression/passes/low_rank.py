@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kondense.api.techniques import LowRankParams, Technique
-from kondense.compression.errors import BadInputError, UnsupportedModelError
+from kondense.compression.errors import UnsupportedModelError
 from kondense.compression.passes import Pass, PassContext, PassResult, register
 
 
@@ -110,34 +110,21 @@ class LowRankPass(Pass):
             onnx.save(model, str(destination))
             return PassResult(details)
 
-        import torch
-
         from kondense.compression.model_files import signature_of
         from kondense.compression.onnx_torch import build_module, write_back
         from kondense.compression.training import (
             TrainingSettings,
+            fine_tune,
             limit_torch_threads,
-            teacher_outputs,
-            train_against_teacher,
+            require_train,
         )
 
         limit_torch_threads(context.threads)
-        if context.train is None:
-            raise BadInputError("train", "the low-rank fine-tune needs training (or calibration) data")
+        what = "the low-rank fine-tune"
+        require_train(context, what)  # before converting: the missing data is the first problem
         module, signature = build_module(model, str(source), traceable=False), signature_of(model)
-        teacher = teacher_outputs(context.reference.base_path, context.train, context.threads)
         settings = TrainingSettings(p.fineTuneEpochs, p.learningRate, p.batchSize)
-        with torch.enable_grad():
-            losses = train_against_teacher(
-                module,
-                signature,
-                context.train,
-                teacher,
-                context.task,
-                settings,
-                context.progress,
-                "low-rank: fine-tune",
-            )
+        losses = fine_tune(module, signature, context, settings, "low-rank: fine-tune", what=what)
         details["fineTuneLoss"] = [round(v, 6) for v in losses]
         write_back(module, model, str(source))  # same graph, trained weights
         onnx.save(model, str(destination))

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kondense.api.techniques import PruneParams, Technique
-from kondense.compression.errors import BadInputError, UnsupportedModelError
+from kondense.compression.errors import UnsupportedModelError
 from kondense.compression.passes import Pass, PassContext, PassResult, register
 
 DENSE_STORAGE_NOTE = (
@@ -90,12 +90,7 @@ class PrunePass(Pass):
 
         from kondense.compression.model_files import load_model, signature_of
         from kondense.compression.onnx_torch import build_module, export_onnx, write_back
-        from kondense.compression.training import (
-            TrainingSettings,
-            limit_torch_threads,
-            teacher_outputs,
-            train_against_teacher,
-        )
+        from kondense.compression.training import TrainingSettings, fine_tune, limit_torch_threads
 
         limit_torch_threads(context.threads)
         p = self.params
@@ -121,19 +116,9 @@ class PrunePass(Pass):
             )
 
         if p.fineTuneEpochs > 0:
-            if context.train is None:
-                raise BadInputError("train", "the prune fine-tune needs training (or calibration) data")
-            teacher = teacher_outputs(context.reference.base_path, context.train, context.threads)
             settings = TrainingSettings(p.fineTuneEpochs, p.learningRate, p.batchSize)
-            losses = train_against_teacher(
-                module,
-                signature,
-                context.train,
-                teacher,
-                context.task,
-                settings,
-                context.progress,
-                "prune: fine-tune",
+            losses = fine_tune(
+                module, signature, context, settings, "prune: fine-tune", what="the prune fine-tune"
             )
             details["fineTuneLoss"] = [round(v, 6) for v in losses]
 
