@@ -5,16 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools test lint typecheck unit crd demo clean
+.PHONY: setup tools test test-fast lint typecheck unit crd demo clean lock
 
 setup: $(STAMP)
 
 # torch is installed first and alone, pinned, so nothing resolves a CUDA build from the registry.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package of the dev environment; localcluster/ is its own distribution
+# (kondense-localcluster, the `dev` extra's local cluster and `kondense demo`), installed from here.
+$(STAMP): pyproject.toml localcluster/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ./localcluster -e '.[dev]'
 	touch $@
 
 # System tools the tests drive for real: Prometheus (+promtool) from Debian, helm/kubectl from PyPI.
@@ -30,6 +32,18 @@ typecheck: setup
 
 test: setup tools lint typecheck
 	$(VENV)/bin/pytest
+
+# The unit and in-process tests only (under two minutes): tests/conftest.py marks the rest (real
+# compression runs, model servers, Prometheus, the operator as a process, local-cluster scenarios, kind).
+FAST_MARKERS := not slow and not localcluster and not integration and not e2e
+test-fast: setup tools
+	$(VENV)/bin/pytest -m "$(FAST_MARKERS)"
+
+# The hashed lock files the images install (requirements/lock.py): after a change to pyproject.toml
+# or constraints.txt. TORCH_INDEX=https://download.pytorch.org/whl/cpu also rewrites torch-cpu.lock.
+TORCH_INDEX ?=
+lock: setup
+	$(PY) requirements/lock.py $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 crd: setup
 	$(VENV)/bin/kondense crd > crds/compressedmodels.kondense.dev.yaml

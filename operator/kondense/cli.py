@@ -1,24 +1,29 @@
 """The `kondense` console script.
 
-Each area registers its own subcommands (``register(app)`` in ``kondense.<area>.cli``), so importing
-this module stays cheap: torch, onnxruntime and kopf are only imported by the command that needs them.
+Every area registers its own subcommands through the entry-point group ``kondense.commands``: each entry
+names a ``register(app)`` function (``kondense.<area>.cli:register``). The ``kondense`` distribution
+declares its areas (api, compression, serving, operator, triton, loadgen); other distributions add
+theirs (``kondense-localcluster`` adds ``demo``), so an area that is not installed simply has no entry.
+Importing a ``cli`` module stays cheap: torch, onnxruntime and kopf are only imported by the command
+that needs them (``tests/test_packaging.py`` checks that every entry loads with the base dependencies).
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
 import typer
 
-COMMAND_MODULES = (
-    "kondense.api.cli",  # crd, validate
-    "kondense.compression.cli",  # compress, report, example
-    "kondense.serving.cli",  # serve
-    "kondense.operator.cli",  # operator
-    "kondense.triton.cli",  # triton-repository (init container of triton pods)
-    "kondense.loadgen.cli",  # loadgen (analysis.loadTest Jobs, the demo)
-    "kondense.localcluster.cli",  # demo
-)
+ENTRY_POINT_GROUP = "kondense.commands"
+
+
+def command_entry_points() -> list[EntryPoint]:
+    """The installed areas, by name (a name installed twice, e.g. an editable and a wheel, counts once)."""
+    unique: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        unique.setdefault(entry.name, entry)
+    return [unique[name] for name in sorted(unique)]
 
 
 def build_app() -> typer.Typer:
@@ -29,18 +34,9 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # An area whose third-party packages are not installed (an image with one extra only,
-            # e.g. the serving image has no kmock for `demo`) is not part of this build; a missing
-            # kondense module elsewhere is a bug and raises.
-            missing = exc.name or ""
-            if name.startswith(missing) or not missing.startswith("kondense"):
-                continue
-            raise
-        module.register(app)
+    for entry in command_entry_points():
+        register: Callable[[typer.Typer], None] = entry.load()
+        register(app)
     return app
 
 

@@ -1,5 +1,6 @@
 """The three images `make images` builds: linted by hadolint, slim, non-root, no build tools in the
-final stage, CPU-only torch, and the matching console script as ENTRYPOINT.
+final stage, CPU-only torch, every package from a hashed lock file, no local-cluster code, and the
+matching console script as ENTRYPOINT.
 
 No container engine runs here, so these are static checks with the real Dockerfile parser
 (buildkit's, via the `dockerfile` package) and hadolint.
@@ -99,20 +100,70 @@ def test_copied_sources_are_in_the_build_context(path: str) -> None:
 def test_compression_image_installs_cpu_torch() -> None:
     commands = parse("compression/Dockerfile")
     runs = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
-    pin = next(
-        line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch==")
-    )
     assert re.search(
-        rf"{re.escape(pin)}\S*\s.*--index-url[= ]https://download\.pytorch\.org/whl/cpu", runs
-    ) or re.search(rf"--index-url[= ]https://download\.pytorch\.org/whl/cpu\s.*{re.escape(pin)}", runs), (
-        f"compression/Dockerfile must install {pin} from the CPU index"
-    )
+        r"--index-url[= ]https://download\.pytorch\.org/whl/cpu -r requirements/torch-cpu\.lock", runs
+    ), "compression/Dockerfile must install requirements/torch-cpu.lock from the CPU index"
+    pins = (REPO / "requirements" / "torch-cpu.lock").read_text()
+    assert re.search(r"^torch==[\d.]+\+cpu \\$", pins, re.M), "torch-cpu.lock must pin the +cpu build"
+
+
+PIP_INSTALL = re.compile(r"(\S*pip) install ([^&;]*)")
+
+
+@pytest.mark.parametrize("path", IMAGES)
+def test_every_package_comes_hash_checked_from_the_lock_files(path: str) -> None:
+    """pip resolves nothing at build time: third-party packages come from requirements/*.lock with
+    --require-hashes --no-deps; the only other install is the kondense wheel built from the context."""
+    image = path.split("/")[0]
+    commands = parse(path)
+    runs = [" ".join(c.value) for c in commands if c.cmd == "RUN"]
+    installs = [(m.group(1), m.group(2).split()) for run in runs for m in PIP_INSTALL.finditer(run)]
+    assert installs, f"{path}: no pip install"
+    locks = []
+    for pip, args in installs:
+        if "-r" in args:
+            assert {"--require-hashes", "--no-deps"} <= set(args), f"{path}: {pip} install {' '.join(args)}"
+            lock = args[args.index("-r") + 1]
+            assert re.fullmatch(r"requirements/[\w-]+\.lock", lock), lock
+            assert (REPO / lock).is_file(), f"{path}: {lock} does not exist"
+            locks.append(lock)
+        else:
+            assert {"--no-deps", "--no-index"} <= set(args), (
+                f"{path}: unlocked {pip} install {' '.join(args)}"
+            )
+            assert [a for a in args if not a.startswith("-")] == ["/tmp/wheels/kondense-*.whl"], args
+    assert f"requirements/{image}.lock" in locks
+    assert "requirements/build.lock" in locks  # the build backend the wheel is built with
+    copied = [src for c in commands if c.cmd == "COPY" for src in c.value[:-1]]
+    assert set(locks) <= set(copied), f"{path}: installs a lock file it does not COPY"
+
+
+@pytest.mark.parametrize("path", IMAGES)
+def test_images_contain_no_local_cluster_code(path: str) -> None:
+    """Only the kondense distribution's source roots go in; the local cluster (localcluster/, its own
+    distribution) never does, and the build context itself leaves it out."""
+    for command in parse(path):
+        if command.cmd not in ("COPY", "ADD") or any(f.startswith("--from") for f in command.flags):
+            continue
+        for source in command.value[:-1]:
+            assert source not in {".", "./", "*"}, f"{path}: copies the whole context"
+            assert "localcluster" not in source, f"{path}: COPY {source}"
+            assert source.split("/")[0] in {
+                "pyproject.toml",
+                "README.md",
+                "requirements",
+                "operator",
+                "compression",
+                "serving",
+            }, source
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert "localcluster/" in ignored
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert {".git/", ".venv/", "examples/models/", "tests/"} <= ignored
-    assert not {"pyproject.toml", "README.md", "constraints.txt"} & ignored
+    assert {".git/", ".venv/", "examples/models/", "tests/", "localcluster/"} <= ignored
+    assert not {"pyproject.toml", "README.md", "requirements/"} & ignored
 
 
 def test_operator_image_matches_the_chart() -> None:

@@ -56,7 +56,7 @@ def test_rules_pass_promtool_check(render: Render, promtool: str, tmp_path: Path
     rules.write_text(yaml.safe_dump(rendered_rules(render)))
     result = run([promtool, "check", "rules", str(rules)])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 15 rules found" in result.stdout  # 11 alerts + 4 recording rules
+    assert "SUCCESS: 16 rules found" in result.stdout  # 12 alerts + 4 recording rules
 
 
 def test_alerts_fire_when_they_should(render: Render, promtool: str, tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_alert_severities_route_pages_and_tickets(render: Render) -> None:
     }  # fmt: skip
     assert tickets == {
         "KondenseLatencyDrift", "KondenseShadowDisagreementDrift", "KondenseAnalysisNoData",
-        "KondenseErrorBudgetBurnSlow",
+        "KondenseErrorBudgetBurnSlow", "KondenseChildRejected",
     }  # fmt: skip
 
 

@@ -237,10 +237,15 @@ def open_api_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # only name may be declared under metadata; maxLength bounds the CEL rule's cost
+            "metadata": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 253}},
+            },
             "spec": spec_schema(),
             "status": status_schema(),
         },
+        "x-kubernetes-validations": [r.MODEL_NAME_RULE],
     }
 
 

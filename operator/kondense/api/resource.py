@@ -39,6 +39,7 @@ from kondense.api.techniques import (
     Technique,
 )
 from kondense.api.uris import check_uri
+from kondense.operator.naming import MODEL_NAME_MAX
 
 GROUP = "kondense.dev"
 VERSION = "v1alpha1"
@@ -415,7 +416,16 @@ class TrafficRouting(StrictModel):
 
 
 class PrometheusRef(StrictModel):
-    url: str = Field(pattern=r"^https?://.+$", max_length=2048)
+    url: str = Field(
+        pattern=r"^https?://.+$",
+        max_length=2048,
+        description="Must be one of the operator's allowed Prometheus URLs (KONDENSE_PROMETHEUS_ALLOWED_URLS; "
+        "default: only its own KONDENSE_PROMETHEUS_URL).",
+    )
+
+
+MAX_P99_MS = 600_000  # 10 minutes: no request waits that long, so a higher gate could never fail
+DEFAULT_ERROR_RATE = 0.01  # the gate in force when spec.rollout.analysis.errorRate is not set
 
 
 ABORT_FACTOR = 10.0
@@ -447,7 +457,9 @@ class _Threshold(StrictModel):
 class MaxThreshold(_Threshold):
     model_config = ConfigDict(json_schema_extra=cel_rules(_ABORT_ABOVE_MAX))
 
-    max: float = Field(gt=0, description="Breach when the reading is above this.")
+    max: float = Field(
+        gt=0, le=MAX_P99_MS, description="Breach when the reading is above this (milliseconds)."
+    )
     abortAt: float | None = Field(None, gt=0, description=_ABORT_DESCRIPTION + ".")
 
 
@@ -465,7 +477,25 @@ class LoadTest(StrictModel):
     rps: float = Field(gt=0, le=100_000, description="Requests per second replayed from the evaluation data.")
 
 
+# A gate that can never fail is off: a fraction gate at max 1 (every reading is <= 1). The error-rate
+# gate is on by default; a spec may loosen gates but cannot switch every one of them off.
+_SOME_GATE_ON = (
+    "(!has(self.errorRate) || double(self.errorRate.max) < 1.0)"
+    " || (has(self.accuracyDelta) && double(self.accuracyDelta.max) < 1.0)"
+    " || has(self.p99LatencyMs)"
+)
+ALL_GATES_OFF = (
+    "every analysis gate is off (an errorRate.max of 1 can never be exceeded and no other gate can "
+    "fail): a canary answering only errors would be promoted; keep errorRate.max below 1 "
+    f"(default {DEFAULT_ERROR_RATE}) or set p99LatencyMs or accuracyDelta"
+)
+
+
 class AnalysisSpec(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(cel(_SOME_GATE_ON, ALL_GATES_OFF, ".errorRate.max"))
+    )
+
     prometheus: PrometheusRef | None = Field(
         None, description="Prometheus to query; default: the operator's KONDENSE_PROMETHEUS_URL."
     )
@@ -473,8 +503,12 @@ class AnalysisSpec(StrictModel):
     minRequests: int = Field(
         20, ge=1, le=1_000_000, description="Fewer canary requests in the window counts as no data."
     )
-    p99LatencyMs: MaxThreshold | None = None
-    errorRate: FractionThreshold | None = None
+    p99LatencyMs: MaxThreshold | None = Field(None, description="Gate on the canary's p99 latency (ms).")
+    errorRate: FractionThreshold = Field(
+        default_factory=lambda: FractionThreshold(max=DEFAULT_ERROR_RATE),
+        description="Gate on the canary's share of failed requests (HTTP 5xx and errors). Always in force: "
+        f"max {DEFAULT_ERROR_RATE} unless set; a spec cannot switch every gate off.",
+    )
     accuracyDelta: FractionThreshold | None = Field(
         None, description="Live: 1 - agreement of the canary with the stable model (shadow requests)."
     )
@@ -484,6 +518,14 @@ class AnalysisSpec(StrictModel):
     @classmethod
     def _window_range(cls, value: str) -> str:
         return _check_duration(value, timedelta(seconds=5), timedelta(hours=1))
+
+    @model_validator(mode="after")
+    def _some_gate_on(self) -> AnalysisSpec:
+        error_gate_on = self.errorRate.max < 1
+        accuracy_gate_on = self.accuracyDelta is not None and self.accuracyDelta.max < 1
+        if not (error_gate_on or accuracy_gate_on or self.p99LatencyMs is not None):
+            raise ValueError(f"errorRate.max: {ALL_GATES_OFF}")
+        return self
 
 
 _STEPS_INCREASING = (
@@ -751,10 +793,50 @@ class CompressedModelStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+# metadata.name: the operator puts it in Service names and label values, so it must be a DNS-1035
+# label short enough that every derived child name and label value fits (computed in naming).
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MODEL_NAME_MESSAGE = (
+    f"must be a DNS-1035 label of at most {MODEL_NAME_MAX} characters (lower-case letters, digits and "
+    "'-', starting with a letter and ending with a letter or digit): the operator derives Service names "
+    "and label values from it"
+)
+MODEL_NAME_RULE = cel(
+    f"!has(self.metadata.name) || (size(self.metadata.name) <= {MODEL_NAME_MAX}"
+    f" && self.metadata.name.matches('{DNS1035_LABEL}'))",
+    f"metadata.name {MODEL_NAME_MESSAGE}",
+    ".metadata.name",
+)
+
+
+def model_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a CompressedModel (None: it can)."""
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if len(name) > MODEL_NAME_MAX or not re.fullmatch(DNS1035_LABEL, name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        return f"{shown!r} {MODEL_NAME_MESSAGE}"
+    return None
+
+
+def _model_name(value: Any) -> str:
+    problem = model_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return str(value)
+
+
+ModelName = Annotated[
+    str,
+    PlainValidator(_model_name),
+    WithJsonSchema({"type": "string", "maxLength": MODEL_NAME_MAX, "pattern": DNS1035_LABEL}),
+]
+
+
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: Name | None = None
+    name: ModelName | None = None
     namespace: str | None = None
 
 

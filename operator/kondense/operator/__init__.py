@@ -1,7 +1,8 @@
 """The kondense controller.
 
-Functional core (pure, over the pydantic models): ``selection``, ``analysis``, ``rollout``,
-``topology``. Imperative shell: ``handlers`` (kopf), ``kube`` (official Kubernetes client),
-``providers`` (Prometheus over httpx). Pluggable registries: ``backends.SERVING_BACKENDS``,
-``routers.TRAFFIC_ROUTERS``, ``providers.METRIC_PROVIDERS``.
+Functional core (pure, over the pydantic models): ``selection``, ``analysis``, ``rollout`` (with
+``topology``). Imperative shell: ``handlers`` (kopf), ``controller`` (observe, decide, write status,
+act), ``kube`` (official Kubernetes client), ``providers`` (metric providers; Prometheus over httpx).
+Pluggable registries: ``backends.SERVING_BACKENDS``, ``routers.TRAFFIC_ROUTERS``,
+``providers.PROVIDERS`` (built and cached by ``providers.ProviderFactory``, keyed by the analysis spec).
 """

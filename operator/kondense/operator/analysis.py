@@ -1,7 +1,14 @@
-"""Turn SLI readings into checks and a verdict (pure). No data is never a pass."""
+"""Turn SLI readings into checks and a verdict (pure). No data is never a pass.
+
+Readings come from outside (Prometheus), so each one is judged before it is compared: NaN and
+negative numbers are invalid (no data, with the reason), a count of +Inf requests is invalid, and a
++Inf reading of a gated SLI (e.g. a p99 beyond the highest histogram bucket) is a breach.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +37,11 @@ class Verdict(StrEnum):
     NO_DATA = "nodata"
 
 
+# What a check records for a +Inf reading: a number (status is JSON, which has no infinity) that is
+# above every threshold, so every reader of status sees a breach; the message says +Inf.
+INFINITE_READING = sys.float_info.max
+
+
 @dataclass(frozen=True)
 class Analysis:
     checks: list[Check]
@@ -45,11 +57,11 @@ class Analysis:
 
 
 def thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
+    """The gates in force: the error-rate gate always (it has a default), the others when set."""
     out: dict[SLI, float] = {}
     if spec.p99LatencyMs:
         out[SLI.P99_LATENCY_MS] = spec.p99LatencyMs.max
-    if spec.errorRate:
-        out[SLI.ERROR_RATE] = spec.errorRate.max
+    out[SLI.ERROR_RATE] = spec.errorRate.max
     if spec.accuracyDelta:
         out[SLI.ACCURACY_DELTA] = spec.accuracyDelta.max
     return out
@@ -67,15 +79,30 @@ def abort_thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
     return out
 
 
+def invalid_reason(value: float) -> str | None:
+    """Why a finite-or-not reading cannot be used at all (None: usable, +Inf included)."""
+    if math.isnan(value):
+        return "reading is NaN (not a number)"
+    if value < 0:
+        return f"reading {value:g} is negative (invalid)"
+    return None
+
+
 def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: str | None = None) -> Analysis:
-    """One check per configured SLI. Missing or empty readings fail as no-data."""
+    """One check per gate in force. Missing, empty or invalid readings fail as no-data."""
     window = window or spec.window
     by_sli = {r.sli: r for r in readings}
     checks: list[Check] = []
     traffic = by_sli.get(SLI.REQUESTS)
-    if traffic is None or traffic.value is None or traffic.value < spec.minRequests:
-        seen = "no" if traffic is None or traffic.value is None else f"{traffic.value:.0f}"
-        why = traffic.message if traffic is not None and traffic.message else f"{seen} canary requests"
+    count = traffic.value if traffic is not None else None
+    bad = None if count is None else invalid_reason(count) or ("+Inf requests" if math.isinf(count) else None)
+    if count is None or bad is not None or count < spec.minRequests:
+        if bad is not None:
+            why = f"canary request count invalid: {bad}"
+        elif traffic is not None and traffic.message:
+            why = traffic.message
+        else:
+            why = f"{'no' if count is None else f'{count:.0f}'} canary requests"
         checks.append(
             Check(
                 time=now,
@@ -93,10 +120,9 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
     for sli, threshold in thresholds(spec).items():
         reading = by_sli.get(sli)
         value = reading.value if reading else None
-        if value is None:
-            message = (
-                reading.message if reading and reading.message else "no data"
-            ) + " (counts as a failure)"
+        bad = None if value is None else invalid_reason(value)
+        if value is None or bad is not None:
+            why = bad or (reading.message if reading and reading.message else "no data")
             checks.append(
                 Check(
                     time=now,
@@ -105,12 +131,13 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
                     threshold=threshold,
                     window=window,
                     passed=False,
-                    message=message,
+                    message=f"{why} (no data, counts as a failure)",
                 )
             )
             continue
         passed = value <= threshold
-        verdict_text = None if passed else f"{sli.value} {value:.4g} > {threshold:g} over {window}"
+        shown = "+Inf" if math.isinf(value) else f"{value:.4g}"
+        verdict_text = None if passed else f"{sli.value} {shown} > {threshold:g} over {window}"
         abort_at = aborts.get(sli)
         if abort_at is not None and value > abort_at:
             severe = True
@@ -119,7 +146,7 @@ def analyse(spec: AnalysisSpec, readings: Sequence[Reading], now: str, window: s
             Check(
                 time=now,
                 sli=sli.value,
-                value=round(value, 6),
+                value=INFINITE_READING if math.isinf(value) else round(value, 6),
                 threshold=threshold,
                 window=window,
                 passed=passed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -10,14 +11,21 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from kondense.api.artifacts import JobResult
-from kondense.api.resource import CompressedModelSpec, CompressedModelStatus, Phase
-from kondense.api.validation import field_errors
+from kondense.api.resource import (
+    CompressedModelSpec,
+    CompressedModelStatus,
+    Phase,
+    VariantPhase,
+    model_name_problem,
+)
+from kondense.api.validation import field_errors, join_path
 from kondense.operator import metrics
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
-from kondense.operator.kube import KubeClient, StatusConflict
+from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
 from kondense.operator.naming import (
     HASH_LABEL,
@@ -28,7 +36,7 @@ from kondense.operator.naming import (
     Names,
 )
 from kondense.operator.objects import Owner, compression_job, image_problems
-from kondense.operator.providers import MetricProvider, PrometheusProvider, read_slis
+from kondense.operator.providers import ProviderFactory, read_slis
 from kondense.operator.rollout import (
     AnalysisDue,
     Event,
@@ -100,6 +108,44 @@ def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | N
     return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled)
 
 
+def parse_status(raw: Any) -> tuple[CompressedModelStatus, list[str]]:
+    """The stored status as the models read it, minus the fields that do not validate (anyone with
+    access to the status subresource can write anything there): each bad field is dropped (a missing
+    required field drops the object holding it) and its path returned, so one bad value never stops
+    every reconcile."""
+    data: Any = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    dropped: list[str] = [] if isinstance(raw, dict) or raw is None else ["status"]
+    for _ in range(64):
+        try:
+            return CompressedModelStatus.model_validate(data), dropped
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = tuple(error["loc"])
+            if error["type"] == "missing":
+                loc = loc[:-1]
+            if not loc or not _drop(data, loc):
+                break
+            dropped.append(join_path(("status", *loc)))
+    return CompressedModelStatus(), [*dropped, "status"]
+
+
+def _drop(data: Any, loc: tuple[int | str, ...]) -> bool:
+    node = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    last = loc[-1]
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    if isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        del node[last]
+        return True
+    return False
+
+
 def merge_patch(old: Any, new: Any) -> Any:
     """The RFC 7386 merge patch that turns ``old`` into ``new`` (removed keys become null)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -118,10 +164,10 @@ class Controller:
     settings: OperatorSettings
     kube: KubeClient
     post_event: EventSink
-    provider_for: Callable[[str], MetricProvider] | None = None
+    providers: ProviderFactory | None = None
 
     def __post_init__(self) -> None:
-        self._providers: dict[str, MetricProvider] = {}
+        self.metric_providers = self.providers or ProviderFactory(self.settings)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -133,14 +179,6 @@ class Controller:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
 
-    def provider(self, url: str) -> MetricProvider:
-        if url not in self._providers:
-            factory = self.provider_for or (
-                lambda u: PrometheusProvider(u, timeout=self.settings.prometheus_timeout_seconds)
-            )
-            self._providers[url] = factory(url)
-        return self._providers[url]
-
     # ------------------------------------------------------------------------------------------
     def reconcile(
         self, namespace: str, name: str, now: datetime | None = None
@@ -150,6 +188,7 @@ class Controller:
         repeat a decision). One reconcile per object at a time; None when the object is gone or
         changed under us (the next tick redoes it)."""
         started = time.perf_counter()
+        body: dict[str, Any] | None = None
         with self._lock(namespace, name):
             try:
                 body = self.kube.get_cmodel(namespace, name)
@@ -159,6 +198,14 @@ class Controller:
             except StatusConflict:
                 log.info("%s/%s changed while reconciling; retrying on the next tick", namespace, name)
                 return None
+            except ApiException as exc:
+                if exc.status == 404 and self.kube.get_cmodel(namespace, name) is None:
+                    return None  # deleted while we reconciled it
+                # a 4xx on a read (e.g. RBAC): on the resource, not only in the log
+                rejected = rejection(exc, "request", namespace, name)
+                if rejected is None or body is None:
+                    raise
+                return self._api_refused(body, rejected, now or datetime.now(UTC))
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -166,8 +213,15 @@ class Controller:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
-        current = CompressedModelStatus.model_validate(body.get("status") or {})
+        current, dropped = parse_status(body.get("status"))
+        if dropped:
+            message = "status fields that do not validate were dropped: " + ", ".join(dropped)[:900]
+            log.warning("%s/%s: %s", namespace, name, message)
+            self.post_event(body, Event("Warning", "BadStatus", message))
         ts = now.isoformat().replace("+00:00", "Z")
+        bad_name = model_name_problem(name)
+        if bad_name is not None:  # a CRD without the CEL rule (or an older one) let it in
+            return self._invalid(body, current, [f"metadata.name: {bad_name}"], ts)
         try:
             spec = CompressedModelSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
@@ -198,35 +252,40 @@ class Controller:
         )
         due = analysis_due(spec, current, world, now)
         if due is not AnalysisDue.NONE:
-            url = spec.rollout.analysis.prometheus.url if spec.rollout.analysis.prometheus else None
             if due is AnalysisDue.CONTINUOUS:
                 window = continuous_window(current, now)
             else:
                 window = effective_window(spec, current, now)
             pods = self._serving_pods(namespace, name, "canary", _canary_sha(current))
             queries = backend.queries(namespace, name, "canary", window, pods)
-            world = replace(
-                world,
-                readings=read_slis(self.provider(url or self.settings.prometheus_url), queries),
-                due=due,
-            )
+            provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
+            world = replace(world, readings=read_slis(provider, queries), due=due)
 
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
         for cond in list(status.conditions):
             if cond.type == "Invalid":
                 status.conditions.remove(cond)
-        # the decision is on the resource before anything acts on it (restart safety)
-        if status != current:
+        # the decision is on the resource before anything acts on it (restart safety); a repaired
+        # status is written even when unchanged since, so the dropped fields leave the stored one
+        if status != current or dropped:
             self._write_status(body, status)
 
+        rejected: list[ChildRejected] = []
         run = status.hashes.run or spec_hash  # recorded above, before any of its Jobs exists
         for variant in decision.create_jobs:
             job = compression_job(spec, owner, self.settings, run, variant)
-            if self.kube.create(job):
-                log.info("created Job %s/%s", namespace, job["metadata"]["name"])
-        if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
-            self._delete_stale_jobs(namespace, name, run)
+            try:
+                if self.kube.create(job):
+                    log.info("created Job %s/%s", namespace, job["metadata"]["name"])
+            except ChildRejected as exc:
+                rejected.append(exc)
+                self._fail_variant(status, variant, exc)
+        try:
+            if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
+                self._delete_stale_jobs(namespace, name, run)
+        except ChildRejected as exc:
+            rejected.append(exc)
 
         ctx = ServingContext(spec, owner, self.settings)
         plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
@@ -236,11 +295,21 @@ class Controller:
                     router.apply(self.kube, namespace, name, obj)
                 except RouteRefused as exc:  # the opt-in went away since _preflight: the next tick says so
                     log.warning("%s/%s: %s", namespace, name, exc)
+                except ChildRejected as exc:
+                    rejected.append(exc)
                 continue
             obj["metadata"].setdefault("namespace", namespace)
-            self.kube.apply(obj)
+            try:
+                self.kube.apply(obj)
+            except ChildRejected as exc:
+                rejected.append(exc)
+                status.phase = Phase.FAILED  # the serving topology cannot be what status says
         for kind, obj_name in plan.delete:
-            self.kube.delete(kind, obj_name, namespace)
+            try:
+                self.kube.delete(kind, obj_name, namespace)
+            except ChildRejected as exc:
+                rejected.append(exc)
+        self._report_rejections(body, status, rejected, ts, decision.events)
 
         for event in decision.events:
             self.post_event(body, event)
@@ -250,10 +319,74 @@ class Controller:
     def _write_status(self, body: dict[str, Any], status: CompressedModelStatus) -> None:
         meta = body["metadata"]
         stored = body.get("status") or {}
-        patch = merge_patch(stored, status.model_dump(mode="json", exclude_none=True))
+        written = status.model_dump(mode="json", exclude_none=True)
+        patch = merge_patch(stored, written)
         if patch:
             # resourceVersion precondition: a concurrent writer makes this a 409, not a lost update
-            self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+            version = self.kube.patch_status(
+                meta["namespace"], meta["name"], patch, meta.get("resourceVersion")
+            )
+            # a second write in the same reconcile (a rejected child) builds on this one
+            body["status"] = written
+            if version:
+                meta["resourceVersion"] = version
+
+    # ------------------------------------------------------------------------------------------
+    # 4xx from the API server: a condition on the resource and a phase that says so, never a
+    # silent retry loop with the error only in the log
+
+    @staticmethod
+    def _fail_variant(status: CompressedModelStatus, variant: str, exc: ChildRejected) -> None:
+        for v in [status.base, *status.variants]:
+            if v is not None and v.name == variant:
+                v.phase, v.reason = VariantPhase.FAILED, "JobRejected"
+                v.message = f"the API server refused its Job: {exc}"[:4096]
+
+    def _report_rejections(
+        self,
+        body: dict[str, Any],
+        status: CompressedModelStatus,
+        rejected: list[ChildRejected],
+        ts: str,
+        events: list[Event],
+    ) -> None:
+        generation = body["metadata"].get("generation")
+        applied = next((c for c in status.conditions if c.type == "Applied"), None)
+        if not rejected:
+            if applied is not None and applied.status == "False":
+                set_condition(
+                    status, "Applied", True, "Applied", "every child object applied", ts, generation
+                )
+                self._write_status(body, status)
+            return
+        for exc in rejected:
+            metrics.CHILD_REJECTIONS.labels(kind=exc.kind, reason=exc.reason or str(exc.code)).inc()
+        first = rejected[0]
+        message = "; ".join(str(exc) for exc in rejected)[:4096]
+        set_condition(status, "Applied", False, first.reason or "Rejected", message, ts, generation)
+        if status.phase is Phase.FAILED:
+            status.message = f"rejected by the API server: {message}"[:4096]
+            set_condition(status, "Ready", False, Phase.FAILED.value, status.message, ts, generation)
+        self._write_status(body, status)
+        if applied is None or applied.status != "False" or applied.message != message:
+            events.append(Event("Warning", "Rejected", message))
+            log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
+
+    def _api_refused(
+        self, body: dict[str, Any], exc: ChildRejected, now: datetime
+    ) -> CompressedModelStatus | None:
+        """A 4xx on a read: reported on the resource (the next tick tries again)."""
+        current, _ = parse_status(body.get("status"))
+        status = current.model_copy(deep=True)
+        ts = now.isoformat().replace("+00:00", "Z")
+        message = f"the API server refused a request: {exc.code} {exc.reason}: {exc.api_message}"[:4096]
+        set_condition(
+            status, "Applied", False, exc.reason or "Refused", message, ts, body["metadata"].get("generation")
+        )
+        if status != current:
+            self._write_status(body, status)
+            self.post_event(body, Event("Warning", "Refused", message))
+        return status
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -271,6 +404,7 @@ class Controller:
             problems.append(
                 f"spec.rollout.trafficRouting.type: no router for {spec.rollout.trafficRouting.type}"
             )
+        problems += self.metric_providers.problems(spec.rollout.analysis)
         problems += image_problems(spec, self.settings)  # an image not on the allow-list: no children
         if spec.rollout.trafficRouting.type in TRAFFIC_ROUTERS:  # a route that does not opt in: no children
             routing = spec.rollout.trafficRouting

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client
@@ -17,6 +19,49 @@ MERGE_PATCH = "application/merge-patch+json"
 
 class StatusConflict(RuntimeError):
     """The object changed since it was read (resourceVersion precondition failed)."""
+
+
+class ChildRejected(RuntimeError):
+    """The API server refused a write of one of our child objects with a 4xx: retrying the same
+    request cannot help, so the shell reports it on the CompressedModel instead of looping."""
+
+    def __init__(self, kind: str, namespace: str, name: str, code: int, reason: str, message: str) -> None:
+        self.kind, self.namespace, self.name = kind, namespace, name
+        self.code, self.reason, self.api_message = code, reason, message
+        super().__init__(f"{kind} {namespace}/{name}: {code} {reason}: {message}")
+
+
+# 4xx that say nothing about the request itself: a conflict is retried on the next tick, throttling
+# waits; everything else (400, 403, 404 on a route we must patch, 413, 422, ...) is a rejection.
+_RETRYABLE = {409, 429}
+
+
+def rejection(exc: ApiException, kind: str, namespace: str, name: str) -> ChildRejected | None:
+    """The ChildRejected for a 4xx ApiException (None for 5xx, conflicts and throttling)."""
+    code = exc.status or 0
+    if not 400 <= code < 500 or code in _RETRYABLE:
+        return None
+    reason, message = exc.reason or "", ""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    if isinstance(body, dict):
+        reason = str(body.get("reason") or reason)
+        message = str(body.get("message") or "")
+    return ChildRejected(kind, namespace, name, code, reason[:64], message[:1000])
+
+
+@contextlib.contextmanager
+def _rejecting(kind: str, namespace: str, name: str) -> Iterator[None]:
+    """Turn a 4xx ApiException on this child into ChildRejected."""
+    try:
+        yield
+    except ApiException as exc:
+        rejected = rejection(exc, kind, namespace, name)
+        if rejected is None:
+            raise
+        raise rejected from exc
 
 
 def _raw(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -70,7 +115,13 @@ class KubeClient:
         raise ValueError(f"unsupported kind {kind}")
 
     def apply(self, obj: dict[str, Any]) -> str:
-        """Create, or merge-patch when what we own differs. Returns created|patched|unchanged."""
+        """Create, or merge-patch when what we own differs. Returns created|patched|unchanged|gone.
+        Raises ChildRejected when the API server refuses the object with a 4xx."""
+        meta = obj["metadata"]
+        with _rejecting(obj["kind"], meta.get("namespace", ""), meta.get("name", "")):
+            return self._apply(obj)
+
+    def _apply(self, obj: dict[str, Any]) -> str:
         kind, meta = obj["kind"], obj["metadata"]
         if kind == "Job":  # a Job's template is immutable: create it once, leave it alone
             return "created" if self.create(obj) else "unchanged"
@@ -91,29 +142,37 @@ class KubeClient:
         wanted["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
         if not _subset_differs(wanted, current):
             return "unchanged"
-        patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+        try:
+            patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return "gone"  # deleted since it was read (not a rejection): the next tick creates it
         return "patched"
 
     def delete(self, kind: str, name: str, namespace: str) -> bool:
         _, _, _, delete = self._ops(kind)
-        try:
-            delete(name, namespace, propagation_policy="Background")
-            return True
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+        with _rejecting(kind, namespace, name):
+            try:
+                delete(name, namespace, propagation_policy="Background")
+                return True
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
 
     def create(self, obj: dict[str, Any]) -> bool:
         """Create; False when it already exists (restart safety: creating twice is harmless)."""
         _, create, _, _ = self._ops(obj["kind"])
-        try:
-            create(obj["metadata"]["namespace"], obj)
-            return True
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
+        meta = obj["metadata"]
+        with _rejecting(obj["kind"], meta["namespace"], meta.get("name", "")):
+            try:
+                create(meta["namespace"], obj)
+                return True
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
 
     # -- reads ------------------------------------------------------------------------------------
     def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -152,14 +211,17 @@ class KubeClient:
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
-    ) -> None:
+    ) -> str | None:
+        """Merge-patch the status; returns the object's new resourceVersion."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            written: Any = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH
             )
+            meta = written.get("metadata") if isinstance(written, dict) else None
+            return meta.get("resourceVersion") if isinstance(meta, dict) else None
         except ApiException as exc:
             if exc.status == 409:
                 raise StatusConflict(f"{namespace}/{name}") from exc
@@ -180,6 +242,7 @@ class KubeClient:
     def patch_custom(
         self, group: str, version: str, plural: str, namespace: str, name: str, body: dict[str, Any]
     ) -> None:
-        self.custom.patch_namespaced_custom_object(
-            group, version, namespace, plural, name, body, _content_type=MERGE_PATCH
-        )
+        with _rejecting(plural, namespace, name):
+            self.custom.patch_namespaced_custom_object(
+                group, version, namespace, plural, name, body, _content_type=MERGE_PATCH
+            )

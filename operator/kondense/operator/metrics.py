@@ -25,6 +25,11 @@ ACCURACY_DELTA = Gauge(
     "Offline accuracy delta of each variant.",
     ["namespace", "name", "variant"],
 )
+CHILD_REJECTIONS = Counter(
+    "kondense_child_rejections_total",
+    "Writes of child objects the API server refused with a 4xx, by kind and reason.",
+    ["kind", "reason"],
+)
 RECONCILE_SECONDS = Histogram(
     "kondense_reconcile_duration_seconds",
     "Time of one reconcile of one CompressedModel.",

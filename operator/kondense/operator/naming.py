@@ -56,3 +56,43 @@ class Names:
             MODEL_LABEL: self.model,
             **extra,
         }
+
+
+# ------------------------------------------------------------------------------------------------
+# how long a CompressedModel's name may be: every child name and label value derived from it must fit
+
+LABEL_VALUE_MAX = 63
+DNS_LABEL_MAX = 63
+CR_NAME_MAX = 253  # what the API server allows for any object name
+
+
+def derived(model: str) -> list[tuple[str, str, int]]:
+    """(what, value, limit) for every name and label value the operator derives from ``model``."""
+    names = Names(model)
+    out: list[tuple[str, str, int]] = [
+        ("Job name", names.job("x" * DNS_LABEL_MAX, "0" * 64), DNS_LABEL_MAX),
+        ("load-generator Job name", names.loadgen(), DNS_LABEL_MAX),
+        ("Service name", names.service(), DNS_LABEL_MAX),
+    ]
+    for track in ("stable", "canary"):
+        out += [
+            (f"{track} Deployment name", names.deployment(track), 47),
+            (f"{track} Service name", names.service(track), DNS_LABEL_MAX),
+            (f"{track} Triton ConfigMap name", names.triton_config(track), DNS_LABEL_MAX),
+        ]
+    for component in ("compression", "server", "loadgen"):
+        for key, value in names.labels(component).items():
+            out.append((f"label {key}", value, LABEL_VALUE_MAX))
+    return out
+
+
+def name_fits(model: str) -> bool:
+    return all(len(value) <= limit for _, value, limit in derived(model))
+
+
+def max_model_name_length() -> int:
+    """The longest CompressedModel name for which every derived name and label value fits."""
+    return max(n for n in range(1, CR_NAME_MAX + 1) if name_fits("a" * n))
+
+
+MODEL_NAME_MAX = max_model_name_length()

@@ -1,19 +1,38 @@
-"""Metric providers (registry, like Flagger's providers.Interface: run a query, tell if online)."""
+"""Metric providers, as a registry keyed by the spec (the shape of Argo Rollouts' ProviderFactory).
+
+The analysis spec says which provider to ask (``provider_kind``: the provider field that is set;
+``prometheus`` today, also the default). ``PROVIDERS`` maps that kind to a ``ProviderBuilder``, which
+checks the spec against the operator's settings (a CR may only name endpoints the operator allows)
+and builds the provider. ``ProviderFactory`` builds providers through the registry and keeps a
+bounded cache of them, closing the ones it evicts. A second provider is one more builder in
+``PROVIDERS`` and one more optional field in ``AnalysisSpec``.
+
+Answers come from outside: they are parsed strictly, and nothing of a response body is ever copied
+into a message (status is readable by everyone who can read the CR): only the HTTP status and
+Prometheus' own error type.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import httpx
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from kondense.api.resource import AnalysisSpec
 from kondense.operator.analysis import SLI, Reading
+from kondense.operator.settings import OperatorSettings
 
 
 class MetricUnavailable(RuntimeError):
     """The provider could not answer (down, timeout, bad query): the readings are no data."""
+
+
+class MalformedAnswer(MetricUnavailable):
+    """One query's answer could not be read (wrong shape, non-numeric value): that SLI is no data."""
 
 
 class MetricProvider(Protocol):
@@ -23,13 +42,66 @@ class MetricProvider(Protocol):
 
     def is_online(self) -> bool: ...
 
+    def close(self) -> None: ...
+
+
+# Prometheus' documented errorType values: safe to show (anything else from the body is not shown).
+_ERROR_TYPES = {"timeout", "canceled", "execution", "bad_data", "internal", "unavailable", "not_found"}
+
+
+def _sample_value(pair: Any) -> float:
+    """``[<unix time>, "<value>"]`` -> the value. Prometheus encodes numbers as strings, with NaN,
+    +Inf and -Inf spelled out; anything else is malformed."""
+    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str) or len(pair[1]) > 64:
+        raise MalformedAnswer('a sample is not a [time, "value"] pair')
+    try:
+        return float(pair[1])
+    except ValueError:
+        raise MalformedAnswer("a sample value is not a number") from None
+
+
+def parse_answer(body: Any) -> float | None:
+    """The reading in a successful ``/api/v1/query`` answer.
+
+    NaN samples (e.g. a quantile over no requests) are no data; any negative sample makes the
+    reading that negative number (the analysis refuses it as invalid); any +Inf sample makes the
+    reading +Inf (a breach); else the largest sample. No samples: None."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer(f"the answer is a JSON {type(body).__name__}, not an object")
+    if body.get("status") != "success":
+        raise MalformedAnswer("the answer's status is not 'success'")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise MalformedAnswer("the answer has no data object")
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        numbers = [_sample_value(result)]
+    elif kind == "vector":
+        if not isinstance(result, list):
+            raise MalformedAnswer("a vector answer without a result list")
+        numbers = []
+        for sample in result:
+            if not isinstance(sample, dict):
+                raise MalformedAnswer("a vector sample is not an object")
+            numbers.append(_sample_value(sample.get("value")))
+    else:
+        shown = kind if isinstance(kind, str) and kind.isalpha() and len(kind) <= 16 else "unknown"
+        raise MalformedAnswer(f"result type {shown!r} is not scalar or vector")
+    usable = [v for v in numbers if not math.isnan(v)]
+    if not usable:
+        return None
+    negative = [v for v in usable if v < 0]
+    if negative:
+        return min(negative)
+    return max(usable)
+
 
 class PrometheusProvider:
     """Instant queries against the Prometheus HTTP API, with timeouts and a few quick retries."""
 
     def __init__(self, url: str, timeout: float = 5.0, attempts: int = 3) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=timeout)
+        self._client = httpx.Client(base_url=self.url, timeout=timeout, follow_redirects=False)
         self._attempts = attempts
 
     def close(self) -> None:
@@ -49,31 +121,25 @@ class PrometheusProvider:
             return call()
         except httpx.HTTPError as exc:
             raise MetricUnavailable(
-                f"Prometheus at {self.url} unreachable: {exc.__class__.__name__}: {exc}"
+                f"Prometheus at {self.url} unreachable: {exc.__class__.__name__}"
             ) from exc
 
     def query(self, promql: str) -> float | None:
         response = self._get("/api/v1/query", {"query": promql})
         try:
             body = response.json()
-        except ValueError as exc:
+        except ValueError:
             raise MetricUnavailable(
-                f"Prometheus at {self.url} answered {response.status_code} without JSON"
-            ) from exc
-        if response.status_code != 200 or body.get("status") != "success":
+                f"Prometheus at {self.url} answered HTTP {response.status_code} without JSON"
+            ) from None
+        status = body.get("status") if isinstance(body, dict) else None
+        if response.status_code != 200 or status == "error":
+            error_type = body.get("errorType") if isinstance(body, dict) else None
+            why = f" ({error_type})" if error_type in _ERROR_TYPES else ""
             raise MetricUnavailable(
-                f"Prometheus query failed ({response.status_code}): {body.get('error', body)}"
+                f"Prometheus at {self.url} refused the query: HTTP {response.status_code}{why}"
             )
-        data = body["data"]
-        if data["resultType"] == "scalar":
-            values = [data["result"][1]]
-        elif data["resultType"] == "vector":
-            values = [sample["value"][1] for sample in data["result"]]
-        else:
-            raise MetricUnavailable(f"unexpected result type {data['resultType']} for {promql}")
-        numbers = [float(v) for v in values]
-        finite = [v for v in numbers if not math.isnan(v) and not math.isinf(v)]
-        return max(finite) if finite else None
+        return parse_answer(body)
 
     def is_online(self) -> bool:
         try:
@@ -83,12 +149,141 @@ class PrometheusProvider:
 
 
 def read_slis(provider: MetricProvider, queries: Mapping[SLI, str]) -> list[Reading]:
-    """Run every query; a provider failure turns every reading into no data with the reason."""
+    """Run every query. A provider that cannot answer makes every reading no data with the reason;
+    an answer that cannot be read makes that one reading no data with the reason."""
     readings: list[Reading] = []
     for sli, promql in queries.items():
         try:
             value = provider.query(promql)
+        except MalformedAnswer as exc:
+            readings.append(Reading(sli, None, f"unreadable answer from the metric provider: {exc}"))
+            continue
         except MetricUnavailable as exc:
             return [Reading(s, None, str(exc)) for s in queries]
         readings.append(Reading(sli, value, None if value is not None else "no samples"))
     return readings
+
+
+# ------------------------------------------------------------------------------------------------
+# the registry
+
+
+def normalize_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of an http(s) URL, for comparing URLs written differently."""
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return parsed.scheme, parsed.host.lower(), port, parsed.path.rstrip("/")
+
+
+def url_allowed(url: str, allowed: list[str]) -> bool:
+    try:
+        wanted = normalize_url(url)
+        parsed = httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        return False
+    if parsed.userinfo or parsed.query or parsed.fragment:
+        return False  # credentials, queries and fragments are never part of an allowed endpoint
+    return any(_same_endpoint(wanted, entry) for entry in allowed)
+
+
+def _same_endpoint(wanted: tuple[str, str, int, str], entry: str) -> bool:
+    try:
+        return normalize_url(entry) == wanted
+    except (ValueError, httpx.InvalidURL):
+        return False
+
+
+class ProviderBuilder(Protocol):
+    def endpoint(self, spec: AnalysisSpec, settings: OperatorSettings) -> str:
+        """Where this spec's metrics come from (the cache key)."""
+        ...
+
+    def problems(self, spec: AnalysisSpec, settings: OperatorSettings) -> list[str]:
+        """Why the operator will not use the endpoint the spec names ([] when it will)."""
+        ...
+
+    def build(self, endpoint: str, settings: OperatorSettings) -> MetricProvider: ...
+
+
+class PrometheusBuilder:
+    PATH = "spec.rollout.analysis.prometheus.url"
+
+    def endpoint(self, spec: AnalysisSpec, settings: OperatorSettings) -> str:
+        return spec.prometheus.url if spec.prometheus else settings.prometheus_url
+
+    def problems(self, spec: AnalysisSpec, settings: OperatorSettings) -> list[str]:
+        if spec.prometheus is None:
+            return []
+        allowed = settings.allowed_prometheus_urls()
+        if url_allowed(spec.prometheus.url, allowed):
+            return []
+        return [
+            f"{self.PATH}: {spec.prometheus.url[:200]!r} is not an allowed Prometheus URL "
+            f"(the operator allows {', '.join(allowed)}; set KONDENSE_PROMETHEUS_ALLOWED_URLS to change it)"
+        ]
+
+    def build(self, endpoint: str, settings: OperatorSettings) -> MetricProvider:
+        return PrometheusProvider(endpoint, timeout=settings.prometheus_timeout_seconds)
+
+
+PROMETHEUS = "prometheus"
+PROVIDERS: dict[str, ProviderBuilder] = {PROMETHEUS: PrometheusBuilder()}
+
+
+def provider_kind(spec: AnalysisSpec) -> str:
+    """Which provider the spec names: the provider field that is set (default: Prometheus)."""
+    return PROMETHEUS
+
+
+class ProviderRejected(ValueError):
+    """The spec names a provider or endpoint the operator will not use."""
+
+
+class ProviderFactory:
+    """Providers for analysis specs: checked against settings, built through the registry, cached
+    (at most ``settings.provider_cache_size``, least recently used evicted and closed)."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        registry: Mapping[str, ProviderBuilder] = PROVIDERS,
+        build: Callable[[str, str], MetricProvider] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._build = build  # (kind, endpoint) -> provider; tests point it at a local Prometheus
+        self._cache: OrderedDict[tuple[str, str], MetricProvider] = OrderedDict()
+
+    def problems(self, spec: AnalysisSpec) -> list[str]:
+        kind = provider_kind(spec)
+        builder = self.registry.get(kind)
+        if builder is None:
+            return [f"spec.rollout.analysis: no metric provider {kind!r} in this operator"]
+        return builder.problems(spec, self.settings)
+
+    def provider(self, spec: AnalysisSpec) -> MetricProvider:
+        problems = self.problems(spec)
+        if problems:
+            raise ProviderRejected("; ".join(problems))
+        kind = provider_kind(spec)
+        builder = self.registry[kind]
+        key = (kind, builder.endpoint(spec, self.settings))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        provider = self._build(*key) if self._build else builder.build(key[1], self.settings)
+        self._cache[key] = provider
+        while len(self._cache) > self.settings.provider_cache_size:
+            _, evicted = self._cache.popitem(last=False)
+            evicted.close()
+        return provider
+
+    def cached(self) -> list[tuple[str, str]]:
+        return list(self._cache)
+
+    def close(self) -> None:
+        while self._cache:
+            _, provider = self._cache.popitem()
+            provider.close()

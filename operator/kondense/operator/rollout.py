@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from kondense.api.artifacts import ArtifactRef, JobResult
+from kondense.api.artifacts import ArtifactRef, JobResult, VariantMetrics
 from kondense.api.resource import (
     MAX_CHECKS,
     CanaryStatus,
@@ -28,7 +29,7 @@ from kondense.api.resource import (
     VariantStatus,
     parse_duration,
 )
-from kondense.operator.analysis import SLI, Analysis, Reading, Verdict, analyse
+from kondense.operator.analysis import INFINITE_READING, SLI, Analysis, Reading, Verdict, analyse
 from kondense.operator.naming import run_id
 from kondense.operator.selection import select_variants
 
@@ -131,8 +132,46 @@ def _iso(now: datetime) -> str:
     return now.isoformat().replace("+00:00", "Z")
 
 
-def _parse(ts: str | None) -> datetime | None:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+def _fromiso(ts: object) -> datetime | None:
+    if not isinstance(ts, str) or not ts or len(ts) > 64:
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def parse_time(ts: object) -> datetime | None:
+    """A status timestamp as an aware datetime. Status is written by the operator, but anyone with
+    access to the status subresource can edit it: a timestamp without a zone is read as UTC, and
+    anything that is not an ISO 8601 timestamp is None (ignored), never an exception."""
+    parsed = _fromiso(ts)
+    if parsed is not None and parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+_CANARY_TIMES = ("startedAt", "readyAt", "stepStartedAt", "lastAnalysisAt")
+
+
+def _sanitize_times(status: CompressedModelStatus, d: Decision) -> None:
+    """Rewrite naive canary timestamps as UTC and drop unreadable ones, each with a warning Event."""
+    canary = status.canary
+    if canary is None:
+        return
+    for name in _CANARY_TIMES:
+        text = getattr(canary, name)
+        if text is None:
+            continue
+        parsed = _fromiso(text)
+        if parsed is not None and parsed.tzinfo is not None:
+            continue
+        fixed = _iso(parsed.replace(tzinfo=UTC)) if parsed is not None else None
+        what = (
+            f"has no time zone: read as UTC ({fixed})" if fixed else "is not an ISO 8601 timestamp: ignored"
+        )
+        setattr(canary, name, fixed)
+        d.events.append(Event("Warning", "BadTimestamp", f"status.canary.{name}: {text[:64]!r} {what}"))
 
 
 def set_condition(
@@ -180,6 +219,23 @@ def _variant(status: CompressedModelStatus, name: str) -> VariantStatus:
     raise KeyError(name)
 
 
+def metrics_problem(metrics: VariantMetrics | None) -> str | None:
+    """Why a Job's reported metrics cannot be trusted (None: they can). Every number must be finite;
+    sizes and latencies are >= 0; accuracyDelta (base minus variant score, lower is better) may be
+    below 0 when the variant scores better, but never below -1."""
+    if metrics is None:
+        return None
+    for name, value in metrics.model_dump().items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        floor = -1.0 if name == "accuracyDelta" else 0.0
+        if math.isnan(value) or math.isinf(value):
+            return f"metrics.{name} is {value} (not a finite number)"
+        if value < floor:
+            return f"metrics.{name} is {value:g} (must be >= {floor:g})"
+    return None
+
+
 def _apply_job(variant: VariantStatus, obs: JobObservation, budget: float | None) -> Event | None:
     """Fold a finished Job into its variant status; returns the event to post."""
     if obs.state is JobState.SUCCEEDED:
@@ -190,6 +246,9 @@ def _apply_job(variant: VariantStatus, obs: JobObservation, budget: float | None
         elif result.artifact is None:
             variant.phase, variant.reason = VariantPhase.FAILED, "NoArtifact"
             variant.message = result.message or "the Job reported no artifact"
+        elif (problem := metrics_problem(result.metrics)) is not None:
+            variant.phase, variant.reason = VariantPhase.FAILED, "InvalidMetrics"
+            variant.message = f"the Job's result is unusable: {problem}"
         else:
             variant.artifact, variant.metrics = result.artifact, result.metrics
             delta = result.metrics.accuracyDelta if result.metrics else None
@@ -242,7 +301,7 @@ def effective_window(spec: CompressedModelSpec, status: CompressedModelStatus, n
     """The analysis window, shortened to the time the canary has been serving (queries also select
     the canary's own pods, so this only keeps rates from averaging over its warm-up)."""
     window = parse_duration(spec.rollout.analysis.window)
-    ready = _parse(status.canary.readyAt if status.canary else None)
+    ready = parse_time(status.canary.readyAt if status.canary else None)
     if ready is not None:
         window = min(window, max(now - ready, MIN_WINDOW))
     return f"{int(window.total_seconds())}s"
@@ -252,8 +311,8 @@ def continuous_window(status: CompressedModelStatus, now: datetime) -> str:
     """Window of a continuous analysis: the samples since the last counted check (or since the canary
     began serving), so two counted failures never share evidence; at least CONTINUOUS_MIN_WINDOW."""
     canary = status.canary
-    ready = _parse(canary.readyAt if canary else None)
-    last = _parse(canary.lastAnalysisAt if canary else None)
+    ready = parse_time(canary.readyAt if canary else None)
+    last = parse_time(canary.lastAnalysisAt if canary else None)
     since = max(filter(None, [ready, last]), default=now)
     window = max(now - since, CONTINUOUS_MIN_WINDOW)
     return f"{int(window.total_seconds())}s"
@@ -284,13 +343,13 @@ def analysis_due(
     if status.phase is not Phase.CANARY or canary is None or canary.promoting:
         return AnalysisDue.NONE
     interval = timedelta(seconds=spec.rollout.interval_seconds())
-    ready = _parse(canary.readyAt) or (now if _canary_serving(status, world) else None)
+    ready = parse_time(canary.readyAt) or (now if _canary_serving(status, world) else None)
     if ready is None:  # not serving yet: a check only once it is overdue (it counts as a failure)
-        since = _parse(canary.lastAnalysisAt) or _parse(canary.startedAt)
+        since = parse_time(canary.lastAnalysisAt) or parse_time(canary.startedAt)
         overdue = since is not None and now - since >= max(ready_timeout(spec), interval)
         return AnalysisDue.INTERVAL if overdue else AnalysisDue.NONE
-    last_check = _parse(canary.lastAnalysisAt)
-    last = max(filter(None, [last_check, _parse(canary.stepStartedAt), ready]))
+    last_check = parse_time(canary.lastAnalysisAt)
+    last = max(filter(None, [last_check, parse_time(canary.stepStartedAt), ready]))
     if now - last >= interval:
         return AnalysisDue.INTERVAL
     if canary.readyAt is None:  # readyAt is recorded by this tick's reconcile; continuous from the next
@@ -324,6 +383,7 @@ def reconcile(
     ts = _iso(now)
     d = Decision(status)
     comp, roll = compression_hash(spec), rollout_hash(spec)
+    _sanitize_times(status, d)
 
     # 1. spec changes restart from the earliest affected stage
     if status.hashes.compression != comp:
@@ -475,7 +535,7 @@ def _canary(
         if not analysis.breached:
             return  # between intervals only a breach counts: passes and no data wait for the interval
     elif canary.readyAt is None:
-        waited = int((now - (_parse(canary.startedAt) or now)).total_seconds())
+        waited = int((now - (parse_time(canary.startedAt) or now)).total_seconds())
         readings = [Reading(SLI.REQUESTS, None, f"canary pods not serving {variant.name} after {waited}s")]
         analysis = analyse(spec.rollout.analysis, readings, ts)
     else:
@@ -529,7 +589,8 @@ def _summary(analysis: Analysis) -> str:
         if c.value is None:
             parts.append(f"{c.sli}: no data")
         else:
-            parts.append(f"{c.sli}={c.value:.4g}{'<=' if c.passed else '>'}{c.threshold:g}")
+            shown = "+Inf" if c.value >= INFINITE_READING else f"{c.value:.4g}"
+            parts.append(f"{c.sli}={shown}{'<=' if c.passed else '>'}{c.threshold:g}")
     return ", ".join(parts) + (f" over {analysis.checks[0].window}" if analysis.checks else "")
 
 

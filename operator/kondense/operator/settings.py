@@ -48,3 +48,31 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str):
             return [ns.strip() for ns in value.split(",") if ns.strip()]
         return value
+
+    # -- analysis providers (issue 11 §8): which metric endpoints a CompressedModel may name -------
+    # NoDecode: a comma list, not JSON
+    prometheus_allowed_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Prometheus URLs a CompressedModel may name in spec.rollout.analysis.prometheus.url "
+        "(comma list; KONDENSE_PROMETHEUS_ALLOWED_URLS). The operator's own prometheus_url is always "
+        "allowed; empty = only that one.",
+    )
+    provider_cache_size: int = Field(8, ge=1, le=256, description="Metric providers kept open at most.")
+
+    @field_validator("prometheus_allowed_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("prometheus_allowed_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return urls
+
+    def allowed_prometheus_urls(self) -> list[str]:
+        return [self.prometheus_url, *(u for u in self.prometheus_allowed_urls if u != self.prometheus_url)]

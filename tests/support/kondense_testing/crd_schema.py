@@ -70,7 +70,7 @@ def _cel(schema: dict[str, Any], value: Any, path: list[int | str], out: list[Sc
         result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
         # an evaluation error (CELEvalError) fails the rule, as it does in the API server
         if not (isinstance(result, celtypes.BoolType) and bool(result)):
-            where = join_path(path) + rule.get("fieldPath", "")
+            where = (join_path(path) + rule.get("fieldPath", "")).lstrip(".")  # a root rule: ".metadata.name"
             out.append(SchemaViolation(where, rule["message"]))
     if isinstance(value, dict):
         for name, sub in schema.get("properties", {}).items():

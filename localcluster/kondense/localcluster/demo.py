@@ -7,10 +7,12 @@ Both end with the same summary: the compression results, the outcome and where e
 
 from __future__ import annotations
 
+import contextlib
+import importlib.resources
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,10 @@ from rich.text import Text
 
 from kondense.localcluster.cluster import ClusterError
 from kondense.localcluster.scenarios import EXAMPLE_FILES, Outcome
+
+# The digits CompressedModel the demo applies by default (a copy of examples/digits/compressedmodel.yaml,
+# kept identical by tests/localcluster/test_layering.py), shipped so `kondense demo` runs anywhere.
+EXAMPLE_CR = "digits-compressedmodel.yaml"
 
 PHASE_STYLE = {"Promoted": "bold green", "RolledBack": "bold yellow", "Failed": "bold red", "Canary": "cyan",
                "Succeeded": "green", "Rejected": "yellow", "Running": "cyan"}  # fmt: skip
@@ -219,3 +225,12 @@ def ensure_example(cache: Path, console: Console) -> Path:
     if result.returncode != 0:
         raise ClusterError(f"kondense example digits failed ({result.returncode}): {result.stderr[-2000:]}")
     return cache
+
+
+@contextlib.contextmanager
+def example_cr_file() -> Iterator[Path]:
+    """The path of the packaged example CompressedModel (a real file for as long as the block runs)."""
+    with importlib.resources.as_file(
+        importlib.resources.files("kondense.localcluster") / "data" / EXAMPLE_CR
+    ) as path:
+        yield path

@@ -68,8 +68,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.resources
 import threading
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -200,11 +200,11 @@ class LocalAPIServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         emulator = self.emulator
-        # = emulator.resources.load_bundled(), which uses the deprecated importlib.resources.read_binary
-        with importlib.resources.as_file(
-            importlib.resources.files("kmock._internal") / "resources.json.gz"
-        ) as bundle:
-            emulator.resources.load_path(bundle)
+        # kmock's bundled discovery data (built-in resources); load_bundled() reads it with
+        # importlib.resources.read_binary, deprecated on Python 3.11-3.12 (and restored in 3.13).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*read_binary")
+            emulator.resources.load_bundled()
         for resource in [resource for resource in emulator.resources if resource.group == _GATEWAY_GROUP]:
             del emulator.resources[resource]
         for name in self._namespaces:

@@ -25,9 +25,18 @@ KINDS: dict[str, tuple[str, str]] = {
     "Deployment": ("apis/apps/v1", "deployments"),
     "Job": ("apis/batch/v1", "jobs"),
     "EndpointSlice": ("apis/discovery.k8s.io/v1", "endpointslices"),
-    "CompressedModel": ("apis/kondense.dev/v1alpha1", "compressedmodels"),
 }
 CLUSTER_SCOPED = {"Namespace", "Node"}
+
+
+def register_kind(kind: str, group_version: str, plural: str, *, cluster_scoped: bool = False) -> None:
+    """Teach the client a custom resource (e.g. the one a CRD installed): ``group_version`` like
+    ``kondense.dev/v1alpha1``. Registering the same kind twice with another path is an error."""
+    entry = (f"apis/{group_version}", plural)
+    if KINDS.setdefault(kind, entry) != entry:
+        raise ValueError(f"kind {kind} is already registered as {KINDS[kind]}, not {entry}")
+    if cluster_scoped:
+        CLUSTER_SCOPED.add(kind)
 
 
 class APIError(RuntimeError):

@@ -36,7 +36,7 @@ from typing import Any
 
 from kondense.api.crd import crd
 from kondense.localcluster.apiserver import LocalAPIServer
-from kondense.localcluster.client import APIClient, APIError
+from kondense.localcluster.client import APIClient, APIError, register_kind
 from kondense.localcluster.controllers import Controllers
 from kondense.localcluster.kubelet import NODE_NAME, POD_IP, ExtraArgs, Kubelet, NodeContext, now_iso
 from kondense.localcluster.prometheus import LocalPrometheus, free_port
@@ -45,6 +45,20 @@ from kondense.localcluster.services import SERVICE_NAME_LABEL, ServiceNetwork
 log = logging.getLogger("kondense.localcluster")
 PROMETHEUS_NAMESPACE, PROMETHEUS_SERVICE, PROMETHEUS_PORT = "monitoring", "prometheus", 9090
 SCRAPE_ANNOTATION, PORT_ANNOTATION = "prometheus.io/scrape", "prometheus.io/port"
+
+
+def _register_crd_kind(definition: Mapping[str, Any]) -> str:
+    spec = definition["spec"]
+    version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    register_kind(
+        spec["names"]["kind"], f"{spec['group']}/{version}", spec["names"]["plural"],
+        cluster_scoped=spec["scope"] == "Cluster",
+    )  # fmt: skip
+    return str(spec["names"]["kind"])
+
+
+# The generic client knows the built-in kinds; the kondense resource comes from its CRD.
+COMPRESSED_MODEL = _register_crd_kind(crd())
 
 
 class ClusterError(RuntimeError):

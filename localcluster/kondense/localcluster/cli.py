@@ -23,9 +23,14 @@ def demo(
         Path | None,
         typer.Option(help="Where logs, volumes and the object dump go (default .kondense/demo/<scenario>)."),
     ] = None,
-    file: Annotated[Path, typer.Option("--file", "-f", help="The CompressedModel to apply.")] = Path(
-        "examples/digits/compressedmodel.yaml"
-    ),
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="The CompressedModel to apply (default: the digits example this package ships).",
+        ),
+    ] = None,
     examples_cache: Annotated[
         Path, typer.Option(help="Where the digits example is built once and reused.")
     ] = Path(".kondense/examples/digits"),
@@ -49,7 +54,13 @@ def demo(
     from rich.console import Console
 
     from kondense.localcluster.cluster import ClusterError
-    from kondense.localcluster.demo import LiveDisplay, LogDisplay, ensure_example, print_summary
+    from kondense.localcluster.demo import (
+        LiveDisplay,
+        LogDisplay,
+        ensure_example,
+        example_cr_file,
+        print_summary,
+    )
     from kondense.localcluster.prometheus import PrometheusError
     from kondense.localcluster.scenarios import SCENARIOS, run_scenario
 
@@ -61,8 +72,8 @@ def demo(
     if scenario not in SCENARIOS:
         console.print(f"error: unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}", style="red")
         raise typer.Exit(2)
-    if not file.is_file():
-        console.print(f"error: {file} not found (run from the repository root or pass --file)", style="red")
+    if file is not None and not file.is_file():
+        console.print(f"error: --file {file}: no such file", style="red", markup=False)
         raise typer.Exit(2)
     workdir = workdir or Path(".kondense/demo") / scenario
     if workdir.exists():
@@ -74,31 +85,33 @@ def demo(
     signal.signal(signal.SIGTERM, terminate)
     live = not plain and console.is_terminal
     dirs = tuple(str(d.resolve()) for d in command_dir or [])
-    try:
-        example = ensure_example(examples_cache, console)
-        console.print(
-            f"scenario {scenario}: {SCENARIOS[scenario].summary}; work directory {workdir.resolve()}"
-        )
-        display: Any = LiveDisplay(console, f"kondense demo: {scenario}") if live else LogDisplay(console)
-        # the live table is a context manager (it owns the terminal); the log display needs none
-        with display if live else contextlib.nullcontext():
-            outcome = run_scenario(
-                SCENARIOS[scenario],
-                workdir,
-                example,
-                file,
-                display,
-                quick=quick,
-                timeout_s=timeout,
-                bin_dirs=dirs,
+    with contextlib.ExitStack() as stack:
+        try:
+            cr_file = stack.enter_context(example_cr_file()) if file is None else file
+            example = ensure_example(examples_cache, console)
+            console.print(
+                f"scenario {scenario}: {SCENARIOS[scenario].summary}; work directory {workdir.resolve()}"
             )
-    except KeyboardInterrupt:
-        console.print(f"interrupted: every process stopped; logs and objects.json in {workdir.resolve()}")
-        raise typer.Exit(130) from None
-    except (ClusterError, PrometheusError, OSError) as exc:
-        console.print(f"error: {exc}", style="red", markup=False)
-        console.print(f"logs in {(workdir / 'logs').resolve()}")
-        raise typer.Exit(1) from None
+            display: Any = LiveDisplay(console, f"kondense demo: {scenario}") if live else LogDisplay(console)
+            # the live table is a context manager (it owns the terminal); the log display needs none
+            with display if live else contextlib.nullcontext():
+                outcome = run_scenario(
+                    SCENARIOS[scenario],
+                    workdir,
+                    example,
+                    cr_file,
+                    display,
+                    quick=quick,
+                    timeout_s=timeout,
+                    bin_dirs=dirs,
+                )
+        except KeyboardInterrupt:
+            console.print(f"interrupted: every process stopped; logs and objects.json in {workdir.resolve()}")
+            raise typer.Exit(130) from None
+        except (ClusterError, PrometheusError, OSError) as exc:
+            console.print(f"error: {exc}", style="red", markup=False)
+            console.print(f"logs in {(workdir / 'logs').resolve()}")
+            raise typer.Exit(1) from None
     print_summary(console, outcome)
     sys.stdout.flush()
     raise typer.Exit(0 if outcome.ok else 1)
