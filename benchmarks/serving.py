@@ -383,6 +383,10 @@ def kondense(model: Model, *args: str, variant: str = "stable") -> Iterator[str]
     port = free_port()
     command = [*KONDENSE, "--model", str(model.directory), "--name", model.name, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--variant", variant, *args]
+    from kondense.api.artifacts import Manifest
+
+    manifest = Manifest.model_validate_json((model.directory / "manifest.json").read_bytes())
+    command += ["--expected-sha256", manifest.artifact.sha256]
     base = f"http://127.0.0.1:{port}"
     with process(command, f"{base}/v2/health/ready", log=WORK / f"kondense-{model.name}-{variant}.log"):
         yield base

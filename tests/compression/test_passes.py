@@ -26,7 +26,7 @@ def compress(digits, tmp_path, target, **kwargs):
 
 def test_every_technique_is_registered():
     assert {t.value for t in registered_techniques()} == {
-        "dynamic-int8", "static-int8", "fp16", "prune", "distill", "low-rank",
+        "dynamic-int8", "static-int8", "fp16", "prune", "distill", "low-rank", "weight-only",
     }  # fmt: skip
     with pytest.raises(ValueError):
         pass_for("svd")

@@ -130,6 +130,8 @@ def test_compress_select_and_start_the_canary(driver: Driver) -> None:
     }
     assert {v.name: v.reason for v in status.variants}["slim-int8"] == "OOMKilled"
     assert status.selectedVariant == "int8" and status.ladder == ["fp16"]  # smallest first
+    selected = next(v for v in status.variants if v.name == status.selectedVariant)
+    assert selected.hardware == "Test CPU · int8 avx2 (avx2) · ORT 1.0 CPU"  # evaluation hardware shown
     assert status.stable is not None and status.stable.variant is None  # base model serves
     assert status.canary is not None and status.canary.requestedWeight == 25
     topo = topology(driver.spec, status, ReplicaRouter().split)

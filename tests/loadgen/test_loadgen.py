@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kondense.loadgen.requests import DataError, request_bodies
-from kondense_testing.onnx_models import artifact_dir
+from kondense_testing.onnx_models import artifact_dir, manifest_digest
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kondense.cli", "serve", "--model", str(model), "--name", "m", "--host", "127.0.0.1",
-         "--port", str(port)],
+         "--port", str(port), "--expected-sha256", manifest_digest(model)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -193,11 +193,20 @@ class Server:
         return self.process.returncode, out
 
 
+def expected_digest_args(model_dir: Path, args: tuple[str, ...] | list[str]) -> list[str]:
+    """``--expected-sha256`` with the manifest's digest, as the operator passes the one it recorded
+    (none when the test serves with --no-verify or passes its own)."""
+    if "--no-verify" in args or "--expected-sha256" in args or not (model_dir / MANIFEST_FILE).is_file():
+        return []
+    manifest = Manifest.model_validate_json((model_dir / MANIFEST_FILE).read_bytes())
+    return ["--expected-sha256", manifest.artifact.sha256]
+
+
 def start_server(model_dir: Path, name: str, *args: str) -> Server:
     """Start ``kondense serve`` and wait until it is ready (raises with its log if it exits first)."""
     port = free_port()
     command = [*KONDENSE, "serve", "--model", str(model_dir), "--name", name, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--threads", "1", *args]
+    command += ["--port", str(port), "--threads", "1", *expected_digest_args(model_dir, args), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     server = Server(process, port, name)

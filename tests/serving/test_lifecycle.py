@@ -22,8 +22,10 @@ from kondense.api.artifacts import MANIFEST_FILE, MODEL_FILE
 from kondense.serving.artifact import ArtifactError, check_artifact
 from kondense.serving.batching import DynamicBatcher
 from kondense.serving.model import OnnxModel
+from kondense_testing.onnx_models import manifest_digest
+from kondense_testing.procfs import children
 
-from .conftest import KONDENSE, Digits, free_port, running_server, start_server
+from .conftest import KONDENSE, Digits, expected_digest_args, free_port, running_server, start_server
 
 
 def _serve_and_fail(model_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,9 +51,9 @@ def test_tampered_model_is_refused(digits: Digits, tmp_path: Path) -> None:
     bias[0] += 1.0
     model.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(bias, model.graph.initializer[1].name))
     onnx.save(model, tampered / MODEL_FILE)
-    result = _serve_and_fail(tampered)
+    result = _serve_and_fail(tampered, *expected_digest_args(tampered, []))
     assert result.returncode == 2
-    assert "has sha256" in result.stderr and "says artifact.sha256 is" in result.stderr
+    assert "has digest" in result.stderr and "says artifact.sha256 is" in result.stderr
     assert "refusing to serve" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -59,7 +61,7 @@ def test_missing_manifest_is_refused_unless_no_verify(digits: Digits, tmp_path: 
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(digits.directory / MODEL_FILE, bare / MODEL_FILE)
-    result = _serve_and_fail(bare)
+    result = _serve_and_fail(bare, "--expected-sha256", manifest_digest(digits.directory))
     assert result.returncode == 2
     assert f"{bare / MANIFEST_FILE} is missing" in result.stderr and "--no-verify" in result.stderr
     with running_server(bare, "digits", "--no-verify") as server:
@@ -68,30 +70,32 @@ def test_missing_manifest_is_refused_unless_no_verify(digits: Digits, tmp_path: 
 
 
 def test_check_artifact_rejects_bad_directories(digits: Digits, tmp_path: Path) -> None:
+    expected = manifest_digest(digits.directory)
     with pytest.raises(ArtifactError, match="does not exist or is not a directory"):
-        check_artifact(tmp_path / "nope")
+        check_artifact(tmp_path / "nope", expected_sha256=expected)
     broken = tmp_path / "broken"
     shutil.copytree(digits.directory, broken)
     (broken / MANIFEST_FILE).write_text("{}")
     with pytest.raises(ArtifactError, match="is not a valid manifest"):
-        check_artifact(broken)
+        check_artifact(broken, expected_sha256=expected)
     escaping = tmp_path / "escaping"
     shutil.copytree(digits.directory, escaping)
     manifest = json.loads((digits.directory / MANIFEST_FILE).read_text())
     manifest["artifact"]["file"] = "../digits/model.onnx"
     (escaping / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="points outside"):
-        check_artifact(escaping)
-    checked = check_artifact(digits.directory)
+        check_artifact(escaping, expected_sha256=expected)
+    checked = check_artifact(digits.directory, expected_sha256=expected)
     assert checked.verified and checked.sha256 == manifest["artifact"]["sha256"]
 
 
 def test_bad_flags_get_clear_errors(digits: Digits) -> None:
-    result = _serve_and_fail(digits.directory, "--shadow-of", "stable:8080")
+    pinned = expected_digest_args(digits.directory, [])
+    result = _serve_and_fail(digits.directory, *pinned, "--shadow-of", "stable:8080")
     assert result.returncode == 2 and "is not an http(s) base URL" in result.stderr
-    result = _serve_and_fail(digits.directory, "--shadow-sample", "1.5", "--shadow-of", "http://x:1")
+    result = _serve_and_fail(digits.directory, *pinned, "--shadow-sample", "1.5", "--shadow-of", "http://x:1")
     assert result.returncode == 2 and "--shadow-sample" in result.stderr
-    result = _serve_and_fail(digits.directory, "--task", "embedding")
+    result = _serve_and_fail(digits.directory, *pinned, "--task", "embedding")
     assert result.returncode == 2 and "only apply with --shadow-of" in result.stderr
 
 
@@ -222,3 +226,34 @@ def test_serving_module_entry_point_is_kondense_serve() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--shadow-of" in result.stdout and "--max-batch-size" in result.stdout
+
+
+def test_decode_workers_never_outlive_the_server(digits: Digits) -> None:
+    """The decode worker process ends with the server, even when the server is SIGKILLed (OOM kill)."""
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        server = start_server(digits.directory, "digits")
+        descendants = _descendants(server.process.pid)
+        assert descendants, "the server should have started its decode worker"
+        server.process.send_signal(how)
+        server.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while (alive := [pid for pid in descendants if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"left behind after {how.name}: {alive}"
+        server.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        pending += (kids := children(pending.pop()))
+        found += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,7 @@ import pytest
 from kondense.api.artifacts import MODEL_FILE
 from kondense.api.techniques import Task
 from kondense.serving.shadow import compare_outputs
+from kondense_testing.procfs import tree_rss_bytes
 
 from .conftest import Digits, Server, free_port, running_server
 
@@ -173,3 +176,36 @@ def test_slow_stable_fills_the_bounded_queue_without_delaying_clients(digits: Di
             # 4 in flight + at most 128 queued; the rest were dropped and counted at once
             assert counts["error"] >= 300 - 128 - 4
             assert counts["agree"] + counts["disagree"] == 0
+
+
+def test_the_shadow_queue_is_bounded_by_bytes(digits: Digits) -> None:
+    """Before: 128 queued gzip bodies, each inflated, took the canary from 108 MB to 1.27 GB of RSS.
+    Now the queue holds at most --shadow-max-queue-bytes and drops (and counts) the rest."""
+    budget = 4 * 1024 * 1024
+    rows = 2000  # ~0.9 MB of JSON per request once inflated, a few kB gzipped
+    batch = np.repeat(digits.inputs[:1], rows, axis=0)
+    tensor = {"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": batch.ravel().tolist()}
+    body = gzip.compress(json.dumps({"inputs": [tensor]}).encode())
+    with running_server(digits.directory, "digits", "--inject-latency-ms", "20000") as slow_stable:
+        args = [
+            "--variant", "canary", "--shadow-of", slow_stable.url, "--shadow-timeout-ms", "60000",
+            "--shadow-max-queue-bytes", str(budget),
+        ]  # fmt: skip
+        with running_server(digits.directory, "digits", *args) as canary:
+            with httpx.Client(timeout=30) as client:
+                codes = [
+                    client.post(
+                        canary.infer_url, content=body, headers={"content-encoding": "gzip"}
+                    ).status_code
+                    for _ in range(60)
+                ]
+            assert codes == [200] * 60
+            metrics = canary.metrics()
+            held = re.search(
+                r'^kondense_shadow_queue_bytes{model="digits",variant="canary"} (\S+)$', metrics, re.M
+            )
+            assert held and 0 < float(held.group(1)) <= budget
+            counts = _shadow_counts(canary)
+            # at most budget / ~1 MB samples are held; every other request's rows were dropped and counted
+            assert counts["error"] >= (60 - budget // (900 * 1024)) * rows
+            assert tree_rss_bytes(canary.process.pid) < 600 * 1024 * 1024

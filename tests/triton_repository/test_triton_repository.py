@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from kondense.triton.config import BatchingSpec, TensorSpec, model_config
-from kondense_testing.onnx_models import artifact_dir
+from kondense_testing.onnx_models import artifact_dir, manifest_digest
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +31,7 @@ def test_repository_from_a_verified_artifact(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     result = run(
         "--model", str(model_dir), "--repository", str(repo), "--name", "digits",
-        "--max-batch-size", "16", "--preferred-batch-size", "4", "--preferred-batch-size", "8",
+        "--expected-sha256", manifest_digest(model_dir), "--max-batch-size", "16", "--preferred-batch-size", "4", "--preferred-batch-size", "8",
         "--max-queue-delay-us", "500",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -51,7 +51,11 @@ def test_repository_from_a_verified_artifact(tmp_path: Path) -> None:
 def test_fixed_batch_dimension_disables_batching(tmp_path: Path) -> None:
     model_dir = artifact_dir(tmp_path / "artifact", batch=1)
     repo = tmp_path / "models"
-    assert run("--model", str(model_dir), "--repository", str(repo), "--name", "m").returncode == 0
+    digest = manifest_digest(model_dir)
+    result = run(
+        "--model", str(model_dir), "--repository", str(repo), "--name", "m", "--expected-sha256", digest
+    )
+    assert result.returncode == 0, result.stderr
     config = parse((repo / "m" / "config.pbtxt").read_text())
     assert config.max_batch_size == 0
     assert list(config.input[0].dims) == [1, 64]
@@ -59,9 +63,13 @@ def test_fixed_batch_dimension_disables_batching(tmp_path: Path) -> None:
 
 def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
     model_dir = artifact_dir(tmp_path / "artifact")
+    digest = manifest_digest(model_dir)
     with open(model_dir / "model.onnx", "ab") as fh:
         fh.write(b"\0")
-    result = run("--model", str(model_dir), "--repository", str(tmp_path / "models"), "--name", "m")
+    result = run(
+        "--model", str(model_dir), "--repository", str(tmp_path / "models"), "--name", "m",
+        "--expected-sha256", digest,
+    )  # fmt: skip
     assert result.returncode == 2
     assert "does not match the manifest" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "models" / "m").exists()

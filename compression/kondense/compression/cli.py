@@ -1,4 +1,4 @@
-"""``kondense compress``, ``kondense report`` and ``kondense example`` (registered into the one
+"""``kondense compress``, ``kondense report``, ``kondense inspect`` and ``kondense example`` (registered into the one
 ``kondense`` console script). Heavy libraries are imported inside the commands."""
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compress MODEL with one technique or a pipeline, evaluate it against MODEL, write the variant."""
         from kondense.compression.pipeline import DataFiles, compress_model
+        from kondense.compression.report import gate_label
 
         try:
             if (technique is None) == (spec is None):
@@ -221,6 +222,7 @@ def register(app: typer.Typer) -> None:
             "sha256": manifest.artifact.sha256,
             "trials": [t.model_dump(exclude_none=True) for t in manifest.trials],
             "gatePassed": manifest.gate.passed if manifest.gate else True,
+            "gate": gate_label(manifest.gate),
         }
         if as_json:
             print(json.dumps(result, indent=2))
@@ -234,7 +236,7 @@ def register(app: typer.Typer) -> None:
                 "p99 ms": f"{m.p99Ms:.3f}",
                 "accuracy delta": f"{m.accuracyDelta:.5f}",
                 "trials": len(manifest.trials),
-                "gate": "pass" if result["gatePassed"] else "FAIL",
+                "gate": gate_label(manifest.gate),
             }
             stdout_console().print(
                 result_table([row], f"{output}/model.onnx  sha256 {manifest.artifact.sha256[:12]}…")
@@ -290,6 +292,58 @@ def register(app: typer.Typer) -> None:
         if plot is not None:
             plot_pareto(rows, plot)
             print(f"wrote {plot}", file=sys.stderr)
+
+    @app.command()
+    def inspect(
+        model: Annotated[Path, typer.Argument(help="ONNX model.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    ) -> None:
+        """What MODEL is (inputs, outputs, opset, producer, parameters, weight storage, ops) and which
+        techniques apply, with the reason for each that does not."""
+        from kondense.compression.inspect_model import inspect as inspect_model
+
+        try:
+            found = inspect_model(model)
+        except BadInputError as exc:
+            raise _fail(exc) from None
+        if as_json:
+            print(json.dumps(found.as_dict(), indent=2))
+            return
+        console = stdout_console()
+        opsets = ", ".join(f"{d} {v}" for d, v in found.opsets.items())
+        console.print(
+            f"[bold]{found.path}[/bold]  producer: {found.producer}  opset: {opsets}  IR {found.ir_version}"
+        )
+        for title, values in (("inputs", found.inputs), ("outputs", found.outputs)):
+            for v in values:
+                shape = "?" if v["shape"] is None else "[" + ", ".join(str(d) for d in v["shape"]) + "]"
+                console.print(f"  {title[:-1]:6} {v['name']}: {v['type']} {shape}", markup=False)
+        st = found.storage
+        console.print(
+            f"parameters: {found.parameters:,}  (initializers {st['initializers']['parameters']:,}, "
+            f"Constant nodes {st['constantNodes']['parameters']:,} in {st['constantNodes']['nodes']}, "
+            f"external data {st['externalData']['parameters']:,} in {st['externalData']['files'] or 'no file'}, "
+            f"subgraphs {st['subgraphs']['parameters']:,} in {st['subgraphs']['graphs']})",
+            markup=False,
+        )
+        top = list(found.ops.items())
+        console.print(
+            f"ops ({sum(found.ops.values())} nodes): "
+            + ", ".join(f"{op} {n}" for op, n in top[:20])
+            + (f", … {len(top) - 20} more types" if len(top) > 20 else ""),
+            markup=False,
+        )
+        for note in found.notes:
+            console.print(f"note: {note}", markup=False)
+        from rich.table import Table
+
+        table = Table(title="techniques")
+        table.add_column("technique")
+        table.add_column("applies")
+        table.add_column("why", overflow="fold")
+        for name, verdict in found.techniques.items():
+            table.add_row(name, "yes" if verdict["applies"] else "no", verdict["reason"])
+        console.print(table)
 
     @example_app.command("digits")
     def example_digits(

@@ -1,6 +1,17 @@
 """Data sets (``.npz`` files whose arrays are named after the model inputs, plus optional ``labels``)
 and their validation against a model's input signature.
 
+Layout of a data file:
+
+* ``<input name>``: one array per model input; axis 0 is the sample axis and maps onto the model's
+  batch axis, so the array has the model input's rank (``[N, ...]``).
+* ``fixed:<input name>``: an input that does not follow the samples — recurrent state such as
+  ``[1, 1, 128]``, a scalar such as a threshold or a sampling temperature. It is fed exactly as
+  stored (the model input's full shape, no sample axis) with every sample. Models with fixed inputs
+  are run one sample at a time, since a fixed input cannot follow a batch.
+* ``labels`` (optional): ``[N]`` class indices, or ``[N, T]`` per timestep for ``[N, T, C]``
+  outputs (negative labels mark padding and are ignored).
+
 Arrays are read with ``allow_pickle=False``: object arrays in a user file are an error, never code.
 """
 
@@ -8,39 +19,49 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from kondense.compression.errors import BadInputError
-from kondense.compression.model_files import ModelSignature
+from kondense.compression.model_files import ModelSignature, TensorSpec
 
 LABELS = "labels"
+FIXED_PREFIX = "fixed:"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Samples along axis 0 of every array; ``source`` names the file in error messages."""
+    """Samples along axis 0 of every array of ``inputs``; ``fixed`` inputs go with every sample as
+    stored. ``source`` names the file in error messages."""
 
     source: str
     inputs: Mapping[str, np.ndarray]
     labels: np.ndarray | None = None
+    fixed: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
+    @property
+    def batchable(self) -> bool:
+        """Whether samples may be stacked into batches (not with fixed inputs such as RNN state)."""
+        return not self.fixed
+
     def take(self, count: int) -> Dataset:
         labels = None if self.labels is None else self.labels[:count]
-        return Dataset(self.source, {k: v[:count] for k, v in self.inputs.items()}, labels)
+        return Dataset(self.source, {k: v[:count] for k, v in self.inputs.items()}, labels, self.fixed)
 
     def sample(self, index: int) -> dict[str, np.ndarray]:
-        """One sample as a batch of one."""
-        return {name: array[index : index + 1] for name, array in self.inputs.items()}
+        """One sample as a batch of one (fixed inputs as stored)."""
+        return {**{name: array[index : index + 1] for name, array in self.inputs.items()}, **self.fixed}
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``size`` samples (one at a time when the data set has fixed inputs)."""
+        size = size if self.batchable else 1
         for start in range(0, len(self), size):
-            yield {name: array[start : start + size] for name, array in self.inputs.items()}
+            yield {**{name: array[start : start + size] for name, array in self.inputs.items()}, **self.fixed}
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -58,16 +79,28 @@ def load_npz(path: str | Path) -> Dataset:
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise BadInputError(str(path), f"not a readable .npz file ({exc})") from exc
     labels = arrays.pop(LABELS, None)
+    fixed = {
+        name[len(FIXED_PREFIX) :]: arrays.pop(name) for name in list(arrays) if name.startswith(FIXED_PREFIX)
+    }
     if not arrays:
-        raise BadInputError(str(path), "contains no input arrays (only 'labels' or nothing)")
+        raise BadInputError(
+            str(path), "contains no per-sample input arrays (only 'labels', 'fixed:' inputs or nothing)"
+        )
+    both = sorted(set(fixed) & set(arrays))
+    if both:
+        raise BadInputError(str(path), f"input(s) {both} given both per sample and as 'fixed:'; give one")
     counts = {name: (array.shape[0] if array.ndim else None) for name, array in arrays.items()}
     if labels is not None:
         counts[LABELS] = labels.shape[0] if labels.ndim else None
     if None in counts.values() or len(set(counts.values())) != 1:
-        raise BadInputError(str(path), f"arrays must share the sample count on axis 0, got {counts}")
+        raise BadInputError(
+            str(path),
+            f"arrays must share the sample count on axis 0, got {counts}; store inputs that do not follow "
+            f"the samples (recurrent state, scalars) as '{FIXED_PREFIX}<input name>'",
+        )
     if next(iter(counts.values())) == 0:
         raise BadInputError(str(path), "contains zero samples")
-    return Dataset(str(path), arrays, labels)
+    return Dataset(str(path), arrays, labels, fixed)
 
 
 def validate_for_model(dataset: Dataset, signature: ModelSignature) -> Dataset:
@@ -75,22 +108,45 @@ def validate_for_model(dataset: Dataset, signature: ModelSignature) -> Dataset:
 
     Axis 0 of each array is the sample axis and maps onto the model's batch axis.
     """
-    missing = [spec.name for spec in signature.inputs if spec.name not in dataset.inputs]
+    given = set(dataset.inputs) | set(dataset.fixed)
+    missing = [spec.name for spec in signature.inputs if spec.name not in given]
     if missing:
         raise BadInputError(
             dataset.source,
             f"missing model input(s) {missing}; the file has {sorted(dataset.inputs)}"
-            f"{' and labels' if dataset.labels is not None else ''}",
+            + (f", fixed {sorted(dataset.fixed)}" if dataset.fixed else "")
+            + (" and labels" if dataset.labels is not None else ""),
+        )
+    unknown = sorted(set(dataset.fixed) - {spec.name for spec in signature.inputs})
+    if unknown:
+        raise BadInputError(
+            dataset.source,
+            f"fixed input(s) {unknown} are not model inputs {[s.name for s in signature.inputs]}",
         )
     for spec in signature.inputs:
+        if spec.name in dataset.fixed:
+            _check_fixed(dataset.source, spec, dataset.fixed[spec.name])
+            continue
         array = dataset.inputs[spec.name]
         where = f"{dataset.source}[{spec.name}]"
         if array.dtype != spec.dtype:
             raise BadInputError(where, f"dtype {array.dtype}, the model input expects {spec.dtype}")
-        if array.ndim != len(spec.shape):
+        if not spec.shape:
             raise BadInputError(
                 where,
-                f"shape {list(array.shape)} has rank {array.ndim}, model input expects {spec.shape_text}",
+                f"the model input is a scalar (rank 0) and cannot take a sample axis; store one value as "
+                f"'{FIXED_PREFIX}{spec.name}'",
+            )
+        if array.ndim != len(spec.shape):
+            hint = (
+                f"; if it does not follow the samples (recurrent state), store it as '{FIXED_PREFIX}{spec.name}'"
+                if array.ndim == len(spec.shape) - 1 or array.ndim == len(spec.shape) + 1
+                else ""
+            )
+            raise BadInputError(
+                where,
+                f"shape {list(array.shape)} has rank {array.ndim}, model input expects {spec.shape_text} "
+                f"(axis 0 is the sample axis){hint}",
             )
         for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape[1:], strict=True), start=1):
             if want is not None and got != want:
@@ -100,8 +156,28 @@ def validate_for_model(dataset: Dataset, signature: ModelSignature) -> Dataset:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadInputError(where, "contains NaN or infinite values")
     return Dataset(
-        dataset.source, {spec.name: dataset.inputs[spec.name] for spec in signature.inputs}, dataset.labels
+        dataset.source,
+        {spec.name: dataset.inputs[spec.name] for spec in signature.inputs if spec.name not in dataset.fixed},
+        dataset.labels,
+        {spec.name: dataset.fixed[spec.name] for spec in signature.inputs if spec.name in dataset.fixed},
     )
+
+
+def _check_fixed(source: str, spec: TensorSpec, array: np.ndarray) -> None:
+    """A fixed input is fed as stored: dtype and the full shape must match the model input."""
+    where = f"{source}[{FIXED_PREFIX}{spec.name}]"
+    if array.dtype != spec.dtype:
+        raise BadInputError(where, f"dtype {array.dtype}, the model input expects {spec.dtype}")
+    if array.ndim != len(spec.shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, spec.shape, strict=True)
+    ):
+        raise BadInputError(
+            where,
+            f"shape {list(array.shape)}; a fixed input is fed as stored (no sample axis), the model input "
+            f"expects {spec.shape_text}",
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadInputError(where, "contains NaN or infinite values")
 
 
 def load_for_model(path: str | Path, signature: ModelSignature) -> Dataset:

@@ -179,6 +179,7 @@ def run_job(
         metrics=metrics,
         technique=spec.technique_label,
         trials=len(manifest.trials),
+        hardware=hardware_summary(manifest),
     )
 
 
@@ -186,6 +187,12 @@ def _output_directory(resolver: Any, output: str, output_dir: str | None) -> Pat
     """Where the artifact is written: ``--output-dir`` when given (the Job's own mounted directory;
     ``--output`` is then only the URI recorded), else where ``--output`` points."""
     return Path(output_dir) if output_dir else Path(resolver.local_path(output, "--output"))
+
+
+def hardware_summary(manifest: Any) -> str | None:
+    """The short evaluation-hardware line the operator shows in status (from the manifest)."""
+    record = (getattr(manifest, "evaluation", None) or {}).get("hardware")
+    return str(record["summary"])[:160] if isinstance(record, dict) and record.get("summary") else None
 
 
 def _resolver(pvc_root: Path | None, downloads: Path) -> Any:
@@ -240,6 +247,7 @@ def _run_baseline(
         artifact=manifest.artifact,
         metrics=metrics,
         technique="baseline",
+        hardware=hardware_summary(manifest),
     )
 
 

@@ -34,6 +34,7 @@ from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError
 from kondense.compression.evaluation import Reference, evaluate_variant
+from kondense.compression.intake import normalise
 from kondense.compression.integrity import digest_of, external_data_files
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
@@ -228,13 +229,16 @@ def compress_model(
         work.mkdir()
         stage.mkdir()
         reference = Reference.compute(model_path, evaluation, task, threads=threads)
+        # Intake normalises the base once (opset, Constant folding, shapes); passes read its output,
+        # while the reference, the size ratio and the recorded base stay the user's original file.
+        intake = normalise(model_path, workspace / "intake", sample=evaluation.sample(0))
 
         def attempt(candidate: TargetSpec, directory: Path) -> Manifest:
             (directory / "work").mkdir()
             (directory / "stage").mkdir()
             return _run_steps(
                 candidate,
-                model_path,
+                intake.path,
                 reference,
                 calibration,
                 train,
@@ -265,6 +269,7 @@ def compress_model(
             if path is not None
         }
         manifest.artifact.uri = output_uri
+        manifest.intake = intake.record()  # type: ignore[attr-defined]  # extra field
         (stage / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
         install_output(stage, output_dir)
     finally:

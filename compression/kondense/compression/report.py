@@ -11,6 +11,7 @@ import pydantic
 from kondense.api.artifacts import (
     MANIFEST_FILE,
     ArtifactPathError,
+    Gate,
     Manifest,
     artifact_digest,
     artifact_member,
@@ -72,11 +73,16 @@ def verify_artifact(directory: Path, manifest: Manifest) -> None:
         )
 
 
+def gate_label(gate: Gate | None) -> str:
+    """``pass`` only when a budget was given and met; ``no budget`` when none was given."""
+    return "no budget" if gate is None else gate.verdict
+
+
 def row_of(directory: Path, manifest: Manifest) -> VariantRow:
     m = manifest.metrics
     if m.sizeRatio is None or m.accuracyDelta is None or m.p50Ms is None:
         raise BadInputError(str(directory), "manifest has no evaluation metrics")
-    gate = "-" if manifest.gate is None else ("pass" if manifest.gate.passed else "FAIL")
+    gate = gate_label(manifest.gate)
     return VariantRow(
         directory=str(directory),
         name=manifest.name,

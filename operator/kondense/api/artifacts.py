@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from kondense.api.techniques import Task, Technique
 
@@ -33,6 +33,9 @@ class VariantMetrics(_Open):
     ``sizeRatio`` is variant bytes / base bytes (0.25 = four times smaller). ``accuracyDelta`` is the
     loss against the base model: top-1 accuracy difference with labels, else 1 - agreement
     (classification); 1 - mean cosine (embedding); relative MAE (regression). Lower is better.
+    Footprint, base and variant measured alike: peak memory (resident set growth while loading and
+    running at batch 1), session load time (cold start) and process CPU seconds per 1,000 batch-1
+    inferences (the basis of cost per inference).
     """
 
     sizeRatio: float | None = Field(None, ge=0)
@@ -41,6 +44,16 @@ class VariantMetrics(_Open):
     baseP50Ms: float | None = Field(None, ge=0)
     baseP99Ms: float | None = Field(None, ge=0)
     accuracyDelta: float | None = None
+    peakMemoryMB: float | None = Field(None, ge=0, description="Peak resident memory of the variant (MiB).")
+    basePeakMemoryMB: float | None = Field(None, ge=0, description="Peak resident memory of the base (MiB).")
+    loadMs: float | None = Field(None, ge=0, description="Variant session load time, cold start (ms).")
+    baseLoadMs: float | None = Field(None, ge=0, description="Base session load time, cold start (ms).")
+    cpuSecondsPer1k: float | None = Field(
+        None, ge=0, description="Variant CPU seconds per 1,000 batch-1 inferences."
+    )
+    baseCpuSecondsPer1k: float | None = Field(
+        None, ge=0, description="Base CPU seconds per 1,000 batch-1 inferences."
+    )
 
 
 class ArtifactRef(_Open):
@@ -75,8 +88,26 @@ class Trial(_Open):
 
 
 class Gate(_Open):
+    """``passed`` is what the Job acts on (true without a budget: nothing to fail); ``verdict`` is what
+    to show: ``pass`` only when a budget was given and met, ``no budget`` when none was given."""
+
     maxAccuracyDelta: float | None = None
     passed: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_verdict(cls, data: Any) -> Any:
+        # ``verdict`` is derived; a stored one (read back from a manifest) must not become an extra.
+        if isinstance(data, dict) and "verdict" in data:
+            data = {k: v for k, v in data.items() if k != "verdict"}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
+    @property
+    def verdict(self) -> Literal["pass", "FAIL", "no budget"]:
+        if self.maxAccuracyDelta is None:
+            return "no budget"
+        return "pass" if self.passed else "FAIL"
 
 
 class Manifest(_Open):
@@ -104,6 +135,11 @@ class JobResult(_Open):
     metrics: VariantMetrics | None = None
     technique: str | None = None
     trials: int = 0
+    hardware: str | None = Field(
+        None,
+        max_length=160,
+        description="Where the variant was evaluated: CPU, int8 kernel ISA, ORT version.",
+    )
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

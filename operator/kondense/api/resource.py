@@ -720,6 +720,9 @@ class VariantStatus(StatusModel):
     technique: str | None = Field(None, description="Techniques in order, joined by '+'.")
     artifact: ArtifactRef | None = None
     metrics: VariantMetrics | None = None
+    hardware: str | None = Field(
+        None, max_length=160, description="Where it was evaluated: CPU model, int8 kernel ISA, ORT version."
+    )
     job: str | None = None
     reason: str | None = None
     message: str | None = Field(None, max_length=4096)

@@ -21,6 +21,7 @@ class Technique(StrEnum):
     PRUNE = "prune"
     DISTILL = "distill"
     LOW_RANK = "low-rank"
+    WEIGHT_ONLY = "weight-only"
 
 
 class Task(StrEnum):
@@ -131,6 +132,28 @@ class LowRankParams(StrictModel):
     batchSize: BatchSize = 64
 
 
+class WeightOnlyParams(StrictModel):
+    """ONNX Runtime weight-only block quantization for transformers: MatMul weights become
+    `MatMulNBits` (4 or 8 bits per weight, one scale per block), activations stay float; embedding
+    tables (`Gather`) optionally become `GatherBlockQuantized`."""
+
+    bits: Literal[4, 8] = Field(4, description="Bits per MatMul weight.")
+    blockSize: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="Weights per quantization block (one scale, and zero point, per block)."
+    )
+    symmetric: bool = Field(False, description="Symmetric blocks (no zero point) instead of asymmetric.")
+    accuracyLevel: Literal[0, 1, 2, 3, 4] = Field(
+        0,
+        description="MatMulNBits compute type of the activations: 0 unset (float), 1 fp32, 2 fp16, 3 bf16, "
+        "4 int8 (fastest on CPUs with int8 dot-product instructions, least accurate).",
+    )
+    embeddings: Literal["none", "int8", "int4"] = Field(
+        "int4", description="Embedding tables (Gather with a float table): kept float, int8 or int4 blocks."
+    )
+    tune: Tune = True
+    nodesToExclude: NodeNames = Field(default_factory=list, description="Nodes kept in float32.")
+
+
 PARAMS_BY_TECHNIQUE: dict[Technique, type[StrictModel]] = {
     Technique.DYNAMIC_INT8: DynamicInt8Params,
     Technique.STATIC_INT8: StaticInt8Params,
@@ -138,6 +161,7 @@ PARAMS_BY_TECHNIQUE: dict[Technique, type[StrictModel]] = {
     Technique.PRUNE: PruneParams,
     Technique.DISTILL: DistillParams,
     Technique.LOW_RANK: LowRankParams,
+    Technique.WEIGHT_ONLY: WeightOnlyParams,
 }
 
 TECHNIQUES_NEEDING_CALIBRATION = frozenset({Technique.STATIC_INT8})

@@ -251,6 +251,7 @@ def _apply_job(variant: VariantStatus, obs: JobObservation, budget: float | None
             variant.message = f"the Job's result is unusable: {problem}"
         else:
             variant.artifact, variant.metrics = result.artifact, result.metrics
+            variant.hardware = result.hardware
             delta = result.metrics.accuracyDelta if result.metrics else None
             over = budget is not None and (delta is None or delta > budget)
             if result.reason == "BudgetNotMet" or over:

@@ -25,8 +25,27 @@ TRITON_TYPES = {
 }
 
 
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
+
+
 class TritonConfigError(ValueError):
     pass
+
+
+def quote(text: str) -> str:
+    """``text`` as a protobuf text-format string literal that parses back to exactly ``text``.
+
+    Names come from the ONNX graph and the resource; a quote or a newline in one must stay data, never
+    become config syntax. Every byte outside printable ASCII, and the quote characters and backslash,
+    is written as an octal escape (what protobuf's own CEscape does), so the literal is plain ASCII.
+    """
+    out = []
+    for byte in text.encode("utf-8"):
+        if 0x20 <= byte < 0x7F and byte not in (0x22, 0x27, 0x5C):  # not " ' \\
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 @dataclass(frozen=True)
@@ -56,21 +75,26 @@ def _batchable(tensors: Sequence[TensorSpec]) -> bool:
 
 def _tensor(t: TensorSpec, batched: bool) -> str:
     if t.type not in TRITON_TYPES:
-        raise TritonConfigError(f"{t.name}: Triton has no data type for {t.type}")
+        raise TritonConfigError(f"tensor {t.name!r}: Triton has no data type for {t.type}")
     dims = _dims(t.shape[1:] if batched else t.shape)
     if not dims:
         dims = [1]  # Triton needs at least one dim; a scalar per batch item is [1]
-    return f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_TYPES[t.type]}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+    listed = ", ".join(map(str, dims))
+    return f"  {{\n    name: {quote(t.name)}\n    data_type: {TRITON_TYPES[t.type]}\n    dims: [ {listed} ]\n  }}"
 
 
 def model_config(
     name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], batching: BatchingSpec
 ) -> str:
     if not inputs or not outputs:
-        raise TritonConfigError(f"{name}: the model needs at least one input and one output")
+        raise TritonConfigError(f"model {name!r}: needs at least one input and one output")
+    if batching.instance_kind not in INSTANCE_KINDS:
+        raise TritonConfigError(
+            f"instance kind {batching.instance_kind!r} is not one of {', '.join(INSTANCE_KINDS)}"
+        )
     batched = batching.max_batch_size > 0 and _batchable([*inputs, *outputs])
     lines = [
-        f'name: "{name}"',
+        f"name: {quote(name)}",
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {batching.max_batch_size if batched else 0}",
         "input [\n" + ",\n".join(_tensor(t, batched) for t in inputs) + "\n]",

@@ -26,16 +26,18 @@ from starlette.routing import Route
 
 from kondense.api.techniques import Task
 from kondense.serving.batching import DynamicBatcher, InferenceRunner, InlineRunner, PooledRunner
+from kondense.serving.decoding import DecoderUnavailableError, ProcessDecoder
 from kondense.serving.metrics import ServerMetrics
 from kondense.serving.protocol import (
     HEADER_LENGTH,
-    ProtocolError,
+    DecodedRequest,
     decode_request,
     encode_response,
     parse_header_length,
 )
 from kondense.serving.shadow import ShadowComparer
 from kondense.serving.tensors import InferenceModel, InputRejectedError
+from kondense.serving.validation import RequestError, RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ class ShadowSettings:
     cosine_threshold: float = 0.99
     rel_error_threshold: float = 0.05
     timeout_s: float = 1.0
+    max_queue_bytes: int = 32 * 1024 * 1024
+    """Bytes of request bodies and outputs waiting in the shadow queue; over it, samples are dropped."""
+
+
+MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +67,22 @@ class ServerSettings:
     platform: str = "onnxruntime_onnx"
     model_version: str = "1"
     verified: bool = True
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 64 * MiB
+    """A request body (after decompression) larger than this gets 413."""
+    max_json_bytes: int = 8 * MiB
+    """The JSON part of a request: parsing JSON costs ~30x its size in memory; send large tensors binary."""
+    max_elements: int = 16 * MiB
+    """Tensor elements per request, summed over its inputs."""
+    max_concurrent_requests: int = 64
+    """Inference requests admitted at once; more get 503 with Retry-After."""
+    max_inflight_bytes: int = 256 * MiB
+    """Bytes of request bodies (read and decompressed) held by admitted requests; over it: 503."""
+    decode_offload_bytes: int = 1 * MiB
+    """Bodies whose JSON part is at least this large are decoded in a worker process."""
+    decode_workers: int = 1
+    """Worker processes for large bodies; 0 decodes everything on the event loop."""
+    max_connections: int = 1024
+    """uvicorn's limit_concurrency: connections plus tasks beyond it get 503 from uvicorn itself."""
     allow_non_finite: bool = False
     max_batch_size: int = 1
     max_batch_delay_s: float = 0.002
@@ -73,6 +95,9 @@ class ServerSettings:
     shadow: ShadowSettings | None = None
 
 
+RETRY_AFTER_S = 1
+
+
 class _BodyError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -80,7 +105,46 @@ class _BodyError(Exception):
 
 
 def error_response(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status, media_type=JSON)
+    headers = {"retry-after": str(RETRY_AFTER_S)} if status == 503 else None
+    return Response(orjson.dumps({"error": message}), status, headers=headers, media_type=JSON)
+
+
+class ByteBudget:
+    """Bytes held by requests in flight, bounded; the event loop is its only user."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+class _Reservation:
+    """One request's share of the byte budget, given back when its response is made."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        if not self._budget.take(size):
+            raise _BodyError(
+                503,
+                f"the server is busy: request bodies in flight would exceed {self._budget.limit} bytes "
+                "(--max-inflight-bytes); retry later",
+            )
+        self.size += size
+
+    def release(self) -> None:
+        self._budget.give(self.size)
+        self.size = 0
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -104,6 +168,11 @@ class ModelServer:
         self.model: InferenceModel | None = None
         self._runner: InferenceRunner | None = None
         self._shadow: ShadowComparer | None = None
+        self._decoder: ProcessDecoder | None = None
+        self._limits = RequestLimits(max_elements=settings.max_elements)
+        self._budget = ByteBudget(settings.max_inflight_bytes)
+        self._in_flight = 0
+        self._has_bytes_inputs = False
         try:
             self._server_version = version("kondense")
         except PackageNotFoundError:
@@ -129,6 +198,8 @@ class ModelServer:
                 await runner.stop()
             if self._shadow is not None:
                 await self._shadow.stop()
+            if self._decoder is not None:
+                await self._decoder.stop()
 
     async def _load(self) -> None:
         settings = self.settings
@@ -160,8 +231,17 @@ class ModelServer:
                 rel_error_threshold=settings.shadow.rel_error_threshold,
                 metrics=self.metrics,
                 timeout_s=settings.shadow.timeout_s,
+                max_queue_bytes=settings.shadow.max_queue_bytes,
             )
             await self._shadow.start()
+        if settings.decode_workers > 0:
+            self._decoder = ProcessDecoder(settings.decode_workers)  # stopped by the lifespan in any case
+            try:
+                await self._decoder.start()
+            except Exception as exc:
+                self._on_fatal(f"the decode worker process could not start: {exc}")
+                return
+        self._has_bytes_inputs = any(spec.datatype == "BYTES" for spec in model.inputs)
         await runner.start()
         self.model = model
         self._runner = runner
@@ -230,27 +310,49 @@ class ModelServer:
     # --- inference -------------------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
+        """Every answer, client error or not, is counted in kondense_requests_total."""
         started = perf_counter()
-        response = await self._infer(request)
+        try:
+            response = await self._admit(request)
+        except Exception:  # a bug must still be an answer on a healthy connection, and be counted
+            log.exception("inference request failed")
+            response = error_response(
+                500, "internal server error while answering the request (see the server log)"
+            )
         self.metrics.observe_request(response.status_code, perf_counter() - started)
         return response
 
-    async def _infer(self, request: Request) -> Response:
+    async def _admit(self, request: Request) -> Response:
+        limit = self.settings.max_concurrent_requests
+        if self._in_flight >= limit:
+            return error_response(
+                503,
+                f"the server is busy: {limit} inference requests are in flight (--max-concurrent-requests)",
+            )
+        self._in_flight += 1
+        reservation = _Reservation(self._budget)
+        try:
+            return await self._infer(request, reservation)
+        finally:
+            self._in_flight -= 1
+            reservation.release()
+
+    async def _infer(self, request: Request, reservation: _Reservation) -> Response:
         if (problem := self._check_name(request)) is not None:
             return problem
         model, runner, settings = self.model, self._runner, self.settings
         if model is None or runner is None:
             return error_response(503, f"model '{settings.model_name}' is not ready yet")
         try:
-            body = await self._read_body(request)
+            body = await self._read_body(request, reservation)
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            decoded = decode_request(
-                body, header_length, model.inputs, model.outputs, allow_non_finite=settings.allow_non_finite
-            )
+            decoded = await self._decode(body, header_length, model)
         except _BodyError as exc:
             return error_response(exc.status, str(exc))
-        except ProtocolError as exc:
+        except RequestError as exc:
             return error_response(400, str(exc))
+        except DecoderUnavailableError as exc:
+            return error_response(503, f"{exc}; retry later")
 
         if settings.inject_latency_s:
             await asyncio.sleep(settings.inject_latency_s)
@@ -267,7 +369,7 @@ class ModelServer:
             content, response_header_length = encode_response(
                 settings.model_name, settings.model_version, decoded.id, outputs, decoded.binary_outputs
             )
-        except ProtocolError as exc:
+        except RequestError as exc:
             return error_response(400, str(exc))
         if self._shadow is not None:
             self._shadow.offer(body, header_length, outputs)
@@ -279,12 +381,46 @@ class ModelServer:
             media_type="application/octet-stream",
         )
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _decode(self, body: bytes, header_length: int | None, model: InferenceModel) -> DecodedRequest:
+        settings = self.settings
+        json_bytes = len(body) if header_length is None else header_length
+        if json_bytes > settings.max_json_bytes:
+            raise _BodyError(
+                413,
+                f"the JSON part of the request is {json_bytes} bytes, over the limit of {settings.max_json_bytes} "
+                "(--max-json-bytes); send large tensors as binary data (binary_data_size)",
+            )
+        threshold = settings.decode_offload_bytes
+        large = json_bytes >= threshold or (self._has_bytes_inputs and len(body) >= threshold)
+        if self._decoder is not None and large:
+            return await self._decoder.decode(
+                body,
+                header_length,
+                model.inputs,
+                model.outputs,
+                allow_non_finite=settings.allow_non_finite,
+                limits=self._limits,
+            )
+        return decode_request(
+            body,
+            header_length,
+            model.inputs,
+            model.outputs,
+            allow_non_finite=settings.allow_non_finite,
+            limits=self._limits,
+        )
+
+    async def _read_body(self, request: Request, reservation: _Reservation) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _BodyError(
                 413, f"request body of {declared} bytes is over the limit of {limit} bytes (--max-body-bytes)"
+            )
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding not in ("identity", "gzip", "deflate"):
+            raise _BodyError(
+                415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or identity)"
             )
         chunks = []
         size = 0
@@ -295,30 +431,47 @@ class ModelServer:
                     raise _BodyError(
                         413, f"request body is over the limit of {limit} bytes (--max-body-bytes)"
                     )
+                reservation.take(len(chunk))
                 chunks.append(chunk)
         except ClientDisconnect:
             raise _BodyError(400, "the client disconnected before sending the whole body") from None
         body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").lower()
+        del chunks
         if encoding == "identity":
             return body
-        if encoding not in ("gzip", "deflate"):
-            raise _BodyError(
-                415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or identity)"
-            )
+        return await self._inflate(body, encoding, reservation)
+
+    async def _inflate(self, body: bytes, encoding: str, reservation: _Reservation) -> bytes:
+        """Inflate in slices: bounded by --max-body-bytes and the in-flight budget, yielding to the loop."""
+        limit = self.settings.max_body_bytes
         # gzip: 16 + window bits; "deflate" in HTTP means the zlib format.
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        pieces: list[bytes] = []
+        size = 0
+        pending = body
         try:
-            inflated = inflater.decompress(body, limit + 1)
+            while not inflater.eof:
+                piece = inflater.decompress(pending, _INFLATE_SLICE)
+                pending = inflater.unconsumed_tail
+                size += len(piece)
+                if size > limit:
+                    raise _BodyError(
+                        413,
+                        f"decompressed request body is over the limit of {limit} bytes (--max-body-bytes)",
+                    )
+                reservation.take(len(piece))
+                pieces.append(piece)
+                if not pending and len(piece) < _INFLATE_SLICE:
+                    break  # all input consumed and no output pending
+                await asyncio.sleep(0)
         except zlib.error as exc:
             raise _BodyError(400, f"request body is not valid {encoding} data: {exc}") from None
-        if len(inflated) > limit:
-            raise _BodyError(
-                413, f"decompressed request body is over the limit of {limit} bytes (--max-body-bytes)"
-            )
         if not inflater.eof:
             raise _BodyError(400, f"request body is truncated {encoding} data")
-        return inflated
+        return b"".join(pieces)
+
+
+_INFLATE_SLICE = 1024 * 1024
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
@@ -328,7 +481,7 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
 
 async def _internal_error(_request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", _request.method, _request.url.path, exc_info=exc)
-    return error_response(500, f"internal server error: {exc!r}")
+    return error_response(500, "internal server error (see the server log)")
 
 
 def build_app(

@@ -32,9 +32,22 @@ def serve(
         int | None,
         typer.Option(min=1, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)."),
     ] = None,
+    expected_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--expected-sha256",
+            help="The artifact digest recorded when it was built (the operator passes status' sha256): "
+            "model.onnx and its external data must match it and the manifest, or the server never gets "
+            "ready. Required unless --no-verify.",
+        ),
+    ] = None,
     no_verify: Annotated[
         bool,
-        typer.Option("--no-verify", help="Serve even without a manifest.json or with a sha256 mismatch."),
+        typer.Option(
+            "--no-verify",
+            help="Local use only: serve without --expected-sha256, without a manifest.json or with a "
+            "digest mismatch (logged).",
+        ),
     ] = False,
     shadow_of: Annotated[
         str | None,
@@ -57,9 +70,52 @@ def serve(
     shadow_timeout_ms: Annotated[
         float, typer.Option(min=1.0, help="A stable answer slower than this counts as a shadow error.")
     ] = 1000.0,
-    max_body_bytes: Annotated[int, typer.Option(min=1, help="Larger request bodies get 413.")] = 64
-    * 1024
-    * 1024,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Larger request bodies (after decompression) get 413.")
+    ] = 64 * 1024 * 1024,
+    max_json_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Larger JSON parts of a request get 413 (a JSON tensor costs ~30x its text in memory; "
+            "large tensors travel as binary data).",
+        ),
+    ] = 8 * 1024 * 1024,
+    max_elements: Annotated[
+        int, typer.Option(min=1, help="Tensor elements per request (all inputs); more get 400.")
+    ] = 16 * 1024 * 1024,
+    max_concurrent_requests: Annotated[
+        int, typer.Option(min=1, help="Inference requests admitted at once; more get 503 + Retry-After.")
+    ] = 64,
+    max_inflight_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Request body bytes (decompressed) held by admitted requests; over it: 503 + Retry-After.",
+        ),
+    ] = 256 * 1024 * 1024,
+    decode_workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes decoding large bodies off the event loop (health probes keep answering); "
+            "0 decodes on the loop.",
+        ),
+    ] = 1,
+    decode_offload_bytes: Annotated[
+        int, typer.Option(min=0, help="Bodies with a JSON part this large or larger go to a decode worker.")
+    ] = 1024 * 1024,
+    max_connections: Annotated[
+        int,
+        typer.Option(min=1, help="uvicorn's limit_concurrency: beyond this many connections+tasks, 503."),
+    ] = 1024,
+    shadow_max_queue_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Bytes the shadow queue may hold (bodies + outputs); beyond it samples count as error.",
+        ),
+    ] = 32 * 1024 * 1024,
     max_batch_size: Annotated[
         int, typer.Option(min=1, help="Micro-batch up to this many rows per session call (1 = no batching).")
     ] = 1,
@@ -103,8 +159,13 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     if shadow_of is None and (shadow_sample is not None or task is not None):
         raise _fail("--shadow-sample and --task only apply with --shadow-of")
+    if max_inflight_bytes < max_body_bytes:
+        raise _fail(
+            f"--max-inflight-bytes {max_inflight_bytes} is below --max-body-bytes {max_body_bytes}: "
+            "the largest allowed request could never be admitted"
+        )
     try:
-        artifact = check_artifact(model, verify=not no_verify)
+        artifact = check_artifact(model, verify=not no_verify, expected_sha256=expected_sha256)
     except ArtifactError as exc:
         raise _fail(f"{exc}; refusing to serve") from None
 
@@ -123,6 +184,7 @@ def serve(
             cosine_threshold=shadow_cosine_threshold,
             rel_error_threshold=shadow_rel_error_threshold,
             timeout_s=shadow_timeout_ms / 1000.0,
+            max_queue_bytes=shadow_max_queue_bytes,
         )
     settings = ServerSettings(
         model_name=name,
@@ -130,6 +192,13 @@ def serve(
         variant=variant,
         verified=artifact.verified,
         max_body_bytes=max_body_bytes,
+        max_json_bytes=max_json_bytes,
+        max_elements=max_elements,
+        max_concurrent_requests=max_concurrent_requests,
+        max_inflight_bytes=max_inflight_bytes,
+        decode_workers=decode_workers,
+        decode_offload_bytes=decode_offload_bytes,
+        max_connections=max_connections,
         allow_non_finite=allow_non_finite,
         max_batch_size=max_batch_size,
         max_batch_delay_s=max_batch_delay_ms / 1000.0,

@@ -88,6 +88,12 @@ class ServerMetrics:
             ["model", "variant"],
             registry=self.registry,
         ).labels(**self._labels)
+        self._queue_bytes = Gauge(
+            "kondense_shadow_queue_bytes",
+            "Bytes (request bodies and outputs) held by the shadow queue; bounded by --shadow-max-queue-bytes.",
+            ["model", "variant"],
+            registry=self.registry,
+        ).labels(**self._labels)
 
     def observe_request(self, code: int, seconds: float) -> None:
         self.request_duration.observe(seconds)
@@ -101,5 +107,6 @@ class ServerMetrics:
         self._info.labels(**self._labels).info({"sha256": sha256})
         self._ready.set(1 if ready else 0)
 
-    def track_shadow_queue(self, depth: Callable[[], float]) -> None:
+    def track_shadow_queue(self, depth: Callable[[], float], size: Callable[[], float]) -> None:
         self._queue_depth.set_function(depth)
+        self._queue_bytes.set_function(size)

@@ -19,14 +19,22 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kondense.serving.tensors import DATATYPES, TensorSpec, datatype_of
+from kondense.serving.validation import (
+    RequestError,
+    RequestLimits,
+    TensorHeader,
+    check_finite,
+    check_inputs,
+    check_outputs,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 _LENGTH_PREFIX = struct.Struct("<I")
 _MAX_REPORTED_ERRORS = 5
 
 
-class ProtocolError(ValueError):
-    """The request does not follow the protocol or does not fit the model (a client error)."""
+ProtocolError = RequestError
+"""The request does not follow the protocol or does not fit the model (a client error)."""
 
 
 class _RequestInput(BaseModel):
@@ -97,27 +105,20 @@ def decode_request(
     outputs: Sequence[TensorSpec],
     *,
     allow_non_finite: bool = False,
+    limits: RequestLimits = RequestLimits(),  # noqa: B008 (frozen)
 ) -> DecodedRequest:
-    """Parse and check an inference request body against the model's inputs and outputs."""
+    """Parse and check an inference request body against the model's inputs and outputs.
+
+    Names, datatypes, shapes and the element budget are checked (``validation.check_inputs``) before
+    any tensor data is converted.
+    """
     header, blob = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
     try:
         request = _InferenceRequest.model_validate_json(header)
     except ValidationError as exc:
         raise ProtocolError(_describe_validation(exc)) from None
 
-    specs = {spec.name: spec for spec in inputs}
-    seen: set[str] = set()
-    for item in request.inputs:
-        if item.name in seen:
-            raise ProtocolError(f"input '{item.name}' is given more than once")
-        seen.add(item.name)
-        if item.name not in specs:
-            raise ProtocolError(
-                f"input '{item.name}' is not an input of the model; inputs are: {_names(inputs)}"
-            )
-    if missing := [name for name in specs if name not in seen]:
-        raise ProtocolError(f"missing input {_quoted(missing)}; the model needs: {_names(inputs)}")
-
+    check_inputs([TensorHeader(i.name, i.datatype, i.shape) for i in request.inputs], inputs, limits)
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for item in request.inputs:
@@ -131,7 +132,7 @@ def decode_request(
                 )
             chunk = blob[offset : offset + size]
             offset += size
-        arrays[item.name] = _decode_input(item, specs[item.name], chunk, allow_non_finite)
+        arrays[item.name] = _decode_input(item, chunk, allow_non_finite)
     if offset != len(blob):
         raise ProtocolError(f"{len(blob) - offset} bytes of binary data are not claimed by any input")
 
@@ -139,16 +140,9 @@ def decode_request(
     requested: list[str] | None = None
     binary: set[str] = {spec.name for spec in outputs} if binary_all else set()
     if request.outputs is not None:
-        known = {spec.name for spec in outputs}
-        requested = []
+        requested = [out.name for out in request.outputs]
+        check_outputs(requested, outputs)
         for out in request.outputs:
-            if out.name not in known:
-                raise ProtocolError(
-                    f"requested output '{out.name}' is not an output of the model; outputs are: {_names(outputs)}"
-                )
-            if out.name in requested:
-                raise ProtocolError(f"output '{out.name}' is requested more than once")
-            requested.append(out.name)
             params = out.parameters or {}
             if "classification" in params:
                 raise ProtocolError(f"output '{out.name}': the classification extension is not supported")
@@ -157,18 +151,8 @@ def decode_request(
     return DecodedRequest(request.id, arrays, requested, frozenset(binary))
 
 
-def _decode_input(
-    item: _RequestInput, spec: TensorSpec, chunk: bytes | None, allow_non_finite: bool
-) -> np.ndarray:
+def _decode_input(item: _RequestInput, chunk: bytes | None, allow_non_finite: bool) -> np.ndarray:
     where = f"input '{item.name}'"
-    if item.datatype not in DATATYPES:
-        raise ProtocolError(f"{where}: unknown datatype {item.datatype!r}; known: {', '.join(DATATYPES)}")
-    if item.datatype != spec.datatype:
-        raise ProtocolError(f"{where}: datatype {item.datatype} does not match the model's {spec.datatype}")
-    if not spec.accepts_shape(item.shape):
-        raise ProtocolError(
-            f"{where}: shape {item.shape} does not match the model's {list(spec.shape)} (-1 means any size)"
-        )
     count = math.prod(item.shape)
     if chunk is not None:
         if item.data is not None:
@@ -178,14 +162,8 @@ def _decode_input(
         raise ProtocolError(f"{where}: has no 'data' (and no binary_data_size)")
     else:
         array = _from_json(item.data, item.datatype, item.shape, count, where)
-    if array.dtype.kind == "f" and not allow_non_finite:
-        finite = np.isfinite(array)
-        if not finite.all():
-            index = int(np.argmin(finite.reshape(-1)))
-            raise ProtocolError(
-                f"{where}: value at flat index {index} is {array.reshape(-1)[index]} as {item.datatype}; "
-                "the model takes finite numbers only"
-            )
+    if not allow_non_finite:
+        check_finite(array, item.datatype, where)
     return array
 
 
@@ -305,14 +283,6 @@ def _flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise ProtocolError(f"{where} must be true or false, got {value!r}")
     return value
-
-
-def _names(specs: Sequence[TensorSpec]) -> str:
-    return ", ".join(f"'{spec.name}' ({spec.datatype} {list(spec.shape)})" for spec in specs)
-
-
-def _quoted(names: list[str]) -> str:
-    return ", ".join(f"'{name}'" for name in names)
 
 
 def encode_response(

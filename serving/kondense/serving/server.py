@@ -50,6 +50,7 @@ def serve(
         lifespan="on",
         access_log=False,  # one log line per request would cost more than the inference
         timeout_graceful_shutdown=listen.graceful_timeout_s,
+        limit_concurrency=settings.max_connections,
         log_level="info",
     )
     server = uvicorn.Server(config)

@@ -2,8 +2,9 @@
 
 A sample of the canary's requests is re-sent to the stable server in the background and the two
 outputs are compared per sample (row): top-1 for classification, cosine similarity for embeddings,
-relative error for regression. The queue is bounded: when the stable server is slow or down,
-comparisons are dropped and counted as ``error`` instead of piling up or delaying clients.
+relative error for regression. The queue is bounded by count and by bytes (request bodies and
+outputs it holds): when the stable server is slow or down, comparisons are dropped and counted as
+``error`` instead of piling up memory or delaying clients.
 """
 
 from __future__ import annotations
@@ -83,12 +84,20 @@ def compare_outputs(
     return Comparison(agree, rows - agree, scores)
 
 
+def _nbytes(array: np.ndarray) -> int:
+    if array.dtype.kind == "O":  # BYTES: the pointers plus the strings they point to
+        return int(array.nbytes) + sum(len(value) for value in array.reshape(-1))
+    return int(array.nbytes)
+
+
 @dataclass(slots=True)
 class _Job:
     body: bytes
     header_length: int | None
     outputs: dict[str, np.ndarray]
     rows: int
+    size: int
+    """Bytes held: the body plus the outputs."""
 
 
 class ShadowComparer:
@@ -106,6 +115,7 @@ class ShadowComparer:
         metrics: ServerMetrics,
         timeout_s: float = 1.0,
         queue_size: int = 128,
+        max_queue_bytes: int = 32 * 1024 * 1024,
         concurrency: int = 4,
     ) -> None:
         self.infer_url = f"{stable_url.rstrip('/')}/v2/models/{model_name}/infer"
@@ -116,20 +126,29 @@ class ShadowComparer:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self._max_queue_bytes = max_queue_bytes
+        self.queued_bytes = 0
+        """Bytes of the jobs queued or being compared."""
         self._concurrency = concurrency
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        metrics.track_shadow_queue(self._queue.qsize)
+        metrics.track_shadow_queue(self._queue.qsize, lambda: self.queued_bytes)
 
     def offer(self, body: bytes, header_length: int | None, outputs: dict[str, np.ndarray]) -> None:
         """Maybe queue a comparison; never blocks. A full queue counts the samples as ``error``."""
         if self._sample < 1.0 and random.random() >= self._sample:
             return
         rows = sample_count(next(iter(outputs.values())), self._task)
+        size = len(body) + sum(_nbytes(array) for array in outputs.values())
+        if self.queued_bytes + size > self._max_queue_bytes:
+            self._metrics.shadow["error"].inc(rows)
+            return
         try:
-            self._queue.put_nowait(_Job(body, header_length, outputs, rows))
+            self._queue.put_nowait(_Job(body, header_length, outputs, rows, size))
         except asyncio.QueueFull:
             self._metrics.shadow["error"].inc(rows)
+            return
+        self.queued_bytes += size
 
     async def start(self) -> None:
         # aiohttp rather than httpx: about a sixth of the CPU per request, and this runs on the serving loop.
@@ -164,6 +183,8 @@ class ShadowComparer:
                 if comparison.scores is not None:
                     for score in comparison.scores:
                         self._metrics.shadow_score.observe(float(score))
+            finally:
+                self.queued_bytes -= job.size
 
     async def _compare(self, job: _Job) -> Comparison:
         assert self._session is not None

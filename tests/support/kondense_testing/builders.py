@@ -45,4 +45,5 @@ def job_result(
         artifact=ArtifactRef(sha256=sha(name), sizeBytes=1000),
         metrics=VariantMetrics(sizeRatio=size, p50Ms=p50, p99Ms=p50 * 2, accuracyDelta=delta),
         technique=name,
+        hardware="Test CPU · int8 avx2 (avx2) · ORT 1.0 CPU",
     )

@@ -45,3 +45,28 @@ def artifact_dir(directory: Path, **kwargs: object) -> Path:
     manifest = Manifest(name="test", task=Task.CLASSIFICATION, base=ref, artifact=ref)
     (directory / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
     return directory
+
+
+def external_data_artifact_dir(directory: Path, **kwargs: object) -> Path:
+    """Like ``artifact_dir``, with the weights in an external-data file ``weights.bin`` beside the
+    model; the manifest carries ``artifact_digest`` over both files."""
+    from kondense.api.artifacts import artifact_digest
+
+    model_path = linear_classifier(directory / MODEL_FILE, **kwargs)  # type: ignore[arg-type]
+    model = onnx.load(str(model_path))
+    onnx.save_model(
+        model, str(model_path), save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
+    ref = ArtifactRef(
+        sha256=artifact_digest(model_path, ["weights.bin"]),
+        sizeBytes=model_path.stat().st_size + (directory / "weights.bin").stat().st_size,
+        externalData=["weights.bin"],
+    )
+    manifest = Manifest(name="test", task=Task.CLASSIFICATION, base=ref, artifact=ref)
+    (directory / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    return directory
+
+
+def manifest_digest(directory: Path) -> str:
+    """The ``artifact.sha256`` a directory's manifest records (what an operator would pass along)."""
+    return Manifest.model_validate_json((directory / MANIFEST_FILE).read_bytes()).artifact.sha256

@@ -32,12 +32,22 @@ class ServerProcess:
                 self.proc.wait()
 
 
+def _expected_digest(model_dir: Path, extra: tuple[str, ...]) -> list[str]:
+    """The manifest's digest as ``--expected-sha256`` (the operator passes the one it recorded)."""
+    from kondense.api.artifacts import MANIFEST_FILE, Manifest
+
+    if "--no-verify" in extra or "--expected-sha256" in extra or not (model_dir / MANIFEST_FILE).is_file():
+        return []
+    manifest = Manifest.model_validate_json((model_dir / MANIFEST_FILE).read_bytes())
+    return ["--expected-sha256", manifest.artifact.sha256]
+
+
 def start_server(model_dir: Path, name: str, *extra: str, log: Path | None = None) -> ServerProcess:
     port = free_port()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "kondense.cli", "serve", "--model", str(model_dir), "--name", name,
-         "--host", "127.0.0.1", "--port", str(port), *extra],
+         "--host", "127.0.0.1", "--port", str(port), *_expected_digest(model_dir, extra), *extra],
         stdout=out, stderr=out,
     )  # fmt: skip
     server = ServerProcess(proc, port)

@@ -24,6 +24,7 @@ BUILTIN_PASS_MODULES = (
     "kondense.compression.passes.prune",
     "kondense.compression.passes.distill",
     "kondense.compression.passes.low_rank",
+    "kondense.compression.passes.weight_only",
 )
 
 
