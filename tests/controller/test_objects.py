@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kubernetes_validate
@@ -63,12 +63,30 @@ def test_compression_jobs_validate_and_carry_what_the_issue_asks(variant: str) -
     assert container["terminationMessagePath"] == "/dev/termination-log"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
-    # pvc://models/... is mounted from the claim `models`, the output dir writable
-    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
-              for v in pod["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
-    assert claims == {"models": False}
+    # pvc://models/... comes from the claim `models`: read-only but for the Job's own directory
+    job_dir = f"digits/kondense/ml/digits/0123456789ab/{variant}"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"models"}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/mnt/pvc/models"]["readOnly"] is True  # the inputs beside the output
+    assert mounts["/output"] == {
+        "name": "output",
+        "mountPath": "/output",
+        "subPath": job_dir,
+        "readOnly": False,
+    }
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert sorted(writable) == ["/output", "/tmp"]
+    # a subPath the kubelet creates belongs to root: an init container creates it as the Job's user
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["mkdir"] and init["args"] == ["-p", "--", f"/mnt/pvc/models/{job_dir}"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+    assert tmp["emptyDir"]["sizeLimit"] == SETTINGS.job_tmp_size_limit
     args = container["args"]
-    assert args[args.index("--output") + 1].startswith("pvc://models/digits/kondense/ml/digits/0123456789ab/")
+    assert args[args.index("--output") + 1] == f"pvc://models/{job_dir}/artifact"
+    assert args[args.index("--output-dir") + 1] == "/output/artifact"
+    assert "--model-sha256" not in args  # the spec pins nothing
     if variant == BASE:
         assert "--baseline" in args
     else:
@@ -194,6 +212,251 @@ def test_status_merge_patch_removes_what_is_gone() -> None:
         "selectedVariant": None,
     }
     assert merge_patch(new, new) == {}
+
+
+# ---- issue 11: what a CompressedModel can make the operator run and write ----------------------------
+
+
+def serving_objects(spec: CompressedModelSpec, settings: OperatorSettings = SETTINGS) -> list[dict[str, Any]]:
+    status = canary_status(spec)
+    router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
+    backend = SERVING_BACKENDS[spec.serving.runtime]
+    ctx = ServingContext(spec, OWNER, settings)
+    plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
+    return plan.apply
+
+
+@pytest.mark.parametrize("example", ["digits", "digits-triton"])
+def test_every_consumer_gets_the_digest_the_operator_recorded(example: str) -> None:
+    spec = spec_of(example)
+    status = canary_status(spec)
+    assert status.stable is not None and status.stable.artifact is not None
+    canary = next(v for v in status.variants if status.canary and v.name == status.canary.variant)
+    assert canary.artifact is not None
+    expected = {"stable": status.stable.artifact.sha256, "canary": canary.artifact.sha256}
+    assert expected["stable"] != expected["canary"]
+    for obj in serving_objects(spec):
+        if obj["kind"] != "Deployment":
+            continue
+        track = obj["metadata"]["labels"]["kondense.dev/track"]
+        pod = obj["spec"]["template"]["spec"]
+        consumer = pod["initContainers"][0] if spec.serving.runtime == "triton" else pod["containers"][0]
+        args = consumer["args"]
+        assert args[args.index("--expected-sha256") + 1] == expected[track], (track, args)
+        tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+        assert tmp["emptyDir"]["sizeLimit"] == SETTINGS.pod_tmp_size_limit
+        validate(obj)
+
+
+def test_a_pinned_base_model_reaches_every_compression_job() -> None:
+    pin = "ab" * 32
+    spec = digits_spec(baseModel={"uri": "pvc://models/digits/model.onnx", "sha256": pin})
+    for variant in [BASE, "int8"]:
+        job = compression_job(spec, OWNER, SETTINGS, "0123456789ab", variant)
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--model-sha256") + 1] == pin
+        validate(job)
+
+
+def test_inputs_on_other_claims_are_mounted_read_only() -> None:
+    spec = digits_spec(
+        artifacts={"uri": "pvc://artifacts/team"},
+        data={
+            "evaluation": {"uri": "pvc://datasets/digits/eval.npz"},
+            "calibration": {"uri": "pvc://datasets/digits/calib.npz"},
+        },
+    )
+    job = compression_job(spec, OWNER, SETTINGS, "0123456789ab", "int8")
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = pod["containers"][0]["volumeMounts"]
+    by_claim = {
+        volumes[m["name"]]["persistentVolumeClaim"]["claimName"] + ":" + m["mountPath"]: m.get("readOnly")
+        for m in mounts
+        if "persistentVolumeClaim" in volumes[m["name"]]
+    }
+    # models (base model) and datasets read-only; of artifacts only the Job's own directory, writable
+    assert by_claim == {
+        "models:/mnt/pvc/models": True,
+        "datasets:/mnt/pvc/datasets": True,
+        "artifacts:/output": False,
+    }
+    output = next(m for m in mounts if m["mountPath"] == "/output")
+    assert output["subPath"] == "team/ml/digits/0123456789ab/int8"
+    for name in ("pvc-0", "pvc-1"):
+        assert volumes[name]["persistentVolumeClaim"]["readOnly"] is True
+
+
+def test_a_location_that_climbs_out_of_its_directory_is_refused() -> None:
+    from kondense.api.resource import ArtifactsSpec
+    from kondense.operator.locations import LocationError
+
+    # built past the models' own checks: the operator refuses it again before mounting anything
+    climbing = ArtifactsSpec.model_construct(uri="pvc://models/../other")
+    spec = digits_spec().model_copy(update={"artifacts": climbing})
+    with pytest.raises(LocationError, match=r"'\.\.'"):
+        compression_job(spec, OWNER, SETTINGS, "0123456789ab", "int8")
+
+
+def test_image_overrides_only_from_the_allow_list() -> None:
+    from kondense.operator.objects import ImageNotAllowed, image_problems
+
+    spec = digits_spec(compression={"image": "evil/compress:1"}, serving={"image": "evil/serve:1"})
+    problems = image_problems(spec, SETTINGS)
+    assert len(problems) == 2
+    assert problems[0].startswith(
+        "spec.compression.image: image 'evil/compress:1' is not on the operator's allow-list"
+    )
+    assert problems[1].startswith("spec.serving.image: image 'evil/serve:1'")
+    with pytest.raises(ImageNotAllowed):
+        compression_job(spec, OWNER, SETTINGS, "0123456789ab", BASE)
+    with pytest.raises(ImageNotAllowed):
+        serving_objects(spec)
+    # the default image named explicitly is no override
+    same = digits_spec(compression={"image": SETTINGS.compression_image})
+    assert image_problems(same, SETTINGS) == []
+    allowing = OperatorSettings(allowed_images=["evil/compress:1", "evil/serve:1"])
+    assert image_problems(spec, allowing) == []
+    job = compression_job(spec, OWNER, allowing, "0123456789ab", BASE)
+    pod = job["spec"]["template"]["spec"]
+    assert {c["image"] for c in [*pod["initContainers"], *pod["containers"]]} == {"evil/compress:1"}
+    images = {c["image"] for o in serving_objects(spec, allowing) if o["kind"] == "Deployment"
+              for c in o["spec"]["template"]["spec"]["containers"]}  # fmt: skip
+    assert images == {"evil/serve:1"}
+
+
+def test_allowed_images_setting_is_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert OperatorSettings().allowed_images == []  # no overrides by default
+    monkeypatch.setenv("KONDENSE_ALLOWED_IMAGES", "reg.example/kondense/compression:0.2, reg.example/serve:1")
+    assert OperatorSettings().allowed_images == [
+        "reg.example/kondense/compression:0.2",
+        "reg.example/serve:1",
+    ]
+
+
+def test_a_spec_that_comes_back_is_a_new_run_in_a_new_directory() -> None:
+    """A -> B -> A: the third run never writes into the directory the first one's stable serves."""
+    from kondense.operator.locations import variant_location
+
+    spec_a = digits_spec()
+    spec_b = digits_spec(
+        selection={"maxAccuracyDelta": 0.02}, targets=[{"name": "int8", "technique": "dynamic-int8"}]
+    )
+    status = CompressedModelStatus()
+    runs = []
+    for i, spec in enumerate([spec_a, spec_b, spec_a]):
+        now = datetime(2026, 11, 22, 10, i, tzinfo=UTC)
+        status = reconcile(spec, status, i + 1, World(), now).status
+        assert status.hashes.run is not None
+        runs.append(status.hashes.run)
+        # restart safety: the same status gives the same run (its Jobs are found again)
+        again = reconcile(spec, status, i + 1, World(), now + timedelta(seconds=5)).status
+        assert again.hashes.run == status.hashes.run
+    assert len(set(runs)) == 3
+    first, third = (variant_location(spec_a, "ml", "digits", run, BASE).uri for run in (runs[0], runs[2]))
+    assert first != third
+    jobs = [compression_job(spec_a, OWNER, SETTINGS, run, BASE) for run in (runs[0], runs[2])]
+    assert jobs[0]["metadata"]["name"] != jobs[1]["metadata"]["name"]
+    subpaths = [
+        next(
+            m
+            for m in j["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            if m["mountPath"] == "/output"
+        )["subPath"]
+        for j in jobs
+    ]
+    assert subpaths[0] != subpaths[1]
+
+
+def test_http_routes_are_only_this_namespace_s_and_only_opted_in() -> None:
+    from kondense.operator.routers import GatewayAPIRouter, route_problems
+
+    spec = spec_of("digits")
+    gateway = digits_spec(rollout={"trafficRouting": {"type": "gatewayAPI", "httpRoute": {"name": "shop"}}})
+    (route,) = [o for o in serving_objects(gateway) if o["kind"] == "HTTPRoute"]
+    assert "namespace" not in route["metadata"]  # the controller puts it in the CR's namespace
+    assert [o for o in serving_objects(spec) if o["kind"] == "HTTPRoute"] == []
+    assert GatewayAPIRouter().objects is not None
+    labelled = {"metadata": {"name": "shop", "labels": {"kondense.dev/canary-of": "digits"}}}
+    assert route_problems(labelled, "ml", "shop", "digits") == []
+    (missing,) = route_problems(None, "ml", "shop", "digits")
+    assert "HTTPRoute ml/shop" in missing and "does not exist" in missing
+    (unlabelled,) = route_problems({"metadata": {"name": "shop"}}, "ml", "shop", "digits")
+    assert "label it kondense.dev/canary-of=digits" in unlabelled
+    other = {"metadata": {"name": "shop", "labels": {"kondense.dev/canary-of": "payments"}}}
+    (taken,) = route_problems(other, "ml", "shop", "digits")
+    assert "'payments'" in taken
+
+
+def test_http_route_namespace_is_refused_by_the_models() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="own namespace"):
+        digits_spec(
+            rollout={
+                "trafficRouting": {
+                    "type": "gatewayAPI",
+                    "httpRoute": {"name": "shop", "namespace": "payments"},
+                }
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("router", "requested", "stable", "canary", "observed"),
+    [
+        ("replicas", 25, 3, 1, 25),
+        ("replicas", 25, 4, 0, 0),
+        ("gatewayAPI", 10, 4, 1, 10),
+        ("gatewayAPI", 10, 4, 0, 0),
+    ],
+)
+def test_each_router_says_which_weight_it_gives(
+    router: str, requested: int, stable: int, canary: int, observed: int
+) -> None:
+    from kondense.api.resource import RouterType
+
+    assert TRAFFIC_ROUTERS[RouterType(router)].observed_weight(requested, stable, canary) == observed
+
+
+@pytest.mark.parametrize(("router", "weight"), [("replicas", 20), ("gatewayAPI", 25)])
+def test_the_core_takes_the_observed_weight_from_the_router(router: str, weight: int) -> None:
+    from kondense.api.resource import RouterType
+    from kondense.operator.rollout import TrackObservation
+
+    spec = spec_of("digits")  # first step 25 %
+    status = canary_status(spec)
+    assert status.canary is not None and status.canary.requestedWeight == 25
+    track = TrackObservation(replicas=4, ready=4, updated=4, sha256=None, settled=True)
+    world = World(
+        stable=track,
+        canary=TrackObservation(replicas=1, ready=1, updated=1, sha256=None, settled=True),
+        observed_weight=TRAFFIC_ROUTERS[RouterType(router)].observed_weight,
+    )
+    after = reconcile(spec, status, 1, world, datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC)).status
+    assert after.canary is not None and after.canary.weight == weight
+
+
+@pytest.mark.parametrize("example", ["digits", "digits-triton"])
+def test_a_server_sees_only_its_own_artifact_read_only(example: str) -> None:
+    spec = spec_of(example)
+    for obj in serving_objects(spec):
+        if obj["kind"] != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert volume["persistentVolumeClaim"]["readOnly"] is True
+        consumer = pod["initContainers"][0] if spec.serving.runtime == "triton" else pod["containers"][0]
+        model_dir = consumer["args"][consumer["args"].index("--model") + 1]
+        (mount,) = [m for m in consumer["volumeMounts"] if m["name"] == volume["name"]]
+        assert model_dir.startswith("/mnt/pvc/models/kondense/ml/digits/abc/")
+        assert mount == {
+            "name": volume["name"],
+            "mountPath": model_dir,
+            "subPath": model_dir.removeprefix("/mnt/pvc/models/"),
+            "readOnly": True,
+        }
 
 
 def test_rollback_sets_the_route_weight_to_zero_before_the_canary_scales_down() -> None:

@@ -104,6 +104,7 @@ def run_job(
     pvc_root: Path | None = None,
     threads: int = 1,
     latency_runs: int = 200,
+    output_dir: str | None = None,
 ) -> JobResult:
     """Do the Job's work; every failure becomes a JobResult instead of an exception.
 
@@ -118,7 +119,7 @@ def run_job(
         model_sha256 = check_sha256_argument(model_sha256)
         if target_text is None:
             return _run_baseline(
-                model_uri, eval_uri, output, task, pvc_root, threads, latency_runs, model_sha256
+                model_uri, eval_uri, output, task, pvc_root, threads, latency_runs, model_sha256, output_dir
             )
         raw = read_target_argument(target_text)
         name = str(raw.get("name") or name)[:63]
@@ -131,8 +132,8 @@ def run_job(
             ) from None
         with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
             resolver = _resolver(pvc_root, Path(downloads))
-            output_dir = resolver.local_path(output, "--output")
-            refuse_non_empty_output(output_dir, output)
+            write_to = _output_directory(resolver, output, output_dir)
+            refuse_non_empty_output(write_to, output)
             model = resolver.fetch(model_uri, "--model")
             check_base_pin(model, model_sha256, model_uri)  # before anything reads the model
             uris = {"evaluation": eval_uri}
@@ -143,12 +144,12 @@ def run_job(
             if train_uri:
                 data.train = resolver.fetch(train_uri, "--train")
                 uris["train"] = train_uri
-            output_uri = output if "://" in output else output_dir.resolve().as_uri()
+            output_uri = output if "://" in output else write_to.resolve().as_uri()
             manifest = compress_model(
                 model,
                 spec,
                 data,
-                output_dir,
+                write_to,
                 task=task_value,
                 max_accuracy_delta=max_accuracy_delta,
                 model_uri=model_uri,
@@ -182,6 +183,12 @@ def run_job(
     )
 
 
+def _output_directory(resolver: Any, output: str, output_dir: str | None) -> Path:
+    """Where the artifact is written: ``--output-dir`` when given (the Job's own mounted directory;
+    ``--output`` is then only the URI recorded), else where ``--output`` points."""
+    return Path(output_dir) if output_dir else Path(resolver.local_path(output, "--output"))
+
+
 def hardware_summary(manifest: Any) -> str | None:
     """The short evaluation-hardware line the operator shows in status (from the manifest)."""
     record = (getattr(manifest, "evaluation", None) or {}).get("hardware")
@@ -205,6 +212,7 @@ def _run_baseline(
     threads: int,
     latency_runs: int,
     model_sha256: str | None = None,
+    output_dir: str | None = None,
 ) -> JobResult:
     from kondense.compression.baseline import BASELINE_NAME, prepare_baseline
     from kondense.compression.integrity import check_base_pin
@@ -215,15 +223,15 @@ def _run_baseline(
         raise BadInputError("--task", f"unknown task {task!r}; known: {[t.value for t in Task]}") from None
     with tempfile.TemporaryDirectory(prefix="kondense-download-") as downloads:
         resolver = _resolver(pvc_root, Path(downloads))
-        output_dir = resolver.local_path(output, "--output")
-        refuse_non_empty_output(output_dir, output)
-        output_uri = output if "://" in output else output_dir.resolve().as_uri()
+        write_to = _output_directory(resolver, output, output_dir)
+        refuse_non_empty_output(write_to, output)
+        output_uri = output if "://" in output else write_to.resolve().as_uri()
         model = resolver.fetch(model_uri, "--model")
         check_base_pin(model, model_sha256, model_uri)  # before anything reads the model
         manifest = prepare_baseline(
             model,
             resolver.fetch(eval_uri, "--eval"),
-            output_dir,
+            write_to,
             task=task_value,
             model_uri=model_uri,
             output_uri=f"{output_uri.rstrip('/')}/{MODEL_FILE}",
@@ -251,6 +259,12 @@ def compress_job(
     model: Annotated[str, typer.Option(help="Base model URI: file://, pvc://claim/path, http(s)://.")],
     eval: Annotated[str, typer.Option("--eval", help="Evaluation data (.npz) URI.")],
     output: Annotated[str, typer.Option(help="Output directory (path, file:// or pvc:// URI).")],
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Write here instead (the Job's own mounted directory); --output is then the URI recorded."
+        ),
+    ] = None,
     calibration: Annotated[str | None, typer.Option(help="Calibration data (.npz) URI.")] = None,
     train: Annotated[str | None, typer.Option(help="Training data URI (default: calibration).")] = None,
     task: Annotated[str, typer.Option(help="classification | embedding | regression.")] = "classification",
@@ -301,6 +315,7 @@ def compress_job(
         pvc_root=pvc_root,
         threads=threads,
         latency_runs=latency_runs,
+        output_dir=output_dir,
     )
     write_termination_log(termination_log, result)
     print(termination_message(result))

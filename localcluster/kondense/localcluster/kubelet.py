@@ -10,7 +10,9 @@ What a container runtime and a kubelet do, as far as kondense's pods need it:
   declared ``containerPort`` gets a free host port (``--port N`` and probe ports follow it), Service
   URLs (``http://<svc>.<ns>.svc.cluster.local:<port>``) point at the Service's loopback proxy,
   ``emptyDir`` mounts become per-pod directories, PVC mounts the cluster's ``pvc/<claim>`` directory,
-  and the ``terminationMessagePath`` a per-container file;
+  and the ``terminationMessagePath`` a per-container file; ``subPath`` mounts a directory inside the
+  volume (relative, no ``..``), and ``readOnly`` is enforced with Landlock (Linux >= 5.19): a container
+  writes only its read-write mounts, its pod's directory (emptyDirs, /tmp) and /dev;
 * ``status``: phase, conditions, ``containerStatuses`` with waiting/running/terminated states, exit
   codes, ``terminated.message`` from the termination-message file (``FallbackToLogsOnError``: the log
   tail), restart counts with a back-off, ``OOMKilled`` when the resident memory passes
@@ -19,7 +21,8 @@ What a container runtime and a kubelet do, as far as kondense's pods need it:
 * deleted pods get SIGTERM, then SIGKILL after ``terminationGracePeriodSeconds``.
 
 Not emulated: security contexts (processes run as the current user), CPU limits, images, exec/tcp
-probes (a container with one is ready once running), ``hostNetwork``/``hostPort``.
+probes (a container with one is ready once running), ``hostNetwork``/``hostPort``; ``readOnly`` on a
+kernel without Landlock ABI 2 (logged once).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class NodeContext:
     namespace_exists: Callable[[str], bool]
     service_domain: str = "svc.cluster.local"
     bin_dirs: tuple[str, ...] = field(default_factory=lambda: (str(Path(sys.executable).parent),))
+    enforce_read_only: bool = True  # Landlock, where the kernel has it (see ``sandboxed``)
 
 
 @dataclass
@@ -113,6 +117,7 @@ class ContainerLaunch:
     named_ports: dict[str, int]  # port name -> containerPort
     termination_log: Path
     workdir: Path
+    writable: tuple[str, ...] = ()  # the only local directories the container may write (readOnly)
 
 
 def _service_url_pattern(domain: str) -> re.Pattern[str]:
@@ -176,27 +181,118 @@ def rewrite_ports(args: list[str], ports: Mapping[int, int]) -> list[str]:
     return out
 
 
-def volume_paths(
+@dataclass(frozen=True)
+class LocalMount:
+    mount_path: str
+    local: str
+    read_only: bool
+
+
+def local_mounts(
     pod: Mapping[str, Any], container: Mapping[str, Any], pod_dir: Path, ctx: NodeContext
-) -> dict[str, str]:
-    """mountPath -> local directory for the container's volumeMounts."""
+) -> list[LocalMount]:
+    """The container's volumeMounts as local directories (``subPath`` inside its volume; the
+    directory is created, as the kubelet does)."""
     volumes = {v["name"]: v for v in (pod.get("spec") or {}).get("volumes") or []}
-    mounts: dict[str, str] = {}
+    out: list[LocalMount] = []
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount["name"]) or {}
+        volume_read_only = False
         if "emptyDir" in volume:
             local = pod_dir / "volumes" / mount["name"]
         elif "persistentVolumeClaim" in volume:
             local = ctx.pvc_dir / volume["persistentVolumeClaim"]["claimName"]
+            volume_read_only = bool(volume["persistentVolumeClaim"].get("readOnly"))
         elif "hostPath" in volume:
             local = Path(volume["hostPath"]["path"])
         else:
             continue  # configMap/secret/projected volumes: nothing of kondense uses them
-        if mount.get("subPath"):
-            local = local / mount["subPath"]
+        sub_path = mount.get("subPath")
+        if sub_path:
+            parts = str(sub_path).split("/")
+            if sub_path.startswith("/") or ".." in parts:
+                raise CannotRun(
+                    f"volumeMount {mount['name']} at {mount['mountPath']}: subPath {sub_path!r} must be a "
+                    "relative path without '..'"
+                )
+            local = local / sub_path
         local.mkdir(parents=True, exist_ok=True)
-        mounts[mount["mountPath"]] = str(local)
-    return mounts
+        out.append(
+            LocalMount(mount["mountPath"], str(local), bool(mount.get("readOnly")) or volume_read_only)
+        )
+    return out
+
+
+def volume_paths(
+    pod: Mapping[str, Any], container: Mapping[str, Any], pod_dir: Path, ctx: NodeContext
+) -> dict[str, str]:
+    """mountPath -> local directory for the container's volumeMounts."""
+    return {m.mount_path: m.local for m in local_mounts(pod, container, pod_dir, ctx)}
+
+
+# ---- readOnly: Landlock lets a process give up writing outside a few directories, no root needed ------
+
+_LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446  # every Linux arch
+# WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_{CHAR,DIR,REG,SOCK,FIFO,BLOCK,SYM} | REFER (ABI 2)
+_LANDLOCK_WRITES = 2 | 16 | 32 | 64 | 128 | 256 | 512 | 1024 | 2048 | 4096 | 8192
+_LANDLOCK_TRUNCATE = 16384  # ABI 3
+
+# Runs as `python -c SANDBOX <writable dirs as JSON> <argv...>`: restrict, then exec the container's
+# command (same pid, so signals, exit codes and memory accounting are the container's own).
+SANDBOX = f"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def fail(what):
+    sys.stderr.write(f"kubelet sandbox: {{what}}: {{os.strerror(ctypes.get_errno())}}\\n")
+    sys.exit(128)
+class Ruleset(ctypes.Structure):
+    _fields_ = [("fs", ctypes.c_uint64)]
+class Beneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
+abi = libc.syscall({_LANDLOCK_CREATE_RULESET}, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+handled = {_LANDLOCK_WRITES} | ({_LANDLOCK_TRUNCATE} if abi >= 3 else 0)
+ruleset = Ruleset(handled)
+fd = libc.syscall({_LANDLOCK_CREATE_RULESET}, ctypes.byref(ruleset), ctypes.c_size_t(8), ctypes.c_uint32(0))
+if fd < 0:
+    fail("landlock_create_ruleset")
+for path in json.loads(sys.argv[1]):
+    try:
+        parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        continue
+    rule = Beneath(handled, parent)
+    if libc.syscall({_LANDLOCK_ADD_RULE}, fd, 1, ctypes.byref(rule), 0) != 0:
+        fail(f"landlock_add_rule {{path}}")
+    os.close(parent)
+if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required to restrict oneself unprivileged
+    fail("prctl(PR_SET_NO_NEW_PRIVS)")
+if libc.syscall({_LANDLOCK_RESTRICT_SELF}, fd, 0) != 0:
+    fail("landlock_restrict_self")
+os.close(fd)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI (0: none). ABI 2 is needed: before it, no rename between directories."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        abi = libc.syscall(_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    except (OSError, AttributeError):
+        return 0
+    return max(int(abi), 0)
+
+
+def sandboxed(launch: ContainerLaunch) -> list[str]:
+    """The argv that runs ``launch`` able to write only ``launch.writable``."""
+    import json
+
+    return [sys.executable, "-I", "-S", "-c", SANDBOX, json.dumps(list(launch.writable)), *launch.argv]
 
 
 def resolve_command(name: str, bin_dirs: tuple[str, ...]) -> str:
@@ -234,8 +330,12 @@ def plan_container(
     ports = {int(p["containerPort"]): free_port() for p in container.get("ports") or []}
     termination_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
     termination_log = pod_dir / f"{container['name']}.termination-log"
-    mounts = volume_paths(pod, container, pod_dir, ctx)
+    local = local_mounts(pod, container, pod_dir, ctx)
+    mounts = {m.mount_path: m.local for m in local}
     mounts[termination_path] = str(termination_log)
+    # what a container may write: its read-write mounts, its pod's own directory (emptyDirs, /tmp,
+    # termination logs) and the devices (/dev/null, /dev/shm)
+    writable = tuple(dict.fromkeys([*(m.local for m in local if not m.read_only), str(pod_dir), "/dev"]))
 
     def rewrite(text: str) -> str:
         return rewrite_path(rewrite_service_urls(text, ctx), mounts, keep=(str(ctx.pvc_dir),))
@@ -266,7 +366,7 @@ def plan_container(
             env[item["name"]] = rewrite(str(item["value"]))
         elif (ref := (item.get("valueFrom") or {}).get("fieldRef")) and ref.get("fieldPath") in fields:
             env[item["name"]] = fields[ref["fieldPath"]]
-    return ContainerLaunch(argv, env, ports, named_ports, termination_log, pod_dir)
+    return ContainerLaunch(argv, env, ports, named_ports, termination_log, pod_dir, writable)
 
 
 def read_termination_message(
@@ -390,6 +490,9 @@ class Kubelet:
         )
         self._probe_client = httpx.Client(timeout=probe_timeout_cap_s)
         self._lock = threading.Lock()
+        self.sandbox = ctx.enforce_read_only and landlock_abi() >= 2
+        if ctx.enforce_read_only and not self.sandbox:
+            log.warning("this kernel has no Landlock ABI 2: readOnly volume mounts are not enforced here")
 
     # -- public --------------------------------------------------------------------------------------
     def sync(self, pods: list[dict[str, Any]]) -> None:
@@ -508,7 +611,7 @@ class Kubelet:
         out = open(c.log_file, "ab")  # noqa: SIM115 - closed when the process is reaped
         try:
             c.proc = subprocess.Popen(
-                c.launch.argv, env=c.launch.env, cwd=c.launch.workdir, stdin=subprocess.DEVNULL,
+                sandboxed(c.launch) if self.sandbox else c.launch.argv, env=c.launch.env, cwd=c.launch.workdir, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         except OSError as exc:

@@ -484,8 +484,32 @@ class RouterType(StrEnum):
 
 
 class HTTPRouteRef(StrictModel):
+    """An HTTPRoute in the CompressedModel's own namespace, labelled `kondense.dev/canary-of: <name>`
+    (the operator sets the weights of no other route)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.namespace)",
+                "the HTTPRoute must be in the CompressedModel's own namespace: remove httpRoute.namespace",
+                ".namespace",
+            )
+        )
+    )
+
     name: Name
-    namespace: Name | None = None
+    namespace: Name | None = Field(
+        None, description="Not allowed (kept to reject it clearly): the route is in the CR's namespace."
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _own_namespace_only(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "the HTTPRoute must be in the CompressedModel's own namespace: remove httpRoute.namespace"
+            )
+        return value
 
 
 class TrafficRouting(StrictModel):
@@ -1032,6 +1056,11 @@ class SpecHashes(StatusModel):
 
     compression: str | None = None
     rollout: str | None = None
+    run: str | None = Field(
+        None,
+        description="The compression run: names its Jobs and its artifact directory; a new one for "
+        "every compression spec (a directory that may be served is never written again).",
+    )
 
 
 class CompressedModelStatus(SteeringStatus):

@@ -23,6 +23,7 @@ from kondense.operator.objects import (
     placement,
     pod_security,
     scratch_volume,
+    workload_image,
 )
 from kondense.operator.providers import ComparisonQueries
 from kondense.operator.rollout import Track
@@ -94,8 +95,19 @@ def _deployment(
 def _pvc_mounts(
     uri: str | None, settings: OperatorSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    claim = Location(uri).claim if uri else None
-    return pvc_volumes([claim] if claim else [], settings.pvc_root, read_only=True)
+    """The artifact's own directory, read-only, where its path says (a server sees nothing else of
+    the claim: not the other models' artifacts, not the data)."""
+    location = Location(uri) if uri else None
+    if location is None or location.claim is None:
+        return [], []
+    volumes, _ = pvc_volumes([location.claim], settings.pvc_root, read_only=True)
+    mount = {
+        "name": volumes[0]["name"],
+        "mountPath": location.local_path(settings.pvc_root),
+        "subPath": location.subpath(),
+        "readOnly": True,
+    }
+    return volumes, [mount]
 
 
 def cpu_threads(resources: ResourceRequirements | None) -> int | None:
@@ -163,7 +175,7 @@ class OnnxRuntimeBackend:
                 spec.task.value,
             ]
         volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
-        tmp_volume, tmp_mount = scratch_volume()
+        tmp_volume, tmp_mount = scratch_volume(settings.pod_tmp_size_limit)
         pod_fields, container_fields = placement(spec.serving)
         probe = {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -178,7 +190,9 @@ class OnnxRuntimeBackend:
             "containers": [
                 {
                     "name": "server",
-                    "image": spec.serving.image or settings.serving_image,
+                    "image": workload_image(
+                        spec.serving.image, settings.serving_image, settings, "spec.serving.image"
+                    ),
                     "imagePullPolicy": settings.image_pull_policy,
                     "command": ["kondense"],
                     "args": args,
@@ -260,7 +274,7 @@ class TritonBackend:
             for size in triton.dynamicBatching.preferredBatchSize or []:
                 init_args += ["--preferred-batch-size", str(size)]
         volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
-        tmp_volume, tmp_mount = scratch_volume()
+        tmp_volume, tmp_mount = scratch_volume(settings.pod_tmp_size_limit)
         repo_volume, repo_mount = (
             {"name": "models", "emptyDir": {}},
             {"name": "models", "mountPath": "/models"},
@@ -273,7 +287,9 @@ class TritonBackend:
             "initContainers": [
                 {
                     "name": "model-repository",
-                    "image": spec.serving.image or settings.serving_image,
+                    "image": workload_image(
+                        spec.serving.image, settings.serving_image, settings, "spec.serving.image"
+                    ),
                     "imagePullPolicy": settings.image_pull_policy,
                     "command": ["kondense"],
                     "args": init_args,

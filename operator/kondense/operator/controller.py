@@ -38,7 +38,7 @@ from kondense.operator.naming import (
     Names,
 )
 from kondense.operator.notifications import Notifier, kube_secret_reader
-from kondense.operator.objects import Owner, compression_job
+from kondense.operator.objects import Owner, compression_job, image_problems
 from kondense.operator.providers import MetricProvider, ProviderFactory, read_slis, read_track
 from kondense.operator.rollout import (
     AnalysisDue,
@@ -59,7 +59,7 @@ from kondense.operator.rollout import (
     topology,
     webhooks_due,
 )
-from kondense.operator.routers import TRAFFIC_ROUTERS
+from kondense.operator.routers import TRAFFIC_ROUTERS, RouteRefused
 from kondense.operator.selection import select_variants
 from kondense.operator.settings import OperatorSettings
 from kondense.operator.workloads import serving_plan
@@ -249,8 +249,11 @@ class Controller:
         owner = Owner(name, namespace, meta["uid"])
         names = Names(name)
         serving = current.stable is not None  # nothing is served before the base model's artifact exists
+        backend = SERVING_BACKENDS[spec.serving.runtime]
+        router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
         world = World(
-            jobs={} if new_spec else self._observe_jobs(spec, owner, spec_hash),
+            observed_weight=router.observed_weight,
+            jobs={} if new_spec else self._observe_jobs(spec, owner, current.hashes.run or spec_hash),
             stable=track_observation(self.kube.get("Deployment", names.deployment("stable"), namespace))
             if serving
             else None,
@@ -259,8 +262,6 @@ class Controller:
             else None,
             intents=intents.parse(meta.get("annotations")),
         )
-        backend = SERVING_BACKENDS[spec.serving.runtime]
-        router = TRAFFIC_ROUTERS[spec.rollout.trafficRouting.type]
         due = analysis_due(spec, current, world, now)
         if due is not AnalysisDue.NONE:
             if due is AnalysisDue.CONTINUOUS:
@@ -301,8 +302,9 @@ class Controller:
             self._write_status(body, status)
 
         rejected: list[ChildRejected] = []
+        run = status.hashes.run or spec_hash  # recorded above, before any of its Jobs exists
         for variant in decision.create_jobs:
-            job = compression_job(spec, owner, self.settings, spec_hash, variant)
+            job = compression_job(spec, owner, self.settings, run, variant)
             try:
                 if self.kube.create(job):
                     log.info("created Job %s/%s", namespace, job["metadata"]["name"])
@@ -311,13 +313,21 @@ class Controller:
                 self._fail_variant(status, variant, exc)
         try:
             if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
-                self._delete_stale_jobs(namespace, name, spec_hash)
+                self._delete_stale_jobs(namespace, name, run)
         except ChildRejected as exc:
             rejected.append(exc)
 
         ctx = ServingContext(spec, owner, self.settings)
         plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
-        for obj in plan.apply:
+        for obj in plan.apply:  # in order (a route's weight goes to 0 before the canary scales down)
+            if router.owns(obj):  # the router's own objects, in this namespace only
+                try:
+                    router.apply(self.kube, namespace, name, obj)
+                except RouteRefused as exc:  # the opt-in went away since _preflight: the next tick says so
+                    log.warning("%s/%s: %s", namespace, name, exc)
+                except ChildRejected as exc:
+                    rejected.append(exc)
+                continue
             obj["metadata"].setdefault("namespace", namespace)
             try:
                 self.kube.apply(obj)
@@ -430,6 +440,10 @@ class Controller:
                 f"spec.rollout.trafficRouting.type: no router for {spec.rollout.trafficRouting.type}"
             )
         problems += self.metric_providers.problems(spec.rollout.analysis)
+        problems += image_problems(spec, self.settings)  # an image not on the allow-list: no children
+        if spec.rollout.trafficRouting.type in TRAFFIC_ROUTERS:  # a route that does not opt in: no children
+            routing = spec.rollout.trafficRouting
+            problems += TRAFFIC_ROUTERS[routing.type].check(self.kube, namespace, name, routing)
         try:
             output = variant_location(spec, namespace, name, "x", "x").uri
         except LocationError as exc:
@@ -465,10 +479,8 @@ class Controller:
             self.post_event(body, Event("Warning", "Invalid", message))
         return status
 
-    def _observe_jobs(
-        self, spec: CompressedModelSpec, owner: Owner, spec_hash: str
-    ) -> dict[str, JobObservation]:
-        selector = f"{MODEL_LABEL}={owner.name},{HASH_LABEL}={spec_hash[:12]}"
+    def _observe_jobs(self, spec: CompressedModelSpec, owner: Owner, run: str) -> dict[str, JobObservation]:
+        selector = f"{MODEL_LABEL}={owner.name},{HASH_LABEL}={run[:12]}"
         jobs = self.kube.list_jobs(owner.namespace, selector)
         out: dict[str, JobObservation] = {}
         if not jobs:
@@ -486,7 +498,7 @@ class Controller:
             obs = job_observation(job, own_pods)
             if obs.result is not None and obs.result.artifact is not None:
                 # the operator chose the output location; record it as the artifact's URI
-                uri = variant_location(spec, owner.namespace, owner.name, spec_hash, variant).uri
+                uri = variant_location(spec, owner.namespace, owner.name, run, variant).uri
                 obs.result.artifact.uri = uri
             out[variant] = obs
         return out
@@ -540,9 +552,9 @@ class Controller:
             and not p["metadata"].get("deletionTimestamp")
         ]
 
-    def _delete_stale_jobs(self, namespace: str, name: str, spec_hash: str) -> None:
+    def _delete_stale_jobs(self, namespace: str, name: str, run: str) -> None:
         # `HASH_LABEL,` first: Jobs without the label (the load generator) are not stale compression Jobs
-        selector = f"{MODEL_LABEL}={name},{HASH_LABEL},{HASH_LABEL}!={spec_hash[:12]}"
+        selector = f"{MODEL_LABEL}={name},{HASH_LABEL},{HASH_LABEL}!={run[:12]}"
         for job in self.kube.list_jobs(namespace, selector):
             self.kube.delete("Job", job["metadata"]["name"], namespace)
 

@@ -123,8 +123,6 @@ class KubeClient:
 
     def _apply(self, obj: dict[str, Any]) -> str:
         kind, meta = obj["kind"], obj["metadata"]
-        if kind == "HTTPRoute":
-            return self.patch_http_route(obj)
         if kind == "Job":  # a Job's template is immutable: create it once, leave it alone
             return "created" if self.create(obj) else "unchanged"
         read, create, patch, _ = self._ops(kind)
@@ -229,22 +227,22 @@ class KubeClient:
                 raise StatusConflict(f"{namespace}/{name}") from exc
             raise
 
-    def patch_http_route(self, obj: dict[str, Any]) -> str:
-        """Set backend weights on the user's HTTPRoute (it owns parentRefs/matches; we own weights)."""
-        meta = obj["metadata"]
-        namespace: str = meta["namespace"]
-        group, version = "gateway.networking.k8s.io", "v1"
-        current: Any = self.custom.get_namespaced_custom_object(
-            group, version, namespace, "httproutes", meta["name"]
-        )
-        rules = current.get("spec", {}).get("rules") or [{}]
-        wanted_refs = obj["spec"]["rules"][0]["backendRefs"]
-        if all(r.get("backendRefs") == wanted_refs for r in rules):
-            return "unchanged"
-        for rule in rules:
-            rule["backendRefs"] = wanted_refs
-        self.custom.patch_namespaced_custom_object(
-            group, version, namespace, "httproutes", meta["name"], {"spec": {"rules": rules}},
-            _content_type=MERGE_PATCH,
-        )  # fmt: skip
-        return "patched"
+    # -- other custom objects (what a traffic router reads and patches) ----------------------------
+    def get_custom(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            body: Any = self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+            return dict(body)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_custom(
+        self, group: str, version: str, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> None:
+        with _rejecting(plural, namespace, name):
+            self.custom.patch_namespaced_custom_object(
+                group, version, namespace, plural, name, body, _content_type=MERGE_PATCH
+            )

@@ -2,6 +2,11 @@
 
 `pvc://CLAIM/PATH` is mounted from the PersistentVolumeClaim CLAIM at `<pvcRoot>/CLAIM`;
 `file://PATH` is used as is (a path in the image or on the node); `http(s)://` is fetched by the Job.
+
+Artifacts: each compression run (one spec, one run id recorded in status before its Jobs exist) gets
+its own directory `<root>/<run>/`, and each Job of the run its own `<run>/<variant>/` (the only
+directory the Job can write, mounted with `subPath`); the artifact is `<run>/<variant>/artifact/`.
+A spec change A -> B -> A is a new run: a directory that may be served is never written again.
 """
 
 from __future__ import annotations
@@ -47,6 +52,21 @@ class Location:
     def child(self, *names: str) -> Location:
         return Location(self.uri.rstrip("/") + "/" + "/".join(names))
 
+    def subpath(self) -> str:
+        """The path inside its claim, as a volumeMount `subPath` (relative, no `..`, no empty part)."""
+        if self.scheme != "pvc":
+            raise LocationError(f"{self.uri}: only a pvc:// location has a path inside a claim")
+        path = urlsplit(self.uri).path.strip("/")
+        parts = path.split("/")
+        if not path or any(p in ("", ".", "..") for p in parts):
+            raise LocationError(
+                f"{self.uri}: the path inside the claim must not be empty or hold '.', '..' or '//'"
+            )
+        return path
+
+
+ARTIFACT_DIR = "artifact"  # inside a Job's own directory: the artifact (model.onnx + manifest.json)
+
 
 def artifacts_root(spec: CompressedModelSpec, namespace: str, name: str) -> Location:
     if spec.artifacts is not None:
@@ -57,10 +77,21 @@ def artifacts_root(spec: CompressedModelSpec, namespace: str, name: str) -> Loca
     return Location(posixpath.dirname(base.rstrip("/"))).child("kondense", namespace, name)
 
 
+def job_directory(spec: CompressedModelSpec, namespace: str, name: str, run: str, variant: str) -> Location:
+    """The one directory the Job of ``variant`` in compression run ``run`` may write."""
+    location = artifacts_root(spec, namespace, name).child(run, variant)
+    if location.scheme == "pvc":
+        location.subpath()  # refuse '..' and friends before anything is mounted
+    elif ".." in location.uri.split("/"):
+        raise LocationError(f"{location.uri}: '..' is not allowed in an artifacts location")
+    return location
+
+
 def variant_location(
-    spec: CompressedModelSpec, namespace: str, name: str, spec_hash: str, variant: str
+    spec: CompressedModelSpec, namespace: str, name: str, run: str, variant: str
 ) -> Location:
-    return artifacts_root(spec, namespace, name).child(spec_hash, variant)
+    """Where the artifact of ``variant`` in compression run ``run`` is (what status records)."""
+    return job_directory(spec, namespace, name, run, variant).child(ARTIFACT_DIR)
 
 
 def claims(*uris: str | None) -> list[str]:

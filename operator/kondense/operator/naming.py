@@ -8,8 +8,9 @@ from dataclasses import dataclass
 MODEL_LABEL = "kondense.dev/model"
 VARIANT_LABEL = "kondense.dev/variant"
 TRACK_LABEL = "kondense.dev/track"
-HASH_LABEL = "kondense.dev/spec-hash"
+HASH_LABEL = "kondense.dev/spec-hash"  # value: the compression run (see run_id) of a Job
 SHA_ANNOTATION = "kondense.dev/artifact-sha256"
+CANARY_OF_LABEL = "kondense.dev/canary-of"  # on an HTTPRoute: the CompressedModel that may set its weights
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kondense", "app.kubernetes.io/part-of": "kondense"}
 
 
@@ -20,6 +21,12 @@ def dns_label(*parts: str, limit: int = 63) -> str:
         return name
     suffix = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{name[: limit - 9].rstrip('-')}-{suffix}"
+
+
+def run_id(compression_hash: str, started: str, generation: int | None) -> str:
+    """A new compression run's id (12 hex digits), recorded in status before its Jobs exist: a spec
+    that comes back (A -> B -> A) is a new run with new Jobs and a new directory."""
+    return hashlib.sha256(f"{compression_hash}/{started}/{generation}".encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

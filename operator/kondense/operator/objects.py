@@ -3,17 +3,57 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from kondense.api.resource import CompressedModelSpec, Placement
-from kondense.operator.locations import Location, claims, pvc_volumes, variant_location
+from kondense.operator.locations import (
+    ARTIFACT_DIR,
+    Location,
+    claims,
+    job_directory,
+    pvc_volumes,
+    variant_location,
+)
 from kondense.operator.naming import HASH_LABEL, VARIANT_LABEL, Names
 from kondense.operator.rollout import BASE
 from kondense.operator.settings import OperatorSettings
 
 RUN_AS_USER = 10001
 TERMINATION_LOG = "/dev/termination-log"
+OUTPUT_MOUNT = "/output"  # a compression Job's own directory, the only thing it can write
+
+
+class ImageNotAllowed(ValueError):
+    """A CompressedModel names an image the operator's settings do not allow."""
+
+
+def workload_image(requested: str | None, default: str, settings: OperatorSettings, where: str) -> str:
+    """The image a pod runs: the operator's default, or an override on `KONDENSE_ALLOWED_IMAGES`."""
+    if requested is None or requested == default:
+        return default
+    if requested in settings.allowed_images:
+        return requested
+    allowed = ", ".join(settings.allowed_images) or "none: image overrides are disabled"
+    raise ImageNotAllowed(
+        f"{where}: image {requested!r} is not on the operator's allow-list (KONDENSE_ALLOWED_IMAGES; "
+        f"allowed: {allowed}); remove the field to use the default {default!r}"
+    )
+
+
+def image_problems(spec: CompressedModelSpec, settings: OperatorSettings) -> list[str]:
+    """Every image override of ``spec`` that the settings refuse (nothing is created for such a spec)."""
+    problems = []
+    for requested, default, where in (
+        (spec.compression.image, settings.compression_image, "spec.compression.image"),
+        (spec.serving.image, settings.serving_image, "spec.serving.image"),
+    ):
+        try:
+            workload_image(requested, default, settings, where)
+        except ImageNotAllowed as exc:
+            problems.append(str(exc))
+    return problems
 
 
 @dataclass(frozen=True)
@@ -77,41 +117,74 @@ def placement(spec: Placement) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
-def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
-    # read-only root filesystem: torch, ORT and Python need a writable /tmp
-    return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": "/tmp"}
+def scratch_volume(size_limit: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    # read-only root filesystem: torch, ORT and Python need a writable /tmp (bounded: it is node disk)
+    return {"name": "tmp", "emptyDir": {"sizeLimit": size_limit}}, {"name": "tmp", "mountPath": "/tmp"}
 
 
 def compression_job(
     spec: CompressedModelSpec,
     owner: Owner,
     settings: OperatorSettings,
-    spec_hash: str,
+    run: str,
     variant: str,
 ) -> dict[str, Any]:
-    """One compression Job (or the baseline Job when ``variant`` is BASE)."""
+    """One compression Job (or the baseline Job when ``variant`` is BASE) of compression run ``run``.
+
+    Every input is mounted read-only; the only writable storage is the Job's own directory
+    (``subPath`` at /output), which an init container creates first: a directory the kubelet makes
+    for a ``subPath`` belongs to root, and the Job runs as a non-root user.
+    """
     names = Names(owner.name)
-    output = variant_location(spec, owner.namespace, owner.name, spec_hash, variant)
+    directory = job_directory(spec, owner.namespace, owner.name, run, variant)
+    output = variant_location(spec, owner.namespace, owner.name, run, variant)
     data = spec.data
     uris = [spec.baseModel.uri, data.evaluation.uri, data.calibration.uri if data.calibration else None]
     uris.append(data.training.uri if data.training else None)
-    writable = claims(output.uri)
-    read_only = [c for c in claims(*uris) if c not in writable]
-    volumes, mounts = pvc_volumes(writable, settings.pvc_root, read_only=False)
-    ro_volumes, ro_mounts = pvc_volumes(read_only, settings.pvc_root, read_only=True)
-    # the two lists index volumes separately; rename the read-only ones
-    for i, (vol, mount) in enumerate(zip(ro_volumes, ro_mounts, strict=True)):
-        vol["name"] = mount["name"] = f"pvc-ro-{i}"
-    tmp_volume, tmp_mount = scratch_volume()
+    output_claim = directory.claim
+    input_claims = claims(*uris)
+    volumes, mounts = pvc_volumes(
+        [c for c in input_claims if c != output_claim], settings.pvc_root, read_only=True
+    )
+    init_containers: list[dict[str, Any]] = []
+    output_args = ["--output", output.uri]
+    if output_claim:
+        claim_mount = posixpath.join(settings.pvc_root, output_claim)
+        volumes.append(
+            {"name": "output", "persistentVolumeClaim": {"claimName": output_claim, "readOnly": False}}
+        )
+        if output_claim in input_claims:  # inputs beside the output: the claim itself stays read-only
+            mounts.append({"name": "output", "mountPath": claim_mount, "readOnly": True})
+        mounts.append(
+            {"name": "output", "mountPath": OUTPUT_MOUNT, "subPath": directory.subpath(), "readOnly": False}
+        )
+        output_args += ["--output-dir", posixpath.join(OUTPUT_MOUNT, ARTIFACT_DIR)]
+        init_containers.append(
+            {
+                "name": "output-directory",
+                "image": workload_image(
+                    spec.compression.image, settings.compression_image, settings, "spec.compression.image"
+                ),
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["mkdir"],
+                "args": ["-p", "--", directory.local_path(settings.pvc_root)],
+                "securityContext": container_security(),
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                "volumeMounts": [{"name": "output", "mountPath": claim_mount}],
+            }
+        )
+    tmp_volume, tmp_mount = scratch_volume(settings.job_tmp_size_limit)
 
     args = [
         "--model", spec.baseModel.uri,
         "--eval", data.evaluation.uri,
         "--task", spec.task.value,
-        "--output", output.uri,
+        *output_args,
         "--pvc-root", settings.pvc_root,
         "--termination-log", TERMINATION_LOG,
     ]  # fmt: skip
+    if spec.baseModel.sha256:
+        args += ["--model-sha256", spec.baseModel.sha256]
     if data.calibration:
         args += ["--calibration", data.calibration.uri]
     if data.training:
@@ -123,11 +196,11 @@ def compression_job(
         args += ["--target", json.dumps(target.model_dump(mode="json", exclude_none=True), sort_keys=True)]
         args += ["--max-accuracy-delta", str(spec.budget_for(target))]
     pod_fields, container_fields = placement(spec.compression)
-    labels = names.labels("compression", **{VARIANT_LABEL: variant, HASH_LABEL: spec_hash[:12]})
+    labels = names.labels("compression", **{VARIANT_LABEL: variant, HASH_LABEL: run[:12]})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(owner, names.job(variant, spec_hash), labels),
+        "metadata": metadata(owner, names.job(variant, run), labels),
         "spec": {
             "backoffLimit": spec.compression.backoffLimit,
             "activeDeadlineSeconds": spec.compression.activeDeadlineSeconds,
@@ -138,10 +211,16 @@ def compression_job(
                     "securityContext": pod_security(),
                     "automountServiceAccountToken": False,
                     **pod_fields,
+                    **({"initContainers": init_containers} if init_containers else {}),
                     "containers": [
                         {
                             "name": "compress",
-                            "image": spec.compression.image or settings.compression_image,
+                            "image": workload_image(
+                                spec.compression.image,
+                                settings.compression_image,
+                                settings,
+                                "spec.compression.image",
+                            ),
                             "imagePullPolicy": settings.image_pull_policy,
                             "command": ["kondense-compress"],
                             "args": args,
@@ -149,11 +228,11 @@ def compression_job(
                             "securityContext": container_security(),
                             "terminationMessagePath": TERMINATION_LOG,
                             "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [*mounts, *ro_mounts, tmp_mount],
+                            "volumeMounts": [*mounts, tmp_mount],
                             **container_fields,
                         }
                     ],
-                    "volumes": [*volumes, *ro_volumes, tmp_volume],
+                    "volumes": [*volumes, tmp_volume],
                 },
             },
         },
@@ -206,7 +285,7 @@ def loadgen_job(
     assert load is not None
     names = Names(owner.name)
     volumes, mounts = pvc_volumes(claims(spec.data.evaluation.uri), settings.pvc_root, read_only=True)
-    tmp_volume, tmp_mount = scratch_volume()
+    tmp_volume, tmp_mount = scratch_volume(settings.pod_tmp_size_limit)
     labels = names.labels("loadgen")
     loadgen_args = [
         "loadgen", "--url", url, "--model", owner.name,
@@ -228,7 +307,9 @@ def loadgen_job(
                     "containers": [
                         {
                             "name": "loadgen",
-                            "image": spec.serving.image or settings.serving_image,
+                            "image": workload_image(
+                                spec.serving.image, settings.serving_image, settings, "spec.serving.image"
+                            ),
                             "imagePullPolicy": settings.image_pull_policy,
                             "command": ["kondense"],
                             "args": loadgen_args,

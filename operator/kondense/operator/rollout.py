@@ -45,6 +45,7 @@ from kondense.operator.analysis import (
     Verdict,
     analyse,
 )
+from kondense.operator.naming import run_id
 from kondense.operator.selection import select_variants
 
 BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model for the stable track
@@ -93,6 +94,10 @@ class World:
     intents: Intents = field(default_factory=lambda: Intents(False, ()))  # from the annotations
     webhooks: Mapping[str, WebhookResult] = field(default_factory=dict)  # by name (webhooks_due)
     comparison: Comparison | None = None  # canary and stable over the same window (relative gates)
+    # (requested, stable ready, canary ready) -> the canary percent achieved: the traffic router's
+    observed_weight: ObservedWeight = field(
+        default=lambda requested, stable, canary: ready_ratio(stable, canary)
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,15 @@ class WebhookResult:
     type: WebhookType
     ok: bool  # answered 2xx
     message: str  # e.g. "answered 503: busy", "timed out after 5s"
+
+
+ObservedWeight = Callable[[int, int, int], int]
+
+
+def ready_ratio(stable_ready: int, canary_ready: int) -> int:
+    """The canary's share of the ready pods, in percent (what one Service over both tracks gives it)."""
+    total = stable_ready + canary_ready
+    return round(100 * canary_ready / total) if total else 0
 
 
 @dataclass(frozen=True)
@@ -418,6 +432,7 @@ def reconcile(
         status.base = VariantStatus(name=BASE, technique="baseline")
         status.phase, status.selectedVariant, status.ladder, status.canary = Phase.COMPRESSING, None, [], None
         status.hashes.compression, status.hashes.rollout = comp, roll
+        status.hashes.run = run_id(comp, ts, generation)  # a new run: new Jobs, a new directory
         status.message = f"compressing {len(spec.targets)} targets"
         d.events.append(
             Event("Normal", "Compressing", ("spec changed: " if restarted else "") + status.message)
@@ -565,12 +580,9 @@ def _canary(
             )
         return
 
-    # the weight the Service actually gives the canary, from ready pods
+    # the weight the canary actually gets, as its traffic router observes it
     if world.canary is not None and world.stable is not None:
-        total = world.canary.ready + world.stable.ready
-        canary.weight = round(100 * world.canary.ready / total) if total else 0
-        if spec.rollout.trafficRouting.type.value == "gatewayAPI" and world.canary.ready:
-            canary.weight = canary.requestedWeight
+        canary.weight = world.observed_weight(canary.requestedWeight, world.stable.ready, world.canary.ready)
 
     if canary.readyAt is None and _canary_serving(status, world):
         canary.readyAt = ts

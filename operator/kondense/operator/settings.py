@@ -31,7 +31,18 @@ class OperatorSettings(BaseSettings):
     prometheus_timeout_seconds: float = Field(5.0, gt=0)
     service_domain: str = Field("svc.cluster.local", description="DNS suffix of Services (shadow URLs).")
 
-    @field_validator("namespaces", mode="before")
+    # -- what a CompressedModel may choose (pods it gets the operator to run) --------------------
+    allowed_images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Images a CompressedModel may name in spec.compression.image / spec.serving.image "
+        "(exact references, comma list); empty = no overrides, the images above only.",
+    )
+    job_tmp_size_limit: str = Field(
+        "8Gi", description="sizeLimit of a compression Job's /tmp emptyDir (downloads, scratch)."
+    )
+    pod_tmp_size_limit: str = Field("1Gi", description="sizeLimit of a serving pod's /tmp emptyDir.")
+
+    @field_validator("namespaces", "allowed_images", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
