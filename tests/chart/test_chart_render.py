@@ -169,6 +169,7 @@ def test_operator_deployment_contract(render: Render) -> None:
     assert env["KONDENSE_HEALTH_PORT"] == "8080" and env["KONDENSE_METRICS_PORT"] == "8000"
     assert env["KONDENSE_PVC_ROOT"] == "/mnt/pvc"
     assert env["KONDENSE_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+    assert env["KONDENSE_PROMETHEUS_ALLOWED_URLS"] == ""  # only the operator's own Prometheus by default
     assert env["KONDENSE_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     annotations = spec["template"]["metadata"]["annotations"]
@@ -417,3 +418,18 @@ def test_monitoring_objects_keep_the_operator_labels(render: Render) -> None:
     dashboard = one(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["kondense.json"])["uid"] == "kondense-overview"
+
+
+def test_prometheus_allow_list_reaches_the_operator_settings(render: Render) -> None:
+    from kondense.operator.settings import OperatorSettings
+
+    urls = ["http://thanos.monitoring:9090", "https://prom.example.com"]
+    deployment = one(render({"operator": {"prometheusAllowedUrls": urls}}), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = OperatorSettings.model_validate(
+        {
+            "prometheus_url": env["KONDENSE_PROMETHEUS_URL"],
+            "prometheus_allowed_urls": env["KONDENSE_PROMETHEUS_ALLOWED_URLS"],
+        }
+    )
+    assert settings.prometheus_allowed_urls == urls
