@@ -665,11 +665,25 @@ def run_scenario(
         display.update(status, cluster.events())
     finally:
         cluster.stop()
-    leftovers = [pid for pid in cluster.started_pids() if _alive(pid)]
+    leftovers = _leftovers(cluster.started_pids())
     return Outcome(
         scenario.name, status.get("phase"), scenario.expected_phase, problems, time.monotonic() - started,
         status, cluster.paths.workdir, cluster.prometheus.url, leftovers,
     )  # fmt: skip
+
+
+LEFTOVER_GRACE_S = 10.0
+"""How long a stopped pod's helper processes (e.g. a server's decode worker, which exits when it reads
+EOF from its dead server) may take to go before they count as left running."""
+
+
+def _leftovers(pgids: list[int], grace_s: float = LEFTOVER_GRACE_S) -> list[int]:
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [pgid for pgid in pgids if _alive(pgid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def _alive(pgid: int) -> bool:
