@@ -231,7 +231,11 @@ def test_pause_survives_a_restart_then_resume_abort_and_retry(steered: Steered) 
         assert stable.spec.template.metadata.annotations["kondense.dev/artifact-sha256"] == (
             H.RESULTS["base"].artifact.sha256
         )
-        assert {"Paused", "Resumed", "ManualAbort"} <= set(rollout.reasons())
+        # Events are posted after the status write (kopf's queue): wait for them, bounded
+        steered.wait(
+            "the Paused, Resumed and ManualAbort Events",
+            lambda: {"Paused", "Resumed", "ManualAbort"} <= set(rollout.reasons()),
+        )
 
         steered.kubectl("retry", "steer")
         rollout.acknowledged("retry")
@@ -241,7 +245,7 @@ def test_pause_survives_a_restart_then_resume_abort_and_retry(steered: Steered) 
                 (s := steered.status("steer")).get("phase") == "Canary" and s["canary"]["variant"] == "int8"
             ),
         )
-        assert "Retrying" in rollout.reasons()
+        steered.wait("the Retrying Event", lambda: "Retrying" in rollout.reasons())
     finally:
         rollout.close()
 
