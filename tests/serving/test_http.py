@@ -62,6 +62,7 @@ def test_infer_equals_in_process_onnxruntime(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["id"] == "r-7" and body["model_name"] == "digits"
+    assert response.headers["kondense-variant"] == "stable"  # the track that answered
     (output,) = body["outputs"]
     assert output["name"] == "logits" and output["datatype"] == "FP32" and output["shape"] == [5, 10]
     got = np.array(output["data"], dtype=np.float32).reshape(5, 10)

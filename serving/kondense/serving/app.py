@@ -37,6 +37,7 @@ from kondense.serving.decoding import DecoderUnavailableError, ProcessDecoder
 from kondense.serving.metrics import ServerMetrics
 from kondense.serving.protocol import (
     HEADER_LENGTH,
+    VARIANT_HEADER,
     DecodedRequest,
     decode_request,
     encode_response,
@@ -440,13 +441,13 @@ class ModelServer:
             return error_response(400, str(exc))
         if self._shadow is not None:
             self._shadow.offer(body, header_length, outputs)
+        # Which track answered (the metrics' `variant` label): clients, benchmarks and session affinity
+        # can tell a canary answer from a stable one without timing heuristics.
+        headers = {VARIANT_HEADER: settings.variant}
         if response_header_length is None:
-            return Response(content, media_type=JSON)
-        return Response(
-            content,
-            headers={HEADER_LENGTH: str(response_header_length)},
-            media_type="application/octet-stream",
-        )
+            return Response(content, headers=headers, media_type=JSON)
+        headers[HEADER_LENGTH] = str(response_header_length)
+        return Response(content, headers=headers, media_type="application/octet-stream")
 
     async def _decode(self, body: bytes, header_length: int | None, model: InferenceModel) -> DecodedRequest:
         settings = self.settings

@@ -29,6 +29,8 @@ from kondense.serving.validation import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
+# Response header naming the track that answered an inference (`stable` or `canary`).
+VARIANT_HEADER = "kondense-variant"
 _LENGTH_PREFIX = struct.Struct("<I")
 _MAX_REPORTED_ERRORS = 5
 
