@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class Sample:
     done: float
     code: str
     variant: str = ""  # the kondense-variant header: which track answered
+    wall: float = 0.0  # time.time() when sent: to place the operator's status times
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Load:
             async with httpx.AsyncClient(timeout=10) as client:
 
                 async def one(body: dict[str, Any]) -> None:
-                    sent = time.monotonic()
+                    sent, wall = time.monotonic(), time.time()
                     variant = ""
                     try:
                         response = await client.post(f"{url}/v2/models/{model}/infer", json=body)
@@ -85,7 +87,7 @@ class Load:
                             self.errors.append((sent, response.text[:120]))
                     except httpx.HTTPError as exc:
                         code = type(exc).__name__
-                    self.samples.append(Sample(sent, time.monotonic(), code, variant))
+                    self.samples.append(Sample(sent, time.monotonic(), code, variant, wall))
 
                 tasks = set()
                 start, i = time.monotonic(), 0
@@ -116,6 +118,7 @@ class Run:
     failed: int
     codes: dict[str, int]
     canary_answers: int = 0
+    breakdown: str = ""
 
 
 def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) -> Run:
@@ -129,7 +132,10 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     def on_status(ctx: ScenarioContext, status: dict[str, Any]) -> None:
         marks.setdefault(f"phase:{status.get('phase')}", time.monotonic())
 
+    final: dict[str, Any] = {}
+
     def stop_load(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+        final.update(status)
         time.sleep(3)  # traffic after the end still counts: nothing may fail while pods go
         load.finish()
         return []
@@ -174,7 +180,33 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     codes: dict[str, int] = {}
     for s in samples:
         codes[s.code] = codes.get(s.code, 0) + 1
-    return Run(kind, outcome.phase, seconds, len(samples), len(failed), codes, len(canary))
+    return Run(
+        kind, outcome.phase, seconds, len(samples), len(failed), codes, len(canary), breakdown(canary, final)
+    )
+
+
+def _wall(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def breakdown(canary: list[Sample], status: dict[str, Any]) -> str:
+    """Where the time went, in seconds after the first request the canary answered: when the operator
+    saw the canary's pods serve (readyAt), its first failed check, its last check (the decision) and the
+    canary's last answer."""
+    if not canary:
+        return ""
+    t0 = canary[0].wall
+    info = status.get("canary") or {}
+    failed = [_wall(c.get("time")) for c in info.get("checks") or [] if c.get("passed") is False]
+    marks = {
+        "ready": _wall(info.get("readyAt")),
+        "1st breach": min(filter(None, failed), default=None),
+        "decision": _wall(info.get("lastAnalysisAt")),
+        "last canary answer": canary[-1].wall + (canary[-1].done - canary[-1].sent),
+    }
+    return ", ".join(f"{name} {when - t0:+.1f}" for name, when in marks.items() if when is not None)
 
 
 def main() -> None:
@@ -221,8 +253,8 @@ def main() -> None:
         ),
         "",
         "| run | final phase | first breaching request → 100 % on stable | requests | answered by the canary "
-        "| failed (not 200) | answers |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| failed (not 200) | answers | seconds after the canary's first answer |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     counters: dict[str, int] = {}
     for r in runs:
@@ -230,7 +262,7 @@ def main() -> None:
         seconds = f"{r.seconds_to_stable:.1f} s" if r.seconds_to_stable is not None else "n/a"
         lines.append(
             f"| {r.kind} {counters[r.kind]} | {r.phase} | {seconds} | {r.requests} | {r.canary_answers} "
-            f"| {r.failed} | {', '.join(f'{k}: {v}' for k, v in sorted(r.codes.items()))} |"
+            f"| {r.failed} | {', '.join(f'{k}: {v}' for k, v in sorted(r.codes.items()))} | {r.breakdown} |"
         )
     if rollbacks:
         lines += ["", f"Median time to 100 % on stable: **{statistics.median(rollbacks):.1f} s** (goal ≤ 12 s with "
