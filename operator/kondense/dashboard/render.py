@@ -22,6 +22,7 @@ from kondense.dashboard.timeline import (
     check_points,
     decisions,
     event_time,
+    parse_time,
     time_range,
     weight_steps,
 )
@@ -63,6 +64,14 @@ def fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
     if math.isinf(number) or number >= 1e300:
         return "+Inf"
     return f"{number:{spec}}{suffix}"
+
+
+def stamp(value: Any) -> str:
+    """A time as ``YYYY-MM-DD HH:MM:SS`` UTC (whole seconds); what cannot be read, as it is."""
+    when = value if isinstance(value, datetime) else parse_time(value)
+    if when is None:
+        return "" if value is None else str(value)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,7 +567,7 @@ def progress_html(progress: CompressionProgress | None) -> str:
     if progress.jobs:
         rows = "".join(
             f'<tr class="job"><td>{e(j.name)}</td><td>{e(j.variant)}</td><td>{phase_badge(j.state)}</td>'
-            f'<td>{e(j.started)}</td><td class="num">{e(format_seconds(j.seconds))}</td><td>{e(j.message)}</td></tr>'
+            f'<td>{e(stamp(j.started))}</td><td class="num">{e(format_seconds(j.seconds))}</td><td>{e(j.message)}</td></tr>'
             for j in progress.jobs
         )
         head = "".join(f"<th>{h}</th>" for h in ("Job", "variant", "state", "started", "time", "message"))
@@ -572,7 +581,7 @@ def _conditions(status: Mapping[str, Any]) -> str:
         return '<p class="muted">No conditions.</p>'
     rows = "".join(
         f"<tr><td>{e(c.get('type'))}</td><td>{e(c.get('status'))}</td><td>{e(c.get('reason'))}</td>"
-        f"<td>{e(c.get('message'))}</td><td>{e(c.get('lastTransitionTime'))}</td></tr>"
+        f"<td>{e(c.get('message'))}</td><td>{e(stamp(c.get('lastTransitionTime')))}</td></tr>"
         for c in conditions
     )
     head = "".join(f"<th>{h}</th>" for h in ("type", "status", "reason", "message", "since"))
@@ -587,7 +596,7 @@ def _events(events: Sequence[Mapping[str, Any]]) -> str:
         when = event_time(ev)
         count = ev.get("count")
         rows.append(
-            f'<tr class="event" data-reason="{e(ev.get("reason"))}"><td>{e(when.isoformat() if when else "")}</td>'
+            f'<tr class="event" data-reason="{e(ev.get("reason"))}"><td>{e(stamp(when))}</td>'
             f"<td>{e(ev.get('type'))}</td><td>{e(ev.get('reason'))}</td><td>{e(ev.get('message'))}</td>"
             f'<td class="num">{e(count if count and count > 1 else "")}</td></tr>'
         )
