@@ -132,7 +132,8 @@ def test_dashboard_shows_the_promoted_rollout(
     rows = browser.find_elements(By.CSS_SELECTOR, "#models tr.model")
     assert [r.get_attribute("data-name") for r in rows] == ["digits"], browser.page_source[:2000]
     assert "Promoted" in rows[0].find_element(By.CSS_SELECTOR, ".phase-cell").text
-    assert rows[0].find_elements(By.XPATH, "td")[4].text == "100%"
+    assert rows[0].find_element(By.CSS_SELECTOR, ".variant-cell").text == status["selectedVariant"]
+    assert rows[0].find_element(By.CSS_SELECTOR, ".stable-cell").text == status["stable"]["variant"]
     assert browser.find_elements(By.CSS_SELECTOR, ".banner") == []
 
     rows[0].find_element(By.LINK_TEXT, "digits").click()

@@ -142,23 +142,31 @@ def serving_variant(obj: Mapping[str, Any]) -> tuple[str, int | None]:
 
 
 def models_table(models: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    """One row per model: the columns of ``kubectl get cmodel`` (phase, selected variant, canary
+    weight) and what stable serves."""
     if not models:
         return '<p class="muted" id="no-models">No CompressedModels.</p>'
     rows = []
     for obj in models:
         meta, status = obj.get("metadata") or {}, obj.get("status") or {}
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-        variant, weight = serving_variant(obj)
+        canary = status.get("canary") or {}
+        weight = canary.get("weight") if canary else None
+        stable = (status.get("stable") or {}).get("variant") or ("base" if status.get("stable") else None)
         rows.append(
             f'<tr class="model" data-name="{e(name)}" data-namespace="{e(namespace)}">'
             f"<td>{e(namespace)}</td>"
             f'<td><a href="{e(model_href(namespace, name))}">{e(name)}</a></td>'
             f'<td class="phase-cell">{phase_badge(status.get("phase"))}</td>'
-            f"<td>{e(variant)}</td>"
-            f'<td class="num">{"-" if weight is None else f"{weight}%"}</td>'
+            f'<td class="variant-cell">{e(status.get("selectedVariant") or "-")}</td>'
+            f'<td class="num weight-cell">{"-" if weight is None else f"{e(weight)}%"}</td>'
+            f'<td class="stable-cell">{e(stable or "-")}</td>'
             f"<td>{e(status.get('message'))}</td></tr>"
         )
-    head = "".join(f"<th>{h}</th>" for h in ("namespace", "name", "phase", "variant", "weight", "message"))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("namespace", "name", "phase", "variant", "canary weight", "stable serves", "message")
+    )
     return f'<table id="models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
