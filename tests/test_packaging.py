@@ -29,7 +29,7 @@ def canonicalize_name(name: str) -> str:
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 LOCALCLUSTER_PYPROJECT = tomllib.loads((REPO / "localcluster" / "pyproject.toml").read_text())
-AREAS = {"api", "compression", "serving", "operator", "triton", "loadgen"}
+AREAS = {"api", "compression", "serving", "operator", "triton", "loadgen", "dashboard"}
 LOCKS = ("operator", "compression", "serving")
 # What the images run on (requirements/lock.py resolves with it): markers are evaluated for it.
 IMAGE_ENVIRONMENT = {

@@ -2,7 +2,7 @@
 
 Every area registers its own subcommands through the entry-point group ``kondense.commands``: each entry
 names a ``register(app)`` function (``kondense.<area>.cli:register``). The ``kondense`` distribution
-declares its areas (api, compression, serving, operator, triton, loadgen); other distributions add
+declares its areas (api, compression, serving, operator, triton, loadgen, dashboard); other distributions add
 theirs (``kondense-localcluster`` adds ``demo``), so an area that is not installed simply has no entry.
 Importing a ``cli`` module stays cheap: torch, onnxruntime and kopf are only imported by the command
 that needs them (``tests/test_packaging.py`` checks that every entry loads with the base dependencies).

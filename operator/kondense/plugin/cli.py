@@ -83,6 +83,20 @@ class Cluster:
             GROUP, VERSION, self.namespace, PLURAL, name, {"metadata": {"annotations": annotations}},
         )  # fmt: skip
 
+    def jobs(self, name: str) -> list[dict[str, Any]] | None:
+        """The model's compression Jobs; None when they cannot be listed (e.g. no RBAC for Jobs)."""
+        import kubernetes
+
+        from kondense.dashboard.progress import MODEL_LABEL, is_compression_job
+
+        batch = kubernetes.client.BatchV1Api(self.api)
+        try:
+            found = batch.list_namespaced_job(self.namespace, label_selector=f"{MODEL_LABEL}={name}")
+        except self._errors:
+            return None
+        items = self.api.sanitize_for_serialization(found).get("items", [])
+        return [j for j in items if is_compression_job(j, name)]
+
     def events(self, name: str) -> list[dict[str, Any]]:
         found = self._call("events", self.core.list_namespaced_event, self.namespace)
         items = self.api.sanitize_for_serialization(found).get("items", [])
@@ -121,8 +135,11 @@ def _fmt(value: Any, spec: str = "g", suffix: str = "") -> str:
         return str(value)
 
 
-def render_status(obj: dict[str, Any], console: Console) -> None:
-    """A CompressedModel readable at a glance: where the rollout is, the variants, the last checks."""
+def render_status(obj: dict[str, Any], console: Console, jobs: list[dict[str, Any]] | None = None) -> None:
+    """A CompressedModel readable at a glance: where the rollout is, the compression progress, the
+    variants, the last checks. ``jobs``: its compression Jobs when they could be listed."""
+    from kondense.dashboard.progress import compression_progress, format_seconds
+
     meta, status = obj.get("metadata", {}), obj.get("status") or {}
     canary = status.get("canary") or {}
     annotations = meta.get("annotations") or {}
@@ -153,6 +170,17 @@ def render_status(obj: dict[str, Any], console: Console) -> None:
     acknowledged = status.get("intents") or {}
     if acknowledged:
         console.print("  acknowledged: " + ", ".join(f"{k} {v}" for k, v in sorted(acknowledged.items())))
+    progress = compression_progress(obj, jobs or [])
+    if progress is not None and (not progress.complete or status.get("phase") in ("Pending", "Compressing")):
+        console.print(f"  {progress.summary()}")
+        running = [j for j in progress.jobs if j.state in ("Running", "Failed")]
+        if running:
+            table = Table(title="compression Jobs", title_justify="left")
+            for column in ("Job", "variant", "state", "time", "message"):
+                table.add_column(column)
+            for j in running:
+                table.add_row(j.name, j.variant, j.state, format_seconds(j.seconds), (j.message or "")[:60])
+            console.print(table)
     table = Table(title="variants", title_justify="left")
     for column in ("variant", "phase", "technique", "size", "p50 ms", "Δ accuracy", "note"):
         table.add_column(column)
@@ -216,18 +244,20 @@ def status(
     context: Context = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table | json | yaml")] = "table",
 ) -> None:
-    """Variants with size, latency and accuracy; canary weight; last checks; conditions."""
+    """Compression progress; variants with size, latency and accuracy; canary weight; last checks;
+    conditions."""
 
     def action() -> None:
         if output not in ("table", "json", "yaml"):
             raise PluginError(f"--output {output!r}: use table, json or yaml")
-        obj = Cluster(kubeconfig, context, namespace).get(name)
+        cluster = Cluster(kubeconfig, context, namespace)
+        obj = cluster.get(name)
         if output == "json":
             typer.echo(json.dumps(obj.get("status") or {}, indent=2))
         elif output == "yaml":
             typer.echo(yaml.safe_dump(obj.get("status") or {}, sort_keys=False))
         else:
-            render_status(obj, Console(width=140))
+            render_status(obj, Console(width=140), cluster.jobs(name))
 
     _run(action)
 
