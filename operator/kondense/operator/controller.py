@@ -379,7 +379,8 @@ class Controller:
         for r in rejected:
             metrics.CHILD_REJECTIONS.labels(kind=r.kind, reason=r.reason or str(r.code)).inc()
         folded = after_acting(status, rejected, body["metadata"].get("generation"), now)
-        self._write_status(body, folded.status)  # (no request when nothing changed)
+        if folded.status != status:
+            self._write_status(body, folded.status)
         for event in folded.events:
             log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], event.message)
         events.extend(folded.events)
