@@ -18,9 +18,6 @@ from kondense.operator.rollout import (
     BASE,
     AnalysisDue,
     Decision,
-    JobObservation,
-    JobState,
-    TrackObservation,
     World,
     analysis_due,
     bake_due,
@@ -29,30 +26,14 @@ from kondense.operator.rollout import (
     topology,
 )
 from kondense.operator.routers import ReplicaRouter
-from kondense_testing.builders import digits_body, digits_spec, job_result, sha
+from kondense_testing.builders import digits_body, digits_spec, sha
+from kondense_testing.rollouts import DOWN, GOOD, finished_jobs, settled_world
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-GOOD = [
-    Reading(SLI.REQUESTS, 500),
-    Reading(SLI.P99_LATENCY_MS, 4.0),
-    Reading(SLI.ERROR_RATE, 0.0),
-    Reading(SLI.ACCURACY_DELTA, 0.001),
-]
 # what the stable track answers during a bake: it shadows nothing, so no accuracy reading
 BAKE_GOOD = [*GOOD[:3], Reading(SLI.ACCURACY_DELTA, None, "no samples")]
 BAKE_SLOW = [GOOD[0], Reading(SLI.P99_LATENCY_MS, 180.0), GOOD[2], BAKE_GOOD[3]]
-BAKE_DOWN = [Reading(s, None, "Prometheus at http://p:9090 unreachable: ConnectError") for s in SLI][:4]
-
-
-def finished_jobs() -> dict[str, JobObservation]:
-    done = JobState.SUCCEEDED
-    return {
-        BASE: JobObservation(done, result=job_result(BASE, size=1.0)),
-        "int8": JobObservation(done, result=job_result("int8", delta=0.004, size=0.26)),
-        "dynamic-int8": JobObservation(done, result=job_result("dynamic-int8", delta=0.05, size=0.27)),
-        "fp16": JobObservation(done, result=job_result("fp16", delta=0.0, size=0.5)),
-        "slim-int8": JobObservation(JobState.FAILED, reason="OOMKilled", message="exit 137"),
-    }
+BAKE_DOWN = DOWN[:4]
 
 
 class Driver:
@@ -76,16 +57,7 @@ class Driver:
         return decision
 
     def serving(self, stable_sha: str | None = None) -> World:
-        topo = topology(self.spec, self.status, ReplicaRouter().split)
-        stable = canary = None
-        if topo.stable:
-            s = stable_sha or topo.stable.artifact.sha256
-            n = topo.stable.replicas
-            stable = TrackObservation(n, n, n, s, True)
-        if topo.canary:
-            c = topo.canary
-            canary = TrackObservation(c.replicas, c.replicas, c.replicas, c.artifact.sha256, True)
-        return World(jobs=finished_jobs(), stable=stable, canary=canary)
+        return settled_world(self.spec, self.status, finished_jobs(), stable_sha)
 
     def interval(self) -> float:
         return self.spec.rollout.interval_seconds()

@@ -7,92 +7,22 @@ the real API server would send them (a Status body with reason and message)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import kmock
-import pytest
-from kubernetes import client, config
+from kubernetes import client
 from prometheus_client import REGISTRY
 
-from kondense.api.crd import crd
-from kondense.localcluster.apiserver import LocalAPIServer
-from kondense.operator.controller import Controller
 from kondense.operator.kube import KubeClient
-from kondense.operator.rollout import Event
-from kondense.operator.settings import OperatorSettings
-from kondense_testing.builders import DIGITS, job_result
-
-NS = "ml"
-GROUP, VERSION, PLURAL = "kondense.dev", "v1alpha1", "compressedmodels"
-T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-pytestmark = pytest.mark.timeout(120)
-
-
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "reason": reason, "message": message, "code": code}  # fmt: skip
-
-
-class Harness:
-    def __init__(self, api: LocalAPIServer) -> None:
-        self.api = api
-        self.events: list[Event] = []
-        self.controller = Controller(
-            OperatorSettings(prometheus_url="http://prometheus.monitoring:9090"), KubeClient(), self.post
-        )
-        self.now = T0
-
-    def post(self, body: dict[str, Any], event: Event) -> None:
-        self.events.append(event)
-
-    def create(self, name: str, **spec: Any) -> None:
-        body = copy.deepcopy(DIGITS)
-        body["metadata"] = {"name": name, "namespace": NS}
-        body["spec"]["targets"] = [body["spec"]["targets"][2]]  # fp16 only
-        body["spec"].update(spec)
-        client.CustomObjectsApi().create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
-
-    def reconcile(self, name: str) -> dict[str, Any]:
-        self.now += timedelta(seconds=2)
-        self.controller.reconcile(NS, name, self.now)
-        return client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with LocalAPIServer() as api:
-        config.load_kube_config(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
-        client.ApiextensionsV1Api().create_custom_resource_definition(crd())
-        core = client.CoreV1Api()
-        core.create_namespace({"metadata": {"name": NS}})
-        pvc = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
-        core.create_namespaced_persistent_volume_claim(NS, {"metadata": {"name": "models"}, "spec": pvc})
-        yield Harness(api)
-
-
-def conditions(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in body["status"].get("conditions", [])}
-
-
-def complete_jobs() -> None:
-    """What the Job controller and kubelet would do: a terminated Pod with the result, then Job status."""
-    batch, core = client.BatchV1Api(), client.CoreV1Api()
-    for job in batch.list_namespaced_job(NS).items:
-        variant = job.metadata.labels["kondense.dev/variant"]
-        result = job_result(variant, size=1.0 if variant == "base" else 0.5)
-        labels = {**job.spec.template.metadata.labels, "job-name": job.metadata.name}
-        pod = core.create_namespaced_pod(NS, {"metadata": {"name": f"{job.metadata.name}-x", "labels": labels},
-                                              "spec": job.spec.template.spec})  # fmt: skip
-        terminated = {"exitCode": 0, "reason": "Completed", "message": result.model_dump_json()}
-        core.patch_namespaced_pod_status(pod.metadata.name, NS, {"status": {
-            "phase": "Succeeded",
-            "containerStatuses": [{"name": "compress", "image": "x", "imageID": "", "ready": False,
-                                   "restartCount": 0, "state": {"terminated": terminated}}]}})  # fmt: skip
-        batch.patch_namespaced_job_status(job.metadata.name, NS, {"status": {
-            "conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}})  # fmt: skip
+from kondense_testing.inprocess import (
+    GROUP,
+    NS,
+    PLURAL,
+    VERSION,
+    Harness,
+    complete_jobs,
+    conditions,
+    status_body,
+)
 
 
 def test_a_refused_job_fails_its_variant_with_the_api_message_and_is_not_retried(harness: Harness) -> None:

@@ -14,14 +14,13 @@ import pytest
 
 from kondense.api import intents
 from kondense.api.resource import CompressedModelSpec, CompressedModelStatus, Phase, VariantPhase
-from kondense.operator.analysis import SLI, Reading
+from kondense.operator.analysis import Reading
 from kondense.operator.rollout import (
     BASE,
     AnalysisDue,
     Decision,
     JobObservation,
     JobState,
-    TrackObservation,
     WebhookResult,
     World,
     analysis_due,
@@ -33,15 +32,9 @@ from kondense.operator.rollout import (
 )
 from kondense.operator.routers import ReplicaRouter
 from kondense_testing.builders import digits_body, job_result, sha
+from kondense_testing.rollouts import GOOD, SLOW, settled_world
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
-GOOD = [
-    Reading(SLI.REQUESTS, 500),
-    Reading(SLI.P99_LATENCY_MS, 4.0),
-    Reading(SLI.ERROR_RATE, 0.0),
-    Reading(SLI.ACCURACY_DELTA, 0.001),
-]
-SLOW = [GOOD[0], Reading(SLI.P99_LATENCY_MS, 180.0), *GOOD[2:]]
 JOBS = {
     BASE: JobObservation(JobState.SUCCEEDED, result=job_result(BASE, size=1.0)),
     "int8": JobObservation(JobState.SUCCEEDED, result=job_result("int8", delta=0.004, size=0.26)),
@@ -69,15 +62,8 @@ class Driver:
         self.jobs = JOBS
 
     def world(self) -> World:
-        topo = topology(self.spec, self.status, ReplicaRouter().split)
-        stable = canary = None
-        if topo.stable:
-            n = topo.stable.replicas
-            stable = TrackObservation(n, n, n, topo.stable.artifact.sha256, True)
-        if topo.canary:
-            n = topo.canary.replicas
-            canary = TrackObservation(n, min(1, n), n, topo.canary.artifact.sha256, True)
-        return World(jobs=self.jobs, stable=stable, canary=canary, intents=intents.parse(self.annotations))
+        world = settled_world(self.spec, self.status, self.jobs, canary_ready=1)
+        return replace(world, intents=intents.parse(self.annotations))
 
     def tick(self, readings: list[Reading] | None = None, advance: float = 1.0) -> Decision:
         self.now += timedelta(seconds=advance)

@@ -4,12 +4,9 @@ the worker retries with backoff and delivers once the receiver is back."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,6 +14,7 @@ import pytest
 from kondense.api.resource import Notification, SecretKeyRef
 from kondense.operator.notifications import Notifier
 from kondense.operator.rollout import Event
+from kondense_testing.receivers import Receiver, receiving
 
 BREACH = Event("Warning", "CheckFailed", "int8: p99LatencyMs=180>50, errorRate=0<=0.01 over 30s")
 EVENTS = [
@@ -28,38 +26,10 @@ EVENTS = [
 ]
 
 
-class Receiver:
-    def __init__(self, port: int = 0) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.received.append((self.path, json.loads(self.rfile.read(length))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
+    with receiving() as r:
         yield r
-    finally:
-        r.close()
 
 
 def target(name: str, kind: str, severity: str = "info") -> Notification:

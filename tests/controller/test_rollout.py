@@ -21,7 +21,6 @@ from kondense.operator.rollout import (
     Decision,
     JobObservation,
     JobState,
-    TrackObservation,
     World,
     analysis_due,
     reconcile,
@@ -29,27 +28,9 @@ from kondense.operator.rollout import (
 )
 from kondense.operator.routers import ReplicaRouter
 from kondense_testing.builders import digits_body, digits_spec, job_result, sha
+from kondense_testing.rollouts import DOWN, GOOD, SLOW, finished_jobs, settled_world
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-GOOD = [
-    Reading(SLI.REQUESTS, 500),
-    Reading(SLI.P99_LATENCY_MS, 4.0),
-    Reading(SLI.ERROR_RATE, 0.0),
-    Reading(SLI.ACCURACY_DELTA, 0.001),
-]
-SLOW = [*GOOD[:1], Reading(SLI.P99_LATENCY_MS, 180.0), *GOOD[2:]]
-DOWN = [Reading(s, None, "Prometheus at http://p:9090 unreachable: ConnectError") for s in SLI]
-
-
-def finished_jobs() -> dict[str, JobObservation]:
-    done = JobState.SUCCEEDED
-    return {
-        BASE: JobObservation(done, result=job_result(BASE, size=1.0)),
-        "int8": JobObservation(done, result=job_result("int8", delta=0.004, size=0.26)),
-        "dynamic-int8": JobObservation(done, result=job_result("dynamic-int8", delta=0.05, size=0.27)),
-        "fp16": JobObservation(done, result=job_result("fp16", delta=0.0, size=0.5)),
-        "slim-int8": JobObservation(JobState.FAILED, reason="OOMKilled", message="exit 137"),
-    }
 
 
 def canary(status: CompressedModelStatus) -> CanaryStatus:
@@ -85,19 +66,7 @@ class Driver:
         )
 
     def serving(self, stable_sha: str | None = None, canary_ready: int = 1) -> World:
-        topo = topology(self.spec, self.status, ReplicaRouter().split)
-        stable = canary = None
-        if topo.stable:
-            s = stable_sha or topo.stable.artifact.sha256
-            stable = TrackObservation(
-                topo.stable.replicas, topo.stable.replicas, topo.stable.replicas, s, True
-            )
-        if topo.canary:
-            c = topo.canary
-            canary = TrackObservation(
-                c.replicas, min(canary_ready, c.replicas), c.replicas, c.artifact.sha256, True
-            )
-        return World(jobs=finished_jobs(), stable=stable, canary=canary)
+        return settled_world(self.spec, self.status, finished_jobs(), stable_sha, canary_ready)
 
 
 @pytest.fixture

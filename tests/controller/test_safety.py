@@ -29,17 +29,15 @@ from kondense.operator.rollout import (
     BASE,
     JobObservation,
     JobState,
-    TrackObservation,
     World,
     analysis_due,
     metrics_problem,
     parse_time,
     reconcile,
-    topology,
 )
-from kondense.operator.routers import ReplicaRouter
 from kondense_testing.builders import DIGITS, job_result, sha
 from kondense_testing.crd_schema import violations
+from kondense_testing.rollouts import settled_world
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -63,15 +61,7 @@ class Driver:
         return decision
 
     def serving(self) -> World:
-        topo = topology(self.spec, self.status, ReplicaRouter().split)
-        stable = canary = None
-        if topo.stable:
-            n = topo.stable.replicas
-            stable = TrackObservation(n, n, n, topo.stable.artifact.sha256, True)
-        if topo.canary:
-            n = topo.canary.replicas
-            canary = TrackObservation(n, n, n, topo.canary.artifact.sha256, True)
-        return World(jobs=self.jobs, stable=stable, canary=canary)
+        return settled_world(self.spec, self.status, self.jobs)
 
     def to_canary(self) -> None:
         self.tick(World())

@@ -4,12 +4,8 @@ variant, step, weight and the latest readings."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,49 +13,15 @@ import pytest
 from kondense.api.resource import CanaryStatus, CompressedModelStatus, Phase, Webhook, WebhookType
 from kondense.operator import webhooks
 from kondense.operator.analysis import SLI, Reading
+from kondense_testing.receivers import Receiver, receiving
 
-
-class Receiver:
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.received.append((self.path, json.loads(self.rfile.read(length))))
-                if self.path == "/slow":
-                    time.sleep(3)
-                code, text = {
-                    "/ok": (200, b"fine"),
-                    "/accepted": (202, b""),
-                    "/fail": (500, b"database\n down"),
-                }.get(self.path, (200, b"late"))
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+ANSWERS = {"/ok": (200, b"fine"), "/accepted": (202, b""), "/fail": (500, b"database\n down")}
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
+    with receiving(answers=ANSWERS, default=(200, b"late"), delays={"/slow": 3}) as r:
         yield r
-    finally:
-        r.close()
 
 
 def hook(name: str, url: str, kind: str = "rollout", timeout: str = "2s") -> Webhook:

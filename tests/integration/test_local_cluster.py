@@ -27,31 +27,6 @@ pytestmark = [pytest.mark.localcluster, pytest.mark.slow, pytest.mark.timeout(42
 KUBERNETES_VERSION = "1.33"
 BIN = Path(sys.executable).parent
 
-# Temporary stand-in for `kondense-compress --baseline` (the lead is adding it): copies the base model,
-# writes its manifest with the real sha256 and the JobResult. Used only while the real command lacks
-# the flag; every other invocation goes to the real kondense-compress.
-BASELINE_STAND_IN = f"""#!{sys.executable}
-import argparse, os, shutil, sys
-from pathlib import Path
-if "--baseline" not in sys.argv:
-    os.execv({str(BIN / "kondense-compress")!r}, [{str(BIN / "kondense-compress")!r}, *sys.argv[1:]])
-from kondense.api.artifacts import ArtifactRef, JobResult, Manifest, VariantMetrics, sha256_file
-parser = argparse.ArgumentParser()
-for flag in ("--model", "--eval", "--task", "--output", "--pvc-root", "--termination-log", "--calibration", "--train"):
-    parser.add_argument(flag)
-parser.add_argument("--baseline", action="store_true")
-args = parser.parse_args()
-local = lambda uri: Path(args.pvc_root) / uri[len("pvc://"):] if uri.startswith("pvc://") else Path(uri.removeprefix("file://"))
-out = local(args.output)
-out.mkdir(parents=True, exist_ok=True)
-shutil.copy2(local(args.model), out / "model.onnx")
-ref = ArtifactRef(sha256=sha256_file(out / "model.onnx"), sizeBytes=(out / "model.onnx").stat().st_size)
-metrics = VariantMetrics(sizeRatio=1.0, accuracyDelta=0.0)
-(out / "manifest.json").write_text(Manifest(name="base", task=args.task, base=ref, artifact=ref, metrics=metrics).model_dump_json())
-result = JobResult(name="base", ok=True, reason="Succeeded", artifact=ref, metrics=metrics, technique="baseline")
-Path(args.termination_log).write_text(result.model_dump_json(exclude_none=True))
-"""
-
 
 @pytest.fixture(scope="module")
 def digits_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -62,20 +37,6 @@ def digits_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert all((out / name).is_file() for name in EXAMPLE_FILES)
     return out
-
-
-@pytest.fixture(scope="module")
-def command_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
-    help_text = subprocess.run(
-        [str(BIN / "kondense-compress"), "--help"], capture_output=True, text=True
-    ).stdout
-    if "--baseline" in help_text:
-        return ()
-    directory = tmp_path_factory.mktemp("bin")
-    script = directory / "kondense-compress"
-    script.write_text(BASELINE_STAND_IN)
-    script.chmod(0o755)
-    return (str(directory),)
 
 
 def invalid_objects(objects: list[dict[str, Any]]) -> list[str]:
@@ -101,11 +62,11 @@ def explain(outcome: Outcome, display: LogDisplay) -> str:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(scenario: str, digits_example: Path, command_dirs: tuple[str, ...], tmp_path: Path) -> None:
+def test_scenario(scenario: str, digits_example: Path, tmp_path: Path) -> None:
     display = LogDisplay()
     outcome = run_scenario(
         SCENARIOS[scenario], tmp_path / "cluster", digits_example, EXAMPLES / "digits" / "compressedmodel.yaml",
-        display, quick=True, timeout_s=300, bin_dirs=command_dirs,
+        display, quick=True, timeout_s=300,
     )  # fmt: skip
     assert outcome.ok, explain(outcome, display)
     objects = json.loads((outcome.workdir / "objects.json").read_text())

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +152,29 @@ def datatypes_model() -> onnx.ModelProto:
         numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
     ]
     return _model(helper.make_graph(nodes, "datatypes", inputs, outputs, inits))
+
+
+# one input of every datatype of the datatypes model: name -> (datatype, array)
+DATATYPE_FEED: dict[str, tuple[str, np.ndarray]] = {
+    "x": ("FP32", np.array([[1.5, -2, 0, 4], [7, 8, 9, 10]], np.float32)),
+    "ids": ("INT64", np.array([[1, -5, 2**40], [0, 0, -1]], np.int64)),
+    "flag": ("BOOL", np.array([[True, False], [False, False]])),
+    "half": ("FP16", np.array([[0.5, -3], [2, 1]], np.float16)),
+    "pixels": ("UINT8", np.array([[3, 250], [9, 1]], np.uint8)),
+    "text": ("BYTES", np.array([b"MiXeD", b"UPPER"], dtype=object)),
+}
+
+
+def assert_datatypes_answer(model_dir: Path, as_numpy: Callable[[str], np.ndarray]) -> None:
+    """Every output a client decoded (``as_numpy``) equals what ONNX Runtime computes from DATATYPE_FEED."""
+    session = ort.InferenceSession(str(model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    ort_feed = {name: array for name, (_, array) in DATATYPE_FEED.items()}
+    ort_feed["text"] = np.array([value.decode() for value in DATATYPE_FEED["text"][1]], dtype=object)
+    for spec, want in zip(session.get_outputs(), session.run(None, ort_feed), strict=True):
+        got = as_numpy(spec.name)
+        if spec.name == "text_lower":
+            got = np.array([value.decode() for value in got], dtype=object)
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.fixture(scope="session")

@@ -12,16 +12,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from kondense.api.artifacts import MODEL_FILE
-
-from .conftest import Digits, Server, free_port, running_server
+from .conftest import DATATYPE_FEED, Digits, Server, assert_datatypes_answer, free_port, running_server
 
 MAX_BODY = 200_000
 MAX_ELEMENTS = 100_000
@@ -112,29 +109,14 @@ def test_typed_contents_equal_raw_contents(stub: pb_grpc.GRPCInferenceServiceStu
 
 
 def test_every_datatype_through_raw_contents(datatypes_dir: Path) -> None:
-    feed: dict[str, tuple[str, np.ndarray]] = {
-        "x": ("FP32", np.array([[1.5, -2, 0, 4], [7, 8, 9, 10]], np.float32)),
-        "ids": ("INT64", np.array([[1, -5, 2**40], [0, 0, -1]], np.int64)),
-        "flag": ("BOOL", np.array([[True, False], [False, False]])),
-        "half": ("FP16", np.array([[0.5, -3], [2, 1]], np.float16)),
-        "pixels": ("UINT8", np.array([[3, 250], [9, 1]], np.uint8)),
-        "text": ("BYTES", np.array([b"MiXeD", b"UPPER"], dtype=object)),
-    }
     inputs = []
-    for name, (datatype, array) in feed.items():
+    for name, (datatype, array) in DATATYPE_FEED.items():
         tensor = triton.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     with grpc_server(datatypes_dir, "datatypes") as server:
         result = server.client().infer("datatypes", inputs)
-    session = ort.InferenceSession(str(datatypes_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
-    ort_feed = {name: array for name, (_, array) in feed.items()}
-    ort_feed["text"] = np.array([value.decode() for value in feed["text"][1]], dtype=object)
-    for spec, want in zip(session.get_outputs(), session.run(None, ort_feed), strict=True):
-        got = result.as_numpy(spec.name)
-        if spec.name == "text_lower":
-            got = np.array([value.decode() for value in got], dtype=object)
-        np.testing.assert_array_equal(got, want)
+    assert_datatypes_answer(datatypes_dir, result.as_numpy)
 
 
 def _request(

@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from kondense.api.artifacts import MODEL_FILE
-
-from .conftest import Digits, Server
+from .conftest import DATATYPE_FEED, Digits, Server, assert_datatypes_answer
 
 
 def _client(server: Server) -> triton.InferenceServerClient:
@@ -45,28 +42,13 @@ def test_infer_equals_in_process_onnxruntime(
 
 
 def test_every_datatype_through_binary_tensors(datatypes_server: Server, datatypes_dir: Path) -> None:
-    feed: dict[str, tuple[str, np.ndarray]] = {
-        "x": ("FP32", np.array([[1.5, -2, 0, 4], [7, 8, 9, 10]], np.float32)),
-        "ids": ("INT64", np.array([[1, -5, 2**40], [0, 0, -1]], np.int64)),
-        "flag": ("BOOL", np.array([[True, False], [False, False]])),
-        "half": ("FP16", np.array([[0.5, -3], [2, 1]], np.float16)),
-        "pixels": ("UINT8", np.array([[3, 250], [9, 1]], np.uint8)),
-        "text": ("BYTES", np.array([b"MiXeD", b"UPPER"], dtype=object)),
-    }
     inputs = []
-    for name, (datatype, array) in feed.items():
+    for name, (datatype, array) in DATATYPE_FEED.items():
         tensor = triton.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array, binary_data=True)
         inputs.append(tensor)
     result = _client(datatypes_server).infer("datatypes", inputs)
-    session = ort.InferenceSession(str(datatypes_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
-    ort_feed = {name: array for name, (_, array) in feed.items()}
-    ort_feed["text"] = np.array([value.decode() for value in feed["text"][1]], dtype=object)
-    for spec, want in zip(session.get_outputs(), session.run(None, ort_feed), strict=True):
-        got = result.as_numpy(spec.name)
-        if spec.name == "text_lower":
-            got = np.array([value.decode() for value in got], dtype=object)
-        np.testing.assert_array_equal(got, want)
+    assert_datatypes_answer(datatypes_dir, result.as_numpy)
 
 
 def test_errors_reach_the_client_as_messages(digits_server: Server) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -11,15 +10,11 @@ from tritonclient.grpc import model_config_pb2
 
 from kondense.triton.config import BatchingSpec, TensorSpec, model_config
 from kondense_testing.onnx_models import artifact_dir, manifest_digest
+from kondense_testing.tools import kondense
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kondense.cli", "triton-repository", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return kondense("triton-repository", *args)
 
 
 def parse(text: str) -> model_config_pb2.ModelConfig:

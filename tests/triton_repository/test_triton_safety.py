@@ -4,7 +4,6 @@ data: hostile names round-trip through Triton's own ModelConfig schema (issue 11
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,13 @@ from tritonclient.grpc import model_config_pb2
 from kondense.api.artifacts import MANIFEST_FILE, Manifest
 from kondense.triton.config import BatchingSpec, TensorSpec, TritonConfigError, model_config, quote
 from kondense_testing.onnx_models import artifact_dir, external_data_artifact_dir, manifest_digest
+from kondense_testing.tools import kondense
 
 INJECTED = 'x"\nparameters { key: "EXECUTION_ENV_PATH" value: { string_value: "/tmp/evil" } }\nname: "y'
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kondense.cli", "triton-repository", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return kondense("triton-repository", *args)
 
 
 def build(model_dir: Path, repo: Path, *extra: str, name: str = "m") -> subprocess.CompletedProcess[str]:

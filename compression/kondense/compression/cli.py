@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kondense.api.techniques import Task, Technique
 from kondense.compression.errors import BadInputError
 from kondense.compression.job import EXIT_BAD_INPUT, EXIT_BUDGET_NOT_MET, EXIT_ERROR
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 class RichProgress:
@@ -31,7 +35,7 @@ class RichProgress:
             console=Console(stderr=True),
             disable=not enabled,
         )
-        self._task: Any = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -110,7 +114,7 @@ def read_spec_target(path: Path, name: str | None) -> tuple[dict[str, Any], dict
     return document, defaults
 
 
-def stdout_console() -> Any:
+def stdout_console() -> Console:
     """Rich console for results; pipes get a wide one so tables are not squeezed to 80 columns."""
     from rich.console import Console
 

@@ -274,15 +274,15 @@ def raw_encode_initializers(model: onnx.ModelProto) -> int:
     return changed
 
 
-def name_unnamed_nodes(model: onnx.ModelProto) -> int:
-    """Give main-graph nodes without a name a unique one (``<op>_<index>``): quantization excludes
-    nodes, and the tuner and the manifest report them, by name. Returns how many were named."""
+def name_unnamed_nodes(model: onnx.ModelProto, infix: str = "") -> int:
+    """Give main-graph nodes without a name a unique one (``<op><infix>_<index>``): quantization
+    excludes nodes, and the tuner and the manifest report them, by name. Returns how many were named."""
     taken = {n.name for n in model.graph.node if n.name}
     named = 0
     for index, node in enumerate(model.graph.node):
         if node.name:
             continue
-        name = f"{node.op_type}_{index}"
+        name = f"{node.op_type}{infix}_{index}"
         while name in taken:
             name += "_"
         node.name = name

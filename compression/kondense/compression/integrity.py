@@ -9,15 +9,18 @@ refuses a base model whose digest differs from ``spec.baseModel.sha256`` before 
 from __future__ import annotations
 
 import itertools
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kondense.api.artifacts import ArtifactPathError, artifact_digest, artifact_member, sha256_file
+from kondense.api.artifacts import (
+    SHA256_HEX,
+    ArtifactPathError,
+    artifact_digest,
+    artifact_member,
+    sha256_file,
+)
 from kondense.compression.errors import BadInputError
-
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _node_tensors(nodes: Any) -> Any:

@@ -14,13 +14,16 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kondense.api.artifacts import MODEL_FILE, TERMINATION_LOG_LIMIT, JobResult
+from kondense.api.artifacts import MODEL_FILE, TERMINATION_LOG_LIMIT, JobResult, Manifest
 from kondense.api.techniques import Task
 from kondense.compression.errors import BadInputError
+
+if TYPE_CHECKING:
+    from kondense.compression.uris import UriResolver
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_BUDGET_NOT_MET = 0, 1, 2, 3
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -183,19 +186,19 @@ def run_job(
     )
 
 
-def _output_directory(resolver: Any, output: str, output_dir: str | None) -> Path:
+def _output_directory(resolver: UriResolver, output: str, output_dir: str | None) -> Path:
     """Where the artifact is written: ``--output-dir`` when given (the Job's own mounted directory;
     ``--output`` is then only the URI recorded), else where ``--output`` points."""
     return Path(output_dir) if output_dir else Path(resolver.local_path(output, "--output"))
 
 
-def hardware_summary(manifest: Any) -> str | None:
+def hardware_summary(manifest: Manifest) -> str | None:
     """The short evaluation-hardware line the operator shows in status (from the manifest)."""
     record = (getattr(manifest, "evaluation", None) or {}).get("hardware")
     return str(record["summary"])[:160] if isinstance(record, dict) and record.get("summary") else None
 
 
-def _resolver(pvc_root: Path | None, downloads: Path) -> Any:
+def _resolver(pvc_root: Path | None, downloads: Path) -> UriResolver:
     from kondense.compression.uris import UriResolver
 
     if pvc_root is None:  # the resolver's default: $KONDENSE_PVC_ROOT or /mnt/pvc

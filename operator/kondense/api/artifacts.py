@@ -10,16 +10,18 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 from kondense.api.techniques import Task, Technique
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TERMINATION_LOG_LIMIT = 4096
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")  # an artifact digest as the operator records it
 
 
 class _Open(BaseModel):
@@ -148,6 +150,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class ManifestError(ValueError):
+    """A manifest that does not validate (the message names the file and the first bad field)."""
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise ManifestError(f"{path} is not a valid manifest: {where}: {error['msg']}") from None
 
 
 class ArtifactPathError(ValueError):

@@ -925,13 +925,13 @@ class CompressedModelSpec(NotificationsSpec):
                 raise ValueError(f"data.calibration: required by static-int8 (targets: {', '.join(needing)})")
         return self
 
-    def target(self, name: str) -> Any:
+    def target(self, name: str) -> Target:
         for target in self.targets:
             if target.name == name:
                 return target
         raise KeyError(name)
 
-    def budget_for(self, target: Any) -> float:
+    def budget_for(self, target: TargetBase) -> float:
         return (
             target.maxAccuracyDelta
             if target.maxAccuracyDelta is not None

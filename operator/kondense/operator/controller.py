@@ -40,8 +40,10 @@ from kondense.operator.naming import (
 from kondense.operator.notifications import Notifier, kube_secret_reader
 from kondense.operator.objects import Owner, compression_job, image_problems
 from kondense.operator.providers import MetricProvider, ProviderFactory, read_slis, read_track
+from kondense.operator.rejections import Rejection, after_acting, request_refused
 from kondense.operator.rollout import (
     AnalysisDue,
+    Decision,
     Event,
     JobObservation,
     JobState,
@@ -53,9 +55,9 @@ from kondense.operator.rollout import (
     compression_hash,
     continuous_window,
     effective_window,
+    is_invalid,
     post_rollout_due,
     reconcile,
-    set_condition,
     topology,
     webhooks_due,
 )
@@ -98,6 +100,13 @@ def job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobObser
         text = (result.message if result else None) or conditions["Failed"].get("message") or message
         return JobObservation(JobState.FAILED, reason, text, result)
     return JobObservation(JobState.ACTIVE)
+
+
+def translate_rejection(exc: ChildRejected, variant: str | None = None, serving: bool = False) -> Rejection:
+    """The core's view of a 4xx: which object, the API's code/reason/message, and what it was for."""
+    return Rejection(
+        exc.kind, exc.name, exc.code, exc.reason, str(exc), exc.api_message, variant=variant, serving=serving
+    )
 
 
 def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | None:
@@ -229,22 +238,16 @@ class Controller:
             message = "status fields that do not validate were dropped: " + ", ".join(dropped)[:900]
             log.warning("%s/%s: %s", namespace, name, message)
             self.post_event(body, Event("Warning", "BadStatus", message))
-        ts = now.isoformat().replace("+00:00", "Z")
-        bad_name = model_name_problem(name)
-        if bad_name is not None:  # a CRD without the CEL rule (or an older one) let it in
-            return self._invalid(body, current, [f"metadata.name: {bad_name}"], ts)
-        try:
-            spec = CompressedModelSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
-            return self._invalid(body, current, [str(e) for e in field_errors(exc, ("spec",))], ts)
+        spec, problems = self._read_spec(body, current)
+        if spec is None or problems:  # the core makes it Invalid; nothing acts
+            decision = reconcile(spec, current, generation, World(problems=tuple(problems)), now)
+            if decision.status != current:
+                self._write_status(body, decision.status)
+            for event in decision.events:
+                self.post_event(body, event)
+            return decision.status
         spec_hash = compression_hash(spec)
         new_spec = current.hashes.compression != spec_hash
-        # storage is checked before a spec is first acted on (a PVC lost later fails the Jobs visibly)
-        problems = self._preflight(
-            spec, namespace, name, check_storage=new_spec or self._invalid_now(current)
-        )
-        if problems:
-            return self._invalid(body, current, problems, ts)
 
         owner = Owner(name, namespace, meta["uid"])
         names = Names(name)
@@ -293,15 +296,12 @@ class Controller:
         world = self._bake_readings(spec, current, world, backend, namespace, name, now)
         decision = reconcile(spec, current, generation, world, now)
         status = decision.status
-        for cond in list(status.conditions):
-            if cond.type == "Invalid":
-                status.conditions.remove(cond)
         # the decision is on the resource before anything acts on it (restart safety); a repaired
         # status is written even when unchanged since, so the dropped fields leave the stored one
         if status != current or dropped:
             self._write_status(body, status)
 
-        rejected: list[ChildRejected] = []
+        rejected: list[Rejection] = []
         run = status.hashes.run or spec_hash  # recorded above, before any of its Jobs exists
         for variant in decision.create_jobs:
             job = compression_job(spec, owner, self.settings, run, variant)
@@ -309,13 +309,12 @@ class Controller:
                 if self.kube.create(job):
                     log.info("created Job %s/%s", namespace, job["metadata"]["name"])
             except ChildRejected as exc:
-                rejected.append(exc)
-                self._fail_variant(status, variant, exc)
+                rejected.append(translate_rejection(exc, variant=variant))
         try:
             if new_spec or status.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
                 self._delete_stale_jobs(namespace, name, run)
         except ChildRejected as exc:
-            rejected.append(exc)
+            rejected.append(translate_rejection(exc))
 
         ctx = ServingContext(spec, owner, self.settings)
         plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
@@ -326,20 +325,19 @@ class Controller:
                 except RouteRefused as exc:  # the opt-in went away since _preflight: the next tick says so
                     log.warning("%s/%s: %s", namespace, name, exc)
                 except ChildRejected as exc:
-                    rejected.append(exc)
+                    rejected.append(translate_rejection(exc))
                 continue
             obj["metadata"].setdefault("namespace", namespace)
             try:
                 self.kube.apply(obj)
-            except ChildRejected as exc:
-                rejected.append(exc)
-                status.phase = Phase.FAILED  # the serving topology cannot be what status says
+            except ChildRejected as exc:  # the serving topology cannot be what status says
+                rejected.append(translate_rejection(exc, serving=True))
         for kind, obj_name in plan.delete:
             try:
                 self.kube.delete(kind, obj_name, namespace)
             except ChildRejected as exc:
-                rejected.append(exc)
-        self._report_rejections(body, status, rejected, ts, decision.events)
+                rejected.append(translate_rejection(exc))
+        status = self._fold_rejections(body, status, rejected, decision.events, now)
 
         for event in decision.events:
             self.post_event(body, event)
@@ -370,63 +368,54 @@ class Controller:
     # 4xx from the API server: a condition on the resource and a phase that says so, never a
     # silent retry loop with the error only in the log
 
-    @staticmethod
-    def _fail_variant(status: CompressedModelStatus, variant: str, exc: ChildRejected) -> None:
-        for v in [status.base, *status.variants]:
-            if v is not None and v.name == variant:
-                v.phase, v.reason = VariantPhase.FAILED, "JobRejected"
-                v.message = f"the API server refused its Job: {exc}"[:4096]
-
-    def _report_rejections(
+    def _fold_rejections(
         self,
         body: dict[str, Any],
         status: CompressedModelStatus,
-        rejected: list[ChildRejected],
-        ts: str,
+        rejected: list[Rejection],
         events: list[Event],
-    ) -> None:
-        generation = body["metadata"].get("generation")
-        applied = next((c for c in status.conditions if c.type == "Applied"), None)
-        if not rejected:
-            if applied is not None and applied.status == "False":
-                set_condition(
-                    status, "Applied", True, "Applied", "every child object applied", ts, generation
-                )
-                self._write_status(body, status)
-            return
-        for exc in rejected:
-            metrics.CHILD_REJECTIONS.labels(kind=exc.kind, reason=exc.reason or str(exc.code)).inc()
-        first = rejected[0]
-        message = "; ".join(str(exc) for exc in rejected)[:4096]
-        set_condition(status, "Applied", False, first.reason or "Rejected", message, ts, generation)
-        if status.phase is Phase.FAILED:
-            status.message = f"rejected by the API server: {message}"[:4096]
-            set_condition(status, "Ready", False, Phase.FAILED.value, status.message, ts, generation)
-        self._write_status(body, status)
-        if applied is None or applied.status != "False" or applied.message != message:
-            events.append(Event("Warning", "Rejected", message))
-            log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
+        now: datetime,
+    ) -> CompressedModelStatus:
+        for r in rejected:
+            metrics.CHILD_REJECTIONS.labels(kind=r.kind, reason=r.reason or str(r.code)).inc()
+        folded = after_acting(status, rejected, body["metadata"].get("generation"), now)
+        if folded.status != status:
+            self._write_status(body, folded.status)
+        for event in folded.events:
+            log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], event.message)
+        events.extend(folded.events)
+        return folded.status
 
     def _api_refused(
         self, body: dict[str, Any], exc: ChildRejected, now: datetime
     ) -> CompressedModelStatus | None:
         """A 4xx on a read: reported on the resource (the next tick tries again)."""
         current, _ = parse_status(body.get("status"))
-        status = current.model_copy(deep=True)
-        ts = now.isoformat().replace("+00:00", "Z")
-        message = f"the API server refused a request: {exc.code} {exc.reason}: {exc.api_message}"[:4096]
-        set_condition(
-            status, "Applied", False, exc.reason or "Refused", message, ts, body["metadata"].get("generation")
-        )
-        if status != current:
-            self._write_status(body, status)
-            self.post_event(body, Event("Warning", "Refused", message))
-        return status
+        decision = request_refused(current, translate_rejection(exc), body["metadata"].get("generation"), now)
+        if decision.status != current:
+            self._write_status(body, decision.status)
+        for event in decision.events:
+            self.post_event(body, event)
+        return decision.status
 
     # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _invalid_now(status: CompressedModelStatus) -> bool:
-        return any(c.type == "Invalid" and c.status == "True" for c in status.conditions)
+    def _read_spec(
+        self, body: dict[str, Any], current: CompressedModelStatus
+    ) -> tuple[CompressedModelSpec | None, list[str]]:
+        """The spec as the models read it, and every problem that makes it impossible to act on (for
+        ``World.problems``): a name the API would refuse for children, fields that do not validate,
+        then what only the cluster knows (``_preflight``)."""
+        meta = body["metadata"]
+        bad_name = model_name_problem(meta["name"])
+        if bad_name is not None:  # a CRD without the CEL rule (or an older one) let it in
+            return None, [f"metadata.name: {bad_name}"]
+        try:
+            spec = CompressedModelSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            return None, [str(e) for e in field_errors(exc, ("spec",))]
+        # storage is checked before a spec is first acted on (a PVC lost later fails the Jobs visibly)
+        check_storage = current.hashes.compression != compression_hash(spec) or is_invalid(current)
+        return spec, self._preflight(spec, meta["namespace"], meta["name"], check_storage)
 
     def _preflight(
         self, spec: CompressedModelSpec, namespace: str, name: str, check_storage: bool
@@ -462,22 +451,6 @@ class Controller:
                     f"PersistentVolumeClaim {namespace}/{claim} does not exist (used by a pvc:// URI)"
                 )
         return problems
-
-    def _invalid(
-        self, body: dict[str, Any], current: CompressedModelStatus, problems: list[str], ts: str
-    ) -> CompressedModelStatus:
-        meta = body["metadata"]
-        status = current.model_copy(deep=True)
-        message = "; ".join(problems)
-        set_condition(status, "Invalid", True, "InvalidSpec", message, ts, meta.get("generation"))
-        if status.phase in (Phase.PENDING,) or status.hashes.compression is None:
-            status.phase = Phase.FAILED
-        status.message = f"invalid: {message}"
-        status.observedGeneration = meta.get("generation")
-        if status != current:
-            self._write_status(body, status)
-            self.post_event(body, Event("Warning", "Invalid", message))
-        return status
 
     def _observe_jobs(self, spec: CompressedModelSpec, owner: Owner, run: str) -> dict[str, JobObservation]:
         selector = f"{MODEL_LABEL}={owner.name},{HASH_LABEL}={run[:12]}"
@@ -564,7 +537,7 @@ class Controller:
         name: str,
         before: CompressedModelStatus,
         after: CompressedModelStatus,
-        decision: Any,
+        decision: Decision,
     ) -> None:
         metrics.record_status(namespace, name, after)
         if before.phase != after.phase:
@@ -576,8 +549,8 @@ class Controller:
                 metrics.ROLLOUTS.labels(result="failed").inc()
         before_phases = {v.name: v.phase for v in before.variants}
         for v in after.variants:
-            finished = v.phase.value in ("Succeeded", "Failed", "Rejected")
-            if finished and before_phases.get(v.name) in (None, "Pending", "Running"):
+            finished = v.phase in (VariantPhase.SUCCEEDED, VariantPhase.FAILED, VariantPhase.REJECTED)
+            if finished and before_phases.get(v.name) in (None, VariantPhase.PENDING, VariantPhase.RUNNING):
                 metrics.COMPRESSION_JOBS.labels(result=v.phase.value.lower()).inc()
         if decision.analysis is not None:
             for check in decision.analysis.checks:

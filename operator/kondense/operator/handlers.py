@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
@@ -11,7 +12,7 @@ from kubernetes import config as kube_config
 from prometheus_client import start_http_server
 
 from kondense.api import intents
-from kondense.api.resource import GROUP, PLURAL, VERSION
+from kondense.api.resource import GROUP, PLURAL, VERSION, Phase
 from kondense.operator import metrics
 from kondense.operator.controller import Controller
 from kondense.operator.kube import KubeClient
@@ -74,18 +75,19 @@ _last_reconcile: dict[tuple[str, str], float] = {}
 def tick_delay(phase: str | None) -> float:
     """How stale a phase may get between reconciles. Job completions wake their owner at once
     (on_job_finished), so Compressing needs only a slow safety net; settled objects only drift repair."""
-    if phase in ("Promoted", "RolledBack", "Failed"):
+    if phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED):
         return SETTINGS.idle_resync_seconds
-    if phase == "Compressing":
+    if phase == Phase.COMPRESSING:
         return max(SETTINGS.tick_seconds, 10.0)
     return SETTINGS.tick_seconds
 
 
-def intent_waiting(annotations: Any, status: Any) -> bool:
+def intent_waiting(annotations: Mapping[str, str] | None, status: Mapping[str, Any]) -> bool:
     """A pause, resume or one-shot intent the status has not acknowledged yet: acted on at the next tick,
     not after a settled object's idle resync (annotation changes do not wake the spec handlers)."""
     wanted = intents.parse(dict(annotations or {}))
-    acknowledged = status.get("intents") if isinstance(status.get("intents"), dict) else {}
+    stored = status.get("intents")
+    acknowledged: Mapping[str, str] = stored if isinstance(stored, dict) else {}
     return wanted.paused != bool(status.get("paused")) or bool(wanted.pending(acknowledged))
 
 

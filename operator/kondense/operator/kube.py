@@ -201,13 +201,7 @@ class KubeClient:
 
     # -- the custom resource ------------------------------------------------------------------
     def get_cmodel(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            return dict(body)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.get_custom(GROUP, VERSION, PLURAL, namespace, name)
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None

@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from kondense.api.resource import Notification, NotificationType, SecretKeyRef, Severity
 from kondense.operator.rollout import Event
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 log = logging.getLogger("kondense.operator")
 
@@ -80,7 +83,7 @@ def body(notice: Notice) -> dict[str, Any]:
     return {"text": text}  # Slack and Teams incoming webhooks both take a plain text message
 
 
-def kube_secret_reader(core: Any) -> SecretReader:
+def kube_secret_reader(core: client.CoreV1Api) -> SecretReader:
     """Reads ``ref.key`` of a Secret with the official client's CoreV1Api."""
 
     def read(namespace: str, ref: SecretKeyRef) -> str:

@@ -98,6 +98,9 @@ class World:
     observed_weight: ObservedWeight = field(
         default=lambda requested, stable, canary: ready_ratio(stable, canary)
     )
+    # what the shell found that makes the spec impossible to act on (it does not validate, a PVC or
+    # HTTPRoute is missing, an image is not allowed, ...): the decision is Invalid, and no children
+    problems: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Decision:
     create_jobs: list[str] = field(default_factory=list)  # variant names (BASE for the baseline)
     events: list[Event] = field(default_factory=list)
     analysis: Analysis | None = None
+    act: bool = True  # False: the spec cannot be acted on (Invalid): no child is created, applied or deleted
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,12 +415,15 @@ def _canary_serving(status: CompressedModelStatus, world: World) -> bool:
 
 
 def reconcile(
-    spec: CompressedModelSpec,
+    spec: CompressedModelSpec | None,
     current: CompressedModelStatus,
     generation: int | None,
     world: World,
     now: datetime,
 ) -> Decision:
+    """``spec`` is None when the stored spec does not validate (``world.problems`` says why)."""
+    if spec is None or world.problems:
+        return invalid(current, world.problems or ("spec: does not validate",), generation, now)
     status = current.model_copy(deep=True)
     ts = _iso(now)
     d = Decision(status)
@@ -546,6 +553,33 @@ def reconcile(
     set_condition(
         status, "Ready", ready, status.phase.value, status.message or status.phase.value, ts, generation
     )
+    status.conditions = [c for c in status.conditions if c.type != INVALID]  # valid again
+    return d
+
+
+INVALID = "Invalid"  # the condition a spec the operator cannot act on carries
+
+
+def is_invalid(status: CompressedModelStatus) -> bool:
+    return any(c.type == INVALID and c.status == "True" for c in status.conditions)
+
+
+def invalid(
+    current: CompressedModelStatus, problems: Sequence[str], generation: int | None, now: datetime
+) -> Decision:
+    """A spec the operator cannot act on: condition Invalid with every problem, phase Failed when
+    nothing has run yet (whatever serves keeps serving), no child created, applied or deleted; one
+    Warning Event when this changes the status."""
+    status = current.model_copy(deep=True)
+    d = Decision(status, act=False)
+    message = "; ".join(problems)
+    set_condition(status, INVALID, True, "InvalidSpec", message, _iso(now), generation)
+    if status.phase is Phase.PENDING or status.hashes.compression is None:
+        status.phase = Phase.FAILED
+    status.message = f"invalid: {message}"
+    status.observedGeneration = generation
+    if status != current:
+        d.events.append(Event("Warning", "Invalid", message))
     return d
 
 
@@ -614,9 +648,9 @@ def _canary(
     canary.checks = (canary.checks + analysis.checks)[-MAX_CHECKS:]
     canary.lastAnalysisAt = ts
     for check in analysis.checks:
-        if check.sli == "p99LatencyMs" and check.value is not None:
+        if check.sli == SLI.P99_LATENCY_MS and check.value is not None:
             canary.p99Ms = check.value
-        if check.sli == "accuracyDelta" and check.value is not None:
+        if check.sli == SLI.ACCURACY_DELTA and check.value is not None:
             canary.accuracyDelta = check.value
 
     if analysis.verdict is Verdict.PASS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-from kondense.api.resource import RouterType, TrafficRouting
+from kondense.api.resource import HTTPRouteRef, RouterType, TrafficRouting
 from kondense.operator.naming import CANARY_OF_LABEL, Names
 from kondense.operator.rollout import ready_ratio
 
@@ -45,7 +45,9 @@ class TrafficRouter(Protocol):
         """(stable replicas, canary replicas) for ``total`` serving replicas at ``weight`` percent."""
         ...
 
-    def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
+    def objects(
+        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int
+    ) -> list[dict[str, Any]]:
         """Extra objects that carry the weight (an HTTPRoute), beyond Deployments and Services."""
         ...
 
@@ -83,7 +85,9 @@ class ReplicaRouter:
         canary = min(max(math.floor(total * weight / 100 + 0.5), 1), total - 1 if total > 1 else 1)
         return total - canary, canary
 
-    def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
+    def objects(
+        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int
+    ) -> list[dict[str, Any]]:
         return []
 
     def owns(self, obj: dict[str, Any]) -> bool:
@@ -124,7 +128,11 @@ class GatewayAPIRouter:
             return total, 0
         return total, max(1, math.ceil(total * weight / 100))
 
-    def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
+    def objects(
+        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int
+    ) -> list[dict[str, Any]]:
+        if route is None:  # (TrafficRouting refuses gatewayAPI without httpRoute)
+            return []
         # no namespace: a route is only ever the CompressedModel's own namespace's
         return [
             {

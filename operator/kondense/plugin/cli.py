@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -228,7 +229,7 @@ def render_status(obj: dict[str, Any], console: Console, jobs: list[dict[str, An
         console.print(table)
 
 
-def _run(action: Any) -> None:
+def _run(action: Callable[[], None]) -> None:
     try:
         action()
     except PluginError as exc:

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from kondense.api.artifacts import (
     MANIFEST_FILE,
     MODEL_FILE,
+    SHA256_HEX,
     ArtifactPathError,
-    Manifest,
+    ManifestError,
     artifact_digest,
     artifact_member,
+    read_manifest,
 )
 from kondense.triton.config import BatchingSpec, TensorSpec, model_config
-
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RepositoryError(RuntimeError):
@@ -42,11 +39,9 @@ def verified_model(model_dir: Path, expected_sha256: str) -> VerifiedArtifact:
     if not manifest_path.is_file():
         raise RepositoryError(f"{manifest_path} is missing; refusing to serve an unverified model")
     try:
-        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        raise RepositoryError(f"{manifest_path} is not a valid manifest: {where}: {error['msg']}") from None
+        manifest = read_manifest(manifest_path)
+    except ManifestError as exc:
+        raise RepositoryError(str(exc)) from None
     try:
         model = artifact_member(model_dir, manifest.artifact.file)
         for name in manifest.artifact.externalData:

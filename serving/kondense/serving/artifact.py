@@ -9,24 +9,22 @@ model can write the manifest beside it.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from kondense.api.artifacts import (
     MANIFEST_FILE,
     MODEL_FILE,
+    SHA256_HEX,
     ArtifactPathError,
     Manifest,
+    ManifestError,
     artifact_digest,
     artifact_member,
+    read_manifest,
 )
 
 log = logging.getLogger(__name__)
-
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ArtifactError(RuntimeError):
@@ -65,11 +63,9 @@ def check_artifact(
     manifest = None
     if manifest_path.is_file():
         try:
-            manifest = Manifest.model_validate_json(manifest_path.read_bytes())
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            problem = f"{manifest_path} is not a valid manifest: {where}: {error['msg']}"
+            manifest = read_manifest(manifest_path)
+        except ManifestError as exc:
+            problem = str(exc)
             if verify:
                 raise ArtifactError(problem) from None
             log.warning("%s (ignored: --no-verify)", problem)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.models import OptionInfo
 
 from kondense.api.techniques import Task
 
@@ -20,6 +21,11 @@ _EPILOG = (
 def _fail(message: str) -> typer.Exit:
     print(f"kondense serve: error: {message}", file=sys.stderr)
     return typer.Exit(2)
+
+
+def _at_least(minimum: float, help: str) -> OptionInfo:
+    """A numeric option with a floor (typer refuses a smaller value, naming the option)."""
+    return typer.Option(min=minimum, help=help)
 
 
 def serve(
@@ -39,9 +45,9 @@ def serve(
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(
-            min=1,
-            help="ONNX Runtime intra-op threads (default: the CPUs the process may use, cgroup CPU quota "
+        _at_least(
+            1,
+            "ONNX Runtime intra-op threads (default: the CPUs the process may use, cgroup CPU quota "
             "included; the operator passes the pod's CPU limit).",
         ),
     ] = None,
@@ -86,79 +92,75 @@ def serve(
         float, typer.Option(min=-1.0, max=1.0, help="Embeddings agree at this cosine similarity or above.")
     ] = 0.99,
     shadow_rel_error_threshold: Annotated[
-        float, typer.Option(min=0.0, help="Regression outputs agree at this relative error or below.")
+        float, _at_least(0.0, "Regression outputs agree at this relative error or below.")
     ] = 0.05,
     shadow_timeout_ms: Annotated[
-        float, typer.Option(min=1.0, help="A stable answer slower than this counts as a shadow error.")
+        float, _at_least(1.0, "A stable answer slower than this counts as a shadow error.")
     ] = 1000.0,
-    max_body_bytes: Annotated[
-        int, typer.Option(min=1, help="Larger request bodies (after decompression) get 413.")
-    ] = 64 * 1024 * 1024,
+    max_body_bytes: Annotated[int, _at_least(1, "Larger request bodies (after decompression) get 413.")] = 64
+    * 1024
+    * 1024,
     max_json_bytes: Annotated[
         int,
-        typer.Option(
-            min=1,
-            help="Larger JSON parts of a request get 413 (a JSON tensor costs ~30x its text in memory; "
+        _at_least(
+            1,
+            "Larger JSON parts of a request get 413 (a JSON tensor costs ~30x its text in memory; "
             "large tensors travel as binary data).",
         ),
     ] = 8 * 1024 * 1024,
-    max_elements: Annotated[
-        int, typer.Option(min=1, help="Tensor elements per request (all inputs); more get 400.")
-    ] = 16 * 1024 * 1024,
+    max_elements: Annotated[int, _at_least(1, "Tensor elements per request (all inputs); more get 400.")] = 16
+    * 1024
+    * 1024,
     max_concurrent_requests: Annotated[
-        int, typer.Option(min=1, help="Inference requests admitted at once; more get 503 + Retry-After.")
+        int, _at_least(1, "Inference requests admitted at once; more get 503 + Retry-After.")
     ] = 64,
     max_inflight_bytes: Annotated[
         int,
-        typer.Option(
-            min=1,
-            help="Request body bytes (decompressed) held by admitted requests; over it: 503 + Retry-After.",
+        _at_least(
+            1, "Request body bytes (decompressed) held by admitted requests; over it: 503 + Retry-After."
         ),
     ] = 256 * 1024 * 1024,
     decode_workers: Annotated[
         int,
-        typer.Option(
-            min=0,
-            help="Processes decoding large bodies off the event loop (health probes keep answering); "
+        _at_least(
+            0,
+            "Processes decoding large bodies off the event loop (health probes keep answering); "
             "0 decodes on the loop.",
         ),
     ] = 1,
     decode_offload_bytes: Annotated[
-        int, typer.Option(min=0, help="Bodies with a JSON part this large or larger go to a decode worker.")
+        int, _at_least(0, "Bodies with a JSON part this large or larger go to a decode worker.")
     ] = 1024 * 1024,
     max_connections: Annotated[
         int,
-        typer.Option(min=1, help="uvicorn's limit_concurrency: beyond this many connections+tasks, 503."),
+        _at_least(1, "uvicorn's limit_concurrency: beyond this many connections+tasks, 503."),
     ] = 1024,
     shadow_max_queue_bytes: Annotated[
         int,
-        typer.Option(
-            min=0,
-            help="Bytes the shadow queue may hold (bodies + outputs); beyond it samples count as error.",
-        ),
+        _at_least(0, "Bytes the shadow queue may hold (bodies + outputs); beyond it samples count as error."),
     ] = 32 * 1024 * 1024,
     max_batch_size: Annotated[
         int | None,
-        typer.Option(
-            min=1,
-            help="Micro-batch up to this many rows per session call (1 = no batching). Without it and "
+        _at_least(
+            1,
+            "Micro-batch up to this many rows per session call (1 = no batching). Without it and "
             "--inference-workers the server adapts: inline while the model answers in under 0.5 ms, "
             "else micro-batches of up to 16 rows on one session call at a time using every thread.",
         ),
     ] = None,
     max_batch_delay_ms: Annotated[
         float,
-        typer.Option(
-            min=0.0,
-            help="How long a request may wait for others to batch with (only while requests arrive "
+        _at_least(
+            0.0,
+            "How long a request may wait for others to batch with (only while requests arrive "
             "concurrently: a lone client is never delayed).",
         ),
     ] = 2.0,
     inference_workers: Annotated[
         int | None,
-        typer.Option(
-            min=1,
-            help="Session calls run at once on worker threads (1 without batching: inline on the event loop, "
+        _at_least(
+            1,
+            "Session calls run at once on worker threads (1 without batching: inline on the event loop, "
             "best for tiny models). With --threads 1, set it to the cores to use.",
         ),
     ] = None,
@@ -166,10 +168,10 @@ def serve(
         bool, typer.Option("--allow-non-finite", help="Pass NaN/Infinity inputs to the model instead of 400.")
     ] = False,
     graceful_timeout_s: Annotated[
-        int, typer.Option(min=0, help="After SIGTERM, seconds in-flight requests may take to finish.")
+        int, _at_least(0, "After SIGTERM, seconds in-flight requests may take to finish.")
     ] = 30,
     inject_latency_ms: Annotated[
-        float, typer.Option(min=0.0, help="Tests/demos only: add this delay to every inference.")
+        float, _at_least(0.0, "Tests/demos only: add this delay to every inference.")
     ] = 0.0,
     inject_error_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Tests/demos only: answer this fraction with HTTP 500.")

@@ -180,25 +180,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- health and metadata -------------------------------------------------------------------
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._server.ready)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelReadyResponse:
         if (problem := self._server.model_problem(request.name, request.version)) is not None:
             await context.abort(grpc.StatusCode.NOT_FOUND, problem)
         return pb.ModelReadyResponse(ready=self._server.ready)
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: Any
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name="kondense", version=self._server.server_version, extensions=["binary_tensor_data"]
         )
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelMetadataResponse:
         server = self._server
         if (problem := server.model_problem(request.name, request.version)) is not None:
             await context.abort(grpc.StatusCode.NOT_FOUND, problem)
@@ -226,7 +234,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- inference -------------------------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ModelInferResponse:
         """Every answer, refusal or not, is counted in kondense_requests_total{protocol="grpc"}."""
         started = perf_counter()
         status = 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,3 +23,10 @@ def find_tool(name: str) -> str:
     if found is None:
         pytest.fail(f"`{name}` is not in .venv/bin nor on PATH: run `make tools` (scripts/install-tools.sh)")
     return found
+
+
+def kondense(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The ``kondense`` CLI of this environment, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "kondense.cli", *args], capture_output=True, text=True, timeout=timeout
+    )

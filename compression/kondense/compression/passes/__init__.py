@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from kondense.api.artifacts import Trial
-from kondense.api.techniques import Task, Technique, params_for
+from kondense.api.techniques import StrictModel, Task, Technique, params_for
 from kondense.compression.data import Dataset
 from kondense.compression.evaluation import Reference
 
@@ -74,8 +74,9 @@ class PassResult:
 
 class Pass(ABC):
     technique: ClassVar[Technique]
+    params: StrictModel  # each pass narrows it to its technique's params model (api.techniques)
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: StrictModel) -> None:
         self.params = params
 
     @abstractmethod

@@ -40,6 +40,7 @@ from kondense.api.artifacts import Trial
 from kondense.api.techniques import Technique, WeightOnlyParams
 from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference
+from kondense.compression.intake import default_opset, name_unnamed_nodes
 from kondense.compression.passes import Pass, PassContext, PassResult, register
 from kondense.compression.passes.quantize import most_accurate_full_trial
 
@@ -102,21 +103,6 @@ def weight_nodes(model: Any, block_size: int) -> WeightNodes:
     return WeightNodes(tuple(matmuls), tuple(gathers), skipped)
 
 
-def name_unnamed_nodes(model: Any) -> int:
-    """Give every unnamed node of the main graph a unique name (ORT's quantizer selects by name)."""
-    used = {n.name for n in model.graph.node if n.name}
-    count = 0
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_kondense_{index}"
-            while name in used:
-                name += "_"
-            node.name = name
-            used.add(name)
-            count += 1
-    return count
-
-
 def _graphs(graph: Any) -> Iterator[Any]:
     """A graph and all its subgraphs (If/Loop/Scan bodies), depth first."""
     from onnx import AttributeProto
@@ -129,10 +115,6 @@ def _graphs(graph: Any) -> Iterator[Any]:
             elif attr.type == AttributeProto.GRAPHS:
                 for sub in attr.graphs:
                     yield from _graphs(sub)
-
-
-def default_opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def upgrade_opset_for_int4(model: Any) -> list[str]:
@@ -385,7 +367,7 @@ class WeightOnlyPass(Pass):
 
         p = self.params
         model = onnx.load(str(source))
-        named = name_unnamed_nodes(model)
+        named = name_unnamed_nodes(model, infix="_kondense")  # ORT's quantizer selects by name
         nodes = weight_nodes(model, p.blockSize)
         unknown = sorted(set(p.nodesToExclude) - {n.name for n in model.graph.node})
         if unknown:
