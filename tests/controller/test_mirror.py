@@ -327,3 +327,28 @@ def test_validate_says_what_is_wrong_with_a_mirror(
     problems = [str(e) for e in errors]
     assert problems and any(p.startswith(where) for p in problems), problems
     assert all("\n" not in p and "Traceback" not in p for p in problems)
+
+
+def test_the_models_service_selects_canary_pods_again_after_mirroring(tmp_path: Path) -> None:
+    """kube.apply owns a Service's selector whole: the track key it selected on during the mirror
+    phase is removed afterwards (a merge patch alone would keep it, and the canary would never serve)."""
+    from kubernetes import client, config
+
+    from kondense.localcluster import LocalAPIServer
+    from kondense.operator.kube import KubeClient
+    from kondense.operator.objects import service
+
+    with LocalAPIServer() as api:
+        api_client = config.new_client_from_config(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+        try:
+            core = client.CoreV1Api(api_client)
+            core.create_namespace({"metadata": {"name": "ml"}})
+            kube = KubeClient(api_client)
+            model = {"kondense.dev/model": "digits"}
+            mirroring = service(OWNER, "digits", {**model, "kondense.dev/track": "stable"}, 8080, {})
+            assert kube.apply(mirroring) == "created"
+            assert kube.apply(service(OWNER, "digits", model, 8080, {})) == "patched"
+            assert core.read_namespaced_service("digits", "ml").spec.selector == model
+            assert kube.apply(service(OWNER, "digits", model, 8080, {})) == "unchanged"
+        finally:
+            api_client.close()
