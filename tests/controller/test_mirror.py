@@ -70,7 +70,7 @@ def mirroring_driver(**mirror: Any) -> Driver:
     driver.tick(World(jobs=driver.serving().jobs))
     assert driver.status.phase is Phase.MIRRORING
     driver.tick(driver.serving(), advance=1)  # the canary pods serve: the mirror clock starts
-    assert driver.status.canary is not None and live(driver).readyAt is not None
+    assert live(driver).readyAt is not None and live(driver).mirror.since is not None  # type: ignore[union-attr]
     return driver
 
 
@@ -126,6 +126,29 @@ def test_no_data_waits_until_the_duration_then_fails_as_no_data() -> None:
     analyse(driver, NO_DATA)
     int8 = next(v for v in driver.status.variants if v.name == "int8")
     assert int8.phase is VariantPhase.ROLLED_BACK and int8.reason == "NoData"
+
+
+def test_the_clock_starts_when_copies_flow_and_a_stuck_stable_is_bounded() -> None:
+    body = digits_body()
+    body["spec"]["rollout"]["mirror"] = {"duration": "30s", "minSamples": MIN}
+    driver = Driver(CompressedModelSpec.model_validate(body["spec"]))
+    driver.tick(World())
+    driver.tick(World(jobs=driver.serving().jobs))
+
+    def rolling() -> World:  # the stable Deployment never settles on its mirroring settings
+        world = driver.serving()
+        assert world.stable is not None
+        return replace(world, stable=replace(world.stable, settled=False))
+
+    driver.tick(rolling(), advance=1)
+    assert live(driver).readyAt is not None and live(driver).mirror.since is None  # type: ignore[union-attr]
+    waited = 0.0
+    while live(driver).variant == "int8" and waited < 600:
+        driver.tick(replace(rolling(), readings=NO_DATA), advance=driver.interval())
+        waited += driver.interval()
+    int8 = next(v for v in driver.status.variants if v.name == "int8")
+    assert int8.phase is VariantPhase.ROLLED_BACK and int8.reason == "NoData"
+    assert waited >= 30 + 120  # the duration and the ready timeout first
 
 
 def test_too_few_mirrored_requests_is_no_data_never_a_pass() -> None:

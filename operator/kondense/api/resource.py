@@ -1094,6 +1094,11 @@ class MirrorStatus(StatusModel):
     """The canary's mirror phase: it answered only copies of live requests."""
 
     startedAt: str | None = None
+    since: str | None = Field(
+        None,
+        description="When copies began to flow: the canary's pods serve and stable settled on its mirroring "
+        "settings. The duration and the analysis window count from here.",
+    )
     samples: float | None = Field(None, description="Mirrored requests the canary answered (last analysis).")
     result: Literal["Passed", "Failed"] | None = None
     finishedAt: str | None = None

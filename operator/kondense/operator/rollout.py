@@ -1218,9 +1218,8 @@ def mirror_window(spec: CompressedModelSpec, status: CompressedModelStatus, now:
     """The whole mirror phase so far: from the canary's first serving (or the phase start) to now,
     at most the mirror duration, at least MIN_WINDOW (minSamples counts over this window)."""
     canary = status.canary
-    since = parse_time(canary.readyAt if canary else None) or parse_time(
-        canary.mirror.startedAt if canary and canary.mirror else None
-    )
+    mirror = canary.mirror if canary else None
+    since = parse_time(mirror.since if mirror else None) or parse_time(mirror.startedAt if mirror else None)
     duration = timedelta(seconds=spec.rollout.mirror.duration_seconds() if spec.rollout.mirror else 0)
     window = now - since if since is not None else MIN_WINDOW
     window = max(min(window, duration), MIN_WINDOW)
@@ -1228,12 +1227,17 @@ def mirror_window(spec: CompressedModelSpec, status: CompressedModelStatus, now:
 
 
 def mirror_elapsed(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> bool:
-    """Whether the mirror duration has run since the canary first served mirrored requests."""
+    """Whether the mirror duration has run since copies began to flow (``status.canary.mirror.since``)."""
     canary = status.canary
-    ready = parse_time(canary.readyAt if canary else None)
-    if ready is None or spec.rollout.mirror is None:
+    mirror = canary.mirror if canary else None
+    if mirror is None or spec.rollout.mirror is None:
         return False
-    return now - ready >= timedelta(seconds=spec.rollout.mirror.duration_seconds())
+    duration = timedelta(seconds=spec.rollout.mirror.duration_seconds())
+    since = parse_time(mirror.since)
+    if since is None:  # copies never flowed (pods or stable stuck): bounded, then no data counts
+        started = parse_time(mirror.startedAt)
+        return started is not None and now - started >= duration + ready_timeout(spec)
+    return now - since >= duration
 
 
 def mirror_topology(
@@ -1273,6 +1277,9 @@ def _mirror(
     canary.requestedWeight, canary.weight = 0, 0  # no user request reaches the canary
     if canary.readyAt is None and _canary_serving(status, world):
         canary.readyAt = ts
+    stable_settled = world.stable is not None and world.stable.settled  # on its mirroring settings
+    if canary.mirror.since is None and canary.readyAt is not None and stable_settled:
+        canary.mirror.since = ts  # copies flow from here: the duration and the window count from now
     if world.readings is None:
         return
     continuous = world.due is AnalysisDue.CONTINUOUS
