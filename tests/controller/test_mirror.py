@@ -365,13 +365,14 @@ def test_the_models_service_selects_canary_pods_again_after_mirroring(tmp_path: 
         api_client = config.new_client_from_config(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
         try:
             core = client.CoreV1Api(api_client)
-            core.create_namespace({"metadata": {"name": "ml"}})
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ml")))
             kube = KubeClient(api_client)
             model = {"kondense.dev/model": "digits"}
             mirroring = service(OWNER, "digits", {**model, "kondense.dev/track": "stable"}, 8080, {})
             assert kube.apply(mirroring) == "created"
             assert kube.apply(service(OWNER, "digits", model, 8080, {})) == "patched"
-            assert core.read_namespaced_service("digits", "ml").spec.selector == model
+            spec = core.read_namespaced_service("digits", "ml").spec
+            assert spec is not None and spec.selector == model
             assert kube.apply(service(OWNER, "digits", model, 8080, {})) == "unchanged"
         finally:
             api_client.close()
