@@ -150,6 +150,25 @@ def _counter(metrics: str, name: str, **labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def test_stable_ignores_the_mirrored_header_so_no_client_hides_from_the_slis(
+    digits_server: Server, digits: Digits
+) -> None:
+    labels = {"model": "digits", "variant": "stable", "protocol": "rest"}
+    before = _counter(digits_server.metrics(), "kondense_requests_total", code="400", **labels)
+    spoofed = httpx.post(
+        digits_server.infer_url,
+        content=json.dumps(_input(shape=[2, 64])),
+        headers={"kondense-mirrored": "1"},
+        timeout=10,
+    )
+    assert spoofed.status_code == 400
+    after = digits_server.metrics()
+    assert _counter(after, "kondense_requests_total", code="400", **labels) - before == 1
+    assert (
+        _counter(after, "kondense_mirrored_requests_total", code="400", model="digits", variant="stable") == 0
+    )
+
+
 def test_metrics_count_requests_by_code_and_time_them(digits_server: Server, digits: Digits) -> None:
     before = digits_server.metrics()
     for _ in range(3):

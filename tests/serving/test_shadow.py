@@ -209,3 +209,83 @@ def test_the_shadow_queue_is_bounded_by_bytes(digits: Digits) -> None:
             # at most budget / ~1 MB samples are held; every other request's rows were dropped and counted
             assert counts["error"] >= (60 - budget // (900 * 1024)) * rows
             assert tree_rss_bytes(canary.process.pid) < 600 * 1024 * 1024
+
+
+# ---- mirror first (issue 13): a stable server tees a sample of its live requests to a canary ------
+
+
+def _series(server: Server, pattern: str) -> float:
+    match = re.search(pattern, server.metrics(), re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _mirror_counts(stable: Server, canary: str) -> dict[str, float]:
+    return {
+        result: _series(
+            stable,
+            rf'^kondense_mirror_comparisons_total{{canary="{canary}",model="digits",result="{result}",'
+            rf'variant="stable"}} (\S+)$',
+        )
+        for result in ("agree", "disagree", "error")
+    }
+
+
+def test_stable_mirrors_to_a_canary_that_answers_no_user(digits: Digits, digits_retrained: Path) -> None:
+    """The canary's answers to the copies are compared by stable (the offline agreement, exactly) and
+    counted by the canary apart from user requests: kondense_requests_total never moves."""
+    inputs = digits.inputs[:120]
+    canary_session = ort.InferenceSession(
+        str(digits_retrained / MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
+    offline_agree = int(
+        np.sum(
+            np.argmax(canary_session.run(None, {"input": inputs})[0], 1)
+            == np.argmax(digits.reference(inputs), 1)
+        )
+    )
+    assert 0 < offline_agree < 120
+    # the canary shadows (as the operator deploys it): a mirrored copy must never be shadowed back
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    canary_args = ["--variant", "canary", "--shadow-of", nowhere]
+    with running_server(digits_retrained, "digits", *canary_args) as canary:
+        args = ["--mirror-to", canary.url, "--mirror-variant", "retrained"]  # task from the manifest
+        with running_server(digits.directory, "digits", *args) as stable:
+            responses = _send_batches(stable, inputs, rows=4)
+            assert [r.status_code for r in responses] == [200] * 30
+            deadline = time.monotonic() + 30
+            while sum(_mirror_counts(stable, "retrained").values()) < 120 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            counts = _mirror_counts(stable, "retrained")
+            canary_metrics = canary.metrics()
+    assert counts == {"agree": offline_agree, "disagree": 120 - offline_agree, "error": 0}
+    mirrored = re.search(
+        r'^kondense_mirrored_requests_total{code="200",model="digits",variant="canary"} (\S+)$',
+        canary_metrics,
+        re.M,
+    )
+    assert mirrored and float(mirrored.group(1)) == 30  # one copy per request (batches of 4 rows)
+    answered = re.findall(r"^kondense_requests_total{.*} (\S+)$", canary_metrics, re.M)
+    assert answered and all(float(v) == 0 for v in answered)  # no user request was answered
+    shadowed = re.findall(r"^kondense_shadow_comparisons_total{.*} (\S+)$", canary_metrics, re.M)
+    assert shadowed and all(float(v) == 0 for v in shadowed)  # nothing sent back to stable
+    assert re.search(
+        r'^kondense_mirrored_request_duration_seconds_count{model="digits",variant="canary"} 30\.0$',
+        canary_metrics,
+        re.M,
+    )
+
+
+def test_mirror_sample_and_a_canary_that_is_down(digits: Digits) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    args = ["--mirror-to", nowhere, "--mirror-sample", "1", "--mirror-variant", "gone"]
+    with running_server(digits.directory, "digits", *args) as stable:
+        responses = _send_batches(stable, digits.inputs[:10], rows=1)
+        assert [r.status_code for r in responses] == [200] * 10  # users never notice
+        deadline = time.monotonic() + 30
+        while _mirror_counts(stable, "gone")["error"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _mirror_counts(stable, "gone") == {"agree": 0, "disagree": 0, "error": 10}
+    with running_server(digits.directory, "digits", "--mirror-to", nowhere, "--mirror-sample", "0") as stable:
+        _send_batches(stable, digits.inputs[:10], rows=1)
+        time.sleep(0.5)
+        assert _mirror_counts(stable, "canary") == {"agree": 0, "disagree": 0, "error": 0}

@@ -376,6 +376,13 @@ class LocalCluster:
             key=lambda e: e["metadata"].get("creationTimestamp") or "",
         )
 
+    def pod_endpoint(self, uid: str, port: str) -> str | None:
+        """The loopback address a Service reaches a pod's named (or numbered) port at, while it runs."""
+        if self._kubelet is None:
+            return None
+        host_port = self._kubelet.host_ports(uid).get(port)
+        return f"127.0.0.1:{host_port}" if host_port is not None else None
+
     def service_url(self, name: str, port: int) -> str | None:
         address = self.network.address(name, self.namespace, port)
         return f"http://{address}" if address else None

@@ -29,7 +29,7 @@ from kondense.localcluster.scenarios import EXAMPLE_FILES, Outcome
 # kept identical by tests/localcluster/test_layering.py), shipped so `kondense demo` runs anywhere.
 EXAMPLE_CR = "digits-compressedmodel.yaml"
 
-PHASE_STYLE = {"Promoted": "bold green", "RolledBack": "bold yellow", "Failed": "bold red", "Canary": "cyan",
+PHASE_STYLE = {"Promoted": "bold green", "RolledBack": "bold yellow", "Failed": "bold red", "Canary": "cyan", "Mirroring": "magenta",
                "Succeeded": "green", "Rejected": "yellow", "Running": "cyan"}  # fmt: skip
 
 

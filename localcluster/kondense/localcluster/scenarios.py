@@ -485,6 +485,94 @@ def verify_webhook_halt(ctx: ScenarioContext, status: dict[str, Any]) -> list[st
     return problems
 
 
+# ---- mirror first (issue 13) ----------------------------------------------------------------------
+
+
+def mirror_first(body: dict[str, Any]) -> None:
+    """The broken student (fails live agreement) and mirror first: each canary answers only copies of
+    live requests for 15 s (at least 50 of them) before its first step."""
+    add_broken_target(body)
+    body["spec"]["rollout"]["mirror"] = {"duration": "15s", "minSamples": 50, "percentage": 100}
+
+
+def watch_mirroring(ctx: ScenarioContext, status: dict[str, Any]) -> None:
+    """While a canary mirrors: remember its pods (name and Service endpoint), and what the model's
+    Service (user traffic) and the canary's Service (mirrored copies) have answered through them."""
+    canary = status.get("canary") or {}
+    variant = canary.get("variant")
+    checks = ctx.notes.setdefault("checks", {})  # status keeps the last MAX_CHECKS only
+    for check in canary.get("checks") or []:
+        checks[(check.get("variant"), check.get("time"), check.get("sli"))] = check
+    if status.get("phase") != "Mirroring" or not variant:
+        return
+    mirrored = ctx.notes.setdefault("mirrored", {})
+    seen = mirrored.setdefault(variant, {"pods": {}, "user": 0, "copies": 0})
+    selector = f"{TRACK_LABEL}=canary,{VARIANT_LABEL}={variant}"
+    for pod in ctx.cluster.client.list("Pod", ctx.cluster.namespace, label_selector=selector):
+        endpoint = ctx.cluster.pod_endpoint(pod["metadata"]["uid"], "http")
+        if endpoint is not None:
+            seen["pods"][pod["metadata"]["name"]] = endpoint
+    port, network = _serving_port(ctx), ctx.cluster.network
+    users = network.answered(ctx.name, ctx.cluster.namespace, port)
+    copies = network.answered(f"{ctx.name}-canary", ctx.cluster.namespace, port)
+    ends = set(seen["pods"].values())
+    seen["user"] = max(seen["user"], sum(n for e, n in users.items() if e in ends))
+    seen["copies"] = max(seen["copies"], sum(n for e, n in copies.items() if e in ends))
+
+
+def verify_mirror_accuracy(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    """The disagreeing variant was rolled back during mirroring, before any user request reached it
+    (counted at the Services and by its own servers in Prometheus); the next one mirrored, then stepped."""
+    problems = []
+    variants = _variants(status)
+    broken = variants.get("broken-student") or {}
+    if broken.get("phase") != "RolledBack" or not (broken.get("message") or "").startswith(
+        "during mirroring"
+    ):
+        problems.append(f"broken-student was not rolled back during mirroring: {broken}")
+    watch_mirroring(ctx, status)
+    checks = [c for c in (ctx.notes.get("checks") or {}).values() if c.get("variant") == "broken-student"]
+    if not any(
+        c.get("sli") == "accuracyDelta" and c.get("value") is not None and c["value"] > c["threshold"]
+        for c in checks
+    ):
+        problems.append(f"no accuracyDelta breach recorded for broken-student: {checks}")
+    seen = (ctx.notes.get("mirrored") or {}).get("broken-student")
+    if not seen or not seen["pods"]:
+        return [*problems, "broken-student was never seen mirroring with its pods"]
+    if seen["user"] != 0:
+        problems.append(f"the model's Service sent {seen['user']} user requests to broken-student's pods")
+    if seen["copies"] <= 0:
+        problems.append("the canary Service carried no mirrored copy to broken-student's pods")
+    pods = "|".join(sorted(seen["pods"]))
+    sel = f'namespace="{ctx.cluster.namespace}",model="{ctx.name}",variant="canary",pod=~"{pods}"'
+    user = _prometheus_value(ctx, f"sum(max_over_time(kondense_requests_total{{{sel}}}[15m])) or vector(0)")
+    copies = _prometheus_value(ctx, f"sum(max_over_time(kondense_mirrored_requests_total{{{sel}}}[15m]))")
+    disagree = _prometheus_value(
+        ctx,
+        f'sum(max_over_time(kondense_mirror_comparisons_total{{namespace="{ctx.cluster.namespace}",'
+        f'model="{ctx.name}",canary="broken-student",result="disagree"}}[15m]))',
+    )
+    ctx.notes["counts"] = {"service_user": seen["user"], "service_copies": seen["copies"],
+                           "prometheus_user": user, "prometheus_copies": copies, "disagree": disagree}  # fmt: skip
+    ctx.display.say(f"broken-student while mirroring: {ctx.notes['counts']}")
+    if user != 0:
+        problems.append(f"broken-student's servers counted {user} user requests (kondense_requests_total)")
+    if not copies:
+        problems.append(f"broken-student's servers counted no mirrored request ({copies})")
+    if not disagree:
+        problems.append(f"stable counted no disagreement with broken-student ({disagree})")
+    promoted = (status.get("stable") or {}).get("variant")
+    mirror = (status.get("canary") or {}).get("mirror") or {}
+    if status.get("phase") == "Promoted":
+        if promoted not in (ctx.notes.get("mirrored") or {}) or mirror.get("result") != "Passed":
+            problems.append(f"{promoted} was promoted without passing mirroring first: {mirror}")
+        problems += verify_promoted_artifact(ctx, status)
+    if not ctx.events("MirrorFailed"):
+        problems.append("no MirrorFailed Event")
+    return problems
+
+
 # ---- the CRs -----------------------------------------------------------------------------------------
 
 
@@ -581,6 +669,15 @@ SCENARIOS: dict[str, Scenario] = {
             customize=relative_latency_gate,
             fault=lambda: TrackLatencyFault(100, 150),
             verify=verify_relative_latency,
+        ),
+        Scenario(
+            "mirror-accuracy",
+            "mirror first: a variant that disagrees with stable is caught on mirrored copies and rolled "
+            "back before any user request reached it; the next mirrors, steps and is promoted",
+            "Promoted",
+            customize=mirror_first,
+            on_status=watch_mirroring,
+            verify=verify_mirror_accuracy,
         ),
         Scenario(
             "job-failure",

@@ -22,6 +22,7 @@ an HTTP forward proxy that resolves ``<svc>.<ns>[.svc[.<domain>]]:<port>``: the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import threading
@@ -56,6 +57,8 @@ class ServicePort:
     listen_port: int
     endpoints: list[str] = field(default_factory=list)  # "127.0.0.1:<port>"
     runner: web.AppRunner | None = None
+    answered: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Requests answered through this Service port, by endpoint (what a test counts per pod)."""
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -192,6 +195,11 @@ class ServiceNetwork:
         entry = self.ports.get((namespace, service, port))
         return entry.address if entry is not None else None
 
+    def answered(self, service: str, namespace: str, port: int) -> dict[str, int]:
+        """Requests answered through a Service port so far, by endpoint address ("127.0.0.1:<port>")."""
+        entry = self.ports.get((namespace, service, port))
+        return dict(entry.answered) if entry is not None else {}
+
     def sync(
         self,
         services: list[dict[str, Any]],
@@ -244,7 +252,7 @@ class ServiceNetwork:
     async def _open_port(self, entry: ServicePort) -> None:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._proxy(
-                request, entry.order(), f"{entry.namespace}/{entry.service}:{entry.port}"
+                request, entry.order(), f"{entry.namespace}/{entry.service}:{entry.port}", entry.answered
             )
 
         app = web.Application(client_max_size=256 * 1024 * 1024)
@@ -265,7 +273,13 @@ class ServiceNetwork:
             return web.Response(status=502, text=f"the local cluster has no Service for host {host!r}\n")
         return await self._proxy(request, [address], host)
 
-    async def _proxy(self, request: web.Request, endpoints: list[str], what: str) -> web.StreamResponse:
+    async def _proxy(
+        self,
+        request: web.Request,
+        endpoints: list[str],
+        what: str,
+        answered: collections.Counter[str] | None = None,
+    ) -> web.StreamResponse:
         if not endpoints:
             return web.Response(status=503, text=f"no ready endpoints for Service {what}\n")
         assert self._session is not None
@@ -288,6 +302,8 @@ class ServiceNetwork:
                 ) as response:
                     payload = await response.read()
                     out_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+                    if answered is not None:
+                        answered[endpoint] += 1
                     return web.Response(status=response.status, body=payload, headers=out_headers)
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
                 failure = exc  # refused, or closed without an answer (a draining pod): try the next one

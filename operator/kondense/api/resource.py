@@ -718,6 +718,55 @@ class AnalysisSpec(StrictModel):
         return self.minSamplesPerSide if self.minSamplesPerSide is not None else self.minRequests
 
 
+# mirror first (issue 13): before any user traffic the canary answers copies of live requests
+
+MAX_MIRROR = timedelta(hours=1)
+MIRROR_BELOW_INTERVAL = "must be at least one interval (the mirror phase judges at least one full analysis)"
+MIRROR_NEEDS_GATEWAY_ON_TRITON = (
+    "mirroring on the triton runtime needs trafficRouting.type gatewayAPI (Triton cannot tee requests; "
+    "the HTTPRoute's RequestMirror filter copies them to the canary)"
+)
+
+
+class MirrorSpec(StrictModel):
+    """Mirror first: before the first weight step the canary gets copies of live requests (phase
+    Mirroring, no user request is answered by it); its answers are discarded, and its latency, errors and
+    (onnxruntime) agreement with stable are judged by the analysis gates. Only then the first step."""
+
+    duration: str = Field(
+        "1m",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="How long the canary is judged on mirrored requests before the first step: at least "
+        f"one interval, at most {int(MAX_MIRROR.total_seconds())}s. The phase ends when it has passed, "
+        "the last interval analysis passed and minSamples were mirrored.",
+        json_schema_extra=cel_rules(
+            cel(
+                f"duration(self) <= duration('{int(MAX_MIRROR.total_seconds())}s')",
+                f"must be at most {int(MAX_MIRROR.total_seconds())}s",
+            ),
+        ),
+    )
+    minSamples: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="Mirrored requests the canary must have answered over the phase; fewer at the end of "
+        "duration is no data (never a pass).",
+    )
+    percentage: int = Field(
+        100, ge=1, le=100, description="Percent of stable's live requests copied to the canary."
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def _duration_range(cls, value: str) -> str:
+        return _check_duration(value, timedelta(seconds=1), MAX_MIRROR)
+
+    def duration_seconds(self) -> float:
+        return parse_duration(self.duration).total_seconds()
+
+
 _STEPS_INCREASING = (
     "[" + ", ".join(str(i) for i in range(MAX_ROLLOUT_STEPS - 1)) + "]"
     ".all(i, i + 1 >= size(self) || self[i] < self[i + 1])"
@@ -734,7 +783,13 @@ class RolloutSpec(SteeringSpec):
                 "!has(self.bake) || duration(self.bake) >= duration(has(self.interval) ? self.interval : '30s')",
                 f"bake {BAKE_BELOW_INTERVAL}",
                 ".bake",
-            )
+            ),
+            cel(
+                "!has(self.mirror) || !has(self.mirror.duration)"
+                " || duration(self.mirror.duration) >= duration(has(self.interval) ? self.interval : '30s')",
+                f"mirror.duration {MIRROR_BELOW_INTERVAL}",
+                ".mirror.duration",
+            ),
         )
     )
 
@@ -764,6 +819,12 @@ class RolloutSpec(SteeringSpec):
         ),
     )
 
+    mirror: MirrorSpec | None = Field(
+        None,
+        description="Mirror first: an optional phase (Mirroring) before the first step in which the canary "
+        "answers only copies of live requests (see MirrorSpec).",
+    )
+
     @field_validator("steps")
     @classmethod
     def _steps_shape(cls, steps: list[int]) -> list[int]:
@@ -791,6 +852,15 @@ class RolloutSpec(SteeringSpec):
                 raise ValueError(
                     f"bake: {BAKE_BELOW_INTERVAL} (bake {self.bake!r}, interval {self.interval!r})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _mirror_range(self) -> RolloutSpec:
+        if self.mirror is not None and parse_duration(self.mirror.duration) < parse_duration(self.interval):
+            raise ValueError(
+                f"mirror.duration: {MIRROR_BELOW_INTERVAL} (duration {self.mirror.duration!r}, "
+                f"interval {self.interval!r})"
+            )
         return self
 
     def bake_seconds(self) -> float | None:
@@ -856,6 +926,13 @@ class CompressedModelSpec(NotificationsSpec):
                 LATENCY_RATIO_NEEDS_HISTOGRAM,
                 ".rollout.analysis.p99LatencyMs.maxRatioToStable",
             ),
+            cel(
+                "!has(self.rollout) || !has(self.rollout.mirror) || !has(self.serving)"
+                " || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'"
+                " || (has(self.rollout.trafficRouting) && self.rollout.trafficRouting.type == 'gatewayAPI')",
+                MIRROR_NEEDS_GATEWAY_ON_TRITON,
+                ".rollout.mirror",
+            ),
         )
     )
 
@@ -918,6 +995,16 @@ class CompressedModelSpec(NotificationsSpec):
         return self
 
     @model_validator(mode="after")
+    def _mirror_router(self) -> CompressedModelSpec:
+        if (
+            self.rollout.mirror is not None
+            and self.serving.runtime is not Runtime.ONNXRUNTIME
+            and self.rollout.trafficRouting.type is not RouterType.GATEWAY_API
+        ):
+            raise ValueError(f"rollout.mirror: {MIRROR_NEEDS_GATEWAY_ON_TRITON}")
+        return self
+
+    @model_validator(mode="after")
     def _calibration_present(self) -> CompressedModelSpec:
         if self.data.calibration is None:
             needing = [t.name for t in self.targets if set(t.techniques()) & TECHNIQUES_NEEDING_CALIBRATION]
@@ -947,6 +1034,7 @@ class Phase(StrEnum):
     PENDING = "Pending"
     COMPRESSING = "Compressing"
     EVALUATING = "Evaluating"
+    MIRRORING = "Mirroring"  # the canary answers only mirrored copies of live requests (spec.rollout.mirror)
     CANARY = "Canary"
     WAITING_FOR_APPROVAL = "WaitingForApproval"  # a canary held until approved (spec.rollout.approval)
     BAKING = "Baking"  # at 100 %, stable on the variant, gates still running, previous artifact kept
@@ -1002,6 +1090,20 @@ class Check(StatusModel):
     alpha: float | None = Field(None, description="Relative gates: the significance level in force.")
 
 
+class MirrorStatus(StatusModel):
+    """The canary's mirror phase: it answered only copies of live requests."""
+
+    startedAt: str | None = None
+    since: str | None = Field(
+        None,
+        description="When copies began to flow: the canary's pods serve and stable settled on its mirroring "
+        "settings. The duration and the analysis window count from here.",
+    )
+    samples: float | None = Field(None, description="Mirrored requests the canary answered (last analysis).")
+    result: Literal["Passed", "Failed"] | None = None
+    finishedAt: str | None = None
+
+
 class CanaryStatus(StatusModel):
     variant: str | None = None
     step: int = Field(0, ge=0, description="Index into spec.rollout.steps.")
@@ -1016,6 +1118,9 @@ class CanaryStatus(StatusModel):
     p99Ms: float | None = None
     accuracyDelta: float | None = None
     checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
+    mirror: MirrorStatus | None = Field(
+        None, description="The mirror phase of this canary (spec.rollout.mirror), while and after it ran."
+    )
 
 
 class StableStatus(StatusModel):

@@ -143,11 +143,25 @@ class ServingBackend(Protocol):
         ``window``, for the relative gates that judge the canary against stable."""
         ...
 
+    @property
+    def tees_requests(self) -> bool:
+        """Mirror first: the stable server copies requests to the canary itself (else the traffic
+        router mirrors them, e.g. the HTTPRoute's RequestMirror filter)."""
+        ...
+
+    def mirror_queries(
+        self, namespace: str, model: str, variant: str, window: str, pods: Sequence[str] | None = None
+    ) -> dict[SLI, str]:
+        """PromQL per SLI of the canary's answers to mirrored copies (phase Mirroring) over ``window``:
+        the canary ``pods`` serving ``variant``; never its user requests (it has none then)."""
+        ...
+
 
 class OnnxRuntimeBackend:
     """kondense's own server (`kondense serve`): Open Inference Protocol v2, shadow agreement."""
 
     runtime = Runtime.ONNXRUNTIME
+    tees_requests = True
 
     def workload(self, ctx: ServingContext, track: str, t: Track, replicas: int) -> list[dict[str, Any]]:
         spec, settings = ctx.spec, ctx.settings
@@ -174,6 +188,14 @@ class OnnxRuntimeBackend:
                 "--task",
                 spec.task.value,
             ]
+        if track == "stable" and t.mirror_to is not None:  # mirror first: tee a sample to the canary
+            percentage = spec.rollout.mirror.percentage if spec.rollout.mirror else 100
+            args += [
+                "--mirror-to", ctx.service_url("canary"),
+                "--mirror-sample", f"{percentage / 100:g}",
+                "--mirror-variant", t.mirror_to,
+                "--task", spec.task.value,
+            ]  # fmt: skip
         volumes, mounts = _pvc_mounts(t.artifact.uri, settings)
         tmp_volume, tmp_mount = scratch_volume(settings.pod_tmp_size_limit)
         pod_fields, container_fields = placement(spec.serving)
@@ -244,6 +266,30 @@ class OnnxRuntimeBackend:
             latency_buckets=f"sum by (le) (increase(kondense_request_duration_seconds_bucket{{{sel}}}[{window}]))",
         )
 
+    def mirror_queries(
+        self, namespace: str, model: str, variant: str, window: str, pods: Sequence[str] | None = None
+    ) -> dict[SLI, str]:
+        # latency and errors: the canary's own answers to the copies (kondense_mirrored_*);
+        # agreement: counted by the stable servers that sent the copies (label canary=<variant>)
+        sel = f'namespace="{namespace}",model="{model}",variant="canary"' + pod_matcher(pods)
+        total = f"sum(rate(kondense_mirrored_requests_total{{{sel}}}[{window}]))"
+        by_stable = f'namespace="{namespace}",model="{model}",variant="stable",canary="{variant}"'
+        compared = (
+            f'sum(rate(kondense_mirror_comparisons_total{{{by_stable},result=~"agree|disagree"}}[{window}]))'
+        )
+        return {
+            SLI.REQUESTS: f"sum(increase(kondense_mirrored_requests_total{{{sel}}}[{window}]))",
+            SLI.P99_LATENCY_MS: (
+                f"1000 * histogram_quantile(0.99, sum by (le) "
+                f"(rate(kondense_mirrored_request_duration_seconds_bucket{{{sel}}}[{window}])))"
+            ),
+            SLI.ERROR_RATE: f'(sum(rate(kondense_mirrored_requests_total{{{sel},code=~"5.."}}[{window}])) or vector(0)) / {total}',
+            SLI.ACCURACY_DELTA: (
+                f'(sum(rate(kondense_mirror_comparisons_total{{{by_stable},result="disagree"}}[{window}])) or vector(0))'
+                f" / {compared}"
+            ),
+        }
+
 
 TRITON_HTTP_PORT = 8000
 TRITON_METRICS_PORT = 8002
@@ -254,6 +300,7 @@ class TritonBackend:
     the artifact's sha256 and builds the model repository and config.pbtxt from the ONNX graph."""
 
     runtime = Runtime.TRITON
+    tees_requests = False  # mirrored by the HTTPRoute's RequestMirror filter
 
     def workload(self, ctx: ServingContext, track: str, t: Track, replicas: int) -> list[dict[str, Any]]:
         spec, settings = ctx.spec, ctx.settings
@@ -356,6 +403,13 @@ class TritonBackend:
         failure = f"(sum(increase(nv_inference_request_failure{{{pods_sel}}}[{window}])) or vector(0))"
         # Triton exports latency as a summary (quantiles), not a histogram: no latency comparison
         return ComparisonQueries(requests=f"{success} + {failure}", errors=failure, latency_buckets=None)
+
+    def mirror_queries(
+        self, namespace: str, model: str, variant: str, window: str, pods: Sequence[str] | None = None
+    ) -> dict[SLI, str]:
+        # At weight 0 every request the canary's pods get is a RequestMirror copy: latency and errors
+        # are its own; agreement cannot be judged (the gateway drops the mirrored answers unseen).
+        return self.queries(namespace, model, "canary", window, pods)
 
 
 SERVING_BACKENDS: dict[Runtime, ServingBackend] = {

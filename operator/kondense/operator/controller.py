@@ -56,6 +56,7 @@ from kondense.operator.rollout import (
     continuous_window,
     effective_window,
     is_invalid,
+    mirror_window,
     post_rollout_due,
     reconcile,
     topology,
@@ -267,15 +268,23 @@ class Controller:
         )
         due = analysis_due(spec, current, world, now)
         if due is not AnalysisDue.NONE:
+            mirroring = current.phase is Phase.MIRRORING  # the canary's answers to mirrored copies
             if due is AnalysisDue.CONTINUOUS:
                 window = continuous_window(current, now)
+            elif mirroring:
+                window = mirror_window(spec, current, now)
             else:
                 window = effective_window(spec, current, now)
             pods = self._serving_pods(namespace, name, "canary", _canary_sha(current))
-            queries = backend.queries(namespace, name, "canary", window, pods)
+            if mirroring:
+                variant = current.canary.variant if current.canary else None
+                queries = backend.mirror_queries(namespace, name, variant or "", window, pods)
+            else:
+                queries = backend.queries(namespace, name, "canary", window, pods)
             provider = self.metric_providers.provider(spec.rollout.analysis)  # checked in _preflight
             world = replace(world, readings=read_slis(provider, queries), due=due)
-            if spec.rollout.analysis.relative_gates() and due is AnalysisDue.INTERVAL:
+            relative = spec.rollout.analysis.relative_gates() and not mirroring
+            if relative and due is AnalysisDue.INTERVAL:
                 world = replace(
                     world, comparison=self._compare(backend, provider, current, namespace, name, window)
                 )

@@ -140,6 +140,13 @@ class KubeClient:
                 current = _raw(read, meta["name"], meta["namespace"])
         wanted = {k: v for k, v in obj.items() if k in ("spec", "data")}
         wanted["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        if kind == "Service" and "selector" in (wanted.get("spec") or {}):
+            # a Service's selector is ours whole: a key we no longer select on is removed (merge-patch
+            # null), e.g. the track label the model's Service selects on while a canary mirrors
+            have = (current.get("spec") or {}).get("selector") or {}
+            gone = {key: None for key in have if key not in wanted["spec"]["selector"]}
+            if gone:
+                wanted["spec"] = {**wanted["spec"], "selector": {**wanted["spec"]["selector"], **gone}}
         if not _subset_differs(wanted, current):
             return "unchanged"
         try:

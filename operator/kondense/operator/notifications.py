@@ -34,6 +34,8 @@ NOTICES: dict[str, Severity] = {
     "CheckFailed": Severity.WARNING,  # a breach: value, threshold and window are in the message
     "Aborted": Severity.WARNING,
     "RolledBack": Severity.WARNING,
+    "MirrorPassed": Severity.INFO,  # mirror first: the first user traffic follows
+    "MirrorFailed": Severity.WARNING,
     "WebhookHalted": Severity.WARNING,
     "ManualAbort": Severity.WARNING,
     "Failed": Severity.ERROR,

@@ -27,6 +27,7 @@ from kondense.api.resource import (
     CompressedModelSpec,
     CompressedModelStatus,
     Condition,
+    MirrorStatus,
     Phase,
     StableStatus,
     VariantPhase,
@@ -52,6 +53,8 @@ BASE = "base"  # the baseline Job: copies + checksums + evaluates the base model
 TERMINAL = {VariantPhase.SUCCEEDED, VariantPhase.REJECTED, VariantPhase.FAILED}
 # phases with a live canary (weights, analysis, rollback): WaitingForApproval is a canary held for approval
 CANARY_PHASES = (Phase.CANARY, Phase.WAITING_FOR_APPROVAL)
+# phases with a canary that is analysed: Mirroring is a canary answering only mirrored copies (issue 13)
+ANALYSED_PHASES = (*CANARY_PHASES, Phase.MIRRORING)
 MIN_WINDOW = timedelta(seconds=10)  # shortest PromQL window worth asking for (several scrapes)
 # Shortest window of a continuous analysis after a counted check: fresh samples only, so two counted
 # failures never share evidence (and several scrapes of a 1-2 s scrape interval).
@@ -337,6 +340,16 @@ def _start_canary(status: CompressedModelStatus, spec: CompressedModelSpec, name
         checks=history,
     )
     _variant(status, name).phase = VariantPhase.SUCCEEDED
+    if spec.rollout.mirror is not None:  # mirror first: no user traffic until the mirror phase passed
+        status.phase = Phase.MIRRORING
+        status.canary.requestedWeight = 0
+        status.canary.mirror = MirrorStatus(startedAt=now)
+
+
+def _started_message(spec: CompressedModelSpec, name: str) -> str:
+    if spec.rollout.mirror is not None:
+        return f"canary {name} mirroring {spec.rollout.mirror.percentage}% of live requests (no user traffic)"
+    return f"canary {name} at {spec.rollout.steps[0]}%"
 
 
 def effective_window(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> str:
@@ -382,7 +395,7 @@ def analysis_due(
     interval. A continuous analysis after a counted check waits for CONTINUOUS_MIN_WINDOW of fresh
     samples."""
     canary = status.canary
-    if status.phase not in CANARY_PHASES or canary is None or canary.promoting:
+    if status.phase not in ANALYSED_PHASES or canary is None or canary.promoting:
         return AnalysisDue.NONE
     interval = timedelta(seconds=spec.rollout.interval_seconds())
     ready = parse_time(canary.readyAt) or (now if _canary_serving(status, world) else None)
@@ -447,7 +460,7 @@ def reconcile(
     elif status.hashes.rollout != roll:
         status.hashes.rollout = roll
         if status.phase in (
-            *CANARY_PHASES,
+            *ANALYSED_PHASES,
             Phase.PROMOTED,
             Phase.ROLLED_BACK,
             Phase.FAILED,
@@ -530,7 +543,7 @@ def reconcile(
             else:
                 status.ladder = selection.ladder[1:]
                 _start_canary(status, spec, selection.best, ts)
-                status.message = f"canary {selection.best} at {spec.rollout.steps[0]}%"
+                status.message = _started_message(spec, selection.best)
                 d.events.append(
                     Event(
                         "Normal",
@@ -543,6 +556,8 @@ def reconcile(
     # 4. canary: weights, analysis, promotion, rollback
     if status.phase in CANARY_PHASES and status.canary is not None:
         _canary(spec, status, world, now, d)
+    elif status.phase is Phase.MIRRORING and status.canary is not None:
+        _mirror(spec, status, world, now, d)
 
     # 5. bake: after 100 %, a breach reverts stable to the previous artifact at once
     if status.phase is Phase.BAKING:
@@ -792,7 +807,7 @@ def steer(
 
 def _where(status: CompressedModelStatus) -> str:
     canary = status.canary
-    if status.phase in CANARY_PHASES and canary is not None:
+    if status.phase in ANALYSED_PHASES and canary is not None:
         return f"(canary {canary.variant} at {canary.requestedWeight}%, phase {status.phase.value})"
     return f"(phase {status.phase.value})"
 
@@ -843,7 +858,7 @@ def _ignored(status: CompressedModelStatus, request: Request, why: str, d: Decis
 
 def _live_canary(status: CompressedModelStatus) -> CanaryStatus | None:
     canary = status.canary
-    if status.phase in CANARY_PHASES and canary is not None and canary.variant is not None:
+    if status.phase in ANALYSED_PHASES and canary is not None and canary.variant is not None:
         return canary
     return None
 
@@ -874,6 +889,10 @@ def _promote(
     d.events.append(
         Event("Normal", "ManualPromotion", f"{variant.name}: promote by hand, {how} ({request.nonce})")
     )
+    if status.phase is Phase.MIRRORING:  # one step now: the end of the mirror phase, the first step
+        _end_mirror(spec, status, variant, ts, d, f"promoted by hand, {how} ({request.nonce})")
+        if not request.skip_analysis:
+            return
     if request.skip_analysis:
         canary.step = len(spec.rollout.steps) - 1
     _advance(spec, status, variant, ts, d, f"promoted by hand, {how} ({request.nonce})")
@@ -1147,6 +1166,7 @@ class Track:
     artifact: ArtifactRef
     variant: str | None  # None: the base model
     replicas: int
+    mirror_to: str | None = None  # mirror first: the canary variant this (stable) track copies requests to
 
 
 @dataclass(frozen=True)
@@ -1155,6 +1175,7 @@ class Topology:
     canary: Track | None  # None: no canary Deployment at all
     weight: int  # requested canary percent (routers turn it into replicas or route weights)
     baking: bool = False  # stable serves a variant under bake: its gates still need load
+    mirror: int = 0  # percent of live requests copied to the canary (phase Mirroring); 0: none
 
 
 ReplicaSplit = Callable[[int, int], tuple[int, int]]
@@ -1167,6 +1188,9 @@ def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: Re
         return Topology(None, None, 0)
     stable = Track(status.stable.artifact, status.stable.variant, total)
     canary_status = status.canary
+    mirrored = mirror_topology(spec, status, stable, split)
+    if mirrored is not None:
+        return mirrored
     if status.phase not in CANARY_PHASES or canary_status is None or canary_status.variant is None:
         return Topology(stable, None, 0, baking=status.phase is Phase.BAKING)
     variant = _variant(status, canary_status.variant)
@@ -1185,4 +1209,218 @@ def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: Re
         Track(stable.artifact, stable.variant, stable_replicas),
         Track(variant.artifact, variant.name, canary_replicas),
         weight,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# mirror first (issue 13): before its first step the canary answers only copies of live requests
+# (phase Mirroring, weight 0); its answers are discarded and judged by the same gates. onnxruntime:
+# the stable server tees a sample to the canary Service and compares the answers; Triton: the
+# HTTPRoute's RequestMirror filter (latency and errors only).
+
+
+class MirrorStep(StrEnum):
+    """What one counted analysis of the mirror phase comes to (``mirror_step``)."""
+
+    WAIT = "wait"  # keep mirroring
+    PASS = "pass"  # the phase passed: the first weight step
+    FAILED_CHECK = "failedCheck"  # counts against failureLimit (one more rolls back)
+    ROLL_BACK = "rollBack"  # at once (a severe breach)
+
+
+def mirror_step(verdict: Verdict, elapsed: bool, samples: float | None, min_samples: int) -> MirrorStep:
+    """The mirror phase's rule (pure). A breach counts at any time (ABORT rolls back at once); no data
+    waits until the duration has elapsed, then counts as a failure; a pass before the duration waits;
+    a pass after it needs ``min_samples`` mirrored requests over the phase, fewer is no data."""
+    if verdict is Verdict.ABORT:
+        return MirrorStep.ROLL_BACK
+    if verdict is Verdict.FAIL:
+        return MirrorStep.FAILED_CHECK
+    if not elapsed:
+        return MirrorStep.WAIT
+    if verdict is Verdict.NO_DATA:
+        return MirrorStep.FAILED_CHECK
+    if samples is None or samples < min_samples:
+        return MirrorStep.FAILED_CHECK
+    return MirrorStep.PASS
+
+
+MIRROR_SAMPLES_SLI = "mirrorSamples"
+
+
+def mirror_window(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> str:
+    """The whole mirror phase so far: from the canary's first serving (or the phase start) to now,
+    at most the mirror duration, at least MIN_WINDOW (minSamples counts over this window)."""
+    canary = status.canary
+    mirror = canary.mirror if canary else None
+    since = parse_time(mirror.since if mirror else None) or parse_time(mirror.startedAt if mirror else None)
+    duration = timedelta(seconds=spec.rollout.mirror.duration_seconds() if spec.rollout.mirror else 0)
+    window = now - since if since is not None else MIN_WINDOW
+    window = max(min(window, duration), MIN_WINDOW)
+    return f"{int(window.total_seconds())}s"
+
+
+def mirror_elapsed(spec: CompressedModelSpec, status: CompressedModelStatus, now: datetime) -> bool:
+    """Whether the mirror duration has run since copies began to flow (``status.canary.mirror.since``)."""
+    canary = status.canary
+    mirror = canary.mirror if canary else None
+    if mirror is None or spec.rollout.mirror is None:
+        return False
+    duration = timedelta(seconds=spec.rollout.mirror.duration_seconds())
+    since = parse_time(mirror.since)
+    if since is None:  # copies never flowed (pods or stable stuck): bounded, then no data counts
+        started = parse_time(mirror.startedAt)
+        return started is not None and now - started >= duration + ready_timeout(spec)
+    return now - since >= duration
+
+
+def mirror_topology(
+    spec: CompressedModelSpec, status: CompressedModelStatus, stable: Track, split: ReplicaSplit
+) -> Topology | None:
+    """During Mirroring: stable keeps every replica and all user traffic (weight 0) and copies
+    ``percentage`` of it to the canary, which runs the pods its first step will have."""
+    canary = status.canary
+    if status.phase is not Phase.MIRRORING or canary is None or canary.variant is None:
+        return None
+    variant = _variant(status, canary.variant)
+    if variant.artifact is None:
+        return Topology(stable, None, 0)
+    percentage = spec.rollout.mirror.percentage if spec.rollout.mirror else 100
+    replicas = max(1, split(spec.serving.replicas, spec.rollout.steps[0])[1])
+    return Topology(
+        replace(stable, mirror_to=variant.name),
+        Track(variant.artifact, variant.name, replicas),
+        0,
+        mirror=percentage,
+    )
+
+
+def _mirror(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime, d: Decision
+) -> None:
+    canary = status.canary
+    assert canary is not None and canary.variant is not None
+    ts = _iso(now)
+    variant = _variant(status, canary.variant)
+    mirror = spec.rollout.mirror
+    if canary.mirror is None:  # a status edited by hand
+        canary.mirror = MirrorStatus(startedAt=ts)
+    if mirror is None:  # nothing to mirror any more (a spec change restarts the rollout anyway)
+        _end_mirror(spec, status, variant, ts, d, "mirroring is off")
+        return
+    canary.requestedWeight, canary.weight = 0, 0  # no user request reaches the canary
+    if canary.readyAt is None and _canary_serving(status, world):
+        canary.readyAt = ts
+    stable_settled = world.stable is not None and world.stable.settled  # on its mirroring settings
+    if canary.mirror.since is None and canary.readyAt is not None and stable_settled:
+        canary.mirror.since = ts  # copies flow from here: the duration and the window count from now
+    if world.readings is None:
+        return
+    continuous = world.due is AnalysisDue.CONTINUOUS
+    window = continuous_window(status, now) if continuous else mirror_window(spec, status, now)
+    if canary.readyAt is None and not continuous:
+        waited = int((now - (parse_time(canary.startedAt) or now)).total_seconds())
+        readings = [Reading(SLI.REQUESTS, None, f"canary pods not serving {variant.name} after {waited}s")]
+        analysis = analyse(spec.rollout.analysis, readings, ts, window)
+        elapsed = True  # pods that never serve: the wait is over (counts as a failure)
+    else:
+        # no stable baseline to compare with: mirrored copies are not stable's user requests' peers in
+        # the same window (the relative gates are judged from the first step)
+        analysis = analyse(spec.rollout.analysis, world.readings, ts, window, NO_BASELINE)
+        elapsed = mirror_elapsed(spec, status, now)
+    if continuous and not analysis.breached:
+        return  # between intervals only a breach counts
+    samples = next((r.value for r in world.readings if r.sli is SLI.REQUESTS), None)
+    step = mirror_step(analysis.verdict, elapsed, samples, mirror.minSamples)
+    if (
+        not continuous and elapsed and analysis.verdict is Verdict.PASS and step is MirrorStep.FAILED_CHECK
+    ):  # passed every gate, but too few mirrored requests: no data, never a pass
+        shown = "no" if samples is None else f"{samples:.0f}"
+        analysis = Analysis(
+            [
+                *analysis.checks,
+                Check(
+                    time=ts, sli=MIRROR_SAMPLES_SLI, value=None, threshold=float(mirror.minSamples),
+                    window=window, passed=False,
+                    message=f"{shown} mirrored requests over the mirror phase, need {mirror.minSamples}: "
+                    "no data (counts as a failure)",
+                ),
+            ],
+            Verdict.NO_DATA,
+        )  # fmt: skip
+    if not continuous:
+        canary.mirror.samples = samples
+    d.analysis = analysis
+    for check in analysis.checks:
+        check.variant = variant.name
+    canary.checks = (canary.checks + analysis.checks)[-MAX_CHECKS:]
+    canary.lastAnalysisAt = ts
+    for check in analysis.checks:
+        if check.sli == "p99LatencyMs" and check.value is not None:
+            canary.p99Ms = check.value
+        if check.sli == "accuracyDelta" and check.value is not None:
+            canary.accuracyDelta = check.value
+    generation = status.observedGeneration
+    if step is MirrorStep.WAIT:
+        what = "no data yet" if analysis.verdict is Verdict.NO_DATA else "passing"
+        status.message = f"canary {variant.name} mirroring ({what}; {_summary(analysis)})"
+        return
+    if step is MirrorStep.PASS:
+        set_condition(status, "CanaryHealthy", True, "MirrorPassed", _summary(analysis), ts, generation)
+        if status.paused:
+            status.message = (
+                f"paused: canary {variant.name} passed mirroring; the first step waits for resume"
+            )
+            return
+        _end_mirror(spec, status, variant, ts, d, f"passed mirroring: {_summary(analysis)}")
+        return
+    reason = _REASONS[analysis.verdict]
+    set_condition(status, "CanaryHealthy", False, reason, _summary(analysis), ts, generation)
+    if step is MirrorStep.FAILED_CHECK:
+        canary.failedChecks += 1
+        if canary.failedChecks <= spec.rollout.failureLimit:
+            status.message = (
+                f"canary {variant.name} (mirroring): failed check "
+                f"{canary.failedChecks}/{spec.rollout.failureLimit} tolerated"
+            )
+            d.events.append(
+                Event("Warning", "CheckFailed", f"{variant.name} (mirroring): {_summary(analysis)}")
+            )
+            return
+    else:
+        d.events.append(Event("Warning", "Aborted", f"{variant.name} (mirroring): {_summary(analysis)}"))
+    canary.mirror.result, canary.mirror.finishedAt = "Failed", ts
+    d.events.append(
+        Event(
+            "Warning",
+            "MirrorFailed",
+            f"{variant.name} failed mirroring before any user traffic: {_summary(analysis)}",
+        )
+    )
+    _roll_back(spec, status, variant, analysis, ts, d)
+    variant.message = f"during mirroring (no user traffic): {variant.message}"
+
+
+def _end_mirror(
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    variant: VariantStatus,
+    ts: str,
+    d: Decision,
+    why: str,
+) -> None:
+    """The mirror phase passed: mirroring stops and the canary takes its first weight step."""
+    canary = status.canary
+    assert canary is not None
+    if canary.mirror is not None:
+        canary.mirror.result, canary.mirror.finishedAt = "Passed", ts
+    steps = spec.rollout.steps
+    status.phase = Phase.CANARY
+    canary.step = 0
+    canary.requestedWeight = steps[0]
+    canary.stepStartedAt = ts
+    status.message = f"canary {variant.name} at {steps[0]}%"
+    d.events.append(Event("Normal", "MirrorPassed", f"{variant.name} {why}"))
+    d.events.append(
+        Event("Normal", "CanaryStep", f"{variant.name} → {steps[0]}%: first step after mirroring")
     )

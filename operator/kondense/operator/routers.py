@@ -46,9 +46,10 @@ class TrafficRouter(Protocol):
         ...
 
     def objects(
-        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int
+        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int, mirror: int = 0
     ) -> list[dict[str, Any]]:
-        """Extra objects that carry the weight (an HTTPRoute), beyond Deployments and Services."""
+        """Extra objects that carry the weight (an HTTPRoute), beyond Deployments and Services;
+        ``mirror``: percent of the requests copied to the canary (mirror first), when the router does it."""
         ...
 
     def owns(self, obj: dict[str, Any]) -> bool:
@@ -86,9 +87,9 @@ class ReplicaRouter:
         return total - canary, canary
 
     def objects(
-        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int
+        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int, mirror: int = 0
     ) -> list[dict[str, Any]]:
-        return []
+        return []  # a copy to the canary is the stable server's (onnxruntime tees); triton needs gatewayAPI
 
     def owns(self, obj: dict[str, Any]) -> bool:
         return False
@@ -129,26 +130,33 @@ class GatewayAPIRouter:
         return total, max(1, math.ceil(total * weight / 100))
 
     def objects(
-        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int
+        self, names: Names, weight: int, route: HTTPRouteRef | None, port: int, mirror: int = 0
     ) -> list[dict[str, Any]]:
         if route is None:  # (TrafficRouting refuses gatewayAPI without httpRoute)
             return []
         # no namespace: a route is only ever the CompressedModel's own namespace's
+        rule: dict[str, Any] = {
+            "backendRefs": [
+                {"name": names.service("stable"), "port": port, "weight": 100 - weight},
+                {"name": names.service("canary"), "port": port, "weight": weight},
+            ]
+        }
+        if mirror > 0:  # mirror first: copies to the canary Service, whose answers the gateway drops
+            rule["filters"] = [
+                {
+                    "type": "RequestMirror",
+                    "requestMirror": {
+                        "backendRef": {"name": names.service("canary"), "port": port},
+                        "percent": mirror,
+                    },
+                }
+            ]
         return [
             {
                 "apiVersion": f"{GATEWAY_GROUP}/{GATEWAY_VERSION}",
                 "kind": "HTTPRoute",
                 "metadata": {"name": route.name},
-                "spec": {
-                    "rules": [
-                        {
-                            "backendRefs": [
-                                {"name": names.service("stable"), "port": port, "weight": 100 - weight},
-                                {"name": names.service("canary"), "port": port, "weight": weight},
-                            ]
-                        }
-                    ]
-                },
+                "spec": {"rules": [rule]},
             }
         ]
 
@@ -173,10 +181,21 @@ class GatewayAPIRouter:
             raise RouteRefused("; ".join(problems))
         rules = (current.get("spec") or {}).get("rules") or [{}]
         wanted_refs = obj["spec"]["rules"][0]["backendRefs"]
-        if all(r.get("backendRefs") == wanted_refs for r in rules):
+        canary = wanted_refs[1]["name"]
+        wanted_mirror = obj["spec"]["rules"][0].get("filters") or []
+
+        def filters(rule: dict[str, Any]) -> list[dict[str, Any]]:
+            """The rule's filters with ours (a RequestMirror to our canary) as wanted; the user's kept."""
+            theirs = [f for f in rule.get("filters") or [] if not _mirrors_to(f, canary)]
+            return theirs + wanted_mirror
+
+        if all(r.get("backendRefs") == wanted_refs and (r.get("filters") or []) == filters(r) for r in rules):
             return "unchanged"
         for rule in rules:
             rule["backendRefs"] = wanted_refs
+            rule["filters"] = filters(rule)
+            if not rule["filters"]:
+                del rule["filters"]
         api.patch_custom(
             GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES, namespace, name, {"spec": {"rules": rules}}
         )
@@ -185,6 +204,12 @@ class GatewayAPIRouter:
     def observed_weight(self, requested: int, stable_ready: int, canary_ready: int) -> int:
         # the route carries the requested weight as soon as a canary pod can take it
         return requested if canary_ready else ready_ratio(stable_ready, canary_ready)
+
+
+def _mirrors_to(filter_: dict[str, Any], service: str) -> bool:
+    """Whether an HTTPRoute filter is a RequestMirror to ``service`` (ours: the canary's)."""
+    ref = (filter_.get("requestMirror") or {}).get("backendRef") or {}
+    return filter_.get("type") == "RequestMirror" and ref.get("name") == service and not ref.get("kind")
 
 
 TRAFFIC_ROUTERS: dict[RouterType, TrafficRouter] = {

@@ -33,14 +33,18 @@ def serving_plan(
         plan.delete.append(("Deployment", names.deployment("canary")))
     model = {"kondense.dev/model": names.model}
     labels = names.labels("server")
-    plan.apply.append(service(ctx.owner, names.service(), model, port, labels))
+    # mirror first: the model's Service selects only stable pods, so no user request reaches the canary
+    users = {**model, TRACK_LABEL: "stable"} if topo.mirror else model
+    plan.apply.append(service(ctx.owner, names.service(), users, port, labels))
     for track in ("stable", "canary"):
         plan.apply.append(
             service(ctx.owner, names.service(track), {**model, TRACK_LABEL: track}, port, labels)
         )
     route = spec.rollout.trafficRouting.httpRoute
     weight = topo.weight if topo.canary else 0
-    routes = router.objects(names, weight, route, port)
+    # the router mirrors only what the serving backend does not tee itself (Triton)
+    mirror = topo.mirror if topo.canary is not None and not backend.tees_requests else 0
+    routes = router.objects(names, weight, route, port, mirror=mirror)
     if weight == 0 or topo.canary is None or topo.canary.replicas == 0:
         # stable is never starved: the canary's weight goes to 0 before its pods scale down
         plan.apply[:0] = routes

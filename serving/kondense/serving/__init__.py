@@ -18,7 +18,12 @@ Metrics (labels ``model`` = ``--name``, ``variant`` = ``--variant``):
 * ``kondense_shadow_comparisons_total{result="agree|disagree|error"}``: per sample (batch row);
 * ``kondense_shadow_score`` histogram: cosine (embedding) or relative error (regression) per sample;
 * ``kondense_shadow_queue_depth``, ``kondense_batch_rows``, ``kondense_model_ready``;
-* ``kondense_model_info{sha256}`` = 1: which artifact this process serves.
+* ``kondense_model_info{sha256}`` = 1: which artifact this process serves;
+* mirror first (issue 13): ``kondense_mirrored_requests_total{code}`` and
+  ``kondense_mirrored_request_duration_seconds`` count the copies a canary answers (header
+  ``kondense-mirrored: 1``; never in ``kondense_requests_total``, never shadowed back), and
+  ``kondense_mirror_comparisons_total{canary,result}`` what a stable server with ``--mirror-to``
+  compared (``canary`` = ``--mirror-variant``).
 
 PromQL for a canary over a window (sum over all its pods)::
 

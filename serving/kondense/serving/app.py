@@ -34,7 +34,7 @@ from kondense.serving.batching import (
     PooledRunner,
 )
 from kondense.serving.decoding import DecoderUnavailableError, ProcessDecoder
-from kondense.serving.metrics import ServerMetrics
+from kondense.serving.metrics import MIRROR_HEADER, ServerMetrics
 from kondense.serving.protocol import (
     HEADER_LENGTH,
     VARIANT_HEADER,
@@ -62,6 +62,8 @@ class ShadowSettings:
     timeout_s: float = 1.0
     max_queue_bytes: int = 32 * 1024 * 1024
     """Bytes of request bodies and outputs waiting in the shadow queue; over it, samples are dropped."""
+    mirror_variant: str | None = None
+    """Mirror mode (``ServerSettings.mirror``): ``stable_url`` is the canary's, this names its variant."""
 
 
 MiB = 1024 * 1024
@@ -104,6 +106,8 @@ class ServerSettings:
     inject_error_rate: float = 0.0
     """Tests and demos only: this fraction of inference requests is answered 500."""
     shadow: ShadowSettings | None = None
+    mirror: ShadowSettings | None = None
+    """Mirror first (issue 13): copy a sample of live requests to a canary and compare its answers."""
 
 
 RETRY_AFTER_S = 1
@@ -193,6 +197,7 @@ class ModelServer:
         self.model: InferenceModel | None = None
         self._runner: InferenceRunner | None = None
         self._shadow: ShadowComparer | None = None
+        self._mirror: ShadowComparer | None = None
         self._decoder: ProcessDecoder | None = None
         self._limits = RequestLimits(max_elements=settings.max_elements)
         self._budget = ByteBudget(settings.max_inflight_bytes)
@@ -214,6 +219,10 @@ class ModelServer:
     @property
     def shadow(self) -> ShadowComparer | None:
         return self._shadow
+
+    @property
+    def mirror(self) -> ShadowComparer | None:
+        return self._mirror
 
     @property
     def limits(self) -> RequestLimits:
@@ -257,8 +266,9 @@ class ModelServer:
             self.metrics.set_model(self.settings.sha256, ready=False)
             if runner is not None:
                 await runner.stop()
-            if self._shadow is not None:
-                await self._shadow.stop()
+            for comparer in (self._shadow, self._mirror):
+                if comparer is not None:
+                    await comparer.stop()
             if self._decoder is not None:
                 await self._decoder.stop()
 
@@ -302,6 +312,20 @@ class ModelServer:
                 max_queue_bytes=settings.shadow.max_queue_bytes,
             )
             await self._shadow.start()
+        if settings.mirror is not None:
+            self._mirror = ShadowComparer(
+                stable_url=settings.mirror.stable_url,
+                model_name=settings.model_name,
+                task=settings.mirror.task,
+                sample=settings.mirror.sample,
+                cosine_threshold=settings.mirror.cosine_threshold,
+                rel_error_threshold=settings.mirror.rel_error_threshold,
+                metrics=self.metrics,
+                timeout_s=settings.mirror.timeout_s,
+                max_queue_bytes=settings.mirror.max_queue_bytes,
+                mirror_variant=settings.mirror.mirror_variant or "canary",
+            )
+            await self._mirror.start()
         if settings.decode_workers > 0:
             self._decoder = ProcessDecoder(settings.decode_workers)  # stopped by the lifespan in any case
             try:
@@ -368,16 +392,23 @@ class ModelServer:
     # --- inference -------------------------------------------------------------------------------
 
     async def infer(self, request: Request) -> Response:
-        """Every answer, client error or not, is counted in kondense_requests_total."""
+        """Every answer, client error or not, is counted in kondense_requests_total (a mirrored copy
+        in kondense_mirrored_requests_total instead: it answers no user)."""
         started = perf_counter()
+        # Only a canary takes mirrored copies: on stable the header is ignored, so no client can keep its
+        # requests out of the SLIs the relative gates, the bake and the burn-rate alerts read from stable.
+        mirrored = self.settings.variant != "stable" and request.headers.get(MIRROR_HEADER) == "1"
         try:
-            response = await self._admit(request)
+            response = await self._admit(request, mirrored)
         except Exception:  # a bug must still be an answer on a healthy connection, and be counted
             log.exception("inference request failed")
             response = error_response(
                 500, "internal server error while answering the request (see the server log)"
             )
-        self.metrics.observe_request(response.status_code, perf_counter() - started, "rest")
+        if mirrored:
+            self.metrics.observe_mirrored(response.status_code, perf_counter() - started)
+        else:
+            self.metrics.observe_request(response.status_code, perf_counter() - started, "rest")
         return response
 
     @contextlib.contextmanager
@@ -398,14 +429,14 @@ class ModelServer:
             self._in_flight -= 1
             reservation.release()
 
-    async def _admit(self, request: Request) -> Response:
+    async def _admit(self, request: Request, mirrored: bool = False) -> Response:
         try:
             with self.admitted() as reservation:
-                return await self._infer(request, reservation)
+                return await self._infer(request, reservation, mirrored)
         except ClientError as exc:
             return error_response(exc.status, str(exc))
 
-    async def _infer(self, request: Request, reservation: Reservation) -> Response:
+    async def _infer(self, request: Request, reservation: Reservation, mirrored: bool = False) -> Response:
         if (problem := self._check_name(request)) is not None:
             return problem
         model, runner, settings = self.model, self._runner, self.settings
@@ -439,8 +470,10 @@ class ModelServer:
             )
         except RequestError as exc:
             return error_response(400, str(exc))
-        if self._shadow is not None:
-            self._shadow.offer(body, header_length, outputs)
+        if not mirrored:  # a mirrored copy is never shadowed back nor mirrored on
+            for comparer in (self._shadow, self._mirror):
+                if comparer is not None:
+                    comparer.offer(body, header_length, outputs)
         # Which track answered (the metrics' `variant` label): clients, benchmarks and session affinity
         # can tell a canary answer from a stable one without timing heuristics.
         headers = {VARIANT_HEADER: settings.variant}

@@ -82,6 +82,21 @@ def serve(
             help="Base URL of the stable server (e.g. http://stable:8080) to compare a sample against."
         ),
     ] = None,
+    mirror_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Mirror first (a stable server): base URL of a canary (e.g. http://canary:8080) to copy "
+            "a sample of live requests to; its answers are discarded and compared with this server's."
+        ),
+    ] = None,
+    mirror_sample: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Fraction of live requests mirrored (default 1.0)."),
+    ] = None,
+    mirror_variant: Annotated[
+        str | None,
+        typer.Option(help="The variant mirrored to: label `canary` of kondense_mirror_comparisons_total."),
+    ] = None,
     shadow_sample: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Fraction of requests compared (default 1.0).")
     ] = None,
@@ -187,8 +202,14 @@ def serve(
     from kondense.serving.server import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    if shadow_of is None and (shadow_sample is not None or task is not None):
-        raise _fail("--shadow-sample and --task only apply with --shadow-of")
+    if shadow_of is None and mirror_to is None and task is not None:
+        raise _fail("--task only applies with --shadow-of or --mirror-to")
+    if shadow_of is None and shadow_sample is not None:
+        raise _fail("--shadow-sample only applies with --shadow-of")
+    if mirror_to is None and (mirror_sample is not None or mirror_variant is not None):
+        raise _fail("--mirror-sample and --mirror-variant only apply with --mirror-to")
+    if mirror_to is not None and shadow_of is not None:
+        raise _fail("--mirror-to (a stable server) and --shadow-of (a canary) cannot be combined")
     if max_inflight_bytes < max_body_bytes:
         raise _fail(
             f"--max-inflight-bytes {max_inflight_bytes} is below --max-body-bytes {max_body_bytes}: "
@@ -216,6 +237,24 @@ def serve(
             timeout_s=shadow_timeout_ms / 1000.0,
             max_queue_bytes=shadow_max_queue_bytes,
         )
+    mirror = None
+    if mirror_to is not None:
+        url = urlsplit(mirror_to)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise _fail(f"--mirror-to {mirror_to!r} is not an http(s) base URL like http://canary:8080")
+        mirror_task = task or (artifact.manifest.task if artifact.manifest else None)
+        if mirror_task is None:
+            raise _fail("--task is needed with --mirror-to when the model directory has no manifest.json")
+        mirror = ShadowSettings(
+            stable_url=mirror_to,
+            task=mirror_task,
+            sample=1.0 if mirror_sample is None else mirror_sample,
+            cosine_threshold=shadow_cosine_threshold,
+            rel_error_threshold=shadow_rel_error_threshold,
+            timeout_s=shadow_timeout_ms / 1000.0,
+            max_queue_bytes=shadow_max_queue_bytes,
+            mirror_variant=mirror_variant or "canary",
+        )
     settings = ServerSettings(
         model_name=name,
         sha256=artifact.sha256,
@@ -237,6 +276,7 @@ def serve(
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
         shadow=shadow,
+        mirror=mirror,
     )
     if grpc_port is not None and grpc_port == port and port != 0:
         raise _fail(f"--grpc-port {grpc_port} is the HTTP --port; give gRPC its own port")

@@ -291,11 +291,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise _invalid(str(exc)) from None
         except InputRejectedError as exc:
             raise _invalid(f"the model rejected the inputs: {exc}") from None
-        shadow = server.shadow
-        if shadow is not None and shadow.sampled():
-            # Replayed to the stable server as a REST binary request: agreement counts gRPC traffic too.
-            body, header_length = encode_binary_request(decoded.id, decoded.inputs, decoded.outputs)
-            shadow.enqueue(body, header_length, outputs)
+        for comparer in (server.shadow, server.mirror):
+            if comparer is not None and comparer.sampled():
+                # Replayed to the peer as a REST binary request: agreement counts gRPC traffic too.
+                body, header_length = encode_binary_request(decoded.id, decoded.inputs, decoded.outputs)
+                comparer.enqueue(body, header_length, outputs)
         return encode_infer_response(settings.model_name, settings.model_version, decoded.id, outputs)
 
 

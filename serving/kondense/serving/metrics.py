@@ -28,6 +28,8 @@ SCORE_BUCKETS = (
     0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 1.0, 2.0, 10.0,
 )  # fmt: skip
 SHADOW_RESULTS = ("agree", "disagree", "error")
+MIRROR_HEADER = "kondense-mirrored"
+"""Set to 1 on the copies a stable server mirrors to a canary: counted apart, never shadowed back."""
 PROTOCOLS = ("rest", "grpc")
 """Front ends: the ``protocol`` label of request series (sum over it for a track's SLIs)."""
 
@@ -58,6 +60,31 @@ class ServerMetrics:
         self._requests_by_code = {
             (p, "200"): self._requests.labels(**self._labels, protocol=p, code="200") for p in PROTOCOLS
         }
+        # mirror first (issue 13): a canary's answers to mirrored copies are counted apart from user
+        # requests (kondense_requests_total stays the user-facing count: burn rate, analysis steps)
+        self.mirrored_duration = Histogram(
+            "kondense_mirrored_request_duration_seconds",
+            "Time to answer a mirrored copy of a live request (header kondense-mirrored: 1; the answer is "
+            "discarded by the stable server that sent it).",
+            ["model", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(**self._labels)
+        self._mirrored = Counter(
+            "kondense_mirrored_requests",
+            "Mirrored copies of live requests answered, by HTTP status code (never user requests).",
+            ["model", "variant", "code"],
+            registry=self.registry,
+        )
+        self._mirrored_by_code = {"200": self._mirrored.labels(**self._labels, code="200")}
+        self._mirror_comparisons = Counter(
+            "kondense_mirror_comparisons",
+            "Samples this (stable) server mirrored to a canary and compared with its own answers: agree, "
+            "disagree, or error (not compared: canary slow, down or the mirror queue full); label canary: "
+            "the variant mirrored to.",
+            ["model", "variant", "canary", "result"],
+            registry=self.registry,
+        )
         shadow = Counter(
             "kondense_shadow_comparisons",
             "Samples compared with the stable server: agree, disagree, or error (not compared: stable slow, "
@@ -110,6 +137,21 @@ class ServerMetrics:
                 **self._labels, protocol=protocol, code=key[1]
             )
         child.inc()
+
+    def observe_mirrored(self, code: int, seconds: float) -> None:
+        self.mirrored_duration.observe(seconds)
+        key = str(code)
+        child = self._mirrored_by_code.get(key)
+        if child is None:
+            child = self._mirrored_by_code[key] = self._mirrored.labels(**self._labels, code=key)
+        child.inc()
+
+    def mirror_comparisons(self, canary: str) -> dict[str, Counter]:
+        """The comparison counters of mirroring to ``canary``, every result created at 0."""
+        return {
+            result: self._mirror_comparisons.labels(**self._labels, canary=canary, result=result)
+            for result in SHADOW_RESULTS
+        }
 
     def set_model(self, sha256: str, ready: bool) -> None:
         self._info.labels(**self._labels).info({"sha256": sha256})

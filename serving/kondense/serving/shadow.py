@@ -1,7 +1,8 @@
 """Shadow agreement: the live accuracy-delta SLI of a canary.
 
 A sample of the canary's requests is re-sent to the stable server in the background and the two
-outputs are compared per sample (row): top-1 for classification, cosine similarity for embeddings,
+outputs are compared per sample (mirror mode, issue 13: a stable server copies a sample of its live
+requests to a canary that serves no user, and compares the other way round) (row): top-1 for classification, cosine similarity for embeddings,
 relative error for regression. The queue is bounded by count and by bytes (request bodies and
 outputs it holds): when the stable server is slow or down, comparisons are dropped and counted as
 ``error`` instead of piling up memory or delaying clients.
@@ -20,7 +21,7 @@ import aiohttp
 import numpy as np
 
 from kondense.api.techniques import Task
-from kondense.serving.metrics import ServerMetrics
+from kondense.serving.metrics import MIRROR_HEADER, ServerMetrics
 from kondense.serving.protocol import HEADER_LENGTH, ProtocolError, decode_response, parse_header_length
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,16 @@ class ShadowComparer:
         queue_size: int = 128,
         max_queue_bytes: int = 32 * 1024 * 1024,
         concurrency: int = 4,
+        mirror_variant: str | None = None,
     ) -> None:
+        """``mirror_variant`` set: mirror mode (issue 13) on a stable server. ``stable_url`` is then the
+        canary's: the copies carry the mirrored header, the canary's answer is compared as the canary's
+        with this server's own outputs, and the results go to kondense_mirror_comparisons_total."""
         self.infer_url = f"{stable_url.rstrip('/')}/v2/models/{model_name}/infer"
+        self._mirror = mirror_variant is not None
+        self._results = (
+            metrics.mirror_comparisons(mirror_variant) if mirror_variant is not None else metrics.shadow
+        )
         self._task = task
         self._sample = sample
         self._cosine_threshold = cosine_threshold
@@ -132,7 +141,8 @@ class ShadowComparer:
         self._concurrency = concurrency
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        metrics.track_shadow_queue(self._queue.qsize, lambda: self.queued_bytes)
+        if not self._mirror:
+            metrics.track_shadow_queue(self._queue.qsize, lambda: self.queued_bytes)
 
     def offer(self, body: bytes, header_length: int | None, outputs: dict[str, np.ndarray]) -> None:
         """Maybe queue a comparison; never blocks. A full queue counts the samples as ``error``."""
@@ -148,12 +158,12 @@ class ShadowComparer:
         rows = sample_count(next(iter(outputs.values())), self._task)
         size = len(body) + sum(_nbytes(array) for array in outputs.values())
         if self.queued_bytes + size > self._max_queue_bytes:
-            self._metrics.shadow["error"].inc(rows)
+            self._results["error"].inc(rows)
             return
         try:
             self._queue.put_nowait(_Job(body, header_length, outputs, rows, size))
         except asyncio.QueueFull:
-            self._metrics.shadow["error"].inc(rows)
+            self._results["error"].inc(rows)
             return
         self.queued_bytes += size
 
@@ -183,11 +193,11 @@ class ShadowComparer:
                 raise
             except Exception as exc:  # a worker must outlive any failure of the stable server
                 log.debug("shadow comparison failed: %r", exc)
-                self._metrics.shadow["error"].inc(job.rows)
+                self._results["error"].inc(job.rows)
             else:
-                self._metrics.shadow["agree"].inc(comparison.agree)
-                self._metrics.shadow["disagree"].inc(comparison.disagree)
-                if comparison.scores is not None:
+                self._results["agree"].inc(comparison.agree)
+                self._results["disagree"].inc(comparison.disagree)
+                if comparison.scores is not None and not self._mirror:
                     for score in comparison.scores:
                         self._metrics.shadow_score.observe(float(score))
             finally:
@@ -196,19 +206,24 @@ class ShadowComparer:
     async def _compare(self, job: _Job) -> Comparison:
         assert self._session is not None
         headers = {"content-type": "application/json"}
+        if self._mirror:
+            headers[MIRROR_HEADER] = "1"
         if job.header_length is not None:
             headers[HEADER_LENGTH] = str(job.header_length)
         async with self._session.post(self.infer_url, data=job.body, headers=headers) as response:
             content = await response.read()
             if response.status != 200:
-                raise ProtocolError(f"stable server answered {response.status}: {content[:200]!r}")
-            stable = decode_response(
+                who = "canary" if self._mirror else "stable"
+                raise ProtocolError(f"{who} server answered {response.status}: {content[:200]!r}")
+            peer = decode_response(
                 content, parse_header_length(response.headers.get(HEADER_LENGTH), len(content))
             )
+        # shadow: this server is the canary, the peer stable; mirror: the other way round
+        canary_outputs, stable_outputs = (peer, job.outputs) if self._mirror else (job.outputs, peer)
         return compare_outputs(
             self._task,
-            job.outputs,
-            stable,
+            canary_outputs,
+            stable_outputs,
             cosine_threshold=self._cosine_threshold,
             rel_error_threshold=self._rel_error_threshold,
         )
