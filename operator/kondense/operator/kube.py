@@ -93,6 +93,7 @@ class KubeClient:
         self.apps = client.AppsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.autoscaling = client.AutoscalingV2Api(self.api)
 
     # -- generic by kind ------------------------------------------------------------------------
     def _ops(self, kind: str) -> tuple[Any, Any, Any, Any]:
@@ -112,6 +113,11 @@ class KubeClient:
             b = self.batch
             return (b.read_namespaced_job, b.create_namespaced_job,
                     b.patch_namespaced_job, b.delete_namespaced_job)  # fmt: skip
+        if kind == "HorizontalPodAutoscaler":
+            h = self.autoscaling
+            return (h.read_namespaced_horizontal_pod_autoscaler, h.create_namespaced_horizontal_pod_autoscaler,
+                    h.patch_namespaced_horizontal_pod_autoscaler,
+                    h.delete_namespaced_horizontal_pod_autoscaler)  # fmt: skip
         raise ValueError(f"unsupported kind {kind}")
 
     def apply(self, obj: dict[str, Any]) -> str:

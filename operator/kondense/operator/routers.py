@@ -12,13 +12,44 @@ route they do not own.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kondense.api.resource import RouterType, TrafficRouting
+from kondense.api.resource import CohortMatch, RouterType, SessionAffinity, TrafficRouting
+from kondense.operator.kube import _subset_differs
 from kondense.operator.naming import CANARY_OF_LABEL, Names
 from kondense.operator.rollout import ready_ratio
 
 GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
+OWN_RULE_PREFIX = "kondense-"  # HTTPRoute rules kondense adds (and removes); the others are the user's
+COHORT_RULE = "kondense-cohort"
+# Gateway API v1 HTTPRoute limits (the CRD's maxItems and its CEL rule on the total of matches)
+MAX_RULES, MAX_MATCHES_PER_RULE, MAX_MATCHES, MAX_HEADERS = 16, 64, 128, 16
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Who goes to the canary whatever its weight: ``match`` header rules (A/B) and the users that
+    carry the session cookie (``affinity``) whose value is ``token`` (the canary's artifact)."""
+
+    match: Sequence[CohortMatch] = ()
+    affinity: SessionAffinity | None = None
+    token: str = ""
+
+    def set_cookie(self) -> str | None:
+        if self.affinity is None:
+            return None
+        a = self.affinity
+        return f"{a.cookieName}={self.token}; Max-Age={a.maxAge}; Path=/; HttpOnly; SameSite=Lax"
+
+    def header_sets(self) -> list[list[dict[str, str]]]:
+        """One list of header matches per way into the canary (any of them, all headers of one)."""
+        sets = [[h.model_dump(mode="json") for h in m.headers] for m in self.match]
+        if self.affinity is not None:
+            cookie = rf"(^|.*;\s*){self.affinity.cookieName}={self.token}(;.*|$)"
+            sets.append([{"name": "Cookie", "value": cookie, "type": "RegularExpression"}])
+        return sets
 
 
 class RouteRefused(RuntimeError):
@@ -45,8 +76,11 @@ class TrafficRouter(Protocol):
         """(stable replicas, canary replicas) for ``total`` serving replicas at ``weight`` percent."""
         ...
 
-    def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
-        """Extra objects that carry the weight (an HTTPRoute), beyond Deployments and Services."""
+    def objects(
+        self, names: Names, weight: int, route: Any, port: int, cohort: Cohort | None = None
+    ) -> list[dict[str, Any]]:
+        """Extra objects that carry the weight (an HTTPRoute), beyond Deployments and Services; with
+        ``cohort``, the rules that send its requests to the canary."""
         ...
 
     def owns(self, obj: dict[str, Any]) -> bool:
@@ -83,8 +117,10 @@ class ReplicaRouter:
         canary = min(max(math.floor(total * weight / 100 + 0.5), 1), total - 1 if total > 1 else 1)
         return total - canary, canary
 
-    def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
-        return []
+    def objects(
+        self, names: Names, weight: int, route: Any, port: int, cohort: Cohort | None = None
+    ) -> list[dict[str, Any]]:
+        return []  # spec.rollout.match / sessionAffinity are refused by the models for this router
 
     def owns(self, obj: dict[str, Any]) -> bool:
         return False
@@ -124,23 +160,35 @@ class GatewayAPIRouter:
             return total, 0
         return total, max(1, math.ceil(total * weight / 100))
 
-    def objects(self, names: Names, weight: int, route: Any, port: int) -> list[dict[str, Any]]:
+    def objects(
+        self, names: Names, weight: int, route: Any, port: int, cohort: Cohort | None = None
+    ) -> list[dict[str, Any]]:
+        """The first rule is a template: its backendRefs go on every rule of the user's route. A cohort
+        rule (while the canary takes traffic) is derived by ``apply`` from each of the user's rules."""
+        canary: dict[str, Any] = {"name": names.service("canary"), "port": port, "weight": weight}
+        cookie = cohort.set_cookie() if cohort is not None and weight > 0 else None
+        if cookie is not None:  # the canary's answers on the weighted path hand out the session cookie
+            modifier = {"add": [{"name": "Set-Cookie", "value": cookie}]}
+            canary["filters"] = [{"type": "ResponseHeaderModifier", "responseHeaderModifier": modifier}]
+        rules: list[dict[str, Any]] = [
+            {"backendRefs": [{"name": names.service("stable"), "port": port, "weight": 100 - weight}, canary]}
+        ]
+        sets = cohort.header_sets() if cohort is not None and weight > 0 else []
+        if sets:
+            rules.append(
+                {
+                    "name": COHORT_RULE,
+                    "matches": [{"headers": headers} for headers in sets],
+                    "backendRefs": [{"name": names.service("canary"), "port": port, "weight": 1}],
+                }
+            )
         # no namespace: a route is only ever the CompressedModel's own namespace's
         return [
             {
                 "apiVersion": f"{GATEWAY_GROUP}/{GATEWAY_VERSION}",
                 "kind": "HTTPRoute",
                 "metadata": {"name": route.name},
-                "spec": {
-                    "rules": [
-                        {
-                            "backendRefs": [
-                                {"name": names.service("stable"), "port": port, "weight": 100 - weight},
-                                {"name": names.service("canary"), "port": port, "weight": weight},
-                            ]
-                        }
-                    ]
-                },
+                "spec": {"rules": rules},
             }
         ]
 
@@ -163,12 +211,10 @@ class GatewayAPIRouter:
         problems = route_problems(current, namespace, name, model)
         if problems or current is None:  # checked again here: the label may have gone since `check`
             raise RouteRefused("; ".join(problems))
-        rules = (current.get("spec") or {}).get("rules") or [{}]
-        wanted_refs = obj["spec"]["rules"][0]["backendRefs"]
-        if all(r.get("backendRefs") == wanted_refs for r in rules):
+        current_rules = (current.get("spec") or {}).get("rules") or [{}]
+        rules = route_rules(current_rules, obj["spec"]["rules"], f"HTTPRoute {namespace}/{name}")
+        if not _subset_differs(rules, current_rules):  # server defaults (kind, group, ...) ignored
             return "unchanged"
-        for rule in rules:
-            rule["backendRefs"] = wanted_refs
         api.patch_custom(
             GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES, namespace, name, {"spec": {"rules": rules}}
         )
@@ -177,6 +223,55 @@ class GatewayAPIRouter:
     def observed_weight(self, requested: int, stable_ready: int, canary_ready: int) -> int:
         # the route carries the requested weight as soon as a canary pod can take it
         return requested if canary_ready else ready_ratio(stable_ready, canary_ready)
+
+
+def route_rules(
+    current: list[dict[str, Any]], wanted: list[dict[str, Any]], where: str
+) -> list[dict[str, Any]]:
+    """The rules of a user's route with kondense's part in them (pure). ``wanted`` is what ``objects``
+    says: its first rule's backendRefs go on each of the user's rules (which keep their matches,
+    filters and timeouts); each further rule becomes one rule per user rule, matching that rule's
+    matches plus the cohort's headers. kondense's earlier rules (named ``kondense-...``) are replaced.
+    RouteRefused when the result would break the Gateway API limits."""
+    base = [r for r in current if not str(r.get("name") or "").startswith(OWN_RULE_PREFIX)] or [{}]
+    out = [{**rule, "backendRefs": wanted[0]["backendRefs"]} for rule in base]
+    for extra in wanted[1:]:
+        for index, rule in enumerate(base):
+            keep = {k: v for k, v in rule.items() if k not in ("name", "matches", "backendRefs")}
+            matches = []
+            for user_match in rule.get("matches") or [{}]:
+                names = {str(h.get("name", "")).lower() for h in user_match.get("headers") or []}
+                for cohort_match in extra["matches"]:
+                    clash = names & {h["name"].lower() for h in cohort_match["headers"]}
+                    if clash:
+                        raise RouteRefused(
+                            f"{where}: rule {index} already matches header {sorted(clash)[0]!r}, which "
+                            "spec.rollout.match (or the session cookie) matches too"
+                        )
+                    headers = [*(user_match.get("headers") or []), *cohort_match["headers"]]
+                    if len(headers) > MAX_HEADERS:
+                        raise RouteRefused(f"{where}: rule {index}: over {MAX_HEADERS} header matches")
+                    matches.append({**user_match, "headers": headers})
+            if len(matches) > MAX_MATCHES_PER_RULE:
+                raise RouteRefused(
+                    f"{where}: rule {index}: over {MAX_MATCHES_PER_RULE} matches with the cohort"
+                )
+            out.append(
+                {
+                    **keep,
+                    "name": f"{extra['name']}-{index}",
+                    "matches": matches,
+                    "backendRefs": extra["backendRefs"],
+                }
+            )
+    if len(out) > MAX_RULES:
+        raise RouteRefused(
+            f"{where}: {len(base)} rules and their cohort rules make {len(out)}, over the {MAX_RULES} "
+            "an HTTPRoute may have"
+        )
+    if sum(len(r.get("matches") or [{}]) for r in out) > MAX_MATCHES:
+        raise RouteRefused(f"{where}: over {MAX_MATCHES} matches in all with the cohort rules")
+    return out
 
 
 TRAFFIC_ROUTERS: dict[RouterType, TrafficRouter] = {
