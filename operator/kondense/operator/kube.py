@@ -138,7 +138,7 @@ class KubeClient:
             if exc.status != 404:
                 raise
             try:
-                create(meta["namespace"], obj)
+                create(meta["namespace"], obj, _preload_content=False)  # raw: no typed model to build
                 return "created"
             except ApiException as exc2:
                 if exc2.status != 409:
@@ -149,7 +149,7 @@ class KubeClient:
         if not _subset_differs(wanted, current):
             return "unchanged"
         try:
-            patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+            patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH, _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -173,7 +173,7 @@ class KubeClient:
         meta = obj["metadata"]
         with _rejecting(obj["kind"], meta["namespace"], meta.get("name", "")):
             try:
-                create(meta["namespace"], obj)
+                create(meta["namespace"], obj, _preload_content=False)  # raw: no typed model to build
                 return True
             except ApiException as exc:
                 if exc.status == 409:
