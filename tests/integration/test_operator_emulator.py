@@ -375,6 +375,12 @@ def test_latency_breach_rolls_back_down_the_ladder(cluster: Cluster, tmp_path: P
     validate_everything(cluster.api)
 
 
+def reconcile_count(cluster: Cluster) -> float:
+    metrics = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics").text
+    line = next(x for x in metrics.splitlines() if x.startswith("kondense_reconcile_duration_seconds_count"))
+    return float(line.split()[-1])
+
+
 def test_autoscaled_breach_reaches_the_notification_with_its_fields(cluster: Cluster, tmp_path: Path) -> None:
     """serving.autoscaling gives each track an HPA the operator then leaves replicas to; a latency
     breach reaches a notification receiver (URL from a Secret, on the allow-list) with value,
@@ -439,7 +445,8 @@ def test_autoscaled_breach_reaches_the_notification_with_its_fields(cluster: Clu
     # the HPA scales stable within its bounds: the operator does not undo it
     apps.patch_namespaced_deployment("scaled-stable", NS, {"spec": {"replicas": 5}})
     generation = apps.read_namespaced_deployment("scaled-stable", NS).metadata.generation
-    cluster.wait("a few more reconciles", lambda: time.sleep(3) or True)
+    reconciles = reconcile_count(cluster)
+    cluster.wait("three more reconciles", lambda: reconcile_count(cluster) >= reconciles + 3)
     after = apps.read_namespaced_deployment("scaled-stable", NS)
     assert after.spec.replicas == 5 and after.metadata.generation == generation
 
