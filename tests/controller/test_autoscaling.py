@@ -109,11 +109,13 @@ class Ticks:
             canary=TrackObservation(c_desired, c_ready, c_ready, topo.canary.artifact.sha256, True, True),
         )
 
-    def tick(self, world: World, advance: float, readings: bool = True) -> Decision:
+    def tick(
+        self, world: World, advance: float, readings: bool = True, values: list[Reading] = GOOD
+    ) -> Decision:
         self.now += timedelta(seconds=advance)
         due = analysis_due(self.spec, self.status, world, self.now)
         if readings and due is not AnalysisDue.NONE:
-            world = replace(world, readings=GOOD, due=due)
+            world = replace(world, readings=values, due=due)
         decision = reconcile(self.spec, self.status, 1, world, self.now)
         self.status = decision.status
         return decision
@@ -358,3 +360,17 @@ def test_a_track_that_never_finishes_scaling_is_judged_after_the_ready_timeout()
     waited = ready_timeout(ticks.spec) + timedelta(seconds=1)
     judged = ticks.tick(stuck, advance=waited.total_seconds())
     assert judged.analysis is not None  # held long enough: the analysis gives a verdict again
+
+
+@pytest.mark.parametrize("advance", [1.0, 10.0])  # between intervals (continuous) and at the interval
+def test_an_abort_never_waits_for_scaling(advance: float) -> None:
+    ticks = Ticks(autoscaled())
+    ticks.tick(ticks.serving(), advance=1, readings=False)
+    gate = ticks.spec.rollout.analysis.p99LatencyMs
+    assert gate is not None
+    awful = [*GOOD[:1], Reading(SLI.P99_LATENCY_MS, gate.abort_at() * 2), *GOOD[2:]]
+    first = ticks.canary.variant
+    decision = ticks.tick(ticks.serving(stable=(5, 3)), advance=advance, values=awful)
+    assert decision.analysis is not None and decision.analysis.verdict == "abort"
+    (variant,) = [v for v in ticks.status.variants if v.name == first]
+    assert (variant.phase, variant.reason) == ("RolledBack", "Abort")

@@ -596,8 +596,7 @@ def _canary(
 
     if canary.readyAt is None and _canary_serving(status, world):
         canary.readyAt = ts
-    if _scaling_hold(spec, status, world, now, d):
-        return
+    holding = _scaling_hold(spec, status, world, now)
     if world.readings is None:
         return
     continuous = world.due is AnalysisDue.CONTINUOUS
@@ -618,6 +617,9 @@ def _canary(
         analysis = analyse(
             spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now), comparison
         )
+    if holding is not None and analysis.verdict is not Verdict.ABORT:  # an abort never waits
+        _held(status, holding, world, ts)
+        return
     if not continuous:
         analysis = webhook_analysis(spec, analysis, world, ts)  # rollout and rollback webhooks
     d.analysis = analysis
@@ -678,24 +680,30 @@ def scaling_problem(spec: CompressedModelSpec, world: World) -> str | None:
 
 
 def _scaling_hold(
-    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime, d: Decision
-) -> bool:
-    """Hold the analysis (no step, no verdict) while a track scales, with a check saying why at each
-    interval analysis; a track scaling for longer than ready_timeout is judged again (a canary whose new
-    pods never become ready must still roll back)."""
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime
+) -> str | None:
+    """Why the analysis holds this tick (no step, no verdict but an abort) while a track scales; a track
+    scaling for longer than ready_timeout is judged again (a canary whose new pods never become ready
+    must still roll back)."""
     canary = status.canary
     assert canary is not None
     problem = scaling_problem(spec, world) if canary.readyAt is not None else None
     since = parse_time(canary.scalingSince)
     if problem is not None and since is not None and now - since >= ready_timeout(spec):
-        return False  # scalingSince stays: held long enough, the analysis judges again
+        return None  # scalingSince stays: held long enough, the analysis judges again
     if problem is None:
         canary.scalingSince = None
-        return False
-    ts = _iso(now)
-    canary.scalingSince = canary.scalingSince or ts
+        return None
+    canary.scalingSince = canary.scalingSince or _iso(now)
     status.message = f"canary {canary.variant}: analysis holds: {problem}"
-    if world.readings is not None and world.due is AnalysisDue.INTERVAL:
+    return problem
+
+
+def _held(status: CompressedModelStatus, problem: str, world: World, ts: str) -> None:
+    """A held analysis: a check saying why at an interval analysis."""
+    canary = status.canary
+    assert canary is not None
+    if world.due is AnalysisDue.INTERVAL:
         check = Check(
             time=ts,
             variant=canary.variant,
@@ -706,7 +714,6 @@ def _scaling_hold(
         )
         canary.checks = [*canary.checks, check][-MAX_CHECKS:]
         canary.lastAnalysisAt = ts  # the interval clock restarts: the next analysis is an interval on
-    return True
 
 
 def _advance(
