@@ -236,6 +236,7 @@ WORKLOAD_RULES = {
     ("apps", "deployments"): {"get", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},  # serving.autoscaling
     ("", "persistentvolumeclaims"): {"get"},
     ("", "events"): {"create"},
 }
@@ -433,3 +434,23 @@ def test_prometheus_allow_list_reaches_the_operator_settings(render: Render) -> 
         }
     )
     assert settings.prometheus_allowed_urls == urls
+
+
+def test_webhook_allow_list_reaches_the_operator_settings(render: Render) -> None:
+    from kondense.operator.settings import OperatorSettings
+
+    default = one(render(), "Deployment")
+    env = {e["name"]: e.get("value") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KONDENSE_WEBHOOK_ALLOWED_URLS"] == ""  # only the CR's own namespace's Services by default
+    assert env["KONDENSE_WEBHOOK_OWN_NAMESPACE_SERVICES"] == "true"
+    urls = ["https://hooks.slack.com/services", "http://loadtester.test:8080/gate"]
+    values = {"operator": {"webhookAllowedUrls": urls, "webhookOwnNamespaceServices": False}}
+    deployment = one(render(values), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = OperatorSettings.model_validate(
+        {
+            "webhook_allowed_urls": env["KONDENSE_WEBHOOK_ALLOWED_URLS"],
+            "webhook_own_namespace_services": env["KONDENSE_WEBHOOK_OWN_NAMESPACE_SERVICES"],
+        }
+    )
+    assert settings.webhook_allowed_urls == urls and settings.webhook_own_namespace_services is False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,35 @@ GROUP, VERSION, PLURAL = "kondense.dev", "v1alpha1", "compressedmodels"
 pytestmark = pytest.mark.timeout(300)
 
 
+class Receiver:
+    """A notification receiver on loopback (on the operator's KONDENSE_WEBHOOK_ALLOWED_URLS)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                receiver.received.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Cluster:
     api: LocalAPIServer
@@ -51,6 +81,7 @@ class Cluster:
     metrics_port: int
     operator: subprocess.Popen[bytes]
     log: Path
+    receiver: Receiver
 
     @property
     def custom(self) -> client.CustomObjectsApi:
@@ -76,6 +107,7 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     api = LocalAPIServer().start()
     prometheus = LocalPrometheus(tmp_path / "prometheus")
+    receiver = Receiver()
     operator = None
     try:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
@@ -94,17 +126,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             KONDENSE_METRICS_PORT=str(metrics_port),
             KONDENSE_HEALTH_PORT=str(free_port()),
             KONDENSE_PROMETHEUS_URL=prometheus.url,
+            KONDENSE_WEBHOOK_ALLOWED_URLS=receiver.url,
         )
         log = tmp_path / "operator.log"
         operator = subprocess.Popen(
             [sys.executable, "-m", "kondense.cli", "operator", "--namespace", NS],
             env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )  # fmt: skip
-        yield Cluster(api, kubeconfig, prometheus, metrics_port, operator, log)
+        yield Cluster(api, kubeconfig, prometheus, metrics_port, operator, log, receiver)
     finally:
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=30)
+        receiver.close()
         prometheus.stop()
         api.stop()
 
@@ -244,17 +278,27 @@ def validate_everything(api: LocalAPIServer) -> None:
     for obj in api.dump():
         if obj.get("apiVersion", "").startswith(("kondense.dev", "apiextensions.k8s.io", "gateway.")):
             continue
-        obj = {k: v for k, v in obj.items() if k != "status"} if obj["kind"] == "Namespace" else obj
+        # status is the server's (the emulator's HPA status lacks what a controller would fill in)
+        no_status = obj["kind"] in ("Namespace", "HorizontalPodAutoscaler")
+        obj = {k: v for k, v in obj.items() if k != "status"} if no_status else obj
         kubernetes_validate.validate(obj, "1.33", strict=True)
         checked += 1
     assert checked > 5
 
 
-def run_rollout(cluster: Cluster, tmp_path: Path, name: str, canary_latency_ms: int) -> dict[str, Any]:
+def run_rollout(
+    cluster: Cluster,
+    tmp_path: Path,
+    name: str,
+    canary_latency_ms: int,
+    customize: Callable[[dict[str, Any]], None] = lambda body: None,
+) -> dict[str, Any]:
     servers, stop = serve_with_load(tmp_path, canary_latency_ms, name)
     try:
         load_forever(servers, name, stop)
-        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, digits_cr(name))
+        body = digits_cr(name)
+        customize(body)
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
         batch = client.BatchV1Api()
         jobs = cluster.wait(
             "4 Jobs", lambda: (items := batch.list_namespaced_job(NS).items) and len(items) == 4 and items
@@ -329,6 +373,91 @@ def test_latency_breach_rolls_back_down_the_ladder(cluster: Cluster, tmp_path: P
     events = client.CoreV1Api().list_namespaced_event(NS).items
     assert [e.reason for e in events].count("RolledBack") == 2
     validate_everything(cluster.api)
+
+
+def reconcile_count(cluster: Cluster) -> float:
+    metrics = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics").text
+    line = next(x for x in metrics.splitlines() if x.startswith("kondense_reconcile_duration_seconds_count"))
+    return float(line.split()[-1])
+
+
+def test_autoscaled_breach_reaches_the_notification_with_its_fields(cluster: Cluster, tmp_path: Path) -> None:
+    """serving.autoscaling gives each track an HPA the operator then leaves replicas to; a latency
+    breach reaches a notification receiver (URL from a Secret, on the allow-list) with value,
+    threshold, window and SLI as fields."""
+    import base64
+
+    secret = {"url": base64.b64encode(cluster.receiver.url.encode()).decode()}
+    client.CoreV1Api().create_namespaced_secret(NS, {"metadata": {"name": "hooks"}, "data": secret})
+    hpas = client.AutoscalingV2Api()
+    seen: dict[str, dict[str, Any]] = {}
+
+    def listed() -> list[dict[str, Any]]:  # raw: the emulator's status has no desiredReplicas yet
+        response = hpas.list_namespaced_horizontal_pod_autoscaler(NS, _preload_content=False)
+        return list(json.loads(response.data)["items"])
+
+    def customize(body: dict[str, Any]) -> None:
+        body["spec"]["serving"]["autoscaling"] = {
+            "minReplicas": 2,
+            "maxReplicas": 6,
+            "targetCPUUtilization": 60,
+        }
+        body["spec"]["notifications"] = [
+            {
+                "name": "oncall",
+                "type": "webhook",
+                "severity": "warning",
+                "secretKeyRef": {"name": "hooks", "key": "url"},
+            }
+        ]
+
+    def watch_hpas() -> None:
+        while not done.is_set():
+            for hpa in listed():
+                seen[hpa["metadata"]["name"]] = {
+                    "min": hpa["spec"]["minReplicas"],
+                    "max": hpa["spec"]["maxReplicas"],
+                }
+            done.wait(0.3)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch_hpas, daemon=True)
+    watcher.start()
+    try:
+        final = run_rollout(cluster, tmp_path, "scaled", canary_latency_ms=80, customize=customize)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert final["status"]["phase"] == "RolledBack", yaml.safe_dump(final["status"])
+    # at 50 %: 2..6 split by the replicas router; the canary's HPA went with its Deployment
+    assert seen["scaled-canary"] == {"min": 1, "max": 3} and "scaled-stable" in seen
+    cluster.wait(
+        "the canary's HPA gone", lambda: [h["metadata"]["name"] for h in listed()] == ["scaled-stable"]
+    )
+    (stable_hpa,) = listed()
+    assert (stable_hpa["spec"]["minReplicas"], stable_hpa["spec"]["maxReplicas"]) == (
+        2,
+        6,
+    )  # stable whole again
+    apps = client.AppsV1Api()
+    stable = apps.read_namespaced_deployment("scaled-stable", NS)
+    assert stable.metadata.annotations["kondense.dev/autoscaled"] == "true"
+    # the HPA scales stable within its bounds: the operator does not undo it
+    apps.patch_namespaced_deployment("scaled-stable", NS, {"spec": {"replicas": 5}})
+    generation = apps.read_namespaced_deployment("scaled-stable", NS).metadata.generation
+    reconciles = reconcile_count(cluster)
+    cluster.wait("three more reconciles", lambda: reconcile_count(cluster) >= reconciles + 3)
+    after = apps.read_namespaced_deployment("scaled-stable", NS)
+    assert after.spec.replicas == 5 and after.metadata.generation == generation
+
+    breaches = cluster.wait(
+        "a breach notice",
+        lambda: [n for n in cluster.receiver.received if n["reason"] in ("CheckFailed", "RolledBack")],
+    )
+    fields = breaches[0]["breaches"][0]
+    assert fields["sli"] == "p99LatencyMs" and fields["value"] > fields["threshold"] == 40
+    assert fields["window"] and fields["variant"] in ("int8", "fp16")
+    validate_everything(cluster.api)  # the HPAs included
 
 
 def test_invalid_spec_gets_a_condition_and_no_children(cluster: Cluster) -> None:

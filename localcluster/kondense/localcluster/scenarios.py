@@ -61,6 +61,8 @@ class Scenario:
     fault: Callable[[], ExtraArgs] | None = None
     on_status: Callable[[ScenarioContext, dict[str, Any]], None] | None = None
     verify: Callable[[ScenarioContext, dict[str, Any]], list[str]] = lambda ctx, status: []
+    # the operator's extra environment, from the customized CR (e.g. its webhook URL on the allow-list)
+    operator_env: Callable[[dict[str, Any]], dict[str, str]] = lambda body: {}
 
 
 @dataclass
@@ -471,6 +473,12 @@ def add_failing_webhook(body: dict[str, Any]) -> None:
     ]
 
 
+def allow_webhooks(body: dict[str, Any]) -> dict[str, str]:
+    """The receivers on loopback are not Services of the CR's namespace: the operator allows them by URL."""
+    urls = [hook["url"] for hook in body["spec"]["rollout"].get("webhooks") or []]
+    return {"KONDENSE_WEBHOOK_ALLOWED_URLS": ",".join(urls)}
+
+
 def verify_webhook_halt(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
     problems = []
     if ctx.events("Promoted") or any(v.get("phase") == "Promoted" for v in _variants(status).values()):
@@ -652,6 +660,7 @@ SCENARIOS: dict[str, Scenario] = {
             "RolledBack",
             customize=add_failing_webhook,
             verify=verify_webhook_halt,
+            operator_env=allow_webhooks,
         ),
         Scenario(
             "bake-revert",
@@ -732,7 +741,9 @@ def run_scenario(
     name = body["metadata"]["name"]
     started = time.monotonic()
     fault = scenario.fault() if scenario.fault else None
-    cluster = LocalCluster(workdir, extra_args=fault, bin_dirs=bin_dirs)
+    cluster = LocalCluster(
+        workdir, extra_args=fault, bin_dirs=bin_dirs, operator_env=scenario.operator_env(body)
+    )
     status: dict[str, Any] = {}
     problems: list[str] = []
     try:

@@ -347,13 +347,67 @@ class TritonSpec(StrictModel):
     instanceCount: int = Field(1, ge=1, le=64)
 
 
+AUTOSCALING_NEEDS_CPU = (
+    "autoscaling: resources.requests.cpu is required (the HorizontalPodAutoscaler's CPU utilization is a "
+    "percent of it)"
+)
+
+
+class Autoscaling(StrictModel):
+    """HorizontalPodAutoscalers (autoscaling/v2, CPU utilization) for the stable and canary
+    Deployments; `serving.replicas` is then only the size a Deployment is created with. The bounds are
+    split between the tracks as the router splits replicas (the replicas router: by the canary weight;
+    Gateway API: stable gets them whole, the canary its weight's share), at least one pod per serving
+    track. The analysis holds while a track is scaling (ready pods != desired)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")
+        )
+    )
+
+    minReplicas: int = Field(1, ge=1, le=100, description="Fewest pods of stable and canary together.")
+    maxReplicas: int = Field(ge=1, le=100, description="Most pods of stable and canary together.")
+    targetCPUUtilization: int = Field(
+        80, ge=1, le=100, description="Average CPU use, percent of the pods' CPU request, to scale to."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.minReplicas > self.maxReplicas:
+            raise ValueError(
+                f"minReplicas ({self.minReplicas}) must not exceed maxReplicas ({self.maxReplicas})"
+            )
+        return self
+
+
 class ServingSpec(Placement):
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.autoscaling) || (has(self.resources) && has(self.resources.requests) "
+                "&& 'cpu' in self.resources.requests)",
+                AUTOSCALING_NEEDS_CPU,
+                ".autoscaling",
+            )
+        )
+    )
+
     runtime: Runtime = Field(Runtime.ONNXRUNTIME, description="onnxruntime (kondense's server) or triton.")
     replicas: int = Field(4, ge=1, le=100, description="Pods serving the model (stable + canary).")
     threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads per pod.")
     image: str | None = Field(None, max_length=512, description="Override the serving image.")
     port: int = Field(8080, ge=1, le=65535)
     triton: TritonSpec | None = None
+    autoscaling: Autoscaling | None = Field(
+        None, description="Scale stable and canary on CPU with HorizontalPodAutoscalers (see Autoscaling)."
+    )
+
+    @model_validator(mode="after")
+    def _autoscaling_needs_cpu(self) -> ServingSpec:
+        if self.autoscaling is not None and "cpu" not in ((self.resources and self.resources.requests) or {}):
+            raise ValueError(AUTOSCALING_NEEDS_CPU)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -776,6 +830,49 @@ _STEPS_INCREASING = (
 BAKE_BELOW_INTERVAL = "must be at least one interval (the bake judges at least one full analysis)"
 
 
+class HeaderMatchType(StrEnum):
+    EXACT = "Exact"
+    REGULAR_EXPRESSION = "RegularExpression"  # the Gateway implementation's dialect (RE2 for Envoy)
+
+
+class HeaderMatch(StrictModel):
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$",
+        description="HTTP header name.",
+    )
+    value: str = Field(min_length=1, max_length=4096)
+    type: HeaderMatchType = HeaderMatchType.EXACT
+
+
+class CohortMatch(StrictModel):
+    """Requests carrying every one of these headers always go to the canary (A/B testing)."""
+
+    headers: list[HeaderMatch] = Field(min_length=1, max_length=8)
+
+
+class SessionAffinity(StrictModel):
+    """The canary's responses set a cookie; requests carrying it keep going to the canary while it runs
+    (one user keeps one variant). The cookie's value names the canary's artifact: a later canary does
+    not inherit the users of an earlier one."""
+
+    cookieName: str = Field(
+        "kondense-canary",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Cookie name.",
+    )
+    maxAge: int = Field(86400, ge=1, le=7 * 86400, description="Cookie lifetime in seconds (Max-Age).")
+
+
+COHORTS_NEED_GATEWAY = (
+    "match and sessionAffinity need trafficRouting.type gatewayAPI (the replicas router splits traffic by "
+    "ready pods behind one Service and cannot route by header or cookie)"
+)
+
+
 class RolloutSpec(SteeringSpec):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -789,6 +886,11 @@ class RolloutSpec(SteeringSpec):
                 " || duration(self.mirror.duration) >= duration(has(self.interval) ? self.interval : '30s')",
                 f"mirror.duration {MIRROR_BELOW_INTERVAL}",
                 ".mirror.duration",
+            ),
+            cel(
+                "((!has(self.match) || size(self.match) == 0) && !has(self.sessionAffinity)) || "
+                "(has(self.trafficRouting) && self.trafficRouting.type == 'gatewayAPI')",
+                COHORTS_NEED_GATEWAY,
             ),
         )
     )
@@ -824,6 +926,22 @@ class RolloutSpec(SteeringSpec):
         description="Mirror first: an optional phase (Mirroring) before the first step in which the canary "
         "answers only copies of live requests (see MirrorSpec).",
     )
+
+    match: list[CohortMatch] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Gateway API only: requests matching any of these go to the canary whatever its weight "
+        "(as Flagger's analysis.match), e.g. headers [{name: x-cohort, value: beta}].",
+    )
+    sessionAffinity: SessionAffinity | None = Field(
+        None, description="Gateway API only: a cookie keeps a user on the canary once it answered them."
+    )
+
+    @model_validator(mode="after")
+    def _cohorts_need_gateway(self) -> RolloutSpec:
+        if (self.match or self.sessionAffinity) and self.trafficRouting.type is not RouterType.GATEWAY_API:
+            raise ValueError(COHORTS_NEED_GATEWAY)
+        return self
 
     @field_validator("steps")
     @classmethod
@@ -1079,6 +1197,7 @@ class Check(StatusModel):
     threshold: float | None = None
     window: str | None = None
     passed: bool
+    held: bool | None = Field(None, description="No verdict: the analysis held (the message says why).")
     message: str | None = None
     # relative gates (p99LatencyRatio, errorRateIncrease): both readings and the test behind the verdict
     canaryValue: float | None = Field(None, description="Relative gates: the canary's reading.")
@@ -1115,6 +1234,9 @@ class CanaryStatus(StatusModel):
     readyAt: str | None = Field(None, description="When the canary's pods first served the variant.")
     stepStartedAt: str | None = None
     lastAnalysisAt: str | None = None
+    scalingSince: str | None = Field(
+        None, description="Autoscaling: since when a track has been scaling (the analysis holds meanwhile)."
+    )
     p99Ms: float | None = None
     accuracyDelta: float | None = None
     checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)

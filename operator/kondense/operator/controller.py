@@ -30,6 +30,7 @@ from kondense.operator.backends import SERVING_BACKENDS, ServingBackend, Serving
 from kondense.operator.kube import ChildRejected, KubeClient, StatusConflict, rejection
 from kondense.operator.locations import LocationError, claims, variant_location
 from kondense.operator.naming import (
+    AUTOSCALED_ANNOTATION,
     HASH_LABEL,
     MODEL_LABEL,
     SHA_ANNOTATION,
@@ -123,7 +124,8 @@ def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | N
         and ready >= replicas
         and (status.get("replicas") or 0) <= replicas
     )
-    return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled)
+    autoscaled = ((meta.get("annotations") or {}).get(AUTOSCALED_ANNOTATION)) == "true"
+    return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled, autoscaled)
 
 
 def parse_status(raw: Any) -> tuple[CompressedModelStatus, list[str]]:
@@ -188,9 +190,16 @@ class Controller:
     def __post_init__(self) -> None:
         self.metric_providers = self.providers or ProviderFactory(self.settings)
         # the Secret is read when a notice is sent (the client's CoreV1Api, looked up only then)
-        self.notices = self.notifier or Notifier(lambda ns, ref: kube_secret_reader(self.kube.core)(ns, ref))
+        self.url_policy = self.settings.url_policy()
+        self.notices = self.notifier or Notifier(
+            lambda ns, ref: kube_secret_reader(self.kube.core)(ns, ref), guard=self._url_problem
+        )
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+
+    def _url_problem(self, namespace: str, url: str) -> str | None:
+        """Why a webhook or notification URL may not be called for a CR of ``namespace`` (outbound)."""
+        return self.url_policy.check(url, namespace, lambda svc: self.kube.get("Service", svc, namespace))
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -298,7 +307,9 @@ class Controller:
             world = replace(
                 world,
                 webhooks=webhooks.call_all(
-                    hooks, lambda h: webhooks.payload(h, namespace, name, current, readings, starting)
+                    hooks,
+                    lambda h: webhooks.payload(h, namespace, name, current, readings, starting),
+                    lambda url: self._url_problem(namespace, url),
                 ),
             )
 
@@ -326,7 +337,8 @@ class Controller:
             rejected.append(translate_rejection(exc))
 
         ctx = ServingContext(spec, owner, self.settings)
-        plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
+        observed = {"stable": world.stable, "canary": world.canary}
+        plan = serving_plan(ctx, topology(spec, status, router.split), backend, router, observed)
         for obj in plan.apply:  # in order (a route's weight goes to 0 before the canary scales down)
             if router.owns(obj):  # the router's own objects, in this namespace only
                 try:
@@ -353,7 +365,10 @@ class Controller:
         self.notices.notify(namespace, name, spec.notifications, decision.events)  # enqueued, never blocks
         told = post_rollout_due(spec, current, status)
         webhooks.call_in_background(
-            told, lambda h: webhooks.payload(h, namespace, name, status, None), lambda results: None
+            told,
+            lambda h: webhooks.payload(h, namespace, name, status, None),
+            lambda results: None,
+            lambda url: self._url_problem(namespace, url),
         )
         self._record_metrics(namespace, name, current, status, decision)
         return status
@@ -439,6 +454,10 @@ class Controller:
             )
         problems += self.metric_providers.problems(spec.rollout.analysis)
         problems += image_problems(spec, self.settings)  # an image not on the allow-list: no children
+        for index, hook in enumerate(spec.rollout.webhooks):  # a URL not on the allow-list: no children
+            refused = self.url_policy.problem(hook.url, namespace)
+            if refused is not None:
+                problems.append(f"spec.rollout.webhooks[{index}].url: {refused}")
         if spec.rollout.trafficRouting.type in TRAFFIC_ROUTERS:  # a route that does not opt in: no children
             routing = spec.rollout.trafficRouting
             problems += TRAFFIC_ROUTERS[routing.type].check(self.kube, namespace, name, routing)

@@ -93,6 +93,7 @@ class KubeClient:
         self.apps = client.AppsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.autoscaling = client.AutoscalingV2Api(self.api)
 
     # -- generic by kind ------------------------------------------------------------------------
     def _ops(self, kind: str) -> tuple[Any, Any, Any, Any]:
@@ -112,6 +113,11 @@ class KubeClient:
             b = self.batch
             return (b.read_namespaced_job, b.create_namespaced_job,
                     b.patch_namespaced_job, b.delete_namespaced_job)  # fmt: skip
+        if kind == "HorizontalPodAutoscaler":
+            h = self.autoscaling
+            return (h.read_namespaced_horizontal_pod_autoscaler, h.create_namespaced_horizontal_pod_autoscaler,
+                    h.patch_namespaced_horizontal_pod_autoscaler,
+                    h.delete_namespaced_horizontal_pod_autoscaler)  # fmt: skip
         raise ValueError(f"unsupported kind {kind}")
 
     def apply(self, obj: dict[str, Any]) -> str:
@@ -132,7 +138,7 @@ class KubeClient:
             if exc.status != 404:
                 raise
             try:
-                create(meta["namespace"], obj)
+                create(meta["namespace"], obj, _preload_content=False)  # raw: no typed model to build
                 return "created"
             except ApiException as exc2:
                 if exc2.status != 409:
@@ -150,7 +156,7 @@ class KubeClient:
         if not _subset_differs(wanted, current):
             return "unchanged"
         try:
-            patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH)
+            patch(meta["name"], meta["namespace"], wanted, _content_type=MERGE_PATCH, _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -174,7 +180,7 @@ class KubeClient:
         meta = obj["metadata"]
         with _rejecting(obj["kind"], meta["namespace"], meta.get("name", "")):
             try:
-                create(meta["namespace"], obj)
+                create(meta["namespace"], obj, _preload_content=False)  # raw: no typed model to build
                 return True
             except ApiException as exc:
                 if exc.status == 409:

@@ -10,6 +10,8 @@ VARIANT_LABEL = "kondense.dev/variant"
 TRACK_LABEL = "kondense.dev/track"
 HASH_LABEL = "kondense.dev/spec-hash"  # value: the compression run (see run_id) of a Job
 SHA_ANNOTATION = "kondense.dev/artifact-sha256"
+# on a serving Deployment: "true" while a HorizontalPodAutoscaler owns its replicas (never patched then)
+AUTOSCALED_ANNOTATION = "kondense.dev/autoscaled"
 CANARY_OF_LABEL = "kondense.dev/canary-of"  # on an HTTPRoute: the CompressedModel that may set its weights
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kondense", "app.kubernetes.io/part-of": "kondense"}
 

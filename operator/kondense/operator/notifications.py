@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from kondense.api.resource import Notification, NotificationType, SecretKeyRef, Severity
+from kondense.api.resource import Check, Notification, NotificationType, SecretKeyRef, Severity
 from kondense.operator.rollout import Event
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ NOTICES: dict[str, Severity] = {
     "RolledBack": Severity.WARNING,
     "MirrorPassed": Severity.INFO,  # mirror first: the first user traffic follows
     "MirrorFailed": Severity.WARNING,
+    "Reverted": Severity.WARNING,  # a breach during the bake: stable back on the previous artifact
     "WebhookHalted": Severity.WARNING,
     "ManualAbort": Severity.WARNING,
     "Failed": Severity.ERROR,
@@ -46,6 +47,8 @@ _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
 
 SecretReader = Callable[[str, SecretKeyRef], str]
 """(namespace, ref) -> the URL; raises with a readable message when it cannot."""
+UrlGuard = Callable[[str, str], str | None]
+"""(namespace, url) -> why the operator may not POST there (kondense.operator.outbound), None if it may."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,27 @@ class Notice:
     severity: Severity
     reason: str
     message: str
+    breaches: tuple[Check, ...] = ()  # the failed checks behind a breach notice
+
+
+BREACH_FIELDS = ("variant", "sli", "value", "threshold", "window", "message")
+
+
+def breach(check: Check) -> dict[str, Any]:
+    """One failed check as a notification field set: what was read, against what, over which window."""
+    out = {k: getattr(check, k) for k in BREACH_FIELDS}
+    for extra in ("canaryValue", "stableValue", "pValue", "alpha"):  # relative gates: the test behind it
+        if getattr(check, extra) is not None:
+            out[extra] = getattr(check, extra)
+    return out
+
+
+def breach_line(check: Check) -> str:
+    if check.value is None:
+        return f"{check.sli}: {check.message or 'no data'}"
+    limit = f" (limit {check.threshold:g})" if check.threshold is not None else ""
+    window = f" over {check.window}" if check.window else ""
+    return f"{check.sli} = {check.value:g}{limit}{window}"
 
 
 def notices(
@@ -68,20 +92,27 @@ def notices(
             continue
         for target in targets:
             if _RANK[severity] >= _RANK[target.severity]:
-                out.append(Notice(namespace, name, target, severity, event.reason, event.message))
+                out.append(
+                    Notice(namespace, name, target, severity, event.reason, event.message, event.breaches)
+                )
     return out
 
 
 def body(notice: Notice) -> dict[str, Any]:
     text = f"[{notice.severity.value}] {notice.namespace}/{notice.name}: {notice.reason}: {notice.message}"
     if notice.notification.type is NotificationType.WEBHOOK:
-        return {
+        generic: dict[str, Any] = {
             "name": notice.name,
             "namespace": notice.namespace,
             "severity": notice.severity.value,
             "reason": notice.reason,
             "message": notice.message,
         }
+        if notice.breaches:
+            generic["breaches"] = [breach(c) for c in notice.breaches]
+        return generic
+    if notice.breaches:  # one line per breach under the summary
+        text += "".join(f"\n• {breach_line(c)}" for c in notice.breaches)
     return {"text": text}  # Slack and Teams incoming webhooks both take a plain text message
 
 
@@ -108,8 +139,11 @@ class Notifier:
         max_backoff_seconds: float = 30.0,
         timeout_seconds: float = 5.0,
         capacity: int = 1000,
+        guard: UrlGuard | None = None,
     ) -> None:
         self.read_secret = read_secret
+        self.guard = guard
+        self.refused: list[tuple[Notice, str]] = []  # notices not sent: the URL is not allowed (bounded)
         self.attempts, self.backoff, self.max_backoff = attempts, backoff_seconds, max_backoff_seconds
         self.timeout = timeout_seconds
         self.queue: queue.Queue[Notice] = queue.Queue(maxsize=capacity)
@@ -156,6 +190,16 @@ class Notifier:
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
             try:
                 url = self.read_secret(notice.namespace, target.secretKeyRef)
+                refused = self.guard(notice.namespace, url) if self.guard is not None else None
+                if refused is not None:  # a policy answer, not an outage: no retry; the URL is not logged
+                    self.refused = [*self.refused[-99:], (notice, refused)]
+                    log.warning(
+                        "notification %s of %s/%s not sent: the URL in Secret %s (key %s) is not allowed "
+                        "(KONDENSE_WEBHOOK_ALLOWED_URLS, or a Service of namespace %s)",
+                        target.name, notice.namespace, notice.name, target.secretKeyRef.name,
+                        target.secretKeyRef.key, notice.namespace,
+                    )  # fmt: skip
+                    return
                 response = httpx.post(url, json=body(notice), timeout=self.timeout)
                 if 200 <= response.status_code < 300:
                     self.sent = [*self.sent[-99:], notice]

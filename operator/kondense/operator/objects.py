@@ -323,3 +323,33 @@ def loadgen_job(
             },
         },
     }
+
+
+def horizontal_pod_autoscaler(
+    owner: Owner,
+    deployment: str,
+    labels: dict[str, str],
+    min_replicas: int,
+    max_replicas: int,
+    cpu_utilization: int,
+) -> dict[str, Any]:
+    """An autoscaling/v2 HPA named as the Deployment it scales (on average CPU utilization)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(owner, deployment, labels),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": cpu_utilization},
+                    },
+                }
+            ],
+        },
+    }

@@ -85,6 +85,7 @@ class TrackObservation:
     updated: int
     sha256: str | None  # artifact its pod template serves
     settled: bool  # the controller observed the latest generation and every pod is updated and ready
+    autoscaled: bool = False  # a HorizontalPodAutoscaler owns its replicas (kondense.dev/autoscaled)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,15 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+    # the failed checks behind a breach Event (value, threshold, window, SLI), for notifications; not
+    # part of the Event's identity (Kubernetes Events carry the message only)
+    breaches: tuple[Check, ...] = field(default=(), compare=False)
+
+
+def _breaches(analysis: Analysis, variant: str) -> tuple[Check, ...]:
+    return tuple(
+        c.model_copy(update={"variant": c.variant or variant}) for c in analysis.checks if not c.passed
+    )
 
 
 @dataclass
@@ -195,7 +205,7 @@ def parse_time(ts: object) -> datetime | None:
     return parsed
 
 
-_CANARY_TIMES = ("startedAt", "readyAt", "stepStartedAt", "lastAnalysisAt")
+_CANARY_TIMES = ("startedAt", "readyAt", "stepStartedAt", "lastAnalysisAt", "scalingSince")
 
 
 def _sanitize_times(status: CompressedModelStatus, d: Decision) -> None:
@@ -635,6 +645,7 @@ def _canary(
 
     if canary.readyAt is None and _canary_serving(status, world):
         canary.readyAt = ts
+    holding = _scaling_hold(spec, status, world, now)
     if world.readings is None:
         return
     continuous = world.due is AnalysisDue.CONTINUOUS
@@ -655,6 +666,9 @@ def _canary(
         analysis = analyse(
             spec.rollout.analysis, world.readings, ts, effective_window(spec, status, now), comparison
         )
+    if holding is not None and analysis.verdict is not Verdict.ABORT:  # an abort never waits
+        _held(status, holding, world, ts)
+        return
     if not continuous:
         analysis = webhook_analysis(spec, analysis, world, ts)  # rollout and rollback webhooks
     d.analysis = analysis
@@ -681,12 +695,74 @@ def _canary(
     set_condition(status, "CanaryHealthy", False, reason, _summary(analysis), ts, generation)
     limit = spec.rollout.failureLimit
     if analysis.verdict is Verdict.ABORT:
-        d.events.append(Event("Warning", "Aborted", f"{variant.name}: {_summary(analysis)}"))
+        d.events.append(
+            Event(
+                "Warning",
+                "Aborted",
+                f"{variant.name}: {_summary(analysis)}",
+                _breaches(analysis, variant.name),
+            )
+        )
     elif canary.failedChecks <= limit:
         status.message = f"canary {variant.name}: failed check {canary.failedChecks}/{limit} tolerated"
-        d.events.append(Event("Warning", "CheckFailed", f"{variant.name}: {_summary(analysis)}"))
+        d.events.append(
+            Event(
+                "Warning",
+                "CheckFailed",
+                f"{variant.name}: {_summary(analysis)}",
+                _breaches(analysis, variant.name),
+            )
+        )
         return
     _roll_back(spec, status, variant, analysis, ts, d)
+
+
+def scaling_problem(spec: CompressedModelSpec, world: World) -> str | None:
+    """Why the analysis holds (autoscaling only): a track whose ready pods are not its desired count
+    is scaling, and readings over a changing set of pods say little about the variant."""
+    if spec.serving.autoscaling is None:
+        return None
+    for name, track in (("stable", world.stable), ("canary", world.canary)):
+        if track is not None and track.replicas > 0 and track.ready != track.replicas:
+            return f"{name} is scaling ({track.ready}/{track.replicas} pods ready)"
+    return None
+
+
+def _scaling_hold(
+    spec: CompressedModelSpec, status: CompressedModelStatus, world: World, now: datetime
+) -> str | None:
+    """Why the analysis holds this tick (no step, no verdict but an abort) while a track scales; a track
+    scaling for longer than ready_timeout is judged again (a canary whose new pods never become ready
+    must still roll back)."""
+    canary = status.canary
+    assert canary is not None
+    problem = scaling_problem(spec, world) if canary.readyAt is not None else None
+    since = parse_time(canary.scalingSince)
+    if problem is not None and since is not None and now - since >= ready_timeout(spec):
+        return None  # scalingSince stays: held long enough, the analysis judges again
+    if problem is None:
+        canary.scalingSince = None
+        return None
+    canary.scalingSince = canary.scalingSince or _iso(now)
+    status.message = f"canary {canary.variant}: analysis holds: {problem}"
+    return problem
+
+
+def _held(status: CompressedModelStatus, problem: str, world: World, ts: str) -> None:
+    """A held analysis: a check saying why at an interval analysis."""
+    canary = status.canary
+    assert canary is not None
+    if world.due is AnalysisDue.INTERVAL:
+        check = Check(
+            time=ts,
+            variant=canary.variant,
+            sli="scaling",
+            passed=True,
+            held=True,
+            message=f"analysis held: {problem}",
+        )
+        canary.checks = [*canary.checks, check][-MAX_CHECKS:]
+        canary.lastAnalysisAt = ts  # the interval clock restarts: the next analysis is an interval on
 
 
 def _advance(
@@ -751,7 +827,11 @@ def _roll_back(
     variant.reason = _REASONS[analysis.verdict]
     variant.message = "; ".join(c.message or c.sli for c in failed)
     canary.requestedWeight, canary.weight = 0, 0
-    d.events.append(Event("Warning", "RolledBack", f"{variant.name}: {variant.message}"))
+    d.events.append(
+        Event(
+            "Warning", "RolledBack", f"{variant.name}: {variant.message}", _breaches(analysis, variant.name)
+        )
+    )
     if status.ladder and status.paused:  # the next variant's canary starts on resume (selection)
         status.phase = Phase.EVALUATING
         status.message = (
@@ -1110,7 +1190,12 @@ def _bake(
                     _revert(status, variant, analysis, ts, d)
                     return
                 d.events.append(
-                    Event("Warning", "CheckFailed", f"{variant.name} (baking): {_summary(analysis)}")
+                    Event(
+                        "Warning",
+                        "CheckFailed",
+                        f"{variant.name} (baking): {_summary(analysis)}",
+                        _breaches(analysis, variant.name),
+                    )
                 )
     seconds = spec.rollout.bake_seconds()
     started = parse_time(bake.startedAt) or now
@@ -1138,7 +1223,12 @@ def _revert(
         status, "CanaryHealthy", False, variant.reason, _summary(analysis), ts, status.observedGeneration
     )
     d.events.append(
-        Event("Warning", "Reverted", f"{variant.name}: {_summary(analysis)}; stable back on {back}")
+        Event(
+            "Warning",
+            "Reverted",
+            f"{variant.name}: {_summary(analysis)}; stable back on {back}",
+            _breaches(analysis, variant.name),
+        )
     )
 
 
@@ -1176,6 +1266,7 @@ class Topology:
     weight: int  # requested canary percent (routers turn it into replicas or route weights)
     baking: bool = False  # stable serves a variant under bake: its gates still need load
     mirror: int = 0  # percent of live requests copied to the canary (phase Mirroring); 0: none
+    promoting: bool = False  # stable rolls to the canary's artifact at full size
 
 
 ReplicaSplit = Callable[[int, int], tuple[int, int]]
@@ -1204,6 +1295,7 @@ def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: Re
             Track(variant.artifact, variant.name, total),
             Track(variant.artifact, variant.name, canary_replicas),
             weight,
+            promoting=True,
         )
     return Topology(
         Track(stable.artifact, stable.variant, stable_replicas),

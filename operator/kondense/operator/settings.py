@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kondense.operator.outbound import UrlPolicy, check_prefixes
+
 VERSION = "0.1.0"
 
 
@@ -76,3 +78,33 @@ class OperatorSettings(BaseSettings):
 
     def allowed_prometheus_urls(self) -> list[str]:
         return [self.prometheus_url, *(u for u in self.prometheus_allowed_urls if u != self.prometheus_url)]
+
+    # -- webhooks and notifications (issue 14): where the operator may POST for a CompressedModel ----
+    webhook_allowed_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URL prefixes webhooks (spec.rollout.webhooks[].url) and notifications (the URL in "
+        "their Secret) may use (comma list; KONDENSE_WEBHOOK_ALLOWED_URLS): same scheme, host and port, "
+        "a path at or below the prefix's. Empty = only Services of the CR's own namespace.",
+    )
+    webhook_own_namespace_services: bool = Field(
+        True,
+        description="Also allow http(s)://<service>.<namespace>.svc[.<service_domain>] URLs of the CR's "
+        "own namespace (KONDENSE_WEBHOOK_OWN_NAMESPACE_SERVICES; ExternalName Services are refused).",
+    )
+
+    @field_validator("webhook_allowed_urls", mode="before")
+    @classmethod
+    def _webhook_url_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("webhook_allowed_urls")
+    @classmethod
+    def _webhook_prefixes(cls, urls: list[str]) -> list[str]:
+        return check_prefixes(urls)
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy(
+            tuple(self.webhook_allowed_urls), self.service_domain, self.webhook_own_namespace_services
+        )

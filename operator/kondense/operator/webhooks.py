@@ -46,7 +46,16 @@ def payload(
     }
 
 
-def call(hook: Webhook, body: Mapping[str, Any], client: httpx.Client | None = None) -> WebhookResult:
+UrlGuard = Callable[[str], str | None]
+"""url -> why the operator may not call it (kondense.operator.outbound), None when it may."""
+
+
+def call(
+    hook: Webhook, body: Mapping[str, Any], client: httpx.Client | None = None, guard: UrlGuard | None = None
+) -> WebhookResult:
+    refused = guard(hook.url) if guard is not None else None
+    if refused is not None:  # never sent: counts as a failed call, with the reason
+        return WebhookResult(hook.name, hook.type, False, f"refused: {refused}"[:300])
     timeout = hook.timeout_seconds()
     try:
         if client is None:
@@ -67,13 +76,13 @@ def call(hook: Webhook, body: Mapping[str, Any], client: httpx.Client | None = N
 
 
 def call_all(
-    hooks: Sequence[Webhook], body: Callable[[Webhook], Mapping[str, Any]]
+    hooks: Sequence[Webhook], body: Callable[[Webhook], Mapping[str, Any]], guard: UrlGuard | None = None
 ) -> dict[str, WebhookResult]:
     """Every hook, in parallel; results by webhook name."""
     if not hooks:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(hooks))) as pool:
-        results = list(pool.map(lambda h: call(h, body(h)), hooks))
+        results = list(pool.map(lambda h: call(h, body(h), guard=guard), hooks))
     for result in results:
         if not result.ok:
             log.info("webhook %s (%s): %s", result.name, result.type.value, result.message)
@@ -84,10 +93,13 @@ def call_in_background(
     hooks: Sequence[Webhook],
     body: Callable[[Webhook], Mapping[str, Any]],
     done: Callable[[dict[str, WebhookResult]], None],
+    guard: UrlGuard | None = None,
 ) -> threading.Thread | None:
     """post-rollout webhooks: told after the fact, never holding up the reconcile that decided it."""
     if not hooks:
         return None
-    thread = threading.Thread(target=lambda: done(call_all(hooks, body)), daemon=True, name="post-rollout")
+    thread = threading.Thread(
+        target=lambda: done(call_all(hooks, body, guard)), daemon=True, name="post-rollout"
+    )
     thread.start()
     return thread
