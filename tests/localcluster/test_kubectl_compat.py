@@ -264,6 +264,9 @@ def test_get_builtin_kinds_prints_their_columns(
     assert rows(tables[2])["pod/digits-stable-1"][1:4] == ["1/1", "Running", "2"]
     assert header(tables[3]) == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert rows(tables[3])["service/digits"][1:5] == ["ClusterIP", "<none>", "<none>", "80/TCP"]
+    # the Job got the selector the API server gives Jobs (what `kubectl logs job/...` finds pods by)
+    selector = kubectl.ok("get", "job", "digits-int8", "-o", "jsonpath={.spec.selector.matchLabels}")
+    assert "batch.kubernetes.io/controller-uid" in selector
     wide = kubectl.ok("get", "deploy", "-o", "wide")
     assert header(wide)[-3:] == ["CONTAINERS", "IMAGES", "SELECTOR"] and "app=digits" in wide
     # a built-in kind applied client-side twice: the second apply is a strategic merge patch

@@ -43,6 +43,7 @@ from kondense.localcluster import (
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 PODS = kmock.resource("", "v1", "pods")
+JOBS = kmock.resource("batch", "v1", "jobs")
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FOREGROUND_FINALIZER = "foregroundDeletion"
@@ -696,6 +697,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         meta = obj["metadata"]
         self._check_finalizers(meta)
         meta["uid"] = str(uuid.uuid4())
+        if resource == JOBS:
+            _default_job_selector(obj)
         meta["creationTimestamp"] = _now()
         meta["generation"] = 1
         if dry_run:
@@ -1227,6 +1230,26 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             kind=kind,
             causes=[{"reason": c.reason, "message": c.message, "field": c.field} for c in causes],
         )
+
+
+def _default_job_selector(job: dict[str, Any]) -> None:
+    """The selector the API server gives a Job (unless ``manualSelector``), and its labels on the template:
+    what ``kubectl logs job/<name>`` and ``kubectl describe job`` find the Job's pods by."""
+    spec = job.get("spec")
+    if not isinstance(spec, dict) or spec.get("manualSelector") or spec.get("selector"):
+        return
+    uid, name = job["metadata"]["uid"], job["metadata"]["name"]
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    template = spec.setdefault("template", {})
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    labels.update(
+        {
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": name,
+            "controller-uid": uid,
+            "job-name": name,
+        }
+    )
 
 
 def _reply(
