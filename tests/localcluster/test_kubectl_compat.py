@@ -383,3 +383,12 @@ def test_logs_are_the_output_of_the_pod_process(tmp_path: Path) -> None:
         finally:
             kubelet.shutdown(grace_s=5)
             client.close()
+
+
+def test_names_must_be_dns_subdomains(kubectl: Kubectl, with_crd: None) -> None:
+    refused = kubectl("apply", "-f", "-", stdin=EXAMPLE.read_text().replace("name: digits", "name: My_Model"))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        'The CompressedModel "My_Model" is invalid: metadata.name: Invalid value: "My_Model": '
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters"
+    )

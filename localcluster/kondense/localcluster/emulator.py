@@ -48,6 +48,7 @@ JOBS = kmock.resource("batch", "v1", "jobs")
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FOREGROUND_FINALIZER = "foregroundDeletion"
 _NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 # How kmock keys its objects (kmock.ObjectsArray): (resource, namespace or None, name).
@@ -303,7 +304,7 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         data = path.read_bytes()
         offset = len(data)
         if tail is not None:
-            lines = data.splitlines(keepends=True)
+            lines = re.findall(rb"[^\n]*\n|[^\n]+$", data)  # \r (progress bars) ends no line
             data = b"".join(lines[-tail:]) if tail > 0 else b""
         if limit is not None:
             data = data[:limit]
@@ -662,6 +663,15 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
                 secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5)
             )
         name = meta["name"]
+        if not isinstance(name, str) or len(name) > 253 or _SUBDOMAIN.fullmatch(name) is None:
+            cause = validation.Cause(
+                "FieldValueInvalid",
+                "metadata.name",
+                f"Invalid value: {json.dumps(name)}: a lowercase RFC 1123 subdomain must consist of lower case "
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
+                f"(e.g. 'example.com', regex used for validation is '{_SUBDOMAIN.pattern}')",
+            )
+            raise self._invalid(resource, str(name), [cause])
         if info.namespaced:
             assert namespace is not None
             if self._current((NAMESPACES, None, namespace)) is None:
