@@ -67,7 +67,9 @@ Emulated, as the real API server does it:
   (``strict decoding error: unknown field "spec.foo"``; ``.spec.foo: field not declared in schema`` for
   server-side apply), ``Warn`` (the default) answers with ``Warning`` headers; custom resources are checked
   against their schema (types, enums, bounds, lengths, patterns, required; unchanged invalid fields are
-  let through, as with validation ratcheting) and refused with 422 Invalid and one cause per violation.
+  let through, as with validation ratcheting) and refused with 422 Invalid and one cause per violation
+  (``validate_custom_resources=False`` stores them anyway: a cluster where a CRD's schema was not
+  enforced, for tests of what the operator does with such objects).
 
 Not emulated (gaps): authentication/authorization/admission (any token is accepted); CEL rules
 (``x-kubernetes-validations``) and string formats; value validation of built-in kinds (only unknown fields
@@ -155,11 +157,16 @@ class LocalAPIServer:
         namespaces: tuple[str, ...] = ("default", "kube-system"),
         bookmark_interval: float = 5.0,
         pod_logs_dir: Path | None = None,
+        validate_custom_resources: bool = True,
     ) -> None:
         self._host = host
         self._port = port
         self._namespaces = namespaces
-        self.emulator = KubernetesAPIEmulator(bookmark_interval=bookmark_interval, pod_logs_dir=pod_logs_dir)
+        self.emulator = KubernetesAPIEmulator(
+            bookmark_interval=bookmark_interval,
+            pod_logs_dir=pod_logs_dir,
+            validate_custom_resources=validate_custom_resources,
+        )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
