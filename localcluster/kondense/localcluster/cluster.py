@@ -122,7 +122,7 @@ class LocalCluster:
         self.operator_tick_seconds = operator_tick_seconds
         self.service_domain = service_domain
         self.operator_env = dict(operator_env or {})
-        self.api = LocalAPIServer()
+        self.api = LocalAPIServer(pod_logs_dir=self.paths.logs)  # kubectl logs reads the kubelet's files
         self.prometheus = LocalPrometheus(self.paths.prometheus, scrape_interval=scrape_interval)
         self.network = ServiceNetwork(service_domain)
         self.extra_args = extra_args
