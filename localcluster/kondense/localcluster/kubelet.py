@@ -2,10 +2,16 @@
 
 What a container runtime and a kubelet do, as far as kondense's pods need it:
 
-* a container's ``command`` + ``args`` run as a process group (images are ignored: commands resolve to
-  the venv's console scripts, ``kondense`` and ``kondense-compress``, then ``PATH``); a command that
-  cannot run here (``tritonserver``) gets ``RunContainerError``/``StartError`` with the reason, never
-  a hang; init containers run first, in order;
+* a container's ``command`` + ``args`` run as a process group (commands resolve to the venv's console
+  scripts, ``kondense`` and ``kondense-compress``, then ``PATH``); a container without ``command``
+  runs its image's entrypoint when the image is one of the project's (``kondense/operator``,
+  ``kondense/compression``, ``kondense/serving``, any registry and tag: :data:`IMAGE_ENTRYPOINTS`, the
+  Dockerfiles' ``ENTRYPOINT``), so the Helm chart's operator Deployment runs as written; a command that
+  cannot run here (``tritonserver``, another image's entrypoint) gets ``RunContainerError``/``StartError``
+  with the reason, never a hang; init containers run first, in order;
+* a pod that mounts its ServiceAccount token (``automountServiceAccountToken`` not false, the
+  default) gets in-cluster access as this node provides it: ``KUBECONFIG`` (the local API) and the
+  cluster-DNS forward proxy as ``HTTP_PROXY`` (see :attr:`NodeContext.in_cluster_env`);
 * addresses are rewritten because every pod shares 127.0.0.1 (see :func:`plan_container`): each
   declared ``containerPort`` gets a free host port (``--port N`` and probe ports follow it), Service
   URLs (``http://<svc>.<ns>.svc.cluster.local:<port>``) point at the Service's loopback proxy,
@@ -20,7 +26,7 @@ What a container runtime and a kubelet do, as far as kondense's pods need it:
 * readiness (and liveness) from ``httpGet`` probes, honouring their period/thresholds;
 * deleted pods get SIGTERM, then SIGKILL after ``terminationGracePeriodSeconds``.
 
-Not emulated: security contexts (processes run as the current user), CPU limits, images, exec/tcp
+Not emulated: security contexts (processes run as the current user), CPU limits, images other than the project's, exec/tcp
 probes (a container with one is ready once running), ``hostNetwork``/``hostPort``; ``readOnly`` on a
 kernel without Landlock ABI 2 (logged once).
 """
@@ -107,6 +113,9 @@ class NodeContext:
     service_domain: str = "svc.cluster.local"
     bin_dirs: tuple[str, ...] = field(default_factory=lambda: (str(Path(sys.executable).parent),))
     enforce_read_only: bool = True  # Landlock, where the kernel has it (see ``sandboxed``)
+    # what a pod that mounts its ServiceAccount token gets instead of /var/run/secrets/...: e.g.
+    # KUBECONFIG and the forward proxy that resolves cluster DNS names (HTTP_PROXY, NO_PROXY)
+    in_cluster_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -313,6 +322,32 @@ def resolve_command(name: str, bin_dirs: tuple[str, ...]) -> str:
     return found
 
 
+# The project's images and their Dockerfiles' ENTRYPOINT (operator/, compression/, serving/Dockerfile):
+# what a container that names no ``command`` runs here. Keys are the last two path components of the
+# image reference, so any registry and tag map (``ghcr.io/acme/kondense/operator:1.2``).
+IMAGE_ENTRYPOINTS: dict[str, tuple[str, ...]] = {
+    "kondense/operator": ("kondense",),
+    "kondense/compression": ("kondense-compress",),
+    "kondense/serving": ("kondense",),
+}
+
+
+def image_entrypoint(image: str) -> tuple[str, ...] | None:
+    """The local command of one of the project's images (None for any other image)."""
+    reference = image.split("@", 1)[0]
+    slash = reference.rfind("/")
+    if ":" in reference[slash + 1 :]:
+        reference = reference[: reference.rindex(":")]
+    return IMAGE_ENTRYPOINTS.get("/".join(reference.split("/")[-2:]))
+
+
+def rewrite_port_env(value: str, name: str, ports: Mapping[int, int]) -> str:
+    """``*_PORT=<containerPort>`` -> the host port (every pod shares the loopback here)."""
+    if name.upper().endswith("PORT") and value.isdigit() and int(value) in ports:
+        return str(ports[int(value)])
+    return value
+
+
 def plan_container(
     pod: Mapping[str, Any],
     container: Mapping[str, Any],
@@ -323,9 +358,14 @@ def plan_container(
     """The argv and environment one container runs with on this node (pure but for free ports/dirs)."""
     command = list(container.get("command") or [])
     if not command:
-        raise CannotRun(
-            f"container {container['name']} has no command: the local cluster cannot run an image's entrypoint"
-        )
+        entrypoint = image_entrypoint(str(container.get("image") or ""))
+        if entrypoint is None:
+            raise CannotRun(
+                f"container {container['name']} has no command and its image {container.get('image')!r} is "
+                f"not one of kondense's ({', '.join(IMAGE_ENTRYPOINTS)}): the local cluster runs processes, "
+                "not images"
+            )
+        command = list(entrypoint)
     named_ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
     ports = {int(p["containerPort"]): free_port() for p in container.get("ports") or []}
     termination_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
@@ -358,12 +398,14 @@ def plan_container(
         "PYTHONUNBUFFERED": "1",
         "HOSTNAME": pod["metadata"]["name"],
     }
+    if (pod.get("spec") or {}).get("automountServiceAccountToken") is not False:
+        env.update(ctx.in_cluster_env)
     meta = pod["metadata"]
     fields = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", ""),
               "status.podIP": POD_IP, "spec.nodeName": NODE_NAME}  # fmt: skip
     for item in container.get("env") or []:
         if "value" in item:
-            env[item["name"]] = rewrite(str(item["value"]))
+            env[item["name"]] = rewrite_port_env(rewrite(str(item["value"])), item["name"], ports)
         elif (ref := (item.get("valueFrom") or {}).get("fieldRef")) and ref.get("fieldPath") in fields:
             env[item["name"]] = fields[ref["fieldPath"]]
     return ContainerLaunch(argv, env, ports, named_ports, termination_log, pod_dir, writable)
