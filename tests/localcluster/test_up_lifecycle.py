@@ -10,54 +10,24 @@ The CompressedModel is the digits example with the quick profile the demo tests 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from kondense.localcluster.scenarios import quick_profile
 from kondense.localcluster.up import alive
-from kondense_testing.paths import EXAMPLES
+from kondense_testing.upcluster import (
+    KONDENSE,
+    kubeconfig_env,
+    kubectl,
+    quick_digits,
+    recorded_processes,
+    run,
+    wait_for_phase,
+)
 
 pytestmark = [pytest.mark.localcluster, pytest.mark.slow, pytest.mark.timeout(1500)]
-BIN = Path(sys.executable).parent
-KONDENSE, KUBECTL = str(BIN / "kondense"), str(BIN / "kubectl")
-
-
-def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
-    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def kubeconfig_env(up_output: str) -> dict[str, str]:
-    exports = [line for line in up_output.splitlines() if line.startswith("export KUBECONFIG=")]
-    assert len(exports) == 1, up_output
-    return {**os.environ, "KUBECONFIG": exports[0].removeprefix("export KUBECONFIG=")}
-
-
-def wait_for_phase(env: dict[str, str], name: str, phases: set[str], timeout: float) -> str:
-    deadline, phase = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        phase = run([KUBECTL, "get", "cmodel", name, "-o", "jsonpath={.status.phase}"], env)
-        if phase in phases:
-            return phase
-        time.sleep(3)
-    raise AssertionError(f"{name} still {phase!r} after {timeout:.0f}s")
-
-
-def quick_digits(tmp_path: Path) -> Path:
-    body = yaml.safe_load((EXAMPLES / "digits" / "compressedmodel.yaml").read_text())
-    quick_profile(body)
-    path = tmp_path / "digits.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +43,11 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     subprocess.run([KONDENSE, "down", "--workdir", str(where)], capture_output=True, timeout=180)
 
 
-def recorded_processes(workdir: Path) -> list[dict[str, object]]:
-    children = json.loads((workdir / "children.json").read_text())
-    daemon = json.loads((workdir / "up.pid").read_text())
-    return [daemon, *children]
-
-
 def test_up_apply_promote_down_up_again(tmp_path: Path, workdir: Path, examples_cache: Path) -> None:
     up = [KONDENSE, "up", "--workdir", str(workdir), "--examples-cache", str(examples_cache)]
     out = run(up)
     assert "dashboard: " in out
+    KUBECTL = kubectl()
     env = kubeconfig_env(out)
     assert "already up" in run(up)  # a second `up` while running starts nothing
 

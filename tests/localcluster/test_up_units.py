@@ -74,6 +74,33 @@ def test_a_container_without_command_runs_its_images_entrypoint_with_ports_and_c
     assert "KUBECONFIG" not in plan_container(pod, container, tmp_path / "pod", ctx).env
 
 
+@pytest.mark.parametrize(
+    ("automount", "url"), [(None, "http://prometheus.monitoring:9090"), (False, "http://127.0.0.1:41000")]
+)
+def test_pods_with_in_cluster_access_keep_service_urls_for_the_proxy(
+    tmp_path: Path, automount: bool | None, url: str
+) -> None:
+    ctx = NodeContext(
+        pvc_dir=tmp_path / "pvc",
+        service_address=lambda svc, ns, port: (
+            "127.0.0.1:41000" if (svc, ns) == ("prometheus", "monitoring") else None
+        ),
+        namespace_exists=lambda ns: ns == "monitoring",
+        bin_dirs=(str(Path(sys.executable).parent),),
+        in_cluster_env={"KUBECONFIG": "/k/config", "HTTP_PROXY": "http://127.0.0.1:3128"},
+    )
+    spec = {} if automount is None else {"automountServiceAccountToken": automount}
+    pod = {"metadata": {"name": "p", "namespace": "default", "uid": "u3"}, "spec": spec}
+    container = {
+        "name": "c",
+        "command": ["kondense"],
+        "env": [{"name": "URL", "value": "http://prometheus.monitoring:9090"}],
+    }
+    launch = plan_container(pod, container, tmp_path / "pod", ctx)
+    assert launch.env["URL"] == url
+    assert ("HTTP_PROXY" in launch.env) is (automount is None)
+
+
 def test_another_images_entrypoint_cannot_run(tmp_path: Path) -> None:
     pod = {"metadata": {"name": "p", "namespace": "default", "uid": "u2"}, "spec": {}}
     with pytest.raises(CannotRun, match="'busybox:1' is not one of kondense's"):

@@ -176,6 +176,11 @@ def up(
     print(f"dashboard: {ready.get('dashboard') or 'not available yet in this build'}")
     print(f"prometheus: {ready['prometheus']}")
     print(f"services: `kondense urls --workdir {where}` prints the loopback URL of every Service")
+    if not ready.get("operator"):
+        print(
+            "helm: helm install kondense charts/kondense -n kondense --create-namespace "
+            f"-f deploy/local/values.yaml --set operator.pvcRoot={where / 'pvc'}"
+        )
     print(f"stop: kondense down --workdir {where}")
 
 

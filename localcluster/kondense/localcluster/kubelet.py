@@ -11,7 +11,8 @@ What a container runtime and a kubelet do, as far as kondense's pods need it:
   with the reason, never a hang; init containers run first, in order;
 * a pod that mounts its ServiceAccount token (``automountServiceAccountToken`` not false, the
   default) gets in-cluster access as this node provides it: ``KUBECONFIG`` (the local API) and the
-  cluster-DNS forward proxy as ``HTTP_PROXY`` (see :attr:`NodeContext.in_cluster_env`);
+  cluster-DNS forward proxy as ``HTTP_PROXY`` (see :attr:`NodeContext.in_cluster_env`), and its
+  Service URLs stay as written (the proxy resolves them);
 * addresses are rewritten because every pod shares 127.0.0.1 (see :func:`plan_container`): each
   declared ``containerPort`` gets a free host port (``--port N`` and probe ports follow it), Service
   URLs (``http://<svc>.<ns>.svc.cluster.local:<port>``) point at the Service's loopback proxy,
@@ -377,8 +378,15 @@ def plan_container(
     # termination logs) and the devices (/dev/null, /dev/shm)
     writable = tuple(dict.fromkeys([*(m.local for m in local if not m.read_only), str(pod_dir), "/dev"]))
 
+    # a pod with in-cluster access resolves Service names through the forward proxy, so its URLs stay
+    # as written (an operator compares them, e.g. against its Prometheus allow-list)
+    in_cluster = (
+        bool(ctx.in_cluster_env) and (pod.get("spec") or {}).get("automountServiceAccountToken") is not False
+    )
+
     def rewrite(text: str) -> str:
-        return rewrite_path(rewrite_service_urls(text, ctx), mounts, keep=(str(ctx.pvc_dir),))
+        text = text if in_cluster else rewrite_service_urls(text, ctx)
+        return rewrite_path(text, mounts, keep=(str(ctx.pvc_dir),))
 
     args = [rewrite(a) for a in [*command[1:], *(container.get("args") or [])]]
     args = rewrite_ports(args, ports)
@@ -398,7 +406,7 @@ def plan_container(
         "PYTHONUNBUFFERED": "1",
         "HOSTNAME": pod["metadata"]["name"],
     }
-    if (pod.get("spec") or {}).get("automountServiceAccountToken") is not False:
+    if in_cluster:
         env.update(ctx.in_cluster_env)
     meta = pod["metadata"]
     fields = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", ""),
