@@ -31,6 +31,7 @@ SLOW = (
     "localcluster/test_kopf_operator.py",
     "localcluster/test_kubelet.py",
     "localcluster/test_services.py",
+    "localcluster/test_kubectl_compat.py",
     "api/test_validate_input.py::test_models_and_crd_agree_on_numeric_params",
     "api/test_validate_input.py::test_models_and_crd_agree_on_rollout_and_names",
     "api/test_validate_input.py::test_missing_file_and_stdin",

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 # plane do, for any workload.
 GENERIC = {
     "apiserver", "emulator", "patching", "selectors", "structural", "client", "controllers",
-    "kubelet", "services", "prometheus", "namespacepaths",
+    "kubelet", "services", "prometheus", "namespacepaths", "discovery", "openapi", "tables", "validation",
 }  # fmt: skip
 # kondense on the local cluster: the CRD and operator process, the scenarios, the demo's displays and CLI.
 KONDENSE = {"cluster", "scenarios", "demo", "cli"}

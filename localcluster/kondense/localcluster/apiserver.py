@@ -54,14 +54,30 @@ Emulated, as the real API server does it:
 * CRDs: name/scope/storage-version checks, ``Established`` status, discovery and serving of every served
   version, and structural pruning and defaulting of custom resources by their ``openAPIV3Schema``.
 
-Not emulated (gaps): authentication/authorization/admission (any token is accepted); validation of
-objects against their schemas (built-ins are not validated at all; custom resources are pruned and
-defaulted but neither type-checked nor CEL-checked — validate with ``kubernetes-validate``/the CRD
-tests instead); built-in defaulting (e.g. Deployment strategy) and controllers (nothing creates
-ReplicaSets or Pods, nothing sets Job or Deployment status: tests and the local kubelet do); graceful
-pod deletion (pods go at once); ``limit``/``continue`` pagination (the full list is returned, which
-the API allows); server-side apply; the ``scale``, ``log``, ``exec`` and other subresources (404);
-conversion between served versions (each group/version is its own store); namespace termination phase.
+* what real kubectl (v1.35) needs: ``/version`` as v1.35; aggregated discovery (``/api``, ``/apis`` with
+  ``Accept: ...;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList``) and the legacy lists, subresources
+  without their parent's short names; OpenAPI v3 (``/openapi/v3`` and a document per group version: the
+  official schemas for built-ins, the CRD's for custom resources), so ``apply`` validates on the server and
+  ``explain`` works; ``as=Table`` answers (a CRD's ``additionalPrinterColumns``, the built-in columns of
+  Pods, Deployments, Jobs, Services, Events, ...) for ``get``, also while watching; server-side apply
+  (``application/apply-patch+yaml``: merged in, this manager's dropped fields removed, ``managedFields``
+  kept); ``pods/<name>/log`` (``tailLines``, ``limitBytes``, ``follow``) from the kubelet's files when
+  ``pod_logs_dir`` is given.
+* field validation: ``fieldValidation=Strict`` (kubectl's default) refuses unknown fields with 400
+  (``strict decoding error: unknown field "spec.foo"``; ``.spec.foo: field not declared in schema`` for
+  server-side apply), ``Warn`` (the default) answers with ``Warning`` headers; custom resources are checked
+  against their schema (types, enums, bounds, lengths, patterns, required; unchanged invalid fields are
+  let through, as with validation ratcheting) and refused with 422 Invalid and one cause per violation.
+
+Not emulated (gaps): authentication/authorization/admission (any token is accepted); CEL rules
+(``x-kubernetes-validations``) and string formats; value validation of built-in kinds (only unknown fields
+are reported; validate with ``kubernetes-validate`` instead); built-in defaulting (e.g. Deployment
+strategy) and controllers (nothing creates ReplicaSets or Pods, nothing sets Job or Deployment status:
+tests and the local kubelet do); graceful pod deletion (pods go at once); ``limit``/``continue``
+pagination (the full list is returned, which the API allows); server-side apply conflicts between field
+managers (every apply forces); ``/openapi/v2`` (kubectl does without it); the ``scale``, ``exec``,
+``attach``, ``portforward`` and other subresources (404); conversion between served versions (each
+group/version is its own store); namespace termination phase.
 """
 
 from __future__ import annotations
@@ -138,11 +154,12 @@ class LocalAPIServer:
         port: int | None = None,
         namespaces: tuple[str, ...] = ("default", "kube-system"),
         bookmark_interval: float = 5.0,
+        pod_logs_dir: Path | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._namespaces = namespaces
-        self.emulator = KubernetesAPIEmulator(bookmark_interval=bookmark_interval)
+        self.emulator = KubernetesAPIEmulator(bookmark_interval=bookmark_interval, pod_logs_dir=pod_logs_dir)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None

@@ -129,7 +129,8 @@ class LocalCluster:
         self.operator_tick_seconds = operator_tick_seconds
         self.service_domain = service_domain
         self.operator_env = dict(operator_env or {})
-        self.api = LocalAPIServer(port=api_port)
+        # kubectl logs reads the kubelet's files
+        self.api = LocalAPIServer(port=api_port, pod_logs_dir=self.paths.logs)
         self.prometheus = LocalPrometheus(
             self.paths.prometheus, scrape_interval=scrape_interval, port=prometheus_port
         )

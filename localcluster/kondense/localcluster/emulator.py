@@ -14,18 +14,31 @@ import asyncio
 import collections
 import copy
 import datetime
+import json
+import re
 import secrets
 import string
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 
-from kondense.localcluster import namespacepaths, patching, selectors, structural
+from kondense.localcluster import (
+    discovery,
+    namespacepaths,
+    openapi,
+    patching,
+    selectors,
+    structural,
+    tables,
+    validation,
+)
 
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
@@ -76,6 +89,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     """A kmock KubernetesEmulator whose writes follow the real API server's rules."""
 
     bookmark_interval: float = 5.0  # seconds of quiet before a BOOKMARK on watches that allow them
+    # Where the kubelet writes container output (``<namespace>_<pod>_<container>.log``): pods/<name>/log
+    pod_logs_dir: Path | None = None
     events_per_resource: int = 10_000  # watch events kept per resource; older resourceVersions get 410 Gone
     versions_per_object: int = 50  # object history kept in ``objects[...].history``
     # kmock matches each request against its whole request log (per reaction), so the log is the cost of
@@ -93,8 +108,14 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     )
     _uids: dict[str, ArrayKey] = attrs.field(factory=dict, init=False)
     _crd_schemas: dict[kmock.resource, Mapping[str, Any] | None] = attrs.field(factory=dict, init=False)
+    _crd_columns: dict[kmock.resource, list[Any]] = attrs.field(factory=dict, init=False)
+    _openapi: dict[tuple[str, str], tuple[bytes, str] | None] = attrs.field(factory=dict, init=False)
     _write_results: dict[kmock.Request, Any] = attrs.field(factory=dict, init=False)
     _closed: bool = attrs.field(default=False, init=False)
+    # How the write being served treats unknown fields, and the warnings it answers with (set per write)
+    _field_validation: str = attrs.field(default="Ignore", init=False)
+    _server_side_apply: bool = attrs.field(default=False, init=False)
+    _warnings: list[str] = attrs.field(factory=list, init=False)
     _deleted_keys: collections.deque[ArrayKey] = attrs.field(factory=collections.deque, init=False)
 
     # Which status a created object starts with, per resource (the API server's PrepareForCreate).
@@ -111,6 +132,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         self.fallback["get /version/"] << self._serve_server_version
         self.fallback["get /api/"] << self._serve_api
         self.fallback["get /apis/"] << self._serve_apis
+        self.fallback["get /openapi/v3"] << self._serve_openapi_root
+        self.fallback["get", re.compile(r"/openapi/v3/(?:api/[^/]+|apis/[^/]+/[^/]+)")] << self._serve_openapi
 
     # ---- request plumbing ------------------------------------------------------------------------------
 
@@ -155,10 +178,79 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
 
     _serve_create = _serve_update = _serve_delete = _serve_write_result
 
+    # ---- discovery -------------------------------------------------------------------------------------
+
+    def _registry(self) -> list[tuple[kmock.resource, kmock.ResourceInfo]]:
+        return [(resource, self.resources[resource]) for resource in self.resources]
+
+    async def _serve_server_version(self, request: kmock.Request) -> Any:
+        return discovery.server_version()
+
+    def _discovery(self, request: kmock.Request, *, legacy: bool) -> Any:
+        wanted = discovery.wants_aggregated(discovery.header(request.headers, "accept"))
+        if wanted is None:
+            return None
+        payload = discovery.aggregated(self._registry(), legacy=legacy, media_type=wanted)
+        return _reply(payload, content_type=wanted)
+
+    async def _serve_api(self, request: kmock.Request) -> Any:
+        return self._discovery(request, legacy=True) or _reply(discovery.api_versions())
+
+    async def _serve_apis(self, request: kmock.Request) -> Any:
+        return self._discovery(request, legacy=False) or _reply(discovery.api_group_list(self._registry()))
+
+    async def _serve_group(self, request: kmock.Request) -> Any:
+        group = request.resource.group if request.resource is not None else None
+        found = discovery.api_group(self._registry(), group or "")
+        if found is None:
+            raise _error(404, "NotFound", "the server could not find the requested resource")
+        return found
+
+    async def _serve_version(self, request: kmock.Request) -> Any:
+        resource = request.resource
+        assert resource is not None  # kmock routes /api/<v> and /apis/<g>/<v> here
+        found = discovery.api_resource_list(self._registry(), resource.group or "", resource.version or "")
+        if found is None:
+            raise _error(404, "NotFound", "the server could not find the requested resource")
+        return found
+
+    def _openapi_document(self, group: str, version: str) -> tuple[bytes, str] | None:
+        if (group, version) not in self._openapi:
+            entries = [
+                (resource.plural, info, self._crd_schemas.get(resource), resource in self._crd_schemas)
+                for resource, info in self._registry()
+                if resource.group == group and resource.version == version and resource.plural is not None
+            ]
+            document = openapi.group_version_document(group, version, entries)
+            self._openapi[(group, version)] = None if document is None else openapi.document_bytes(document)
+        return self._openapi[(group, version)]
+
+    async def _serve_openapi_root(self, request: kmock.Request) -> Any:
+        group_versions = sorted(
+            {(resource.group or "", resource.version or "") for resource, _ in self._registry()}
+        )
+        paths = {}
+        for group, version in group_versions:
+            found = self._openapi_document(group, version)
+            if found is not None:
+                path = openapi.api_path(group, version)
+                paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={found[1]}"}
+        return _reply({"paths": paths})
+
+    async def _serve_openapi(self, request: kmock.Request) -> Any:
+        parts = request.url.path.split("/")[3:]  # /openapi/v3/api/v1 or /openapi/v3/apis/<group>/<version>
+        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+        found = self._openapi_document(group, version)
+        if found is None:
+            raise _error(404, "NotFound", "the server could not find the requested resource")
+        return _reply(found[0])
+
     # ---- reads -----------------------------------------------------------------------------------------
 
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         resource, info = self._served(request.resource)
+        if resource == PODS and request.subresource == "log":
+            return await self._serve_log(request)
         if request.subresource not in (None, "status"):
             raise _error(404, "NotFound", f"the subresource {request.subresource!r} is not emulated")
         namespace = request.namespace if info.namespaced else None
@@ -167,7 +259,71 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             current = self._current((resource, namespace, request.name))
         if current is None:
             raise _not_found(resource, request.name)
-        return current
+        if self._wants_table(request):
+            return _reply(self._table(request, resource, [current], current["metadata"]["resourceVersion"]))
+        return _reply(current)
+
+    async def _serve_log(self, request: kmock.Request) -> Any:
+        """``pods/<name>/log``: a container's output as the kubelet captured it (``container``,
+        ``tailLines``, ``limitBytes``, ``follow`` until the pod ends or goes)."""
+        namespace, name = request.namespace, request.name
+        assert name is not None
+        key: ArrayKey = (PODS, namespace, name)
+        async with self._lock:
+            pod = self._current(key)
+        if pod is None:
+            raise _not_found(PODS, name)
+        spec = pod.get("spec") or {}
+        names = [c.get("name") for c in spec.get("containers") or []]
+        every = names + [c.get("name") for c in spec.get("initContainers") or []]
+        container = request.params.get("container")
+        if not container:
+            if len(names) != 1:
+                raise _error(
+                    400,
+                    "BadRequest",
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(map(str, names))}]",
+                )
+            container = names[0]
+        if container not in every:
+            raise _error(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        path = self.pod_logs_dir / f"{namespace}_{name}_{container}.log" if self.pod_logs_dir else None
+        if path is None or not path.exists():
+            raise _error(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating',
+            )
+        try:
+            tail = int(request.params["tailLines"]) if "tailLines" in request.params else None
+            limit = int(request.params["limitBytes"]) if "limitBytes" in request.params else None
+        except ValueError as exc:
+            raise _error(400, "BadRequest", f"invalid log parameter: {exc}") from exc
+        data = path.read_bytes()
+        offset = len(data)
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail > 0 else b""
+        if limit is not None:
+            data = data[:limit]
+        if request.params.get("follow") != "true":
+            return _reply(data, content_type="text/plain")
+        return _reply(self._follow(key, path, data, offset), content_type="text/plain")
+
+    async def _follow(self, key: ArrayKey, path: Path, first: bytes, offset: int) -> AsyncIterator[bytes]:
+        yield first
+        while not self._closed:
+            await asyncio.sleep(0.2)
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                more = handle.read()
+            offset += len(more)
+            if more:
+                yield more
+            async with self._lock:
+                pod = self._current(key)
+            if pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                return
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         resource, info = self._served(request.resource)
@@ -179,15 +335,54 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
                 if label_selector.matches(obj["metadata"].get("labels")) and field_selector.matches(obj)
             ]
             revision = self._revision
+        if self._wants_table(request):
+            return _reply(self._table(request, resource, items, str(revision)))
         # The API server may ignore `limit` (documented); it then answers everything with no `continue`.
-        return {
-            "apiVersion": self._api_version(resource),
-            "kind": f"{info.kind}List",
-            "metadata": {"resourceVersion": str(revision)},
-            "items": items,
-        }
+        return _reply(
+            {
+                "apiVersion": self._api_version(resource),
+                "kind": f"{info.kind}List",
+                "metadata": {"resourceVersion": str(revision)},
+                "items": items,
+            }
+        )
 
-    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+    # kmock declares a stream here; a Response carrying the stream is what kmock renders as well
+    async def _serve_watch(self, request: kmock.Request) -> Any:  # type: ignore[override]
+        self._served(request.resource)
+        # kubectl decodes a watch by its content type (an octet stream it refuses)
+        return _reply(self._watch_stream(request))
+
+    async def _watch_stream(self, request: kmock.Request) -> AsyncIterator[Any]:
+        resource, _ = self._served(request.resource)
+        as_table = self._wants_table(request)
+        async for event in self._watch_events(request):
+            if as_table and isinstance(event, dict) and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                obj = event["object"]
+                event = {
+                    "type": event["type"],
+                    "object": self._table(request, resource, [obj], obj["metadata"]["resourceVersion"]),
+                }
+            yield event
+
+    def _wants_table(self, request: kmock.Request) -> bool:
+        return tables.wants_table(discovery.header(request.headers, "accept"))
+
+    def _table(
+        self, request: kmock.Request, resource: kmock.resource, objects: list[dict[str, Any]], version: str
+    ) -> dict[str, Any]:
+        assert resource.plural is not None
+        return tables.table(
+            objects,
+            group=resource.group or "",
+            plural=resource.plural,
+            printer_columns=self._crd_columns.get(resource),
+            custom=resource in self._crd_schemas,
+            resource_version=version,
+            include_object=request.params.get("includeObject") or "Metadata",
+        )
+
+    async def _watch_events(self, request: kmock.Request) -> AsyncIterator[Any]:
         resource, info = self._served(request.resource)
         label_selector, field_selector = self._selectors(request)
         namespace = request.namespace if info.namespaced else None
@@ -384,6 +579,24 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
     # ---- writes ----------------------------------------------------------------------------------------
 
     def _write(self, request: kmock.Request) -> Any:
+        mode = request.params.get("fieldValidation") or "Warn"  # the API server's default is Warn
+        if mode not in ("Ignore", "Warn", "Strict"):
+            raise _error(
+                400,
+                "BadRequest",
+                f'fieldValidation: Unsupported value: "{mode}": supported values: "Ignore", "Strict", "Warn"',
+            )
+        self._field_validation, self._warnings = mode, []
+        try:
+            result = self._write_unchecked(request)
+        finally:
+            self._field_validation, self._server_side_apply = "Ignore", False
+        warning = ", ".join(f"299 - {json.dumps(text)}" for text in self._warnings) or None
+        if isinstance(result, kmock.Response):
+            return _reply(result.payload, status=result.status or 200, warning=warning)
+        return _reply(result, warning=warning)
+
+    def _write_unchecked(self, request: kmock.Request) -> Any:
         resource, info = self._served(request.resource)
         namespace = request.namespace if info.namespaced else None
         if info.namespaced and request.namespace is None and request.method.value != "DELETE":
@@ -399,9 +612,9 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             case "PUT", str(name):
                 return self._replace((resource, namespace, name), request.data, request.subresource, dry_run)
             case "PATCH", str(name):
-                content_type = next(
-                    (v for k, v in request.headers.items() if k.lower() == "content-type"), ""
-                )
+                content_type = discovery.header(request.headers, "content-type")
+                if content_type.split(";")[0].strip().lower() == "application/apply-patch+yaml":
+                    return self._server_apply(resource, namespace, name, request, dry_run)
                 return self._patch(
                     (resource, namespace, name), request.data, content_type, request.subresource, dry_run
                 )
@@ -419,7 +632,12 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             return self._create(resource, namespace, obj, dry_run=False)
 
     def _create(
-        self, resource: kmock.resource, namespace: str | None, body: Any, dry_run: bool
+        self,
+        resource: kmock.resource,
+        namespace: str | None,
+        body: Any,
+        dry_run: bool,
+        managed_fields: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         _, info = self._served(resource)
         if not isinstance(body, Mapping):
@@ -472,7 +690,9 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             obj["status"] = self._crd_status(obj)
         for transient in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"):
             meta.pop(transient, None)
-        obj = self._apply_schema(resource, obj)
+        if managed_fields:
+            meta["managedFields"] = managed_fields
+        obj = self._apply_schema(resource, obj, None)
         meta = obj["metadata"]
         self._check_finalizers(meta)
         meta["uid"] = str(uuid.uuid4())
@@ -549,6 +769,86 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             raise self._conflict(resource, name)
         return self._update(key, current, patched, subresource, dry_run)
 
+    def _server_apply(
+        self,
+        resource: kmock.resource,
+        namespace: str | None,
+        name: str,
+        request: kmock.Request,
+        dry_run: bool,
+    ) -> Any:
+        """Server-side apply: the applied configuration merged in, the fields this manager applied last
+        time and no longer applies removed, its field set recorded in ``managedFields``. Conflicts with
+        other managers are not detected (every apply behaves as ``--force-conflicts``)."""
+        self._server_side_apply = True
+        body = request.data
+        if not isinstance(body, Mapping):
+            try:
+                body = yaml.safe_load(request.text)
+            except yaml.YAMLError as exc:
+                raise _error(400, "BadRequest", f"error decoding YAML: {exc}") from exc
+        if not isinstance(body, Mapping):
+            raise _error(400, "BadRequest", "the applied configuration must be an object")
+        manager = request.params.get("fieldManager")
+        if not manager:
+            raise _error(
+                422,
+                "Invalid",
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                "is required for apply patch",
+            )
+        applied = copy.deepcopy(dict(body))
+        meta = applied.setdefault("metadata", {})
+        if meta.get("name") not in (None, name):
+            raise _error(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does not match the URL ({name})",
+            )
+        meta["name"] = name
+        fields = _field_paths({k: v for k, v in applied.items() if k not in ("apiVersion", "kind")})
+        entry = {
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": self._api_version(resource),
+            "time": _now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": _fields_v1(fields),
+            **({"subresource": request.subresource} if request.subresource else {}),
+        }
+        key: ArrayKey = (resource, namespace, name)
+        current = self._current(key)
+        if current is None:
+            if request.subresource is not None:
+                raise _not_found(resource, name)
+            return kmock.Response(
+                status=201,
+                payload=self._create(resource, namespace, applied, dry_run, managed_fields=[entry]),
+            )
+        entries = list(current["metadata"].get("managedFields") or [])
+        mine = [
+            e
+            for e in entries
+            if e.get("manager") == manager
+            and e.get("operation") == "Apply"
+            and e.get("subresource") == request.subresource
+        ]
+        if resource not in self._crd_schemas and patching.has_strategic_schema(
+            current["apiVersion"], current["kind"]
+        ):
+            merged = patching.strategic_merge_patch(
+                current, applied, api_version=current["apiVersion"], kind=current["kind"]
+            )
+        else:
+            merged = patching.merge_patch(current, applied)
+        merged = copy.deepcopy(merged)  # the patch functions share untouched branches with the stored object
+        for previous in mine:  # what this manager applied before and applies no more goes
+            for path in sorted(_paths_of_fields_v1(previous.get("fieldsV1") or {}) - fields, key=len):
+                if not any(kept[: len(path)] == path for kept in fields):
+                    _remove_path(merged, path)
+        merged.setdefault("metadata", {})["managedFields"] = [e for e in entries if e not in mine] + [entry]
+        return self._update(key, current, merged, request.subresource, dry_run)
+
     def _conflict(self, resource: kmock.resource, name: str) -> kmock.KubernetesError:
         return _error(
             409,
@@ -585,7 +885,7 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             new["status"] = self._crd_status(new)
         new["apiVersion"] = current["apiVersion"]
         new["kind"] = current["kind"]
-        new = self._apply_schema(resource, new)
+        new = self._apply_schema(resource, new, current)
         meta = new.setdefault("metadata", {})
         for immutable in (
             "name",
@@ -856,6 +1156,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
                 subresources=set(version.get("subresources") or {}) & {"status"},
             )
             self._crd_schemas[resource] = (version.get("schema") or {}).get("openAPIV3Schema")
+            self._crd_columns[resource] = list(version.get("additionalPrinterColumns") or [])
+            self._openapi.pop((spec["group"], version["name"]), None)
 
     def _unregister_crd(self, crd: Mapping[str, Any], *, remove_objects: bool = False) -> None:
         for resource, _ in self._crd_resources(crd):
@@ -868,11 +1170,77 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
                     ]  # kmock lists a resource in discovery while it holds any object of it
             self.resources.pop(resource, None)
             self._crd_schemas.pop(resource, None)
+            self._crd_columns.pop(resource, None)
+            self._openapi.pop((resource.group or "", resource.version or ""), None)
 
-    def _apply_schema(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
-        if resource not in self._crd_schemas:
+    def _apply_schema(
+        self, resource: kmock.resource, obj: dict[str, Any], current: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Unknown fields reported (``fieldValidation``) and pruned, defaults set, the schema enforced."""
+        custom = resource in self._crd_schemas
+        schema = self._crd_schemas.get(resource)
+        if self._field_validation != "Ignore":
+            unknown = (
+                validation.unknown_in_custom(obj, schema) if custom else validation.unknown_in_builtin(obj)
+            )
+            if unknown and self._field_validation == "Strict":
+                raise self._strict_error(resource, unknown)
+            self._warnings += [f'unknown field "{path}"' for path in unknown]
+        if not custom:
             return obj
-        return structural.prune_and_default(obj, self._crd_schemas[resource])
+        obj = structural.prune_and_default(obj, schema)
+        causes = validation.validate_custom(obj, schema)
+        if causes and current is not None:  # ratcheting: what was already invalid may stay so
+            before = set(validation.validate_custom(current, schema))
+            causes = [cause for cause in causes if cause not in before]
+        if causes:
+            raise self._invalid(resource, obj["metadata"].get("name", ""), causes)
+        return obj
+
+    def _strict_error(self, resource: kmock.resource, unknown: list[str]) -> kmock.KubernetesError:
+        kind = self.resources[resource].kind
+        if self._server_side_apply:
+            lines = [f".{path}: field not declared in schema" for path in unknown]
+            detail = lines[0] if len(lines) == 1 else "errors:\n  " + "\n  ".join(lines)
+            gvk = f"{self._api_version(resource)}, Kind={kind}"
+            return _error(400, "BadRequest", f"failed to create typed patch object ({gvk}): {detail}")
+        fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+        return _error(
+            400,
+            "BadRequest",
+            f'{kind} in version "{resource.version}" cannot be handled as a {kind}: strict decoding error: {fields}',
+        )
+
+    def _invalid(
+        self, resource: kmock.resource, name: str, causes: list[validation.Cause]
+    ) -> kmock.KubernetesError:
+        kind = self.resources[resource].kind
+        what = f"{kind}.{resource.group}" if resource.group else str(kind)
+        texts = [cause.text() for cause in causes]
+        summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+        return _error(
+            422,
+            "Invalid",
+            f'{what} "{name}" is invalid: {summary}',
+            name=name,
+            group=resource.group,
+            kind=kind,
+            causes=[{"reason": c.reason, "message": c.message, "field": c.field} for c in causes],
+        )
+
+
+def _reply(
+    payload: Any, *, status: int = 200, content_type: str = "application/json", warning: str | None = None
+) -> kmock.Response:
+    """A response stating its status and every header the emulator varies.
+
+    kmock 0.8 copies the status and headers of a returned ``Response`` onto the reaction that returned
+    it, and reactions (the emulator's fallbacks) serve every request: an answer that left one out would
+    inherit the previous answer's (a ``text/plain`` log, a 201, a ``Warning``). ``None`` sends no header.
+    """
+    return kmock.Response(
+        status=status, payload=payload, headers={"Content-Type": content_type, "Warning": warning}
+    )
 
 
 def _spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -880,3 +1248,53 @@ def _spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         key: value for key, value in obj.items() if key not in ("metadata", "status", "apiVersion", "kind")
     }
+
+
+FieldPath = tuple[str, ...]
+
+
+def _field_paths(obj: Mapping[str, Any], prefix: FieldPath = ()) -> set[FieldPath]:
+    """Every field an applied configuration sets, maps and their members (lists are applied whole)."""
+    paths: set[FieldPath] = set()
+    for key, value in obj.items():
+        paths.add((*prefix, key))
+        if isinstance(value, Mapping):
+            paths |= _field_paths(value, (*prefix, key))
+    return paths
+
+
+def _fields_v1(paths: set[FieldPath]) -> dict[str, Any]:
+    """A field set in the FieldsV1 trie of ``managedFields``: ``{"f:spec": {".": {}, "f:replicas": {}}}``."""
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for part in path:
+            node = node.setdefault(f"f:{part}", {})
+    _mark_owned_maps(root)
+    return root
+
+
+def _mark_owned_maps(node: dict[str, Any]) -> None:
+    for child in node.values():
+        if child:
+            child["."] = {}
+            _mark_owned_maps({k: v for k, v in child.items() if k != "."})
+
+
+def _paths_of_fields_v1(trie: Mapping[str, Any], prefix: FieldPath = ()) -> set[FieldPath]:
+    paths: set[FieldPath] = set()
+    for key, value in trie.items():
+        if key.startswith("f:"):
+            paths.add((*prefix, key[2:]))
+            paths |= _paths_of_fields_v1(value or {}, (*prefix, key[2:]))
+    return paths
+
+
+def _remove_path(obj: dict[str, Any], path: FieldPath) -> None:
+    node: Any = obj
+    for part in path[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return
+        node = node[part]
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
