@@ -173,7 +173,7 @@ def up(
         operator = "with the operator" if ready.get("operator") else "without an operator (--no-operator)"
         print(f"kondense up: the local cluster is running {operator}; work directory {where}")
     print(f"export KUBECONFIG={ready['kubeconfig']}")
-    print(f"dashboard: {ready.get('dashboard') or 'not available yet in this build'}")
+    print(f"dashboard: {ready.get('dashboard') or f'not available (see {where}/logs/dashboard.log)'}")
     print(f"prometheus: {ready['prometheus']}")
     print(f"services: `kondense urls --workdir {where}` prints the loopback URL of every Service")
     if not ready.get("operator"):

@@ -136,31 +136,61 @@ def _wait_gone(records: list[dict[str, Any]], timeout: float) -> list[dict[str, 
 # ---- the daemon ---------------------------------------------------------------------------------------
 
 DashboardHook = Callable[[LocalCluster, Path], "str | None"]
+DASHBOARD_WAIT_S = 60.0
+_extra_children: list[subprocess.Popen[bytes]] = []
 
 
 def start_dashboard(cluster: LocalCluster, workdir: Path) -> str | None:
-    """THE DASHBOARD HOOK: start the dashboard for ``cluster`` and return its URL (None: no dashboard).
+    """THE DASHBOARD HOOK: ``kondense dashboard`` for this cluster, in its own process group; its URL.
 
-    The dashboard (issue 15) is not wired here yet: this is the single place to start it, in the
-    daemon, after the cluster is up (``cluster.api.url``, ``cluster.paths.kubeconfig`` and
-    ``cluster.prometheus.url`` are available); a process it starts must be recorded with
-    :func:`record_child` so ``kondense down`` stops it.
+    Reads the cluster through its kubeconfig and Prometheus for the SLI series; listens on the previous
+    run's port when it is free. None (and a warning in up.log) when this installation has no
+    ``kondense dashboard`` command or it did not come up within a minute: the cluster runs without it.
     """
+    files = Files(workdir)
+    port = _port_if_free((_read_json(files.ports) or {}).get("dashboard")) or 0
+    log_path = cluster.paths.logs / "dashboard.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    argv = [str(Path(sys.executable).parent / "kondense"), "dashboard", "--kubeconfig", str(cluster.paths.kubeconfig),
+            "--prometheus", cluster.prometheus.url, "--port", str(port)]  # fmt: skip
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _extra_children.append(proc)
+    deadline = time.monotonic() + DASHBOARD_WAIT_S
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as fh:
+            fh.seek(start)
+            for line in fh.read().decode(errors="replace").splitlines():
+                if line.startswith("dashboard: http"):
+                    return line.removeprefix("dashboard: ").strip()
+        if proc.poll() is not None:
+            log.warning("no dashboard: `kondense dashboard` exited %s (see %s)", proc.returncode, log_path)
+            return None
+        time.sleep(0.2)
+    log.warning("no dashboard: `kondense dashboard` printed no URL within %.0fs", DASHBOARD_WAIT_S)
+    _stop_extra_children()
     return None
 
 
-_extra_children: list[int] = []
-
-
-def record_child(pid: int) -> None:
-    """A process group the daemon started outside the cluster (e.g. the dashboard), for ``down``."""
-    _extra_children.append(pid)
+def _stop_extra_children() -> None:
+    for proc in _extra_children:
+        if proc.poll() is None:
+            _kill_group(proc.pid, signal.SIGTERM)
+    for proc in _extra_children:
+        try:
+            proc.wait(CHILD_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _extra_children.clear()
 
 
 def _child_records(cluster: LocalCluster, known: dict[int, str]) -> list[dict[str, Any]]:
     """Every child process group the daemon started, with its start time (kept once seen)."""
     me = os.getpid()
-    pids = [*cluster.started_pids(), *_extra_children]
+    pids = [*cluster.started_pids(), *(p.pid for p in _extra_children)]
     proc = cluster.prometheus._proc
     if proc is not None:
         pids.append(proc.pid)
@@ -234,9 +264,11 @@ def serve(
         if examples is not None:
             install_examples(examples, cluster.paths.pvc / "models" / "digits")
         cluster.start(with_operator=with_operator)
-        write_atomically(files.ports, {"api": int(cluster.api.url.rsplit(":", 1)[1]),
-                                       "prometheus": cluster.prometheus.port})  # fmt: skip
         dashboard_url = dashboard(cluster, workdir)
+        ports = {"api": int(cluster.api.url.rsplit(":", 1)[1]), "prometheus": cluster.prometheus.port}
+        if dashboard_url:
+            ports["dashboard"] = int(dashboard_url.rstrip("/").rsplit(":", 1)[1].split("/")[0])
+        write_atomically(files.ports, ports)
         ready = {
             "pid": os.getpid(),
             "kubeconfig": str(cluster.paths.kubeconfig),
@@ -265,6 +297,7 @@ def serve(
     finally:
         files.ready.unlink(missing_ok=True)
         try:
+            _stop_extra_children()
             cluster.stop()
         finally:
             write_atomically(files.children, _child_records(cluster, known))
