@@ -207,7 +207,7 @@ class LocalCluster:
             self.dump()
         except Exception as exc:  # the API may have failed; the dump is a convenience
             log.warning("could not write %s: %s", self.paths.dump, exc)
-        if self.state_file is not None:
+        if self.state_file is not None and self._saved_revision is not None:  # the API came up
             self.save_state()  # errors propagate: losing the objects must not go unnoticed
         self.api.stop()
         if self._client is not None:

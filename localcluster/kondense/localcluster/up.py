@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kondense.localcluster.cluster import ClusterError, LocalCluster
-from kondense.localcluster.prometheus import PrometheusError
-from kondense.localcluster.store import StoreError, write_atomically
+from kondense.localcluster.cluster import LocalCluster
+from kondense.localcluster.store import write_atomically
 
 log = logging.getLogger("kondense.localcluster.up")
 
@@ -287,12 +286,10 @@ def serve(
             if with_operator and not cluster.operator_alive() and not stop.is_set():
                 log.warning("the operator exited; starting it again (see logs/operator.log)")
                 cluster.start_operator()
-    except (ClusterError, PrometheusError, StoreError, OSError) as exc:
-        log.error("kondense up failed: %s", exc)
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        code = 1
-    except Exception:
+    except Exception as exc:  # one line for `kondense up` to show; the traceback stays in up.log
         log.exception("kondense up failed")
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        print(f"error: {exc}{cause}", file=sys.stderr, flush=True)
         code = 1
     finally:
         files.ready.unlink(missing_ok=True)
@@ -342,6 +339,8 @@ def up(
         raise UpError(
             f"kondense up is already starting in {workdir} (PID {record['pid']}); try again shortly"
         )
+    if any(alive(r) for r in _read_json(files.children) or [] if isinstance(r, dict)):
+        down(workdir)  # processes of a daemon that was killed: stopped before they are started again
     for stale in (files.pid, files.ready):
         stale.unlink(missing_ok=True)
     files.log.parent.mkdir(parents=True, exist_ok=True)
