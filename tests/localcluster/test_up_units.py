@@ -17,6 +17,7 @@ from kondense.api.crd import crd
 from kondense.cli import build_app
 from kondense.localcluster import LocalAPIServer
 from kondense.localcluster.client import APIClient
+from kondense.localcluster.cluster import IMAGE_ENTRYPOINTS
 from kondense.localcluster.kubelet import CannotRun, NodeContext, image_entrypoint, plan_container
 from kondense.localcluster.store import StoreError, load, restore, snapshot
 from kondense.localcluster.up import alive, down, start_time
@@ -38,7 +39,7 @@ CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     ],
 )
 def test_project_images_map_to_their_entrypoints(image: str, command: tuple[str, ...] | None) -> None:
-    assert image_entrypoint(image) == command
+    assert image_entrypoint(image, IMAGE_ENTRYPOINTS) == command
 
 
 def _ctx(tmp_path: Path, **extra: Any) -> NodeContext:
@@ -47,6 +48,7 @@ def _ctx(tmp_path: Path, **extra: Any) -> NodeContext:
         service_address=lambda svc, ns, port: None,
         namespace_exists=lambda ns: False,
         bin_dirs=(str(Path(sys.executable).parent),),
+        image_entrypoints=IMAGE_ENTRYPOINTS,
         **extra,
     )
 
@@ -103,7 +105,7 @@ def test_pods_with_in_cluster_access_keep_service_urls_for_the_proxy(
 
 def test_another_images_entrypoint_cannot_run(tmp_path: Path) -> None:
     pod = {"metadata": {"name": "p", "namespace": "default", "uid": "u2"}, "spec": {}}
-    with pytest.raises(CannotRun, match="'busybox:1' is not one of kondense's"):
+    with pytest.raises(CannotRun, match="'busybox:1' is none of those this node runs as local commands"):
         plan_container(pod, {"name": "c", "image": "busybox:1"}, tmp_path / "pod", _ctx(tmp_path))
 
 

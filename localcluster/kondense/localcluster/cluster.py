@@ -62,6 +62,16 @@ def _register_crd_kind(definition: Mapping[str, Any]) -> str:
 COMPRESSED_MODEL = _register_crd_kind(crd())
 
 
+# The project's images and their Dockerfiles' ENTRYPOINT (operator/, compression/, serving/Dockerfile):
+# what the process kubelet runs for a container without ``command`` (the Helm chart's operator), any
+# registry and tag.
+IMAGE_ENTRYPOINTS: dict[str, tuple[str, ...]] = {
+    "kondense/operator": ("kondense",),
+    "kondense/compression": ("kondense-compress",),
+    "kondense/serving": ("kondense",),
+}
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -180,6 +190,7 @@ class LocalCluster:
             service_domain=self.service_domain,
             bin_dirs=(*self.bin_dirs, str(Path(sys.executable).parent)),
             in_cluster_env=self._in_cluster_env(),
+            image_entrypoints=IMAGE_ENTRYPOINTS,
         )
         self._kubelet = Kubelet(
             APIClient(self.api.url), self.paths.pods, self.paths.logs, ctx, self.extra_args

@@ -4,9 +4,8 @@ What a container runtime and a kubelet do, as far as kondense's pods need it:
 
 * a container's ``command`` + ``args`` run as a process group (commands resolve to the venv's console
   scripts, ``kondense`` and ``kondense-compress``, then ``PATH``); a container without ``command``
-  runs its image's entrypoint when the image is one of the project's (``kondense/operator``,
-  ``kondense/compression``, ``kondense/serving``, any registry and tag: :data:`IMAGE_ENTRYPOINTS`, the
-  Dockerfiles' ``ENTRYPOINT``), so the Helm chart's operator Deployment runs as written; a command that
+  runs its image's entrypoint when the node knows it as a local command
+  (:attr:`NodeContext.image_entrypoints`, any registry and tag); a command that
   cannot run here (``tritonserver``, another image's entrypoint) gets ``RunContainerError``/``StartError``
   with the reason, never a hang; init containers run first, in order;
 * a pod that mounts its ServiceAccount token (``automountServiceAccountToken`` not false, the
@@ -117,6 +116,9 @@ class NodeContext:
     # what a pod that mounts its ServiceAccount token gets instead of /var/run/secrets/...: e.g.
     # KUBECONFIG and the forward proxy that resolves cluster DNS names (HTTP_PROXY, NO_PROXY)
     in_cluster_env: Mapping[str, str] = field(default_factory=dict)
+    # image repository (last two components) -> the command its entrypoint is here, for containers
+    # without ``command``
+    image_entrypoints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -323,23 +325,14 @@ def resolve_command(name: str, bin_dirs: tuple[str, ...]) -> str:
     return found
 
 
-# The project's images and their Dockerfiles' ENTRYPOINT (operator/, compression/, serving/Dockerfile):
-# what a container that names no ``command`` runs here. Keys are the last two path components of the
-# image reference, so any registry and tag map (``ghcr.io/acme/kondense/operator:1.2``).
-IMAGE_ENTRYPOINTS: dict[str, tuple[str, ...]] = {
-    "kondense/operator": ("kondense",),
-    "kondense/compression": ("kondense-compress",),
-    "kondense/serving": ("kondense",),
-}
-
-
-def image_entrypoint(image: str) -> tuple[str, ...] | None:
-    """The local command of one of the project's images (None for any other image)."""
+def image_entrypoint(image: str, entrypoints: Mapping[str, tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The local command for an image, from ``entrypoints`` keyed by the last two components of the
+    image's repository (``ghcr.io/acme/team/app:1.2@sha256:...`` -> ``team/app``); None if not there."""
     reference = image.split("@", 1)[0]
     slash = reference.rfind("/")
     if ":" in reference[slash + 1 :]:
         reference = reference[: reference.rindex(":")]
-    return IMAGE_ENTRYPOINTS.get("/".join(reference.split("/")[-2:]))
+    return entrypoints.get("/".join(reference.split("/")[-2:]))
 
 
 def rewrite_port_env(value: str, name: str, ports: Mapping[int, int]) -> str:
@@ -359,12 +352,13 @@ def plan_container(
     """The argv and environment one container runs with on this node (pure but for free ports/dirs)."""
     command = list(container.get("command") or [])
     if not command:
-        entrypoint = image_entrypoint(str(container.get("image") or ""))
+        entrypoint = image_entrypoint(str(container.get("image") or ""), ctx.image_entrypoints)
         if entrypoint is None:
+            known = ", ".join(ctx.image_entrypoints) or "none"
             raise CannotRun(
                 f"container {container['name']} has no command and its image {container.get('image')!r} is "
-                f"not one of kondense's ({', '.join(IMAGE_ENTRYPOINTS)}): the local cluster runs processes, "
-                "not images"
+                f"none of those this node runs as local commands ({known}): the local cluster runs "
+                "processes, not images"
             )
         command = list(entrypoint)
     named_ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}

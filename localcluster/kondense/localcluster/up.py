@@ -251,8 +251,7 @@ def serve(
     previous = _read_json(files.ports) or {}
     cluster = LocalCluster(
         workdir,
-        tick_seconds=0.5,
-        scrape_interval="5s",
+        tick_seconds=0.5,  # the node loop: half the demo's rate, for a cluster that stays up
         api_port=api_port or _port_if_free(previous.get("api")),
         prometheus_port=_port_if_free(previous.get("prometheus")),
         state_file=files.state,
