@@ -56,6 +56,14 @@ class Kubectl:
             check=False,
         )
 
+    def raw(self, *args: str) -> bytes:
+        """stdout bytes as sent (text mode would turn a progress bar's carriage returns into newlines)."""
+        done = subprocess.run(
+            [self.binary, *args], env=self.env, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        return done.stdout
+
     def ok(self, *args: str, stdin: str | None = None) -> str:
         """stdout of a command that must succeed and warn of nothing."""
         done = self(*args, stdin=stdin)
@@ -264,6 +272,9 @@ def test_get_builtin_kinds_prints_their_columns(
     assert rows(tables[2])["pod/digits-stable-1"][1:4] == ["1/1", "Running", "2"]
     assert header(tables[3]) == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert rows(tables[3])["service/digits"][1:5] == ["ClusterIP", "<none>", "<none>", "80/TCP"]
+    # the Job got the selector the API server gives Jobs (what `kubectl logs job/...` finds pods by)
+    selector = kubectl.ok("get", "job", "digits-int8", "-o", "jsonpath={.spec.selector.matchLabels}")
+    assert "batch.kubernetes.io/controller-uid" in selector
     wide = kubectl.ok("get", "deploy", "-o", "wide")
     assert header(wide)[-3:] == ["CONTAINERS", "IMAGES", "SELECTOR"] and "app=digits" in wide
     # a built-in kind applied client-side twice: the second apply is a strategic merge patch
@@ -335,7 +346,10 @@ def test_explain_reads_the_crd_schema(kubectl: Kubectl, with_crd: None) -> None:
 
 def test_logs_are_the_output_of_the_pod_process(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    code = "import sys, time\nfor i in range(3): print(f'step {i}', flush=True)\ntime.sleep(1)\nprint('done')"
+    code = (
+        "import sys, time\nfor i in range(3): print(f'step {i}', flush=True)\ntime.sleep(1)\n"
+        "print('50%', end='\\r'); print('100%')\nprint('done')"
+    )
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "printer", "namespace": "default"},
            "spec": {"restartPolicy": "Never",
                     "containers": [{"name": "main", "image": "python", "command": [sys.executable, "-c", code]}]}}  # fmt: skip
@@ -367,9 +381,10 @@ def test_logs_are_the_output_of_the_pod_process(tmp_path: Path) -> None:
                     break
                 time.sleep(0.1)
             assert phase == "Succeeded"
-            assert kubectl.ok("logs", "printer") == "step 0\nstep 1\nstep 2\ndone\n"
-            assert kubectl.ok("logs", "printer", "--tail=1") == "done\n"
-            assert kubectl.ok("logs", "pod/printer", "-c", "main", "--tail=2") == "step 2\ndone\n"
+            assert kubectl.raw("logs", "printer") == b"step 0\nstep 1\nstep 2\n50%\r100%\ndone\n"
+            assert kubectl.raw("logs", "printer", "--tail=1") == b"done\n"
+            # a progress bar's carriage returns end no line
+            assert kubectl.raw("logs", "pod/printer", "-c", "main", "--tail=2") == b"50%\r100%\ndone\n"
             assert follow is not None
             followed, _ = follow.communicate(timeout=30)  # ends with the pod
             assert followed.endswith("done\n") and "step 2\n" in followed
@@ -380,3 +395,12 @@ def test_logs_are_the_output_of_the_pod_process(tmp_path: Path) -> None:
         finally:
             kubelet.shutdown(grace_s=5)
             client.close()
+
+
+def test_names_must_be_dns_subdomains(kubectl: Kubectl, with_crd: None) -> None:
+    refused = kubectl("apply", "-f", "-", stdin=EXAMPLE.read_text().replace("name: digits", "name: My_Model"))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        'The CompressedModel "My_Model" is invalid: metadata.name: Invalid value: "My_Model": '
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters"
+    )

@@ -72,7 +72,7 @@ Emulated, as the real API server does it:
 Not emulated (gaps): authentication/authorization/admission (any token is accepted); CEL rules
 (``x-kubernetes-validations``) and string formats; value validation of built-in kinds (only unknown fields
 are reported; validate with ``kubernetes-validate`` instead); built-in defaulting (e.g. Deployment
-strategy) and controllers (nothing creates ReplicaSets or Pods, nothing sets Job or Deployment status:
+strategy; only a Job's ``selector`` and its pod template labels are set) and controllers (nothing creates ReplicaSets or Pods, nothing sets Job or Deployment status:
 tests and the local kubelet do); graceful pod deletion (pods go at once); ``limit``/``continue``
 pagination (the full list is returned, which the API allows); server-side apply conflicts between field
 managers (every apply forces); ``/openapi/v2`` (kubectl does without it); the ``scale``, ``exec``,

@@ -44,10 +44,12 @@ from kondense.localcluster import (
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 PODS = kmock.resource("", "v1", "pods")
+JOBS = kmock.resource("batch", "v1", "jobs")
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FOREGROUND_FINALIZER = "foregroundDeletion"
 _NAME_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 # How kmock keys its objects (kmock.ObjectsArray): (resource, namespace or None, name).
@@ -305,7 +307,7 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         data = path.read_bytes()
         offset = len(data)
         if tail is not None:
-            lines = data.splitlines(keepends=True)
+            lines = re.findall(rb"[^\n]*\n|[^\n]+$", data)  # \r (progress bars) ends no line
             data = b"".join(lines[-tail:]) if tail > 0 else b""
         if limit is not None:
             data = data[:limit]
@@ -664,6 +666,15 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
                 secrets.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5)
             )
         name = meta["name"]
+        if not isinstance(name, str) or len(name) > 253 or _SUBDOMAIN.fullmatch(name) is None:
+            cause = validation.Cause(
+                "FieldValueInvalid",
+                "metadata.name",
+                f"Invalid value: {json.dumps(name)}: a lowercase RFC 1123 subdomain must consist of lower case "
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
+                f"(e.g. 'example.com', regex used for validation is '{_SUBDOMAIN.pattern}')",
+            )
+            raise self._invalid(resource, str(name), [cause])
         if info.namespaced:
             assert namespace is not None
             if self._current((NAMESPACES, None, namespace)) is None:
@@ -699,6 +710,8 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         meta = obj["metadata"]
         self._check_finalizers(meta)
         meta["uid"] = str(uuid.uuid4())
+        if resource == JOBS:
+            _default_job_selector(obj)
         meta["creationTimestamp"] = _now()
         meta["generation"] = 1
         if dry_run:
@@ -1230,6 +1243,26 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
             kind=kind,
             causes=[{"reason": c.reason, "message": c.message, "field": c.field} for c in causes],
         )
+
+
+def _default_job_selector(job: dict[str, Any]) -> None:
+    """The selector the API server gives a Job (unless ``manualSelector``), and its labels on the template:
+    what ``kubectl logs job/<name>`` and ``kubectl describe job`` find the Job's pods by."""
+    spec = job.get("spec")
+    if not isinstance(spec, dict) or spec.get("manualSelector") or spec.get("selector"):
+        return
+    uid, name = job["metadata"]["uid"], job["metadata"]["name"]
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    template = spec.setdefault("template", {})
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    labels.update(
+        {
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": name,
+            "controller-uid": uid,
+            "job-name": name,
+        }
+    )
 
 
 def _reply(

@@ -189,17 +189,7 @@ def _invalid(path: str, value: Any, detail: str) -> Cause:
 
 def _check(value: Any, schema: Mapping[str, Any], path: str, causes: list[Cause]) -> None:
     if value is None:
-        if not schema.get("nullable"):
-            expected = schema.get("type")
-            if expected:
-                causes.append(
-                    Cause(
-                        "FieldValueInvalid",
-                        path,
-                        f'Invalid value: "null": {path} in body must be of type {expected}: "null"',
-                    )
-                )
-        return
+        return  # null is allowed where nullable, and dropped by the server (as pruned) where not
     if schema.get("x-kubernetes-int-or-string"):
         if not (isinstance(value, str) or _type_ok(value, "integer")):
             causes.append(
