@@ -22,6 +22,9 @@ GENERIC = {
 }  # fmt: skip
 # kondense on the local cluster: the CRD and operator process, the scenarios, the demo's displays and CLI.
 KONDENSE = {"cluster", "scenarios", "demo", "cli"}
+# `kondense up`: the API's objects on disk and protobuf request bodies (generic); the daemon (kondense)
+GENERIC |= {"store", "protobuf"}
+KONDENSE |= {"up"}
 
 
 def _kondense_imports(module: Path) -> set[str]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kondense.api.crd import crd
+from kondense.localcluster import store
 from kondense.localcluster.apiserver import LocalAPIServer
 from kondense.localcluster.client import APIClient, APIError, register_kind
 from kondense.localcluster.controllers import Controllers
@@ -59,6 +60,16 @@ def _register_crd_kind(definition: Mapping[str, Any]) -> str:
 
 # The generic client knows the built-in kinds; the kondense resource comes from its CRD.
 COMPRESSED_MODEL = _register_crd_kind(crd())
+
+
+# The project's images and their Dockerfiles' ENTRYPOINT (operator/, compression/, serving/Dockerfile):
+# what the process kubelet runs for a container without ``command`` (the Helm chart's operator), any
+# registry and tag.
+IMAGE_ENTRYPOINTS: dict[str, tuple[str, ...]] = {
+    "kondense/operator": ("kondense",),
+    "kondense/compression": ("kondense-compress",),
+    "kondense/serving": ("kondense",),
+}
 
 
 class ClusterError(RuntimeError):
@@ -114,16 +125,25 @@ class LocalCluster:
         service_domain: str = "svc.cluster.local",
         operator_env: Mapping[str, str] | None = None,
         bin_dirs: tuple[str, ...] = (),
+        api_port: int | None = None,
+        prometheus_port: int | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.paths = ClusterPaths(workdir.resolve())
+        # ``kondense up``: the API's objects are restored from and saved to this file (see store.py)
+        self.state_file = state_file
+        self._saved_revision: int | None = None
         self.namespace = namespace
         self.claims = claims
         self.tick_seconds = tick_seconds
         self.operator_tick_seconds = operator_tick_seconds
         self.service_domain = service_domain
         self.operator_env = dict(operator_env or {})
-        self.api = LocalAPIServer(pod_logs_dir=self.paths.logs)  # kubectl logs reads the kubelet's files
-        self.prometheus = LocalPrometheus(self.paths.prometheus, scrape_interval=scrape_interval)
+        # kubectl logs reads the kubelet's files
+        self.api = LocalAPIServer(port=api_port, pod_logs_dir=self.paths.logs)
+        self.prometheus = LocalPrometheus(
+            self.paths.prometheus, scrape_interval=scrape_interval, port=prometheus_port
+        )
         self.network = ServiceNetwork(service_domain)
         self.extra_args = extra_args
         self.bin_dirs = bin_dirs  # searched for container commands before the venv's scripts
@@ -156,6 +176,7 @@ class LocalCluster:
         self._started = True
         self._log_to_file()
         self.api.start()
+        self._restore_state()
         self.api.write_kubeconfig(self.paths.kubeconfig, self.namespace)
         self._client = APIClient(self.api.url)
         self._bootstrap()
@@ -168,6 +189,8 @@ class LocalCluster:
             namespace_exists=lambda ns: ns in self._namespaces,
             service_domain=self.service_domain,
             bin_dirs=(*self.bin_dirs, str(Path(sys.executable).parent)),
+            in_cluster_env=self._in_cluster_env(),
+            image_entrypoints=IMAGE_ENTRYPOINTS,
         )
         self._kubelet = Kubelet(
             APIClient(self.api.url), self.paths.pods, self.paths.logs, ctx, self.extra_args
@@ -195,6 +218,8 @@ class LocalCluster:
             self.dump()
         except Exception as exc:  # the API may have failed; the dump is a convenience
             log.warning("could not write %s: %s", self.paths.dump, exc)
+        if self.state_file is not None and self._saved_revision is not None:  # the API came up
+            self.save_state()  # errors propagate: losing the objects must not go unnoticed
         self.api.stop()
         if self._client is not None:
             self._client.close()
@@ -215,14 +240,14 @@ class LocalCluster:
 
     def _bootstrap(self) -> None:
         client = self.client
-        client.create_at("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd())
+        _ensure(lambda: client.create_at("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd()))
         for namespace in {self.namespace, PROMETHEUS_NAMESPACE}:
             if client.get("Namespace", None, namespace) is None:
                 client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         self._namespaces = {ns["metadata"]["name"] for ns in client.list("Namespace")}
-        client.create({
+        _ensure(lambda: client.create({
             "apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
-        })  # fmt: skip
+        }))  # fmt: skip
         cpus, memory = os.cpu_count() or 1, _memory_bytes()
         client.patch_status("Node", None, NODE_NAME, {
             "capacity": {"cpu": str(cpus), "memory": str(memory), "pods": "110"},
@@ -234,22 +259,24 @@ class LocalCluster:
         })  # fmt: skip
         for claim in self.claims:
             (self.paths.pvc / claim).mkdir(parents=True, exist_ok=True)
-            client.create({
+            _ensure(lambda claim=claim: client.create({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": claim, "namespace": self.namespace},
                 "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-            })  # fmt: skip
+            }))  # fmt: skip
             client.patch_status("PersistentVolumeClaim", self.namespace, claim, {
                 "phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}})  # fmt: skip
 
     def _publish_prometheus(self) -> None:
         """``prometheus.monitoring:9090`` as a selector-less Service with a manual EndpointSlice."""
         client = self.client
-        client.create({
+        _ensure(lambda: client.create({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": PROMETHEUS_SERVICE, "namespace": PROMETHEUS_NAMESPACE},
             "spec": {"ports": [{"name": "http", "port": PROMETHEUS_PORT, "protocol": "TCP"}]},
-        })  # fmt: skip
+        }))  # fmt: skip
+        # (again) on every start: Prometheus may listen on another port than before a restart
+        client.delete("EndpointSlice", PROMETHEUS_NAMESPACE, f"{PROMETHEUS_SERVICE}-local")
         client.create({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": f"{PROMETHEUS_SERVICE}-local", "namespace": PROMETHEUS_NAMESPACE,
@@ -258,6 +285,27 @@ class LocalCluster:
             "endpoints": [{"addresses": [POD_IP], "conditions": {"ready": True}}],
             "ports": [{"name": "http", "port": self.prometheus.port, "protocol": "TCP"}],
         })  # fmt: skip
+
+    # -- the objects on disk (``kondense up``) ---------------------------------------------------------
+    def _restore_state(self) -> None:
+        if self.state_file is None:
+            return
+        state = store.load(self.state_file)
+        if state is not None:
+            count = self.api.call(store.restore(self.api.emulator, state))
+            log.info("restored %d objects from %s", count, self.state_file)
+        self._saved_revision = store.revision(self.api.emulator)
+
+    def save_state(self) -> bool:
+        """Write the API's objects to ``state_file`` if anything changed since the last save."""
+        if self.state_file is None:
+            raise ClusterError("this cluster keeps no state file")
+        if store.revision(self.api.emulator) == self._saved_revision:
+            return False
+        state = self.api.call(store.snapshot(self.api.emulator))
+        store.write_atomically(self.state_file, state)
+        self._saved_revision = state["revision"]
+        return True
 
     # -- the node loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -305,6 +353,12 @@ class LocalCluster:
         if targets != self._targets:
             self.prometheus.set_targets(targets)
             self._targets = targets
+
+    def _in_cluster_env(self) -> dict[str, str]:
+        """What pods that mount their ServiceAccount token get: the API and cluster DNS names."""
+        proxy, local = self.network.forward_proxy_url, "127.0.0.1,localhost"
+        return {"KUBECONFIG": str(self.paths.kubeconfig), "HTTP_PROXY": proxy, "http_proxy": proxy,
+                "NO_PROXY": local, "no_proxy": local}  # fmt: skip
 
     # -- the operator process --------------------------------------------------------------------------
     def operator_environment(self) -> dict[str, str]:
@@ -401,6 +455,15 @@ class LocalCluster:
                 return value
             time.sleep(poll)
         raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _ensure(create: Any) -> None:
+    """Create an object unless it exists (a restored cluster already has it)."""
+    try:
+        create()
+    except APIError as exc:
+        if exc.status != 409:
+            raise
 
 
 def _ready(pod: Mapping[str, Any]) -> bool:

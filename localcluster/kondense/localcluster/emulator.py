@@ -34,6 +34,7 @@ from kondense.localcluster import (
     namespacepaths,
     openapi,
     patching,
+    protobuf,
     selectors,
     structural,
     tables,
@@ -147,10 +148,12 @@ class KubernetesAPIEmulator(kmock.KubernetesEmulator):
         # are restored in _handle() (see kondense.localcluster.namespacepaths for the upstream fix).
         if (alias := namespacepaths.rename(raw_request.rel_url)) is not None:
             raw_request = raw_request.clone(rel_url=alias)
+        if (readable := protobuf.disarm(raw_request)) is not None:  # typed clients' protobuf bodies
+            raw_request = readable
         return await super().__call__(raw_request)
 
     async def _handle(self, request: kmock.Request) -> Any:
-        if (restored := namespacepaths.restore(request)) is not request:
+        if (restored := protobuf.restore(namespacepaths.restore(request))) is not request:
             # kmock's views match a request by identity in the handler's request log, where __call__
             # has just appended it (no await in between): log the restored request in its place.
             assert self._requests[-1] is request

@@ -2,10 +2,16 @@
 
 What a container runtime and a kubelet do, as far as kondense's pods need it:
 
-* a container's ``command`` + ``args`` run as a process group (images are ignored: commands resolve to
-  the venv's console scripts, ``kondense`` and ``kondense-compress``, then ``PATH``); a command that
-  cannot run here (``tritonserver``) gets ``RunContainerError``/``StartError`` with the reason, never
-  a hang; init containers run first, in order;
+* a container's ``command`` + ``args`` run as a process group (commands resolve to the venv's console
+  scripts, ``kondense`` and ``kondense-compress``, then ``PATH``); a container without ``command``
+  runs its image's entrypoint when the node knows it as a local command
+  (:attr:`NodeContext.image_entrypoints`, any registry and tag); a command that
+  cannot run here (``tritonserver``, another image's entrypoint) gets ``RunContainerError``/``StartError``
+  with the reason, never a hang; init containers run first, in order;
+* a pod that mounts its ServiceAccount token (``automountServiceAccountToken`` not false, the
+  default) gets in-cluster access as this node provides it: ``KUBECONFIG`` (the local API) and the
+  cluster-DNS forward proxy as ``HTTP_PROXY`` (see :attr:`NodeContext.in_cluster_env`), and its
+  Service URLs stay as written (the proxy resolves them);
 * addresses are rewritten because every pod shares 127.0.0.1 (see :func:`plan_container`): each
   declared ``containerPort`` gets a free host port (``--port N`` and probe ports follow it), Service
   URLs (``http://<svc>.<ns>.svc.cluster.local:<port>``) point at the Service's loopback proxy,
@@ -20,7 +26,7 @@ What a container runtime and a kubelet do, as far as kondense's pods need it:
 * readiness (and liveness) from ``httpGet`` probes, honouring their period/thresholds;
 * deleted pods get SIGTERM, then SIGKILL after ``terminationGracePeriodSeconds``.
 
-Not emulated: security contexts (processes run as the current user), CPU limits, images, exec/tcp
+Not emulated: security contexts (processes run as the current user), CPU limits, images other than the project's, exec/tcp
 probes (a container with one is ready once running), ``hostNetwork``/``hostPort``; ``readOnly`` on a
 kernel without Landlock ABI 2 (logged once).
 """
@@ -107,6 +113,12 @@ class NodeContext:
     service_domain: str = "svc.cluster.local"
     bin_dirs: tuple[str, ...] = field(default_factory=lambda: (str(Path(sys.executable).parent),))
     enforce_read_only: bool = True  # Landlock, where the kernel has it (see ``sandboxed``)
+    # what a pod that mounts its ServiceAccount token gets instead of /var/run/secrets/...: e.g.
+    # KUBECONFIG and the forward proxy that resolves cluster DNS names (HTTP_PROXY, NO_PROXY)
+    in_cluster_env: Mapping[str, str] = field(default_factory=dict)
+    # image repository (last two components) -> the command its entrypoint is here, for containers
+    # without ``command``
+    image_entrypoints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -313,6 +325,23 @@ def resolve_command(name: str, bin_dirs: tuple[str, ...]) -> str:
     return found
 
 
+def image_entrypoint(image: str, entrypoints: Mapping[str, tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The local command for an image, from ``entrypoints`` keyed by the last two components of the
+    image's repository (``ghcr.io/acme/team/app:1.2@sha256:...`` -> ``team/app``); None if not there."""
+    reference = image.split("@", 1)[0]
+    slash = reference.rfind("/")
+    if ":" in reference[slash + 1 :]:
+        reference = reference[: reference.rindex(":")]
+    return entrypoints.get("/".join(reference.split("/")[-2:]))
+
+
+def rewrite_port_env(value: str, name: str, ports: Mapping[int, int]) -> str:
+    """``*_PORT=<containerPort>`` -> the host port (every pod shares the loopback here)."""
+    if name.upper().endswith("PORT") and value.isdigit() and int(value) in ports:
+        return str(ports[int(value)])
+    return value
+
+
 def plan_container(
     pod: Mapping[str, Any],
     container: Mapping[str, Any],
@@ -323,9 +352,15 @@ def plan_container(
     """The argv and environment one container runs with on this node (pure but for free ports/dirs)."""
     command = list(container.get("command") or [])
     if not command:
-        raise CannotRun(
-            f"container {container['name']} has no command: the local cluster cannot run an image's entrypoint"
-        )
+        entrypoint = image_entrypoint(str(container.get("image") or ""), ctx.image_entrypoints)
+        if entrypoint is None:
+            known = ", ".join(ctx.image_entrypoints) or "none"
+            raise CannotRun(
+                f"container {container['name']} has no command and its image {container.get('image')!r} is "
+                f"none of those this node runs as local commands ({known}): the local cluster runs "
+                "processes, not images"
+            )
+        command = list(entrypoint)
     named_ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
     ports = {int(p["containerPort"]): free_port() for p in container.get("ports") or []}
     termination_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
@@ -337,8 +372,15 @@ def plan_container(
     # termination logs) and the devices (/dev/null, /dev/shm)
     writable = tuple(dict.fromkeys([*(m.local for m in local if not m.read_only), str(pod_dir), "/dev"]))
 
+    # a pod with in-cluster access resolves Service names through the forward proxy, so its URLs stay
+    # as written (an operator compares them, e.g. against its Prometheus allow-list)
+    in_cluster = (
+        bool(ctx.in_cluster_env) and (pod.get("spec") or {}).get("automountServiceAccountToken") is not False
+    )
+
     def rewrite(text: str) -> str:
-        return rewrite_path(rewrite_service_urls(text, ctx), mounts, keep=(str(ctx.pvc_dir),))
+        text = text if in_cluster else rewrite_service_urls(text, ctx)
+        return rewrite_path(text, mounts, keep=(str(ctx.pvc_dir),))
 
     args = [rewrite(a) for a in [*command[1:], *(container.get("args") or [])]]
     args = rewrite_ports(args, ports)
@@ -358,12 +400,14 @@ def plan_container(
         "PYTHONUNBUFFERED": "1",
         "HOSTNAME": pod["metadata"]["name"],
     }
+    if in_cluster:
+        env.update(ctx.in_cluster_env)
     meta = pod["metadata"]
     fields = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", ""),
               "status.podIP": POD_IP, "spec.nodeName": NODE_NAME}  # fmt: skip
     for item in container.get("env") or []:
         if "value" in item:
-            env[item["name"]] = rewrite(str(item["value"]))
+            env[item["name"]] = rewrite_port_env(rewrite(str(item["value"])), item["name"], ports)
         elif (ref := (item.get("valueFrom") or {}).get("fieldRef")) and ref.get("fieldPath") in fields:
             env[item["name"]] = fields[ref["fieldPath"]]
     return ContainerLaunch(argv, env, ports, named_ports, termination_log, pod_dir, writable)
