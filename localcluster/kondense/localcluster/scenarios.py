@@ -339,9 +339,9 @@ def verify_bake_revert(ctx: ScenarioContext, status: dict[str, Any]) -> list[str
     return problems
 
 
-def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+def relative_latency_problems(status: Mapping[str, Any]) -> list[str]:
     """The slower canary was rolled back by the relative gate alone (its absolute p99 checks passed,
-    the ratio past the gate with p < alpha); the same-speed one promoted."""
+    the ratio past the gate with p < alpha); the same-speed one promoted, judged on real readings."""
     checks = (status.get("canary") or {}).get("checks") or []
     rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
     problems = []
@@ -357,9 +357,26 @@ def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> lis
     if not absolute or not all(c.get("passed") for c in absolute):
         problems.append(f"{rolled[0]} was not under the absolute p99 limit: {absolute}")
     promoted = (status.get("stable") or {}).get("variant")
-    judged = [c for c in checks if c.get("variant") == promoted and c.get("sli") == "p99LatencyRatio"]
-    if not judged or not all(c.get("passed") for c in judged):
-        problems.append(f"the same-speed variant {promoted} was not judged equal to stable: {judged}")
+    if status.get("phase") != "Promoted" or promoted is None or promoted == rolled[0]:
+        return [
+            *problems,
+            f"the same-speed variant was not promoted (phase {status.get('phase')}, stable {promoted})",
+        ]
+    # The outcome is judged: promoted, at least one ratio really read, and no check of it failed with a
+    # real reading. A no-data reading (e.g. "canary has 16 requests, need 20") says nothing about speed:
+    # neither a false rollback nor a pass, so it is ignored.
+    of_promoted = [c for c in checks if c.get("variant") == promoted]
+    read = [c for c in of_promoted if c.get("sli") == "p99LatencyRatio" and c.get("value") is not None]
+    failed = [c for c in of_promoted if not c.get("passed") and c.get("value") is not None]
+    if not read:
+        problems.append(f"the same-speed variant {promoted} never had its p99 ratio read: {of_promoted}")
+    if failed:
+        problems.append(f"the same-speed variant {promoted} failed checks on real readings: {failed}")
+    return problems
+
+
+def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = relative_latency_problems(status)
     return problems + verify_promoted_artifact(ctx, status)
 
 
