@@ -95,8 +95,10 @@ def test_bad_flags_get_clear_errors(digits: Digits) -> None:
     assert result.returncode == 2 and "is not an http(s) base URL" in result.stderr
     result = _serve_and_fail(digits.directory, *pinned, "--shadow-sample", "1.5", "--shadow-of", "http://x:1")
     assert result.returncode == 2 and "--shadow-sample" in result.stderr
-    result = _serve_and_fail(digits.directory, *pinned, "--task", "embedding")
-    assert result.returncode == 2 and "only apply with --shadow-of" in result.stderr
+    result = _serve_and_fail(digits.directory, *pinned, "--shadow-sample", "0.5")
+    assert result.returncode == 2 and "only applies with --shadow-of" in result.stderr
+    result = _serve_and_fail(digits.directory, *pinned, "--inject-logit-scale", "0")
+    assert result.returncode == 2 and "--inject-logit-scale" in result.stderr
 
 
 def test_unloadable_model_exits_non_zero(tmp_path: Path) -> None:

@@ -380,7 +380,58 @@ def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> lis
     return problems + verify_promoted_artifact(ctx, status)
 
 
+def drift_problems(status: Mapping[str, Any]) -> list[str]:
+    """The first canary agreed with stable on argmax (its live agreement checks passed on real readings)
+    but was rolled back by a significant confidence shift; the next, unscaled, was promoted with no
+    check failed on a real reading."""
+    checks = (status.get("canary") or {}).get("checks") or []
+    rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
+    if len(rolled) != 1:
+        return [f"expected exactly one rolled-back variant, got {rolled}"]
+    problems = []
+    mine = [c for c in checks if c.get("variant") == rolled[0]]
+    shifts = [c for c in mine if c.get("sli") == "confidencePSI" and not c.get("passed") and c.get("value")]
+    if not any(
+        c["value"] > c["threshold"] and (c.get("pValue") or 1) < (c.get("alpha") or 0) for c in shifts
+    ):
+        problems.append(f"no significant confidencePSI breach for {rolled[0]}: {mine}")
+    agreement = [c for c in mine if c.get("sli") == "accuracyDelta" and c.get("value") is not None]
+    if not agreement or not all(c.get("passed") for c in agreement):
+        problems.append(f"{rolled[0]} did not agree with stable on argmax: {agreement}")
+    promoted = (status.get("stable") or {}).get("variant")
+    if status.get("phase") != "Promoted" or promoted is None or promoted == rolled[0]:
+        return [
+            *problems,
+            f"the unscaled variant was not promoted (phase {status.get('phase')}, stable {promoted})",
+        ]
+    failed = [
+        c
+        for c in checks
+        if c.get("variant") == promoted and not c.get("passed") and c.get("value") is not None
+    ]
+    if failed:
+        problems.append(f"the unscaled variant {promoted} failed checks on real readings: {failed}")
+    return problems
+
+
+def verify_drift(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    return drift_problems(status) + verify_promoted_artifact(ctx, status)
+
+
+def confidence_shift_gate(body: dict[str, Any]) -> None:
+    """The drift gate alone (the p99 limit far above any load noise). Three failed checks tolerated: on
+    a loaded machine the next variant's pods may not serve at its first intervals, and its first window
+    holds fewer observations (no data each time); the scaled variant fails every interval anyway."""
+    body["spec"]["rollout"]["failureLimit"] = 3
+    analysis = body["spec"]["rollout"]["analysis"]
+    analysis["confidenceShift"] = {"maxPSI": 0.25, "minSamplesPerSide": 30}
+    analysis["p99LatencyMs"] = {"max": 500}  # a loaded machine's latency is not what this shows
+
+
 def relative_latency_gate(body: dict[str, Any]) -> None:
+    """Two failed checks tolerated: on a loaded machine the next variant's pods may not serve (no data)
+    at its first intervals; the slower one fails every interval, so it is still rolled back."""
+    body["spec"]["rollout"]["failureLimit"] = 2
     analysis = body["spec"]["rollout"]["analysis"]
     analysis["p99LatencyMs"] = {"max": 500, "maxRatioToStable": 1.2}
     analysis["minSamplesPerSide"] = 20
@@ -598,6 +649,15 @@ SCENARIOS: dict[str, Scenario] = {
             customize=relative_latency_gate,
             fault=lambda: TrackLatencyFault(100, 150),
             verify=verify_relative_latency,
+        ),
+        Scenario(
+            "drift",
+            "the first canary's logits are scaled by 0.25 (argmax kept, confidences shifted): live "
+            "agreement passes, the confidence-shift gate rolls it back; the next variant is promoted",
+            "Promoted",
+            customize=confidence_shift_gate,
+            fault=lambda: FirstCanaryFault(["--inject-logit-scale", "0.25"]),
+            verify=verify_drift,
         ),
         Scenario(
             "job-failure",

@@ -13,7 +13,7 @@ from kondense.api.techniques import Task
 
 _EPILOG = (
     "--inject-latency-ms and --inject-error-rate are for tests and demos only (the rollback scenario "
-    "uses them to make a canary breach its SLIs)."
+    "uses them to make a canary breach its SLIs); so is --inject-logit-scale (the drift scenario)."
 )
 
 
@@ -80,7 +80,12 @@ def serve(
         float | None, typer.Option(min=0.0, max=1.0, help="Fraction of requests compared (default 1.0).")
     ] = None,
     task: Annotated[
-        Task | None, typer.Option(help="How outputs are compared (default: the manifest's task).")
+        Task | None,
+        typer.Option(
+            help="What the first output is (default: the manifest's task): how shadow outputs are "
+            "compared and what kondense_output_confidence observes (top-1 confidence for classification, "
+            "L2 norm for embedding, nothing for regression)."
+        ),
     ] = None,
     shadow_cosine_threshold: Annotated[
         float, typer.Option(min=-1.0, max=1.0, help="Embeddings agree at this cosine similarity or above.")
@@ -174,6 +179,14 @@ def serve(
     inject_error_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Tests/demos only: answer this fraction with HTTP 500.")
     ] = 0.0,
+    inject_logit_scale: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Tests/demos only: multiply the first output's logits by this (a probability output in "
+            "log space): the argmax stays, the confidences shift.",
+        ),
+    ] = 1.0,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST, and gRPC with
     --grpc-port) with metrics."""
@@ -185,8 +198,8 @@ def serve(
     from kondense.serving.server import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    if shadow_of is None and (shadow_sample is not None or task is not None):
-        raise _fail("--shadow-sample and --task only apply with --shadow-of")
+    if shadow_of is None and shadow_sample is not None:
+        raise _fail("--shadow-sample only applies with --shadow-of")
     if max_inflight_bytes < max_body_bytes:
         raise _fail(
             f"--max-inflight-bytes {max_inflight_bytes} is below --max-body-bytes {max_body_bytes}: "
@@ -234,6 +247,8 @@ def serve(
         adaptive=max_batch_size is None and inference_workers is None,
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
+        inject_logit_scale=inject_logit_scale,
+        task=task or (artifact.manifest.task if artifact.manifest else None),
         shadow=shadow,
     )
     if grpc_port is not None and grpc_port == port and port != 0:
