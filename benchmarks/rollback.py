@@ -11,6 +11,11 @@ window 30s) with one target (int8), on the LocalCluster of ``make demo``: the re
   stable answers in ~1 ms). Measured: from the first request the canary answered (the first
   breaching request) to the last one it answered (after it, 100 % of traffic is on stable).
 * **promotion**: no fault; the canary goes 25 → 50 → 100 % and stable rolls to its artifact.
+* **bake-revert**: ``rollout.bake: 60s``; the canary runs clean, but once promoted the stable pods
+  serving the variant answer 80 ms late (the kubelet hook adds ``--inject-latency-ms 80`` to stable
+  pods of a variant, not to the base model's): the bake breaches and reverts to the base artifact.
+  Measured: from the first late request to the last one (after it, 100 % on the previous artifact), and
+  from the revert decision (``status.bake.finishedAt``) to the last late request.
 
 Both count requests that did not get a 200, from the start of the canary on (and after the Service
 first answered: before that no pod ever served, which is not a rollout failure).
@@ -27,6 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,13 @@ import numpy as np
 from kondense.loadgen.requests import request_bodies
 from kondense.localcluster.cluster import LocalCluster
 from kondense.localcluster.demo import LogDisplay, ensure_example
-from kondense.localcluster.scenarios import FirstCanaryFault, Scenario, ScenarioContext, run_scenario
+from kondense.localcluster.scenarios import (
+    BakedStableFault,
+    FirstCanaryFault,
+    Scenario,
+    ScenarioContext,
+    run_scenario,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CR = REPO / "examples" / "digits" / "compressedmodel.yaml"
@@ -110,6 +122,13 @@ class Run:
     requests: int
     failed: int
     codes: dict[str, int]
+    seconds_from_decision: float | None = None  # bake-revert: revert decision -> last late answer
+
+
+FAULTS = {
+    "rollback": lambda: FirstCanaryFault(["--inject-latency-ms", "80"]),
+    "bake-revert": lambda: BakedStableFault(["--inject-latency-ms", "80"]),
+}
 
 
 def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) -> Run:
@@ -119,19 +138,33 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     def customize(body: dict[str, Any]) -> None:
         body["spec"]["targets"] = [t for t in body["spec"]["targets"] if t["name"] == "int8"]
         body["spec"]["rollout"]["analysis"].pop("loadTest", None)  # our client is the load
+        if kind == "bake-revert":
+            body["spec"]["rollout"]["bake"] = "60s"
+
+    wall_minus_monotonic = time.time() - time.monotonic()
 
     def on_status(ctx: ScenarioContext, status: dict[str, Any]) -> None:
         marks.setdefault(f"phase:{status.get('phase')}", time.monotonic())
+        finished = (status.get("bake") or {}).get("finishedAt")
+        if finished and (status.get("bake") or {}).get("result") == "Reverted":
+            decided = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+            marks.setdefault("reverted", decided - wall_minus_monotonic)
 
     def stop_load(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+        if kind == "bake-revert":  # keep the load until no late answer for 5 s (the revert has settled)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                recent = [x for x in list(load.samples) if x.done > time.monotonic() - 5]
+                if recent and all((x.done - x.sent) * 1000 < SLOW_MS for x in recent):
+                    break
+                time.sleep(0.5)
         time.sleep(3)  # traffic after the end still counts: nothing may fail while pods go
         load.finish()
         return []
 
     scenario = Scenario(
-        f"bench-{kind}", kind, "RolledBack" if kind == "rollback" else "Promoted", customize=customize,
-        fault=(lambda: FirstCanaryFault(["--inject-latency-ms", "80"])) if kind == "rollback" else None,
-        on_status=on_status, verify=stop_load,
+        f"bench-{kind}", kind, "Promoted" if kind == "promotion" else "RolledBack", customize=customize,
+        fault=FAULTS.get(kind), on_status=on_status, verify=stop_load,
     )  # fmt: skip
 
     def started(cluster: LocalCluster) -> None:
@@ -157,11 +190,13 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     if canary_start is not None and first_ok is not None:
         canary_start = max(canary_start, first_ok)
     failed = [s for s in samples if s.code != "200" and canary_start is not None and s.sent >= canary_start]
-    seconds = None
-    if kind == "rollback":
+    seconds = from_decision = None
+    if kind in FAULTS:
         slow = [s for s in samples if s.code == "200" and (s.done - s.sent) * 1000 >= SLOW_MS]
         if slow:
             seconds = slow[-1].done - slow[0].sent
+            if "reverted" in marks:
+                from_decision = max(0.0, slow[-1].done - marks["reverted"])
     for sent, text in load.errors:
         if canary_start is not None and sent >= canary_start:
             when = {k: round(sent - v, 1) for k, v in marks.items()}
@@ -169,12 +204,13 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     codes: dict[str, int] = {}
     for s in samples:
         codes[s.code] = codes.get(s.code, 0) + 1
-    return Run(kind, outcome.phase, seconds, len(samples), len(failed), codes)
+    return Run(kind, outcome.phase, seconds, len(samples), len(failed), codes, from_decision)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="rollback runs")
+    parser.add_argument("--bake-runs", type=int, default=2, help="bake-revert runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rollback.md")
     parser.add_argument("--workdir", type=Path, default=REPO / ".kondense" / "bench-rollback")
     parser.add_argument(
@@ -189,6 +225,10 @@ def main() -> None:
         for i in range(args.runs)
     ]
     runs.append(one_run("promotion", example, args.workdir / "promotion", tuple(args.bin_dir)))
+    runs += [
+        one_run("bake-revert", example, args.workdir / f"bake-revert-{i}", tuple(args.bin_dir))
+        for i in range(args.bake_runs)
+    ]
     rollbacks = [
         r.seconds_to_stable for r in runs if r.kind == "rollback" and r.seconds_to_stable is not None
     ]
@@ -214,13 +254,25 @@ def main() -> None:
     ]
     for i, r in enumerate(runs):
         seconds = f"{r.seconds_to_stable:.1f} s" if r.seconds_to_stable is not None else "n/a"
+        number = sum(1 for other in runs[: i + 1] if other.kind == r.kind) if r.kind != "promotion" else ""
         lines.append(
-            f"| {r.kind} {i + 1 if r.kind == 'rollback' else ''} | {r.phase} | {seconds} | {r.requests} | {r.failed} "
+            f"| {r.kind} {number} | {r.phase} | {seconds} | {r.requests} | {r.failed} "
             f"| {', '.join(f'{k}: {v}' for k, v in sorted(r.codes.items()))} |"
         )
     if rollbacks:
         lines += ["", f"Median time to 100 % on stable: **{statistics.median(rollbacks):.1f} s** (goal ≤ 25 s; "
                   "Flagger's defaults, interval 1m with threshold 5, take minutes)."]  # fmt: skip
+    reverts = [r.seconds_from_decision for r in runs if r.seconds_from_decision is not None]
+    if reverts:
+        lines += [
+            "",
+            "Bake-revert (`rollout.bake: 60s`, the promoted variant answering 80 ms late as stable): from the "
+            "revert decision (`status.bake.finishedAt`) to the last late answer: "
+            + ", ".join(f"{x:.1f} s" for x in reverts)
+            + " (one interval: 10 s). The previous artifact is kept warm during the bake in a standby "
+            "Deployment no Service selects; the revert points the Services at its ready pods in the same "
+            "reconcile, so no pod has to start; the stable Deployment rolls back behind them.",
+        ]
     lines += [
         "",
         "Why it takes that long: the canary's first analysis comes one interval (10 s) after its pods are "

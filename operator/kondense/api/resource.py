@@ -1119,6 +1119,11 @@ class BakeStatus(StatusModel):
     result: Literal["Passed", "Reverted"] | None = None
     finishedAt: str | None = None
     checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
+    standbyServing: bool = Field(
+        False,
+        description="After a revert: the previous artifact's standby pods (kept warm during the bake) "
+        "serve the model's Services until the stable Deployment has rolled back to that artifact.",
+    )
 
 
 class Condition(StatusModel):

@@ -62,7 +62,7 @@ from kondense.operator.rollout import (
 from kondense.operator.routers import TRAFFIC_ROUTERS, RouteRefused
 from kondense.operator.selection import select_variants
 from kondense.operator.settings import OperatorSettings
-from kondense.operator.workloads import serving_plan
+from kondense.operator.workloads import STANDBY, serving_plan
 
 log = logging.getLogger("kondense.operator")
 EventSink = Callable[[dict[str, Any], Event], None]
@@ -318,7 +318,8 @@ class Controller:
             rejected.append(exc)
 
         ctx = ServingContext(spec, owner, self.settings)
-        plan = serving_plan(ctx, topology(spec, status, router.split), backend, router)
+        standby = track_observation(self.kube.get("Deployment", names.deployment(STANDBY), namespace))
+        plan = serving_plan(ctx, topology(spec, status, router.split, standby), backend, router)
         for obj in plan.apply:  # in order (a route's weight goes to 0 before the canary scales down)
             if router.owns(obj):  # the router's own objects, in this namespace only
                 try:
