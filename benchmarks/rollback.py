@@ -12,6 +12,11 @@ window 30s) with one target (int8), on the LocalCluster of ``make demo``: the re
   breaching request) to the last one it answered (after it, 100 % of traffic is on stable). Which
   track answered is read from the server's ``kondense-variant`` response header, not guessed from
   latency (a slow stable answer on a loaded machine is not a canary answer).
+* **bake-revert**: ``rollout.bake: 60s``; the canary runs clean, but once promoted the stable pods
+  serving the variant answer 80 ms late (the kubelet hook adds ``--inject-latency-ms 80`` to stable
+  pods of a variant, not to the base model's): the bake breaches and reverts to the base artifact.
+  Measured (by latency: every track answers ``stable`` here): from the first late request to the last
+  one, and from the revert decision (``status.bake.finishedAt``) to the last late request.
 * **promotion**: no fault; the canary goes 25 → 50 → 100 % and stable rolls to its artifact.
 
 Both count requests that did not get a 200, from the start of the canary on (and after the Service
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,9 +46,16 @@ import numpy as np
 from kondense.loadgen.requests import request_bodies
 from kondense.localcluster.cluster import LocalCluster
 from kondense.localcluster.demo import LogDisplay, ensure_example
-from kondense.localcluster.scenarios import FirstCanaryFault, Scenario, ScenarioContext, run_scenario
+from kondense.localcluster.scenarios import (
+    BakedStableFault,
+    FirstCanaryFault,
+    Scenario,
+    ScenarioContext,
+    run_scenario,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW_MS = 60.0  # bake-revert: the late stable answers in >= 80 ms, the previous artifact in a few ms
 CR = REPO / "examples" / "digits" / "compressedmodel.yaml"
 
 
@@ -119,6 +132,13 @@ class Run:
     codes: dict[str, int]
     canary_answers: int = 0
     breakdown: str = ""
+    seconds_from_decision: float | None = None  # bake-revert: revert decision -> last late answer
+
+
+FAULTS: dict[str, Callable[[], Any]] = {
+    "rollback": lambda: FirstCanaryFault(["--inject-latency-ms", "80"]),
+    "bake-revert": lambda: BakedStableFault(["--inject-latency-ms", "80"]),
+}
 
 
 def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) -> Run:
@@ -128,22 +148,36 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     def customize(body: dict[str, Any]) -> None:
         body["spec"]["targets"] = [t for t in body["spec"]["targets"] if t["name"] == "int8"]
         body["spec"]["rollout"]["analysis"].pop("loadTest", None)  # our client is the load
+        if kind == "bake-revert":
+            body["spec"]["rollout"]["bake"] = "60s"
+
+    wall_minus_monotonic = time.time() - time.monotonic()
 
     def on_status(ctx: ScenarioContext, status: dict[str, Any]) -> None:
         marks.setdefault(f"phase:{status.get('phase')}", time.monotonic())
+        finished = (status.get("bake") or {}).get("finishedAt")
+        if finished and (status.get("bake") or {}).get("result") == "Reverted":
+            decided = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+            marks.setdefault("reverted", decided - wall_minus_monotonic)
 
     final: dict[str, Any] = {}
 
     def stop_load(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
         final.update(status)
+        if kind == "bake-revert":  # keep the load until no late answer for 5 s (the revert has settled)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                recent = [x for x in list(load.samples) if x.done > time.monotonic() - 5]
+                if recent and all((x.done - x.sent) * 1000 < SLOW_MS for x in recent):
+                    break
+                time.sleep(0.5)
         time.sleep(3)  # traffic after the end still counts: nothing may fail while pods go
         load.finish()
         return []
 
     scenario = Scenario(
-        f"bench-{kind}", kind, "RolledBack" if kind == "rollback" else "Promoted", customize=customize,
-        fault=(lambda: FirstCanaryFault(["--inject-latency-ms", "80"])) if kind == "rollback" else None,
-        on_status=on_status, verify=stop_load,
+        f"bench-{kind}", kind, "Promoted" if kind == "promotion" else "RolledBack", customize=customize,
+        fault=FAULTS.get(kind), on_status=on_status, verify=stop_load,
     )  # fmt: skip
 
     def started(cluster: LocalCluster) -> None:
@@ -169,10 +203,16 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     if canary_start is not None and first_ok is not None:
         canary_start = max(canary_start, first_ok)
     failed = [s for s in samples if s.code != "200" and canary_start is not None and s.sent >= canary_start]
-    seconds = None
+    seconds = from_decision = None
     canary = [s for s in samples if s.code == "200" and s.variant == "canary"]
     if kind == "rollback" and canary:
         seconds = canary[-1].done - canary[0].sent
+    if kind == "bake-revert":
+        slow = [s for s in samples if s.code == "200" and (s.done - s.sent) * 1000 >= SLOW_MS]
+        if slow:
+            seconds = slow[-1].done - slow[0].sent
+            if "reverted" in marks:
+                from_decision = max(0.0, slow[-1].done - marks["reverted"])
     for sent, text in load.errors:
         if canary_start is not None and sent >= canary_start:
             when = {k: round(sent - v, 1) for k, v in marks.items()}
@@ -181,7 +221,15 @@ def one_run(kind: str, example: Path, workdir: Path, bin_dirs: tuple[str, ...]) 
     for s in samples:
         codes[s.code] = codes.get(s.code, 0) + 1
     return Run(
-        kind, outcome.phase, seconds, len(samples), len(failed), codes, len(canary), breakdown(canary, final)
+        kind,
+        outcome.phase,
+        seconds,
+        len(samples),
+        len(failed),
+        codes,
+        len(canary),
+        breakdown(canary, final),
+        from_decision,
     )
 
 
@@ -213,6 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="rollback runs")
     parser.add_argument("--promotions", type=int, default=1, help="promotion runs (no false abort)")
+    parser.add_argument("--bake-runs", type=int, default=2, help="bake-revert runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rollback.md")
     parser.add_argument("--workdir", type=Path, default=REPO / ".kondense" / "bench-rollback")
     parser.add_argument(
@@ -230,6 +279,10 @@ def main() -> None:
     runs += [
         one_run("promotion", example, args.workdir / f"promotion-{i}", tuple(args.bin_dir))
         for i in range(args.promotions)
+    ]
+    runs += [
+        one_run("bake-revert", example, args.workdir / f"bake-revert-{i}", tuple(args.bin_dir))
+        for i in range(args.bake_runs)
     ]
     rollbacks = [
         r.seconds_to_stable for r in runs if r.kind == "rollback" and r.seconds_to_stable is not None
@@ -267,6 +320,17 @@ def main() -> None:
     if rollbacks:
         lines += ["", f"Median time to 100 % on stable: **{statistics.median(rollbacks):.1f} s** (goal ≤ 12 s with "
                   "`interval: 10s`; Flagger's defaults, interval 1m with threshold 5, take minutes)."]  # fmt: skip
+    reverts = [r.seconds_from_decision for r in runs if r.seconds_from_decision is not None]
+    if reverts:
+        lines += [
+            "",
+            "Bake-revert (`rollout.bake: 60s`, the promoted variant answering 80 ms late as stable): from the "
+            "revert decision (`status.bake.finishedAt`) to the last late answer: "
+            + ", ".join(f"{x:.1f} s" for x in reverts)
+            + " (one interval: 10 s). The previous artifact is kept warm during the bake in a standby "
+            "Deployment no Service selects; the revert points the Services at its ready pods in the same "
+            "reconcile, so no pod has to start; the stable Deployment rolls back behind them.",
+        ]
     lines += [
         "",
         "How: the window is analysed continuously once the canary's pods are ready (every operator tick "

@@ -95,8 +95,6 @@ def test_bad_flags_get_clear_errors(digits: Digits) -> None:
     assert result.returncode == 2 and "is not an http(s) base URL" in result.stderr
     result = _serve_and_fail(digits.directory, *pinned, "--shadow-sample", "1.5", "--shadow-of", "http://x:1")
     assert result.returncode == 2 and "--shadow-sample" in result.stderr
-    result = _serve_and_fail(digits.directory, *pinned, "--task", "embedding")
-    assert result.returncode == 2 and "--task only applies with --shadow-of or --mirror-to" in result.stderr
     result = _serve_and_fail(digits.directory, *pinned, "--mirror-variant", "int8")
     assert result.returncode == 2 and "only apply with --mirror-to" in result.stderr
     result = _serve_and_fail(digits.directory, *pinned, "--mirror-to", "canary:8080")
@@ -104,6 +102,10 @@ def test_bad_flags_get_clear_errors(digits: Digits) -> None:
     both = ["--mirror-to", "http://c:1", "--shadow-of", "http://s:1"]
     result = _serve_and_fail(digits.directory, *pinned, *both)
     assert result.returncode == 2 and "cannot be combined" in result.stderr
+    result = _serve_and_fail(digits.directory, *pinned, "--shadow-sample", "0.5")
+    assert result.returncode == 2 and "only applies with --shadow-of" in result.stderr
+    result = _serve_and_fail(digits.directory, *pinned, "--inject-logit-scale", "0")
+    assert result.returncode == 2 and "--inject-logit-scale" in result.stderr
 
 
 def test_unloadable_model_exits_non_zero(tmp_path: Path) -> None:

@@ -341,9 +341,9 @@ def verify_bake_revert(ctx: ScenarioContext, status: dict[str, Any]) -> list[str
     return problems
 
 
-def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+def relative_latency_problems(status: Mapping[str, Any]) -> list[str]:
     """The slower canary was rolled back by the relative gate alone (its absolute p99 checks passed,
-    the ratio past the gate with p < alpha); the same-speed one promoted."""
+    the ratio past the gate with p < alpha); the same-speed one promoted, judged on real readings."""
     checks = (status.get("canary") or {}).get("checks") or []
     rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
     problems = []
@@ -359,13 +359,81 @@ def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> lis
     if not absolute or not all(c.get("passed") for c in absolute):
         problems.append(f"{rolled[0]} was not under the absolute p99 limit: {absolute}")
     promoted = (status.get("stable") or {}).get("variant")
-    judged = [c for c in checks if c.get("variant") == promoted and c.get("sli") == "p99LatencyRatio"]
-    if not judged or not all(c.get("passed") for c in judged):
-        problems.append(f"the same-speed variant {promoted} was not judged equal to stable: {judged}")
+    if status.get("phase") != "Promoted" or promoted is None or promoted == rolled[0]:
+        return [
+            *problems,
+            f"the same-speed variant was not promoted (phase {status.get('phase')}, stable {promoted})",
+        ]
+    # The outcome is judged: promoted, at least one ratio really read, and no check of it failed with a
+    # real reading. A no-data reading (e.g. "canary has 16 requests, need 20") says nothing about speed:
+    # neither a false rollback nor a pass, so it is ignored.
+    of_promoted = [c for c in checks if c.get("variant") == promoted]
+    read = [c for c in of_promoted if c.get("sli") == "p99LatencyRatio" and c.get("value") is not None]
+    failed = [c for c in of_promoted if not c.get("passed") and c.get("value") is not None]
+    if not read:
+        problems.append(f"the same-speed variant {promoted} never had its p99 ratio read: {of_promoted}")
+    if failed:
+        problems.append(f"the same-speed variant {promoted} failed checks on real readings: {failed}")
+    return problems
+
+
+def verify_relative_latency(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    problems = relative_latency_problems(status)
     return problems + verify_promoted_artifact(ctx, status)
 
 
+def drift_problems(status: Mapping[str, Any]) -> list[str]:
+    """The first canary agreed with stable on argmax (its live agreement checks passed on real readings)
+    but was rolled back by a significant confidence shift; the next, unscaled, was promoted with no
+    check failed on a real reading."""
+    checks = (status.get("canary") or {}).get("checks") or []
+    rolled = [n for n, v in _variants(status).items() if v.get("phase") == "RolledBack"]
+    if len(rolled) != 1:
+        return [f"expected exactly one rolled-back variant, got {rolled}"]
+    problems = []
+    mine = [c for c in checks if c.get("variant") == rolled[0]]
+    shifts = [c for c in mine if c.get("sli") == "confidencePSI" and not c.get("passed") and c.get("value")]
+    if not any(
+        c["value"] > c["threshold"] and (c.get("pValue") or 1) < (c.get("alpha") or 0) for c in shifts
+    ):
+        problems.append(f"no significant confidencePSI breach for {rolled[0]}: {mine}")
+    agreement = [c for c in mine if c.get("sli") == "accuracyDelta" and c.get("value") is not None]
+    if not agreement or not all(c.get("passed") for c in agreement):
+        problems.append(f"{rolled[0]} did not agree with stable on argmax: {agreement}")
+    promoted = (status.get("stable") or {}).get("variant")
+    if status.get("phase") != "Promoted" or promoted is None or promoted == rolled[0]:
+        return [
+            *problems,
+            f"the unscaled variant was not promoted (phase {status.get('phase')}, stable {promoted})",
+        ]
+    failed = [
+        c
+        for c in checks
+        if c.get("variant") == promoted and not c.get("passed") and c.get("value") is not None
+    ]
+    if failed:
+        problems.append(f"the unscaled variant {promoted} failed checks on real readings: {failed}")
+    return problems
+
+
+def verify_drift(ctx: ScenarioContext, status: dict[str, Any]) -> list[str]:
+    return drift_problems(status) + verify_promoted_artifact(ctx, status)
+
+
+def confidence_shift_gate(body: dict[str, Any]) -> None:
+    """The drift gate alone (the p99 limit far above any load noise). Three failed checks tolerated: on
+    a loaded machine the next variant's pods may not serve at its first intervals, and its first window
+    holds fewer observations (no data each time); the scaled variant fails every interval anyway."""
+    body["spec"]["rollout"]["failureLimit"] = 3
+    analysis = body["spec"]["rollout"]["analysis"]
+    analysis["confidenceShift"] = {"maxPSI": 0.25, "minSamplesPerSide": 30}
+    analysis["p99LatencyMs"] = {"max": 500}  # a loaded machine's latency is not what this shows
+
+
 def relative_latency_gate(body: dict[str, Any]) -> None:
+    """Two failed checks tolerated: on a loaded machine the next variant's pods may not serve (no data)
+    at its first intervals; the slower one fails every interval, so it is still rolled back."""
+    body["spec"]["rollout"]["failureLimit"] = 2
     analysis = body["spec"]["rollout"]["analysis"]
     analysis["p99LatencyMs"] = {"max": 500, "maxRatioToStable": 1.2}
     analysis["minSamplesPerSide"] = 20
@@ -687,6 +755,15 @@ SCENARIOS: dict[str, Scenario] = {
             customize=mirror_first,
             on_status=watch_mirroring,
             verify=verify_mirror_accuracy,
+        ),
+        Scenario(
+            "drift",
+            "the first canary's logits are scaled by 0.25 (argmax kept, confidences shifted): live "
+            "agreement passes, the confidence-shift gate rolls it back; the next variant is promoted",
+            "Promoted",
+            customize=confidence_shift_gate,
+            fault=lambda: FirstCanaryFault(["--inject-logit-scale", "0.25"]),
+            verify=verify_drift,
         ),
         Scenario(
             "job-failure",

@@ -695,6 +695,54 @@ class ErrorRateThreshold(FractionThreshold):
     )
 
 
+# confidence drift (issue 13): the canary's output distribution against stable's over the same window
+
+MAX_PSI = 10.0
+DEFAULT_DRIFT_SAMPLES = 100
+CONFIDENCE_SHIFT_NEEDS_A_GATE = "set maxPSI or maxKS (a confidence-shift gate with neither can never fail)"
+
+
+class ConfidenceShiftThreshold(StrictModel):
+    """Gate on confidence drift: the distribution of the served model's top-1 confidence
+    (classification) or output L2 norm (embedding), canary against stable over the same window."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel("has(self.maxPSI) || has(self.maxKS)", CONFIDENCE_SHIFT_NEEDS_A_GATE, ".maxPSI")
+        )
+    )
+
+    maxPSI: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_PSI,
+        description="Breach when the population stability index of the canary's distribution against "
+        "stable's is above this (common reading: < 0.1 stable, 0.1-0.25 a shift, > 0.25 a large shift) "
+        "AND a two-sample Kolmogorov-Smirnov test says the distributions differ with p < analysis.alpha.",
+    )
+    maxKS: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Breach when the Kolmogorov-Smirnov statistic (largest gap between the two CDFs) is "
+        "above this AND its p-value is below analysis.alpha.",
+    )
+    minSamplesPerSide: int = Field(
+        DEFAULT_DRIFT_SAMPLES,
+        ge=10,
+        le=1_000_000,
+        description="Observations each track needs in the window before the gate is judged; fewer is no "
+        "data. Two samples of one distribution differ by a PSI of about (bins - 1) x (1/n_canary + "
+        f"1/n_stable) by chance, so keep it well above the bin count. Default {DEFAULT_DRIFT_SAMPLES}.",
+    )
+
+    @model_validator(mode="after")
+    def _some_gate(self) -> ConfidenceShiftThreshold:
+        if self.maxPSI is None and self.maxKS is None:
+            raise ValueError(f"maxPSI: {CONFIDENCE_SHIFT_NEEDS_A_GATE}")
+        return self
+
+
 class LoadTest(StrictModel):
     rps: float = Field(gt=0, le=100_000, description="Requests per second replayed from the evaluation data.")
 
@@ -734,6 +782,13 @@ class AnalysisSpec(StrictModel):
     accuracyDelta: FractionThreshold | None = Field(
         None, description="Live: 1 - agreement of the canary with the stable model (shadow requests)."
     )
+    confidenceShift: ConfidenceShiftThreshold | None = Field(
+        None,
+        description="Relative gate on confidence drift, canary against stable over the same window: the "
+        "histograms of top-1 confidence (classification) or output L2 norm (embedding) that the server "
+        "exports. Catches a variant that agrees on argmax but is miscalibrated. The onnxruntime runtime "
+        "only; not for regression models.",
+    )
     alpha: float = Field(
         DEFAULT_ALPHA,
         gt=0,
@@ -766,7 +821,7 @@ class AnalysisSpec(StrictModel):
     def relative_gates(self) -> bool:
         """Whether any gate compares the canary with stable (the shell then reads both tracks)."""
         latency = self.p99LatencyMs is not None and self.p99LatencyMs.maxRatioToStable is not None
-        return latency or self.errorRate.maxIncreaseOverStable is not None
+        return latency or self.errorRate.maxIncreaseOverStable is not None or self.confidenceShift is not None
 
     def samples_per_side(self) -> int:
         return self.minSamplesPerSide if self.minSamplesPerSide is not None else self.minRequests
@@ -1016,6 +1071,14 @@ LATENCY_RATIO_NEEDS_HISTOGRAM = (
     "a p99 ratio to stable needs the onnxruntime runtime (the test compares two latency histograms; "
     "Triton exports a latency summary)"
 )
+CONFIDENCE_SHIFT_NEEDS_ONNXRUNTIME = (
+    "a confidence-shift gate needs the onnxruntime runtime (kondense's server exports the confidence "
+    "histogram; Triton does not)"
+)
+CONFIDENCE_SHIFT_NOT_FOR_REGRESSION = (
+    "a confidence-shift gate needs task classification or embedding (a regression output has no "
+    "confidence; the server exports none, and no data is never a pass)"
+)
 
 
 class CompressedModelSpec(NotificationsSpec):
@@ -1050,6 +1113,18 @@ class CompressedModelSpec(NotificationsSpec):
                 " || (has(self.rollout.trafficRouting) && self.rollout.trafficRouting.type == 'gatewayAPI')",
                 MIRROR_NEEDS_GATEWAY_ON_TRITON,
                 ".rollout.mirror",
+            ),
+            cel(
+                "!has(self.rollout) || !has(self.rollout.analysis) || !has(self.rollout.analysis.confidenceShift)"
+                " || !has(self.serving) || !has(self.serving.runtime) || self.serving.runtime == 'onnxruntime'",
+                CONFIDENCE_SHIFT_NEEDS_ONNXRUNTIME,
+                ".rollout.analysis.confidenceShift",
+            ),
+            cel(
+                "!has(self.rollout) || !has(self.rollout.analysis) || !has(self.rollout.analysis.confidenceShift)"
+                " || !has(self.task) || self.task != 'regression'",
+                CONFIDENCE_SHIFT_NOT_FOR_REGRESSION,
+                ".rollout.analysis.confidenceShift",
             ),
         )
     )
@@ -1110,6 +1185,11 @@ class CompressedModelSpec(NotificationsSpec):
             raise ValueError(
                 f"rollout.analysis.p99LatencyMs.maxRatioToStable: {LATENCY_RATIO_NEEDS_HISTOGRAM}"
             )
+        if self.rollout.analysis.confidenceShift is not None:
+            if self.serving.runtime is not Runtime.ONNXRUNTIME:
+                raise ValueError(f"rollout.analysis.confidenceShift: {CONFIDENCE_SHIFT_NEEDS_ONNXRUNTIME}")
+            if self.task is Task.REGRESSION:
+                raise ValueError(f"rollout.analysis.confidenceShift: {CONFIDENCE_SHIFT_NOT_FOR_REGRESSION}")
         return self
 
     @model_validator(mode="after")
@@ -1266,6 +1346,11 @@ class BakeStatus(StatusModel):
     result: Literal["Passed", "Reverted"] | None = None
     finishedAt: str | None = None
     checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
+    standbyServing: bool = Field(
+        False,
+        description="After a revert: the previous artifact's standby pods (kept warm during the bake) "
+        "serve the model's Services until the stable Deployment has rolled back to that artifact.",
+    )
 
 
 class Condition(StatusModel):

@@ -20,7 +20,9 @@ from kondense.operator.statistics import (
     TestResult,
     bin_counts,
     histogram_quantile,
+    ks_test,
     mann_whitney_greater,
+    population_stability_index,
     two_proportion_greater,
 )
 
@@ -33,6 +35,9 @@ class SLI(StrEnum):
     # relative gates: judged from a Comparison of both tracks, never queried as a scalar
     P99_LATENCY_RATIO = "p99LatencyRatio"
     ERROR_RATE_INCREASE = "errorRateIncrease"
+    # confidence drift: the canary's confidence (or output norm) distribution against stable's
+    CONFIDENCE_PSI = "confidencePSI"
+    CONFIDENCE_KS = "confidenceKS"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class TrackSample:
     errors: float | None = None  # failed requests in the window
     latency: Buckets | None = None  # latency histogram (le in seconds, cumulative counts), +Inf last
     message: str | None = None  # why a part is missing
+    confidence: Buckets | None = None  # top-1 confidence / output-norm histogram, +Inf last
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,7 @@ def analyse(
         )
     if spec.relative_gates() and not (comparison is not None and comparison.stable_idle):
         checks += relative_checks(spec, comparison, now, window)
+        checks += confidence_checks(spec, comparison, now, window)
     if severe:
         verdict = Verdict.ABORT
     elif any(not c.passed and c.value is not None for c in checks):
@@ -371,3 +378,83 @@ def _error_check(
         pValue=result.p_value,
         alpha=spec.alpha,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# confidence drift: the canary's output distribution against stable's over the same window
+
+
+def confidence_checks(
+    spec: AnalysisSpec, comparison: Comparison | None, now: str, window: str
+) -> list[Check]:
+    """One check per confidence-shift statistic in force (PSI, KS). Each side needs
+    ``confidenceShift.minSamplesPerSide`` observations in its histogram (fewer is no data); a breach
+    needs the statistic past its gate AND the two-sample KS test's p < alpha (noise does not roll back;
+    on binned data that p-value is conservative)."""
+    gate = spec.confidenceShift
+    if gate is None:
+        return []
+    gates = [(sli, t) for sli, t in ((SLI.CONFIDENCE_PSI, gate.maxPSI), (SLI.CONFIDENCE_KS, gate.maxKS)) if t]
+    canary = comparison.canary.confidence if comparison is not None else None
+    stable = comparison.stable.confidence if comparison is not None else None
+    if comparison is None or canary is None or stable is None:
+        if comparison is None:
+            why = "stable was not measured"
+        else:
+            side, sample = ("canary", comparison.canary) if canary is None else ("stable", comparison.stable)
+            why = f"{side} confidence histogram: {sample.message or 'none'}"
+        return [_no_data(sli, t, now, window, why, spec) for sli, t in gates]
+    need = gate.minSamplesPerSide
+    try:
+        counts = [sum(bin_counts(h)[1]) for h in (canary, stable)]
+        if min(counts) < need:
+            raise StatisticsError(
+                f"{counts[0]:.0f} canary and {counts[1]:.0f} stable observations, need {need} each in {window}"
+            )
+        psi = population_stability_index(canary, stable)
+        result = ks_test(canary, stable)
+        medians = [histogram_quantile(0.5, h) for h in (canary, stable)]
+    except StatisticsError as exc:
+        return [
+            _no_data(sli, t, now, window, f"confidence histograms unusable: {exc}", spec) for sli, t in gates
+        ]
+    assert medians[0] is not None and medians[1] is not None  # both sides hold observations
+    checks = []
+    for sli, threshold in gates:
+        value = psi if sli is SLI.CONFIDENCE_PSI else result.statistic
+        name = "PSI" if sli is SLI.CONFIDENCE_PSI else "KS"
+        what = f"confidence {name} {value:.4g} (median {medians[0]:.4g} vs stable {medians[1]:.4g})"
+        past = value > threshold
+        significant = result.p_value < spec.alpha
+        test = f"{result.test} p={result.p_value:.3g}"
+        if past and significant:
+            passed, message = (
+                False,
+                f"{what} > {threshold:g} and {test} < alpha {spec.alpha:g}: drifted from stable",
+            )
+        elif past:
+            passed, message = (
+                True,
+                f"{what} > {threshold:g} but {test} >= alpha {spec.alpha:g}: not significant, passed",
+            )
+        else:
+            passed, message = True, f"{what} <= {threshold:g} ({test})"
+        checks.append(
+            Check(
+                time=now,
+                sli=sli.value,
+                value=_finite(value),
+                threshold=threshold,
+                window=window,
+                passed=passed,
+                message=f"{message} over {window}",
+                canaryValue=round(medians[0], 6),
+                stableValue=round(medians[1], 6),
+                canarySamples=counts[0],
+                stableSamples=counts[1],
+                test=result.test,
+                pValue=result.p_value,
+                alpha=spec.alpha,
+            )
+        )
+    return checks

@@ -264,6 +264,7 @@ class OnnxRuntimeBackend:
             requests=f"sum(increase(kondense_requests_total{{{sel}}}[{window}]))",
             errors=f'sum(increase(kondense_requests_total{{{sel},code=~"5.."}}[{window}])) or vector(0)',
             latency_buckets=f"sum by (le) (increase(kondense_request_duration_seconds_bucket{{{sel}}}[{window}]))",
+            confidence_buckets=f"sum by (le) (increase(kondense_output_confidence_bucket{{{sel}}}[{window}]))",
         )
 
     def mirror_queries(

@@ -66,7 +66,7 @@ from kondense.operator.rollout import (
 from kondense.operator.routers import TRAFFIC_ROUTERS, RouteRefused
 from kondense.operator.selection import select_variants
 from kondense.operator.settings import OperatorSettings
-from kondense.operator.workloads import serving_plan
+from kondense.operator.workloads import STANDBY, serving_plan
 
 log = logging.getLogger("kondense.operator")
 EventSink = Callable[[dict[str, Any], Event], None]
@@ -337,8 +337,9 @@ class Controller:
             rejected.append(translate_rejection(exc))
 
         ctx = ServingContext(spec, owner, self.settings)
+        standby = track_observation(self.kube.get("Deployment", names.deployment(STANDBY), namespace))
         observed = {"stable": world.stable, "canary": world.canary}
-        plan = serving_plan(ctx, topology(spec, status, router.split), backend, router, observed)
+        plan = serving_plan(ctx, topology(spec, status, router.split, standby), backend, router, observed)
         for obj in plan.apply:  # in order (a route's weight goes to 0 before the canary scales down)
             if router.owns(obj):  # the router's own objects, in this namespace only
                 try:

@@ -82,6 +82,8 @@ def derived(model: str) -> list[tuple[str, str, int]]:
             (f"{track} Service name", names.service(track), DNS_LABEL_MAX),
             (f"{track} Triton ConfigMap name", names.triton_config(track), DNS_LABEL_MAX),
         ]
+    out.append(("standby Deployment name", names.deployment("standby"), 47))  # kept warm in a bake
+    out.append(("standby label kondense.dev/model", f"{model}-standby", LABEL_VALUE_MAX))
     for component in ("compression", "server", "loadgen"):
         for key, value in names.labels(component).items():
             out.append((f"label {key}", value, LABEL_VALUE_MAX))

@@ -35,6 +35,7 @@ class ComparisonQueries:
     requests: str  # scalar: requests in the window
     errors: str  # scalar: failed requests in the window (0 when none failed)
     latency_buckets: str | None  # vector grouped by le: the latency histogram; None: not exported
+    confidence_buckets: str | None = None  # vector grouped by le: confidence/output-norm histogram
 
 
 class MetricUnavailable(RuntimeError):
@@ -243,13 +244,15 @@ def read_track(provider: MetricProvider, queries: ComparisonQueries) -> TrackSam
         ("requests", queries.requests),
         ("errors", queries.errors),
         ("latency", queries.latency_buckets),
+        ("confidence", queries.confidence_buckets),
     ]
     for part, promql in parts:
         if promql is None:
             reasons.append(f"{part}: not measured by this runtime")
             continue
         try:
-            value = provider.query_buckets(promql) if part == "latency" else provider.query(promql)
+            histogram = part in ("latency", "confidence")
+            value = provider.query_buckets(promql) if histogram else provider.query(promql)
         except MalformedAnswer as exc:
             reasons.append(f"{part}: unreadable answer from the metric provider: {exc}")
             continue
@@ -262,6 +265,7 @@ def read_track(provider: MetricProvider, queries: ComparisonQueries) -> TrackSam
         requests=values.get("requests"),
         errors=values.get("errors"),
         latency=values.get("latency"),
+        confidence=values.get("confidence"),
         message="; ".join(reasons) or None,
     )
 

@@ -572,6 +572,7 @@ def reconcile(
     # 5. bake: after 100 %, a breach reverts stable to the previous artifact at once
     if status.phase is Phase.BAKING:
         _bake(spec, status, world, now, d)
+    standby_released(status, world)
 
     # conditions
     ready = status.phase is Phase.PROMOTED
@@ -1213,6 +1214,7 @@ def _revert(
     failed = [c for c in analysis.checks if not c.passed]
     status.stable = bake.previous.model_copy(deep=True) if bake.previous else status.stable
     bake.result, bake.finishedAt = "Reverted", ts
+    bake.standbyServing = bake.previous is not None  # its warm pods take the traffic (topology)
     variant.phase = VariantPhase.ROLLED_BACK
     variant.reason = "Bake" + _REASONS[analysis.verdict]
     variant.message = "during the bake: " + "; ".join(c.message or c.sli for c in failed)
@@ -1267,13 +1269,26 @@ class Topology:
     baking: bool = False  # stable serves a variant under bake: its gates still need load
     mirror: int = 0  # percent of live requests copied to the canary (phase Mirroring); 0: none
     promoting: bool = False  # stable rolls to the canary's artifact at full size
+    standby: Track | None = None  # the previous stable artifact kept warm (bake, then a revert)
+    serve_standby: bool = False  # the model's Services select the standby's pods, not stable's
 
 
 ReplicaSplit = Callable[[int, int], tuple[int, int]]
 """How a router turns (total replicas, canary weight) into (stable, canary) pod counts."""
 
 
-def topology(spec: CompressedModelSpec, status: CompressedModelStatus, split: ReplicaSplit) -> Topology:
+def topology(
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    split: ReplicaSplit,
+    standby: TrackObservation | None = None,
+) -> Topology:
+    """What should serve: stable, the canary, and the standby (``standby_topology``; ``standby``: its
+    Deployment as observed)."""
+    return standby_topology(spec, status, _tracks(spec, status, split), standby)
+
+
+def _tracks(spec: CompressedModelSpec, status: CompressedModelStatus, split: ReplicaSplit) -> Topology:
     total = spec.serving.replicas
     if status.stable is None or status.stable.artifact is None:
         return Topology(None, None, 0)
@@ -1516,3 +1531,38 @@ def _end_mirror(
     d.events.append(
         Event("Normal", "CanaryStep", f"{variant.name} → {steps[0]}%: first step after mirroring")
     )
+
+
+# instant revert: during a bake the previous stable artifact stays warm in a standby Deployment that
+# no Service selects; a revert points the Services at its ready pods in the same reconcile (no pod
+# has to start), while the stable Deployment rolls back behind them. Once stable is settled on the
+# previous artifact again the Services return to it and the standby goes.
+
+
+def standby_topology(
+    spec: CompressedModelSpec, status: CompressedModelStatus, topo: Topology, seen: TrackObservation | None
+) -> Topology:
+    bake = status.bake
+    previous = bake.previous if bake is not None else None
+    if bake is None or previous is None or previous.artifact is None or topo.stable is None:
+        return topo
+    standby = Track(previous.artifact, previous.variant, spec.serving.replicas)
+    if status.phase is Phase.BAKING:
+        return replace(topo, standby=standby)
+    if bake.standbyServing and topo.stable.artifact.sha256 == previous.artifact.sha256:
+        # its pods take the traffic only once every one of them is ready on the previous artifact
+        ready = seen is not None and seen.settled and seen.sha256 == previous.artifact.sha256
+        return replace(topo, standby=standby, serve_standby=ready)
+    return topo
+
+
+def standby_released(status: CompressedModelStatus, world: World) -> None:
+    """After a revert, the standby serves until the stable Deployment is observed settled on the
+    artifact it reverted to; then the Services go back to stable (and the standby is removed)."""
+    bake = status.bake
+    if bake is None or not bake.standbyServing:
+        return
+    seen = world.stable
+    want = status.stable.artifact.sha256 if status.stable and status.stable.artifact else None
+    if status.phase is Phase.BAKING or (seen is not None and seen.settled and seen.sha256 == want):
+        bake.standbyServing = False

@@ -8,9 +8,9 @@ from typing import Any
 
 from kondense.api.resource import Autoscaling
 from kondense.operator.backends import ServingBackend, ServingContext
-from kondense.operator.naming import AUTOSCALED_ANNOTATION, TRACK_LABEL
+from kondense.operator.naming import AUTOSCALED_ANNOTATION, MODEL_LABEL, TRACK_LABEL, Names
 from kondense.operator.objects import horizontal_pod_autoscaler, loadgen_job, service
-from kondense.operator.rollout import ReplicaSplit, Topology, TrackObservation
+from kondense.operator.rollout import ReplicaSplit, Topology, Track, TrackObservation
 from kondense.operator.routers import Cohort, TrafficRouter
 
 HPA = "HorizontalPodAutoscaler"
@@ -104,14 +104,19 @@ def serving_plan(
     else:
         plan.delete.append(("Deployment", names.deployment("canary")))
     _autoscale(ctx, plan, topo, router.split, observed or {})
+    if topo.standby is not None:
+        plan.apply += standby_workload(ctx, topo.standby, backend)
     model = {"kondense.dev/model": names.model}
     labels = names.labels("server")
+    if topo.serve_standby:  # an instant revert: the same keys, the standby's model label value
+        model = {"kondense.dev/model": standby_model(names)}
     # mirror first: the model's Service selects only stable pods, so no user request reaches the canary
     users = {**model, TRACK_LABEL: "stable"} if topo.mirror else model
     plan.apply.append(service(ctx.owner, names.service(), users, port, labels))
     for track in ("stable", "canary"):
+        selector = {"kondense.dev/model": names.model} if track == "canary" else model
         plan.apply.append(
-            service(ctx.owner, names.service(track), {**model, TRACK_LABEL: track}, port, labels)
+            service(ctx.owner, names.service(track), {**selector, TRACK_LABEL: track}, port, labels)
         )
     route = spec.rollout.trafficRouting.httpRoute
     weight = topo.weight if topo.canary else 0
@@ -132,4 +137,39 @@ def serving_plan(
         plan.apply.append(loadgen_job(spec, ctx.owner, ctx.settings, ctx.service_url(None)))
     else:
         plan.delete.append(("Job", names.loadgen()))
+    if topo.standby is None:  # after the Services: they no longer select its pods
+        plan.delete.append(("Deployment", names.deployment(STANDBY)))
     return plan
+
+
+STANDBY = "standby"
+
+
+def standby_selector(names: Names) -> dict[str, str]:
+    """The standby's pods: the model label's value is ``<model>-standby`` (so no Service of the model
+    and no pod query by model selects them), the track label ``stable``. The Services switch by value,
+    never by adding or removing a key (an applied selector is merged: a key left over would select
+    nothing)."""
+    return {MODEL_LABEL: standby_model(names), TRACK_LABEL: "stable"}
+
+
+def standby_model(names: Names) -> str:
+    return f"{names.model}-{STANDBY}"
+
+
+def standby_workload(ctx: ServingContext, track: Track, backend: ServingBackend) -> list[dict[str, Any]]:
+    """The previous stable artifact's Deployment, kept warm: stable's own workload (its pods count as
+    ``variant="stable"`` in the metrics once they serve) under its own name, its pods labelled with
+    ``standby_selector`` so that no Service selects them until a revert points the Services there."""
+    names = ctx.names
+    out = []
+    for obj in backend.workload(ctx, "stable", track, track.replicas):
+        if obj.get("kind") != "Deployment":
+            continue  # every backend's workload is its Deployment alone today
+        obj["metadata"]["name"] = names.deployment(STANDBY)
+        spec = obj["spec"]
+        template = spec["template"]["metadata"]
+        template["labels"] = {**template["labels"], **standby_selector(names)}
+        spec["selector"] = {"matchLabels": standby_selector(names)}
+        out.append(obj)
+    return out

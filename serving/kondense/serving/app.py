@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter
 from typing import Protocol
 
+import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -33,8 +34,9 @@ from kondense.serving.batching import (
     InlineRunner,
     PooledRunner,
 )
+from kondense.serving.confidence import MEASURES, observations, scale_logits
 from kondense.serving.decoding import DecoderUnavailableError, ProcessDecoder
-from kondense.serving.metrics import MIRROR_HEADER, ServerMetrics
+from kondense.serving.metrics import MIRROR_HEADER, ConfidenceHistogram, ServerMetrics
 from kondense.serving.protocol import (
     HEADER_LENGTH,
     VARIANT_HEADER,
@@ -105,6 +107,10 @@ class ServerSettings:
     """Tests and demos only: a fixed delay added to every inference."""
     inject_error_rate: float = 0.0
     """Tests and demos only: this fraction of inference requests is answered 500."""
+    inject_logit_scale: float = 1.0
+    """Tests and demos only: the first output's logits times this (argmax kept, confidences shifted)."""
+    task: Task | None = None
+    """What the first output is (the manifest's task): decides the confidence histogram (none: off)."""
     shadow: ShadowSettings | None = None
     mirror: ShadowSettings | None = None
     """Mirror first (issue 13): copy a sample of live requests to a canary and compare its answers."""
@@ -203,6 +209,8 @@ class ModelServer:
         self._budget = ByteBudget(settings.max_inflight_bytes)
         self._in_flight = 0
         self._has_bytes_inputs = False
+        self._confidence: ConfidenceHistogram | None = None
+        self._first_output = ""
         try:
             self._server_version = version("kondense")
         except PackageNotFoundError:
@@ -334,6 +342,10 @@ class ModelServer:
                 self._on_fatal(f"the decode worker process could not start: {exc}")
                 return
         self._has_bytes_inputs = any(spec.datatype == "BYTES" for spec in model.inputs)
+        measure = MEASURES.get(settings.task) if settings.task is not None else None
+        if measure is not None and model.outputs:
+            self._first_output = model.outputs[0].name
+            self._confidence = self.metrics.confidence(measure)
         await runner.start()
         self.model = model
         self._runner = runner
@@ -390,6 +402,15 @@ class ModelServer:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # --- inference -------------------------------------------------------------------------------
+
+    def answered(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every successful inference's outputs, REST or gRPC, before they are encoded: the demo's
+        logit scaling, then the confidence histogram."""
+        if self.settings.inject_logit_scale != 1.0 and self._first_output:
+            outputs = scale_logits(outputs, self.settings.inject_logit_scale, [self._first_output])
+        if self._confidence is not None:
+            self._confidence.observe_many(observations(self.settings.task, self._first_output, outputs))
+        return outputs
 
     async def infer(self, request: Request) -> Response:
         """Every answer, client error or not, is counted in kondense_requests_total (a mirrored copy
@@ -464,6 +485,7 @@ class ModelServer:
         except Exception as exc:
             log.exception("inference failed")
             return error_response(500, f"inference failed: {exc}")
+        outputs = self.answered(outputs)
         try:
             content, response_header_length = encode_response(
                 settings.model_name, settings.model_version, decoded.id, outputs, decoded.binary_outputs

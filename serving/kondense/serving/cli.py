@@ -14,7 +14,7 @@ from kondense.api.techniques import Task
 
 _EPILOG = (
     "--inject-latency-ms and --inject-error-rate are for tests and demos only (the rollback scenario "
-    "uses them to make a canary breach its SLIs)."
+    "uses them to make a canary breach its SLIs); so is --inject-logit-scale (the drift scenario)."
 )
 
 
@@ -101,7 +101,12 @@ def serve(
         float | None, typer.Option(min=0.0, max=1.0, help="Fraction of requests compared (default 1.0).")
     ] = None,
     task: Annotated[
-        Task | None, typer.Option(help="How outputs are compared (default: the manifest's task).")
+        Task | None,
+        typer.Option(
+            help="What the first output is (default: the manifest's task): how shadow outputs are "
+            "compared and what kondense_output_confidence observes (top-1 confidence for classification, "
+            "L2 norm for embedding, nothing for regression)."
+        ),
     ] = None,
     shadow_cosine_threshold: Annotated[
         float, typer.Option(min=-1.0, max=1.0, help="Embeddings agree at this cosine similarity or above.")
@@ -191,6 +196,14 @@ def serve(
     inject_error_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Tests/demos only: answer this fraction with HTTP 500.")
     ] = 0.0,
+    inject_logit_scale: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Tests/demos only: multiply the first output's logits by this (a probability output in "
+            "log space): the argmax stays, the confidences shift.",
+        ),
+    ] = 1.0,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol v2 (KServe/Triton REST, and gRPC with
     --grpc-port) with metrics."""
@@ -202,8 +215,6 @@ def serve(
     from kondense.serving.server import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    if shadow_of is None and mirror_to is None and task is not None:
-        raise _fail("--task only applies with --shadow-of or --mirror-to")
     if shadow_of is None and shadow_sample is not None:
         raise _fail("--shadow-sample only applies with --shadow-of")
     if mirror_to is None and (mirror_sample is not None or mirror_variant is not None):
@@ -275,6 +286,8 @@ def serve(
         adaptive=max_batch_size is None and inference_workers is None,
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
+        inject_logit_scale=inject_logit_scale,
+        task=task or (artifact.manifest.task if artifact.manifest else None),
         shadow=shadow,
         mirror=mirror,
     )

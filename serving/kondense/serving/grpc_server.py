@@ -284,7 +284,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         500,
                         "injected error (--inject-error-rate, for tests and demos only)",
                     )
-                outputs = await runner.run(decoded.inputs, decoded.outputs)
+                outputs = server.answered(await runner.run(decoded.inputs, decoded.outputs))
         except ClientError as exc:
             raise _client_error(exc) from None
         except RequestError as exc:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
+    Metric,
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import HistogramMetricFamily
 
 # Fine enough from 100 µs to 10 s that histogram_quantile(0.99, ...) interpolates within ~25-50 %.
 LATENCY_BUCKETS = (
@@ -26,6 +30,12 @@ LATENCY_BUCKETS = (
 SCORE_BUCKETS = (
     0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
     0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 1.0, 2.0, 10.0,
+)  # fmt: skip
+# Top-1 confidence lies in [1/classes, 1] and crowds near 1 for a trained classifier; an embedding's L2
+# norm is 1 when normalised, anything from 0.01 to 1000 when not. One bucket set serves both.
+CONFIDENCE_BUCKETS = (
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999,
+    1.0, 1.001, 1.01, 1.05, 1.1, 1.25, 1.5, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0,
 )  # fmt: skip
 SHADOW_RESULTS = ("agree", "disagree", "error")
 MIRROR_HEADER = "kondense-mirrored"
@@ -128,6 +138,10 @@ class ServerMetrics:
             registry=self.registry,
         ).labels(**self._labels)
 
+    def confidence(self, measure: str) -> ConfidenceHistogram:
+        """The confidence histogram of this server (created once the model's task is known)."""
+        return ConfidenceHistogram(self.registry, self._labels, measure)
+
     def observe_request(self, code: int, seconds: float, protocol: str = "rest") -> None:
         self.request_duration[protocol].observe(seconds)
         key = (protocol, str(code))
@@ -160,3 +174,42 @@ class ServerMetrics:
     def track_shadow_queue(self, depth: Callable[[], float], size: Callable[[], float]) -> None:
         self._queue_depth.set_function(depth)
         self._queue_bytes.set_function(size)
+
+
+class ConfidenceHistogram:
+    """``kondense_output_confidence``: a histogram observed many values at a time (one per output row)
+    with numpy, exposed through prometheus-client's custom-collector interface (``collect``)."""
+
+    NAME = "kondense_output_confidence"
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str], measure: str) -> None:
+        self._labels = [labels["model"], labels["variant"], measure]
+        self._bounds = np.asarray(CONFIDENCE_BUCKETS, dtype=np.float64)
+        self._counts = np.zeros(len(CONFIDENCE_BUCKETS) + 1, dtype=np.int64)  # the last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        bins = np.searchsorted(self._bounds, values, side="left")  # le: a value equal to a bound is in it
+        counts = np.bincount(bins, minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        bounds = [*(repr(float(b)) for b in CONFIDENCE_BUCKETS), "+Inf"]
+        family = HistogramMetricFamily(
+            self.NAME,
+            "Per answered row: top-1 confidence (classification; softmax of the first output unless it is "
+            "already a probability vector) or L2 norm of the first output (embedding).",
+            labels=["model", "variant", "measure"],
+        )
+        family.add_metric(self._labels, list(zip(bounds, (float(c) for c in cumulative), strict=True)), total)
+        yield family

@@ -1,0 +1,103 @@
+"""What the server observes of its own answers for the confidence-drift gate (pure numpy).
+
+The rule, per answered request, on the model's **first output** (in the model's output order; a request
+that does not ask for it is not observed), one observation per row (every position but the last axis):
+
+* classification: the top-1 confidence. The last axis holds the classes. When every value lies in
+  [0, 1] and each row sums to 1 (within 1e-3) the output already is a probability vector and is read
+  as it is; otherwise it is taken as logits and a softmax is applied first. A single-column output is
+  one score: a probability when it lies in [0, 1], else a logit (sigmoid); its confidence is
+  max(p, 1 - p).
+* embedding: the L2 norm of each row (the last axis is the embedding).
+* regression: nothing (an output without a confidence).
+
+Non-float outputs (labels, indices, strings) and non-finite rows are not observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from kondense.api.techniques import Task
+
+PROBABILITY_TOLERANCE = 1e-3
+
+MEASURES = {Task.CLASSIFICATION: "top1", Task.EMBEDDING: "l2norm"}
+"""The ``measure`` label of the exported histogram, per task that has one."""
+
+
+def _rows(output: np.ndarray) -> np.ndarray | None:
+    if output.dtype.kind != "f" or output.size == 0:
+        return None
+    array = np.asarray(output, dtype=np.float64)
+    rows = array.reshape(-1, 1) if array.ndim <= 1 else array.reshape(-1, array.shape[-1])
+    return rows[np.isfinite(rows).all(axis=1)]
+
+
+def top1_confidence(output: np.ndarray) -> np.ndarray:
+    """Top-1 confidence per row of a classification output (see the module's rule)."""
+    rows = _rows(output)
+    if rows is None or len(rows) == 0:
+        return np.empty(0)
+    if rows.shape[1] == 1:
+        scores = rows[:, 0]
+        if not ((scores >= 0) & (scores <= 1)).all():
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        return np.maximum(scores, 1.0 - scores)
+    probabilities = (
+        (rows >= 0).all()
+        and (rows <= 1).all()
+        and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE)
+    )
+    if not probabilities:
+        shifted = rows - rows.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        rows = exp / exp.sum(axis=1, keepdims=True)
+    return np.asarray(rows.max(axis=1))
+
+
+def l2_norm(output: np.ndarray) -> np.ndarray:
+    """L2 norm per row of an embedding output."""
+    rows = _rows(output)
+    if rows is None or len(rows) == 0:
+        return np.empty(0)
+    return np.asarray(np.linalg.norm(rows, axis=1))
+
+
+def observations(task: Task | None, first_output: str, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The values to observe for one answer (empty: nothing to observe)."""
+    output = outputs.get(first_output)
+    if output is None or task is None:
+        return np.empty(0)
+    if task is Task.CLASSIFICATION:
+        return top1_confidence(output)
+    if task is Task.EMBEDDING:
+        return l2_norm(output)
+    return np.empty(0)
+
+
+def scale_logits(
+    outputs: Mapping[str, np.ndarray], factor: float, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Tests and demos only (``--inject-logit-scale``): the named float outputs' logits times ``factor``.
+    A probability output is scaled in log space and renormalised (a softmax temperature of 1/factor):
+    the argmax never changes, the confidences do."""
+    out = dict(outputs)
+    for name in names:
+        array = out.get(name)
+        if array is None or array.dtype.kind != "f" or array.ndim == 0:
+            continue
+        values = np.asarray(array, dtype=np.float64)
+        last = values.shape[-1]
+        sums = values.sum(axis=-1)
+        if last > 1 and (values >= 0).all() and (values <= 1).all() and np.allclose(sums, 1.0, atol=1e-3):
+            logits = np.log(np.clip(values, 1e-12, 1.0)) * factor
+            logits -= logits.max(axis=-1, keepdims=True)
+            exp = np.exp(logits)
+            scaled = exp / exp.sum(axis=-1, keepdims=True)
+        else:
+            scaled = values * factor
+        out[name] = scaled.astype(array.dtype)
+    return out
