@@ -186,16 +186,16 @@ def feed_vad(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """The model's natural inputs: audio chunks, a recurrent state [2, batch, 128], a scalar rate."""
     return {
         "input": rng.normal(0, 0.1, (n, 576)).astype(np.float32),
-        "state": np.zeros((2, 1, 128), np.float32),
-        "sr": np.array(16000, dtype=np.int64),
+        "fixed:state": np.zeros((2, 1, 128), np.float32),  # not per sample: given with every sample
+        "fixed:sr": np.array(16000, dtype=np.int64),
     }
 
 
 def feed_vad_sequence(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return {
         "input": rng.normal(0, 0.1, (n, 576)).astype(np.float32),
-        "h": np.zeros((1, 1, 128), np.float32),
-        "c": np.zeros((1, 1, 128), np.float32),
+        "fixed:h": np.zeros((1, 1, 128), np.float32),
+        "fixed:c": np.zeros((1, 1, 128), np.float32),
     }
 
 
@@ -241,7 +241,7 @@ def write_data(entry: dict[str, Any], where: Path) -> tuple[Path, Path]:
     for name, seed, count in (("eval", 1, 24 if heavy else 128), ("calib", 2, 16 if heavy else 64)):
         arrays = feed(np.random.default_rng(seed), count)
         path = where / f"{name}.npz"
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # "fixed:<name>" keys are plain strings
         paths.append(path)
     return paths[0], paths[1]
 
@@ -294,11 +294,31 @@ def run_one(
             details={
                 k: v
                 for k, v in manifest.steps[0].details.items()
-                if k in ("recovered", "nodesKeptFloat32", "quantizedNodes", "note", "mixedPrecision")
+                if k
+                in (
+                    "recovered",
+                    "nodesKeptFloat32",
+                    "quantizedNodes",
+                    "note",
+                    "mixedPrecision",
+                    "tuning",
+                    "convolutionsKeptFloat32",
+                )
             },
         )
     row["seconds"] = round(time.monotonic() - start, 1)
     return row
+
+
+def machine_load() -> str:
+    """The 1-minute load average against the CPU count (the machine is shared while measuring)."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "unknown"
+    return f"{load:.1f} on {os.cpu_count()} CPUs"
 
 
 def render(
@@ -319,6 +339,16 @@ def render(
         f"avx_vnni={cpu['avx_vnni']}, amx={cpu['amx']}; ONNX Runtime {cpu['onnxruntime']} "
         f"({cpu['provider']}), 1 thread, batch 1. int8 numbers depend on these flags.",
         "",
+        *(
+            [
+                f"**The machine was shared while measuring** (load average {cpu['load']} when the run "
+                "started, other work running throughout): read the speed-ups as ratios of base and variant "
+                "measured side by side, not as verdicts on absolute speed.",
+                "",
+            ]
+            if cpu.get("load")
+            else []
+        ),
         "Base and variant are measured in the same run (latency interleaved, 50 runs after 20 warm-up). "
         "Accuracy delta by task: classification = 1 - top-1 agreement with the base (per timestep for "
         "[N, T, C]); regression = relative MAE against the base output; embedding = 1 - mean cosine. "
@@ -354,6 +384,14 @@ def render(
             notes.append("recovered: " + " / ".join(r["details"]["recovered"])[:200])
         if r.get("details", {}).get("nodesKeptFloat32"):
             notes.append(f"{len(r['details']['nodesKeptFloat32'])} node(s) kept float32")
+        if r.get("details", {}).get("convolutionsKeptFloat32"):
+            notes.append(
+                f"{r['details']['convolutionsKeptFloat32']} Conv kept float32 (dynamic ConvInteger is slow)"
+            )
+        if r.get("details", {}).get("tuning"):
+            notes.append("tuner: " + r["details"]["tuning"])
+        if r.get("speedup") is not None and r["speedup"] < 0.9:
+            notes.append("slower than the base")
         if r.get("trials"):
             notes.append(f"{r['trials']} trial(s)")
         delta = r["delta"]
@@ -390,6 +428,7 @@ def main() -> int:
     entries = json.loads(manifest.read_text())
     to_run = [e for e in entries if e["name"] in args.only] if args.only else ([] if args.merge else entries)
     cpu = cpu_record()
+    cpu["load"] = machine_load()
     rows: list[dict[str, Any]] = [row for path in args.merge for row in json.loads(path.read_text())]
     with tempfile.TemporaryDirectory(prefix="kondense-models-") as tmp:
         for entry in to_run:

@@ -92,7 +92,7 @@ def _loads(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("technique", "params", "int8_op"),
     [
-        ("dynamic-int8", {}, "ConvInteger"),
+        ("dynamic-int8", {"quantizeConv": True}, "ConvInteger"),
         ("static-int8", {"perChannel": False}, "QuantizeLinear"),
         ("static-int8", {"perChannel": True}, "QuantizeLinear"),
     ],
@@ -293,6 +293,7 @@ def test_inspect_describes_a_foreign_model_and_what_applies(tmp_path):
     assert found["ops"]["Conv"] == 2 and found["ops"]["Constant"] == 11
     verdicts = found["techniques"]
     assert verdicts["dynamic-int8"]["applies"] and "3 weight node(s)" in verdicts["dynamic-int8"]["reason"]
+    assert "1 quantized by default" in verdicts["dynamic-int8"]["reason"]  # the 2 Conv stay float32
     assert verdicts["fp16"]["applies"]
     assert any("upgrades it to 13" in n for n in found["notes"])
     for name in ("prune", "distill", "low-rank"):  # each has a reason, whichever way it goes

@@ -47,7 +47,8 @@ def test_int8_is_about_four_times_smaller_and_accurate(digits, tmp_path, techniq
     manifest = compress(
         digits, tmp_path, {"name": technique, "technique": technique}, max_accuracy_delta=0.005
     )
-    assert manifest.metrics.sizeRatio < 0.29
+    # dynamic-int8 keeps the two convolutions (1/8 of the weights) float32 by default: slow ConvInteger
+    assert manifest.metrics.sizeRatio < (0.29 if technique == "static-int8" else 0.4)
     assert manifest.metrics.accuracyDelta <= 0.005
     assert manifest.gate.passed
     assert manifest.trials[0].config == {"perChannel": False, "reduceRange": False, "nodesToExclude": []}
@@ -55,7 +56,7 @@ def test_int8_is_about_four_times_smaller_and_accurate(digits, tmp_path, techniq
     assert (
         ("QuantizeLinear" in ops)
         if technique == "static-int8"
-        else ("MatMulInteger" in ops or "ConvInteger" in ops)
+        else ("MatMulInteger" in ops and "ConvInteger" not in ops and "Conv" in ops)
     )
     assert manifest.steps[0].details["preprocessed"] is (technique == "static-int8")
 
@@ -72,13 +73,17 @@ def test_unreachable_budget_tries_everything_and_fails_the_gate(digits, tmp_path
     assert not manifest.gate.passed
     messages = [t.message or "" for t in manifest.trials]
     assert len([m for m in messages if m == ""]) == 3  # per-tensor, per-channel, reduce-range
-    assert any(m.startswith("sensitivity of ") for m in messages)
-    fallbacks = [t for t in manifest.trials if (t.message or "").startswith("float32: ")]
-    assert fallbacks and len(fallbacks[-1].config["nodesToExclude"]) == len(fallbacks)
+    fallbacks = [t for t in manifest.trials if (t.message or "").startswith("float32: the ")]
+    counts = [len(t.config["nodesToExclude"]) for t in fallbacks]
+    assert counts and counts[0] == 1 and counts == sorted(counts)  # doubling from one node
+    details = manifest.steps[0].details
+    assert details["sensitivityDb"]  # the ranking is in the manifest, most sensitive first
+    assert "not reached" in details["tuning"] and "most accurate configuration is kept" in details["tuning"]
     assert (tmp_path / "tight" / "model.onnx").is_file()  # the artifact is written anyway
-    # the kept variant is the most accurate trial measured on the full eval set
-    full = [t for t in manifest.trials if not (t.message or "").startswith("sensitivity")]
-    assert manifest.metrics.accuracyDelta == pytest.approx(min(t.accuracyDelta for t in full), rel=1e-6)
+    # the kept variant is the most accurate trial, every trial measured on the full eval set
+    assert all(t.evalSamples == len(np.load(digits.eval)["labels"]) for t in manifest.trials)
+    best = min(t.accuracyDelta for t in manifest.trials)
+    assert manifest.metrics.accuracyDelta == pytest.approx(best, rel=1e-6)
 
 
 def test_fp16_halves_the_size_and_keeps_float32_io(digits, tmp_path):

@@ -156,8 +156,33 @@ def applicability(
     if weight_nodes:
         kinds = Counter(n.op_type for n in weight_nodes)
         listing = ", ".join(f"{c} {op}" for op, c in kinds.most_common())
-        verdict(Technique.DYNAMIC_INT8, True, f"{len(weight_nodes)} weight node(s) to quantize ({listing})")
-        verdict(Technique.STATIC_INT8, True, "same weight nodes; needs calibration data (data.calibration)")
+        conv_count = kinds.get("Conv", 0) + kinds.get("ConvTranspose", 0)
+        dynamic = len(weight_nodes) - conv_count
+        kept = (
+            f"; its {conv_count} Conv node(s) stay float32 unless params.quantizeConv (ONNX Runtime's "
+            "dynamic ConvInteger kernels are slow on CPU)"
+            if conv_count
+            else ""
+        )
+        if dynamic:
+            verdict(
+                Technique.DYNAMIC_INT8,
+                True,
+                f"{len(weight_nodes)} weight node(s) ({listing}), {dynamic} quantized by default{kept}",
+            )
+        else:
+            verdict(
+                Technique.DYNAMIC_INT8,
+                False,
+                f"its weight nodes are all Conv ({listing}), which dynamic-int8 keeps float32 by default "
+                "(slow dynamic ConvInteger kernels); use static-int8, or params.quantizeConv: true",
+            )
+        verdict(
+            Technique.STATIC_INT8,
+            True,
+            f"{len(weight_nodes)} weight node(s) to quantize ({listing}); needs calibration data "
+            "(data.calibration)",
+        )
     else:
         inside = sum(1 for _, body in subs for n in body.node if n.op_type in WEIGHT_OPS)
         reason = (

@@ -168,12 +168,41 @@ class Toleration(StrictModel):
     tolerationSeconds: int | None = None
 
 
+AFFINITY_KINDS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+
+
+def _affinity(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a Kubernetes affinity object (nodeAffinity, podAffinity, podAntiAffinity)")
+    unknown = sorted(set(value) - set(AFFINITY_KINDS))
+    if unknown:
+        raise ValueError(f"unknown affinity field(s) {unknown}: expected {', '.join(AFFINITY_KINDS)}")
+    return value
+
+
+Affinity = Annotated[
+    dict[str, Any],
+    PlainValidator(_affinity),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "A Kubernetes pod affinity (nodeAffinity, podAffinity, podAntiAffinity), "
+            "copied into the pod spec as is.",
+            # checked by the models (kondense validate, the operator) and by the API server when the
+            # pod is created; a CEL rule over a schemaless object is not portable across versions
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    ),
+]
+
+
 class Placement(StrictModel):
     """Where pods go and what they may use (copied into the pod specs)."""
 
     resources: ResourceRequirements | None = None
     nodeSelector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(None, max_length=32)
     tolerations: list[Toleration] | None = Field(None, max_length=32)
+    affinity: Affinity | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +352,13 @@ class CompressionSpec(Placement):
     backoffLimit: int = Field(1, ge=0, le=10, description="Job retries before the variant fails.")
     activeDeadlineSeconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Job time limit.")
     image: str | None = Field(None, max_length=512, description="Override the compression image.")
+    sameNodesAsServing: bool = Field(
+        True,
+        description="Run the compression Jobs on the serving pods' class of node: serving.nodeSelector, "
+        "serving.affinity and serving.tolerations apply to the Jobs wherever the same field is not set "
+        "here (an empty value here sets none). int8 accuracy and speed depend on the CPU, so variants "
+        "are measured on the hardware that will serve them.",
+    )
 
 
 class Runtime(StrEnum):

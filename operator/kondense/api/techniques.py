@@ -66,6 +66,12 @@ class DynamicInt8Params(StrictModel):
     weightType: IntType = "int8"
     tune: Tune = True
     nodesToExclude: NodeNames = Field(default_factory=list, description="Nodes kept in float32.")
+    quantizeConv: bool = Field(
+        False,
+        description="Also quantize Conv/ConvTranspose weights. Off by default: ONNX Runtime's dynamic "
+        "ConvInteger kernels ran 4-20x slower than float32 on CPU; static-int8 quantizes convolutions "
+        "with fast kernels.",
+    )
 
 
 class StaticInt8Params(StrictModel):

@@ -105,16 +105,37 @@ def container_security() -> dict[str, Any]:
 
 
 def placement(spec: Placement) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod spec fields, container fields) from resources/nodeSelector/tolerations."""
+    """(pod spec fields, container fields) from resources/nodeSelector/tolerations/affinity."""
     pod: dict[str, Any] = {}
     if spec.nodeSelector:
         pod["nodeSelector"] = dict(spec.nodeSelector)
     if spec.tolerations:
         pod["tolerations"] = [t.model_dump(exclude_none=True) for t in spec.tolerations]
+    if spec.affinity:
+        pod["affinity"] = dict(spec.affinity)
     container: dict[str, Any] = {}
     if spec.resources:
         container["resources"] = spec.resources.model_dump(exclude_none=True)
     return pod, container
+
+
+def compression_placement(spec: CompressedModelSpec) -> Placement:
+    """Where compression Jobs run: on the serving pods' class of node unless told otherwise.
+
+    With ``compression.sameNodesAsServing`` (the default) each of nodeSelector, affinity and
+    tolerations not set under ``compression`` is taken from ``serving`` (set but empty: none), so int8
+    variants are measured on the CPUs that will serve them. Resources are never copied.
+    """
+    own = spec.compression
+    if not own.sameNodesAsServing:
+        return own
+    serving = spec.serving
+    return Placement(
+        resources=own.resources,
+        nodeSelector=own.nodeSelector if own.nodeSelector is not None else serving.nodeSelector,
+        tolerations=own.tolerations if own.tolerations is not None else serving.tolerations,
+        affinity=own.affinity if own.affinity is not None else serving.affinity,
+    )
 
 
 def scratch_volume(size_limit: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -195,7 +216,7 @@ def compression_job(
         target = spec.target(variant)
         args += ["--target", json.dumps(target.model_dump(mode="json", exclude_none=True), sort_keys=True)]
         args += ["--max-accuracy-delta", str(spec.budget_for(target))]
-    pod_fields, container_fields = placement(spec.compression)
+    pod_fields, container_fields = placement(compression_placement(spec))
     labels = names.labels("compression", **{VARIANT_LABEL: variant, HASH_LABEL: run[:12]})
     return {
         "apiVersion": "batch/v1",

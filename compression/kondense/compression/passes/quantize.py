@@ -4,11 +4,20 @@ Tuning, when the pipeline has an accuracy budget and ``tune`` is on, tries confi
 expected speed and stops at the first one within budget:
 
 1. per-tensor weights, 2. per-channel weights, 3. per-channel with 7-bit weights (reduce-range),
-4. the best of those with the most sensitive nodes kept in float32, added one at a time.
+4. (static) activations quantized only where a weight op reads them, then the other calibration
+   methods (MinMax, Percentile, Entropy) on that configuration,
+5. the most accurate of those with the most sensitive weight nodes kept in float32: the smallest
+   number of them that meets the budget, found by bisection over the sensitivity ranking.
 
-Sensitivity is measured, not guessed: each weight-bearing node is kept in float32 alone and the
-resulting accuracy gain over the best configuration is its sensitivity. Every configuration tried is
-recorded as a trial. If none meets the budget the best one is kept and the result says so.
+Sensitivity is measured, not guessed: one float run over the evaluation subset records, for every
+weight node, the quantization noise its int8 form would inject (activation inputs with the calibrated
+ranges, or their own ranges for dynamic quantization, plus the weights at the trial's granularity), as
+a noise-to-signal power ratio. The ranking costs one inference pass instead of one quantization per
+node, so the tuner can consider every weight node. Nodes are kept in float32 only while the variant
+stays useful: its estimated size must stay at most ``MAX_USEFUL_SIZE_RATIO`` of the base (fp16 halves
+a model at float accuracy; an int8 variant larger than that is not worth its accuracy loss). Every
+configuration tried is a trial in the manifest. If none meets the budget the most accurate one is kept
+and ``details['tuning']`` says why in one sentence.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,10 +39,10 @@ from kondense.compression.passes import Pass, PassContext, PassResult, register
 
 # Op types ORT quantizes that carry a weight initializer; only these can be kept in float32 usefully.
 WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Attention", "LSTM"})
-MAX_SENSITIVITY_PROBES = 96
 MAX_RECOVERIES = 8  # invalid quantized graphs repaired per pass before giving up
-MAX_FP32_NODES = 12
-SENSITIVITY_SAMPLES = 128
+SENSITIVITY_SAMPLES = 32  # samples of the float run that measures each node's quantization noise
+MAX_USEFUL_SIZE_RATIO = 0.5  # an int8 variant larger than this fraction of the base is not useful
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def most_accurate_full_trial(trials: list[Trial], full_samples: int) -> int:
@@ -56,6 +65,7 @@ class Int8Config:
     reduce_range: bool
     exclude: tuple[str, ...] = ()
     weight_ops_only: bool = False  # static: quantize only weight ops' activations (not Add/Mul/Reduce...)
+    calibration: str | None = None  # static: calibration method; None = the params' method
 
     def as_dict(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -65,7 +75,19 @@ class Int8Config:
         }
         if self.weight_ops_only:
             config["weightOpsOnly"] = True
+        if self.calibration:
+            config["calibrationMethod"] = self.calibration
         return config
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> Int8Config:
+        return cls(
+            bool(config["perChannel"]),
+            bool(config["reduceRange"]),
+            tuple(config.get("nodesToExclude", ())),
+            bool(config.get("weightOpsOnly")),
+            config.get("calibrationMethod"),
+        )
 
 
 def tuning_ladder(per_channel: bool, reduce_range: bool, user_exclude: tuple[str, ...]) -> list[Int8Config]:
@@ -115,20 +137,242 @@ def no_weights_reason(model: Any) -> str:
     return "no MatMul/Gemm/Conv/Gather node with a float weight to quantize"
 
 
-def weight_nodes(model: Any) -> list[str]:
-    """Names of nodes whose op ORT quantizes and that read a float initializer (a weight)."""
+def weight_nodes(model: Any, ops: frozenset[str] = WEIGHT_OPS) -> list[str]:
+    """Names of nodes whose op (one of ``ops``) ORT quantizes and that read a float initializer."""
     from onnx import TensorProto
 
     floats = {
         i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) >= 2
     }
-    return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and n.name and floats & set(n.input)]
+    return [n.name for n in model.graph.node if n.op_type in ops and n.name and floats & set(n.input)]
+
+
+def _activation_inputs(node: Any, initializers: set[str]) -> list[str]:
+    """The inputs of a weight node that int8 quantizes as activations (not weights, not indices)."""
+    if node.op_type == "Gather":
+        return []
+    return [name for name in node.input[:2] if name and name not in initializers]
+
+
+def _weight_axis(node: Any) -> int:
+    """The per-channel axis ORT quantizes a node's weight along (output channels)."""
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type in ("MatMul",):
+        return -1
+    return 0
+
+
+def fake_quant(x: Any, low: float, high: float) -> Any:
+    """``x`` after asymmetric 8-bit quantization over [low, high] (widened to include 0) and back."""
+    import numpy as np
+
+    values = np.asarray(x, dtype=np.float32)
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = (high - low) / 255.0
+    if scale <= 0 or not np.isfinite(scale):
+        return values
+    zero = np.round(-128.0 - low / scale)
+    return ((np.clip(np.round(values / scale) + zero, -128, 127) - zero) * scale).astype(np.float32)
+
+
+def fake_quant_weight(weight: Any, per_channel: bool, axis: int, reduce_range: bool) -> Any:
+    """``weight`` after symmetric int8 quantization (7-bit with reduce-range) and back."""
+    import numpy as np
+
+    w = np.asarray(weight, dtype=np.float32)
+    levels = 63.0 if reduce_range else 127.0
+    if per_channel and w.ndim >= 2:
+        axis = axis % w.ndim
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale = np.abs(w).max(axis=reduce, keepdims=True) / levels
+    else:
+        scale = np.abs(w).max(keepdims=True) / levels
+    scale = np.where(scale > 0, scale, 1.0)
+    return (np.clip(np.round(w / scale), -levels - 1, levels) * scale).astype(np.float32)
+
+
+def _node_model(model: Any, node: Any, activations: list[str], weights: dict[str, Any]) -> Any:
+    """A model of ``node`` alone: its activation inputs as graph inputs, ``weights`` as initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in activations]
+    other = [i for i in node.input if i and i not in activations and i not in weights]
+    graph = helper.make_graph(
+        [node],
+        "node",
+        inputs + [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in other],
+        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def node_sensitivity(
+    model_path: Path,
+    nodes: list[str],
+    dataset: Dataset,
+    work_dir: Path,
+    *,
+    ranges: dict[str, tuple[float, float]] | None,
+    per_channel: bool,
+    reduce_range: bool,
+) -> dict[str, float]:
+    """Output noise-to-signal power of each node in its int8 form (higher = more sensitive).
+
+    One float run over ``dataset`` captures every activation the nodes read. Each node then runs
+    alone (a one-node model in ONNX Runtime) twice: on the float activations and weights, and on
+    their int8 round trips (activations with the calibrated ranges, or their own range per batch for
+    dynamic quantization when ``ranges`` is None; weights at the configuration's granularity). The
+    ratio of the output difference's power to the output's power is the node's sensitivity: it sees
+    what the node's weights do with the quantized activations, not only the rounding of the inputs.
+    Nodes that cannot be run alone get 0 (never ranked).
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from kondense.compression.model_files import open_session
+
+    model = onnx.load(str(model_path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    wanted = set(nodes)
+    by_name = {n.name: n for n in model.graph.node if n.name in wanted}
+    reads = {name: _activation_inputs(node, set(initializers)) for name, node in by_name.items()}
+    activations = sorted({a for names in reads.values() for a in names})
+    graph_inputs = {i.name for i in model.graph.input}
+    present = {o.name for o in model.graph.output}
+    capture = onnx.ModelProto()
+    capture.CopyFrom(model)
+    for name in activations:
+        if name not in graph_inputs and name not in present:
+            capture.graph.output.append(onnx.ValueInfoProto(name=name))
+    probe = work_dir / "sensitivity.onnx"
+    onnx.save(capture, str(probe))
+    del capture
+    session = open_session(probe, threads=1)
+    names = [o.name for o in session.get_outputs()]
+
+    singles: dict[str, tuple[Any, Any]] = {}  # node -> (float session, int8 round-trip session)
+    for name, node in by_name.items():
+        weights = {i: numpy_helper.to_array(initializers[i]) for i in node.input if i in initializers}
+        quantized = dict(weights)
+        for index, key in enumerate(node.input):
+            # the weight (first two inputs), not a bias or a shape
+            if index < 2 and key in weights and weights[key].ndim >= 2 and weights[key].dtype == np.float32:
+                quantized[key] = fake_quant_weight(
+                    weights[key], per_channel, _weight_axis(node), reduce_range
+                )
+        try:
+            pair: list[Any] = []
+            for values in (weights, quantized):
+                path = work_dir / f"node-{len(singles)}-{len(pair)}.onnx"
+                onnx.save(_node_model(model, node, reads[name], values), str(path))
+                pair.append(open_session(path, threads=1))
+                path.unlink(missing_ok=True)
+            singles[name] = (pair[0], pair[1])
+        except Exception:  # a node ORT cannot run alone (e.g. it needs a subgraph's context): unranked
+            continue
+    noise = dict.fromkeys(singles, 0.0)
+    signal = dict.fromkeys(singles, 0.0)
+    for feed in dataset.batches(8):
+        produced = {**feed, **dict(zip(names, session.run(None, feed), strict=True))}
+        for name, (exact, rounded) in list(singles.items()):
+            inputs = {a: np.asarray(produced[a], dtype=np.float32) for a in reads[name] if a in produced}
+            if len(inputs) != len(reads[name]):
+                singles.pop(name)
+                continue
+            quantized_inputs = {
+                a: fake_quant(v, *(ranges[a] if ranges and a in ranges else (float(v.min()), float(v.max()))))
+                for a, v in inputs.items()
+            }
+            try:
+                expected = np.asarray(exact.run(None, inputs)[0], dtype=np.float64)
+                got = np.asarray(rounded.run(None, quantized_inputs)[0], dtype=np.float64)
+            except Exception:  # shapes this node cannot take alone: unranked
+                singles.pop(name)
+                continue
+            noise[name] += float(np.square(expected - got).sum())
+            signal[name] += float(np.square(expected).sum())
+    probe.unlink(missing_ok=True)
+    return {
+        node: (noise[node] / signal[node] if node in singles and signal.get(node, 0) > 0 else 0.0)
+        for node in nodes
+    }
+
+
+def calibrated_ranges(cache: Path) -> dict[str, tuple[float, float]] | None:
+    """Tensor ranges from ORT's calibration cache (its TensorsData JSON), or None if unreadable."""
+    import json
+
+    try:
+        data = json.loads(cache.read_text())["data"]
+        return {
+            name: (float(entry["lowest"]["data"][0]), float(entry["highest"]["data"][0]))
+            for name, entry in data.items()
+            if isinstance(entry, dict) and "lowest" in entry and "highest" in entry
+        }
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def float_weight_bytes(model: Any, nodes: list[str]) -> dict[str, int]:
+    """Bytes of the float initializers each node reads (what keeping it in float32 costs)."""
+    import math
+
+    from onnx import TensorProto
+
+    sizes = {
+        i.name: 4 * math.prod(i.dims) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT
+    }
+    wanted = set(nodes)
+    return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in model.graph.node if n.name in wanted}
+
+
+def smallest_passing_count(limit: int, passes: Callable[[int], bool]) -> int | None:
+    """The smallest count in 1..limit for which ``passes`` holds, assuming it holds from some count
+    on (more nodes in float32, more accurate): doubling from 1 (capped at ``limit``), then bisection
+    between the last count that failed and the first that passed. None if ``limit`` fails too."""
+    low, high, count = 0, None, 1
+    while 0 < count <= limit:
+        if passes(count):
+            high = count
+            break
+        low = count
+        if count == limit:
+            break
+        count = min(count * 2, limit)
+    if high is None:
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _decibels(ratio: float) -> float:
+    import math
+
+    return round(10 * math.log10(ratio), 1) if ratio > 0 else float("-inf")
 
 
 class CalibrationReader:
     """ORT CalibrationDataReader over a data set (batch 1 unless the model takes any batch size)."""
 
     def __init__(self, dataset: Dataset, limit: int, batch_size: int) -> None:
+        # whole batches only: ORT's histogram calibrators (Percentile, Entropy) stack the batches'
+        # outputs and fail on a shorter last batch
+        limit = min(limit, len(dataset))
+        if limit >= batch_size:
+            limit -= limit % batch_size
+        else:
+            batch_size = 1
         self._batches = iter(dataset.take(limit).batches(batch_size))
 
     def get_next(self) -> dict[str, Any] | None:
@@ -233,6 +477,14 @@ class Int8Pass(Pass):
     def prepare(self, source: Path, context: PassContext) -> None:
         """Hook for one-time work shared by all trials (calibration)."""
 
+    def weight_ops(self) -> frozenset[str]:
+        """Op types this pass quantizes the weights of."""
+        return WEIGHT_OPS
+
+    def nothing_to_quantize(self, model: Any) -> str:
+        """One sentence on why ``model`` has no node this pass would quantize."""
+        return no_weights_reason(model)
+
     def run(self, source: Path, destination: Path, context: PassContext) -> PassResult:
         import onnx
 
@@ -246,7 +498,7 @@ class Int8Pass(Pass):
             prepared = source
             details["preprocessed"] = False
         model = onnx.load(str(prepared), load_external_data=False)
-        candidates = weight_nodes(model)
+        candidates = weight_nodes(model, self.weight_ops())
         known = {n.name for n in model.graph.node} | {
             n.name for n in onnx.load(str(source), load_external_data=False).graph.node
         }
@@ -254,7 +506,9 @@ class Int8Pass(Pass):
         if unknown:
             raise BadInputError("params.nodesToExclude", f"no such node(s) in the model: {unknown[:10]}")
         if not candidates:
-            raise UnsupportedModelError(str(source), f"nothing to quantize: {no_weights_reason(model)}")
+            raise UnsupportedModelError(
+                str(source), f"nothing to quantize: {self.nothing_to_quantize(model)}"
+            )
         # Graphs to quantize, best first: the pre-processed (fused) one, then the unfused intake graph.
         self._graphs = [prepared] if prepared == source else [prepared, source]
         # nodes kept float32 for validity, per weight granularity (per-channel and per-tensor differ)
@@ -301,13 +555,24 @@ class Int8Pass(Pass):
         context.progress.start(f"{self.technique}: tuning", total=len(ladder))
         chosen: int | None = None
         for config in ladder:
-            delta = attempt(config, context.reference)
+            try:
+                delta = attempt(config, context.reference)
+            except UnsupportedModelError as exc:
+                if not config.calibration:
+                    raise
+                # another calibration method is an option, not a requirement: record why, go on
+                trials.append(Trial(config=config.as_dict(), message=f"failed: {exc.problem}"[:400]))
+                files.append(context.work_dir / "failed.onnx")  # keeps files[i] the model of trials[i]
+                context.progress.advance()
+                continue
             context.progress.advance()
             if delta <= budget:
                 chosen = len(trials) - 1
                 break
         context.progress.finish()
 
+        self._tuning: str | None = None
+        self._sensitivity: dict[str, float] = {}
         if chosen is None:
             # after a recovery the graph quantized may be the unfused one: its own node names
             best_pc = bool(
@@ -331,6 +596,10 @@ class Int8Pass(Pass):
                 "selectedConfig": trials[chosen].config,
             }
         )
+        if self._tuning:
+            details["tuning"] = self._tuning
+        if self._sensitivity:
+            details["sensitivityDb"] = self._sensitivity  # most sensitive first: noise/signal in dB
         return PassResult(details, trials, within)
 
     def extra_rungs(self, ladder: list[Int8Config]) -> list[Int8Config]:
@@ -340,7 +609,7 @@ class Int8Pass(Pass):
     def candidates(self) -> list[str]:
         import onnx
 
-        return weight_nodes(onnx.load(str(self._graphs[0]), load_external_data=False))
+        return weight_nodes(onnx.load(str(self._graphs[0]), load_external_data=False), self.weight_ops())
 
     def _recovery_details(self) -> dict[str, Any]:
         if not self._recovery:
@@ -393,7 +662,7 @@ class Int8Pass(Pass):
                     f"ONNX Runtime's quantizer made a model it cannot load ({problem}) and the error names "
                     "no node that could stay float32",
                 )
-            weights = weight_nodes(onnx.load(str(graph), load_external_data=False))
+            weights = weight_nodes(onnx.load(str(graph), load_external_data=False), self.weight_ops())
             if not set(weights) - set(used.exclude) - set(culprits):
                 raise UnsupportedModelError(
                     str(graph),
@@ -407,6 +676,10 @@ class Int8Pass(Pass):
             f"ONNX Runtime's quantizer still made an invalid model after keeping {forced} in float32",
         )
 
+    def sensitivity_ranges(self, config: Int8Config) -> dict[str, tuple[float, float]] | None:
+        """Activation ranges the quantized model would use (static: calibrated); None: per batch."""
+        return None
+
     def _fp32_fallback(
         self,
         attempt: Any,
@@ -415,53 +688,100 @@ class Int8Pass(Pass):
         user_exclude: tuple[str, ...],
         context: PassContext,
     ) -> int | None:
-        """Measure each node's sensitivity, then keep the worst offenders in float32 one by one."""
+        """Keep the fewest most sensitive weight nodes in float32 that meet the budget.
+
+        Nodes are ranked by the quantization noise they would inject (one float run, see
+        ``node_sensitivity``); the number kept is found by doubling then bisection over the ranking,
+        each candidate count a full-set trial, up to the count at which the variant would be larger
+        than ``MAX_USEFUL_SIZE_RATIO`` of the base. Sets ``self._tuning`` (what happened) either way.
+        """
+        import onnx
+
         budget = context.max_accuracy_delta
         assert budget is not None
-        best_index = most_accurate_full_trial(trials, len(context.reference.dataset))
-        best_cfg = trials[best_index].config
-        best = Int8Config(
-            best_cfg["perChannel"], best_cfg["reduceRange"], user_exclude, bool(best_cfg.get("weightOpsOnly"))
-        )
+        full = len(context.reference.dataset)
+        best_index = most_accurate_full_trial(trials, full)
+        best = replace(Int8Config.from_dict(trials[best_index].config), exclude=user_exclude)
         best_delta = trials[best_index].accuracyDelta or 0.0
-        probe_reference = context.reference.subset(SENSITIVITY_SAMPLES)
-        probe_base = best_delta if len(probe_reference.dataset) == len(context.reference.dataset) else None
-        probes = [n for n in candidates if n not in user_exclude][:MAX_SENSITIVITY_PROBES]
+        best_size = trials[best_index].sizeRatio or 1.0
+        pool = [n for n in candidates if n not in user_exclude]
 
-        context.progress.start(f"{self.technique}: measuring node sensitivity", total=len(probes) + 1)
-        if probe_base is None:
-            probe_base = attempt(best, probe_reference, "sensitivity baseline")
-            trials[-1].withinBudget = False  # measured on the subset: never the artifact
-        context.progress.advance()
-        gains: list[tuple[float, str]] = []
-        for node in probes:
-            delta = attempt(
-                replace(best, exclude=(*user_exclude, node)), probe_reference, f"sensitivity of {node}"
-            )
-            gains.append((probe_base - delta, node))
-            context.progress.advance()
+        context.progress.start(f"{self.technique}: measuring node sensitivity", total=None)
+        graph = self._graphs[0]
+        scores = node_sensitivity(
+            graph,
+            pool,
+            context.reference.subset(SENSITIVITY_SAMPLES).dataset,
+            context.work_dir,
+            ranges=self.sensitivity_ranges(best),
+            per_channel=best.per_channel,
+            reduce_range=best.reduce_range,
+        )
         context.progress.finish()
-        # Sensitivity probes are trials too, but never candidates for the artifact: they were measured
-        # on a subset, so only full-set trials below can be selected.
-        for trial in trials[len(trials) - len(probes) :]:
-            trial.withinBudget = False
-        # At least one weight node stays quantized: a variant with none would not be int8 at all.
-        limit = min(MAX_FP32_NODES, len(candidates) - len(user_exclude) - 1)
-        ranked = [node for gain, node in sorted(gains, reverse=True) if gain > 0][: max(limit, 0)]
+        ranked = [n for n in sorted(pool, key=lambda n: -scores[n]) if scores[n] > 0]
+        self._sensitivity = {n: _decibels(scores[n]) for n in ranked[:20]}
 
-        context.progress.start(f"{self.technique}: keeping sensitive nodes in float32", total=len(ranked))
-        kept: list[str] = []
-        for node in ranked:
-            kept.append(node)
-            delta = attempt(
-                replace(best, exclude=(*user_exclude, *kept)), context.reference, f"float32: {node}"
+        # How many nodes can stay float32 while the variant remains useful (estimated from weights).
+        costs = float_weight_bytes(onnx.load(str(graph), load_external_data=False), ranked)
+        base_bytes = context.reference.base_path.stat().st_size
+        size, limit = best_size, 0
+        for node in ranked[: max(len(pool) - 1, 0)]:  # at least one weight node stays int8
+            size += 0.75 * costs.get(node, 0) / base_bytes
+            if size > MAX_USEFUL_SIZE_RATIO:
+                break
+            limit += 1
+        if limit == 0:
+            self._tuning = (
+                f"no configuration within the budget {budget}: the most accurate has delta {best_delta:.4f} "
+                f"and keeping even the most sensitive node ({ranked[0] if ranked else 'none'}) in float32 "
+                f"would make the variant larger than {MAX_USEFUL_SIZE_RATIO:.0%} of the base"
             )
-            context.progress.advance()
-            if delta <= budget:
-                context.progress.finish()
-                return len(trials) - 1
+            return None
+
+        results: dict[int, tuple[int, float]] = {}  # count -> (trial index, delta)
+
+        def measure(count: int) -> bool:
+            if count not in results:
+                kept = ranked[:count]
+                delta = attempt(
+                    replace(best, exclude=(*user_exclude, *kept)),
+                    context.reference,
+                    f"float32: the {count} most sensitive node(s) (last {kept[-1]})",
+                )
+                results[count] = (len(trials) - 1, delta)
+                context.progress.advance()
+            return results[count][1] <= budget
+
+        context.progress.start(f"{self.technique}: keeping sensitive nodes in float32", total=None)
+        high = smallest_passing_count(limit, measure)
+        if high is None:
+            context.progress.finish()
+            index, delta = results[limit]
+            self._tuning = (
+                f"budget {budget} not reached at a useful size: keeping the {limit} most sensitive weight "
+                f"node(s) in float32 (size {trials[index].sizeRatio or 0:.2f} of the base, the most "
+                f"before it would exceed {MAX_USEFUL_SIZE_RATIO:.0%}) still gives delta {delta:.4f}; the "
+                "most accurate configuration is kept"
+            )
+            return None
         context.progress.finish()
-        return None
+        self._tuning = (
+            f"within budget with the {high} most sensitive of {len(pool)} weight node(s) in float32 "
+            f"({len(results)} count(s) tried by doubling and bisection)"
+        )
+        return results[high][0]
+
+
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+# ORT's dynamic quantizer's op types (onnxruntime.quantization.registry.IntegerOpsRegistry) less Conv:
+# its ConvInteger kernels measured 4-20x slower than float32 on CPU (benchmarks/results/models.md,
+# OCR classifier 0.05x, detector and recogniser 0.17x on an AMD EPYC with AVX-512 VNNI).
+DYNAMIC_OPS_WITHOUT_CONV = ("Attention", "EmbedLayerNormalization", "Gather", "LSTM", "MatMul", "Transpose")
+DYNAMIC_CONV_NOTE = (
+    "Conv/ConvTranspose kept float32: ONNX Runtime's dynamic ConvInteger kernels are several times "
+    "slower than float32 on CPU (params.quantizeConv: true quantizes them anyway; static-int8 "
+    "quantizes convolutions with fast kernels)"
+)
 
 
 @register
@@ -469,6 +789,31 @@ class DynamicInt8Pass(Int8Pass):
     technique = Technique.DYNAMIC_INT8
     preprocess_first = False
     params: DynamicInt8Params
+
+    def weight_ops(self) -> frozenset[str]:
+        return WEIGHT_OPS if self.params.quantizeConv else WEIGHT_OPS - CONV_OPS
+
+    def nothing_to_quantize(self, model: Any) -> str:
+        convs = weight_nodes(model, CONV_OPS)
+        if convs and not self.params.quantizeConv:
+            return (
+                f"its {len(convs)} weight node(s) are all Conv/ConvTranspose, which dynamic-int8 keeps in "
+                "float32 by default because ONNX Runtime's dynamic ConvInteger kernels are several times "
+                "slower than float32 on CPU; use static-int8 (fast int8 convolutions), or set "
+                "params.quantizeConv: true for a smaller but slower model"
+            )
+        return no_weights_reason(model)
+
+    def run(self, source: Path, destination: Path, context: PassContext) -> PassResult:
+        import onnx
+
+        result = super().run(source, destination, context)
+        if not self.params.quantizeConv:
+            kept = weight_nodes(onnx.load(str(source), load_external_data=False), CONV_OPS)
+            if kept:
+                result.details["convolutionsKeptFloat32"] = len(kept)
+                result.details["convolutionNote"] = DYNAMIC_CONV_NOTE
+        return result
 
     def quantize(self, source: Path, destination: Path, config: Int8Config, context: PassContext) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -480,6 +825,7 @@ class DynamicInt8Pass(Int8Pass):
             reduce_range=config.reduce_range,
             weight_type=QuantType.QInt8 if self.params.weightType == "int8" else QuantType.QUInt8,
             nodes_to_exclude=list(config.exclude),
+            op_types_to_quantize=None if self.params.quantizeConv else list(DYNAMIC_OPS_WITHOUT_CONV),
         )
 
 
@@ -490,12 +836,24 @@ class StaticInt8Pass(Int8Pass):
 
     def extra_rungs(self, ladder: list[Int8Config]) -> list[Int8Config]:
         """Activation quantization of non-weight ops (Add, Mul, ReduceSum of a hand-written layer
-        norm: magika) can ruin accuracy where no weight node is to blame: quantize weight ops only."""
-        return [replace(ladder[-1], per_channel=True, weight_ops_only=True)]
+        norm: magika) can ruin accuracy where no weight node is to blame: quantize weight ops only.
+        Then the other calibration methods on that configuration: Percentile and Entropy clip the
+        outliers that make MinMax ranges coarse (a recalibration each)."""
+        weight_ops = replace(ladder[-1], per_channel=True, weight_ops_only=True)
+        others = [m for m in CALIBRATION_METHODS if m != self.params.calibrationMethod]
+        return [weight_ops, *(replace(weight_ops, calibration=method) for method in others)]
 
     def prepare(self, source: Path, context: PassContext) -> None:
-        self._cache = (context.work_dir / "calibration-cache.json").resolve()
-        self._cache.unlink(missing_ok=True)
+        self._caches = {
+            method: (context.work_dir / f"calibration-{method}.json").resolve()
+            for method in CALIBRATION_METHODS
+        }
+        for cache in self._caches.values():
+            cache.unlink(missing_ok=True)
+
+    def sensitivity_ranges(self, config: Int8Config) -> dict[str, tuple[float, float]] | None:
+        cache = self._caches[config.calibration or self.params.calibrationMethod]
+        return calibrated_ranges(cache) if cache.is_file() else None
 
     def quantize(self, source: Path, destination: Path, config: Int8Config, context: PassContext) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -511,7 +869,9 @@ class StaticInt8Pass(Int8Pass):
         reader = None
         if context.calibration is None:
             raise BadInputError("calibration", "static-int8 needs calibration data")
-        if not self._cache.is_file():  # calibrate once; later trials reuse the cached tensor ranges
+        method = config.calibration or self.params.calibrationMethod
+        cache = self._caches[method]
+        if not cache.is_file():  # calibrate once per method; later trials reuse the cached tensor ranges
             dynamic = signature_of(load_model(source, with_weights=False)).dynamic_batch
             reader = CalibrationReader(
                 context.calibration, self.params.calibrationSamples, 16 if dynamic else 1
@@ -532,6 +892,6 @@ class StaticInt8Pass(Int8Pass):
                 op_types_to_quantize=sorted(WEIGHT_OPS - {"LSTM", "Attention"})
                 if config.weight_ops_only
                 else None,
-                calibrate_method=methods[self.params.calibrationMethod],
-                calibration_cache_path=str(self._cache),
+                calibrate_method=methods[method],
+                calibration_cache_path=str(cache),
             )

@@ -1,0 +1,220 @@
+"""The accuracy-aware int8 tuner (issue 10): calibration methods as a dimension, sensitivity measured
+per node's output, the fewest float32 nodes found by doubling and bisection, the honest fallback.
+
+int8 numbers depend on the CPU's kernels (VNNI, AMX): no test here asserts a kernel-specific delta.
+They assert relations: within budget or the fallback that says why; the ranking (computed with float
+kernels and numpy round trips) puts the node that int8 ruins first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from kondense.api.techniques import Task
+from kondense.compression.data import load_npz
+from kondense.compression.errors import UnsupportedModelError
+from kondense.compression.evaluation import Reference
+from kondense.compression.passes import PassContext, pass_for
+from kondense.compression.passes.quantize import (
+    fake_quant,
+    fake_quant_weight,
+    node_sensitivity,
+    smallest_passing_count,
+)
+from kondense.compression.pipeline import DataFiles, compress_model
+
+
+@pytest.mark.parametrize(
+    ("first_passing", "limit", "expected", "tried"),
+    [
+        (1, 10, 1, [1]),
+        (3, 10, 3, [1, 2, 4, 3]),
+        (5, 10, 5, [1, 2, 4, 8, 6, 5]),
+        (9, 10, 9, [1, 2, 4, 8, 10, 9]),
+        (10, 10, 10, [1, 2, 4, 8, 10, 9]),
+        (11, 10, None, [1, 2, 4, 8, 10]),
+        (1, 1, 1, [1]),
+        (2, 1, None, [1]),
+        (1, 0, None, []),
+    ],
+)
+def test_the_fewest_nodes_are_found_by_doubling_then_bisection(first_passing, limit, expected, tried):
+    seen: list[int] = []
+
+    def passes(count: int) -> bool:
+        seen.append(count)
+        return count >= first_passing
+
+    assert smallest_passing_count(limit, passes) == expected
+    assert seen == tried
+
+
+def test_round_trips_keep_zero_and_clip_to_the_range():
+    x = np.array([-1.0, 0.0, 0.5, 1.0, 3.0], np.float32)
+    restored = fake_quant(x, -1.0, 1.0)
+    assert restored[1] == 0.0 and restored[4] == pytest.approx(1.0, abs=0.01)
+    assert np.abs(restored[:4] - x[:4]).max() < 1 / 127
+    w = np.stack([np.linspace(-1, 1, 16), np.linspace(-100, 100, 16)]).astype(np.float32)  # [2, 16]
+    per_channel = fake_quant_weight(w, True, 0, False)
+    per_tensor = fake_quant_weight(w, False, 0, False)
+    assert np.abs(per_channel - w)[0].max() < np.abs(per_tensor - w)[0].max()
+
+
+def three_branch_model() -> onnx.ModelProto:
+    """x -> {ok, ruined_range, outlier_row} MatMuls -> concatenated -> y.
+
+    ``ruined_range`` reads ``x`` through an Identity whose calibrated range the test makes huge;
+    ``outlier_row``'s weight has a row of 1000s on an input feature that is always zero: harmless in
+    float, but int8 per-channel scales then round every other weight of the node to zero.
+    """
+    rng = np.random.default_rng(0)
+    w_ok = rng.normal(0, 0.3, (8, 4)).astype(np.float32)
+    w_range = rng.normal(0, 0.3, (8, 4)).astype(np.float32)
+    w_row = rng.normal(0, 0.3, (8, 4)).astype(np.float32)
+    w_row[0, :] = 1000.0
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_ok"], ["a"], name="ok"),
+        helper.make_node("Identity", ["x"], ["x2"], name="copy"),
+        helper.make_node("MatMul", ["x2", "w_range"], ["b"], name="ruined_range"),
+        helper.make_node("MatMul", ["x", "w_row"], ["c"], name="outlier_row"),
+        helper.make_node("Concat", ["a", "b", "c"], ["y"], name="concat", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 12])],
+        [numpy_helper.from_array(w, n) for w, n in ((w_ok, "w_ok"), (w_range, "w_range"), (w_row, "w_row"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def features(count: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(0, 1, (count, 8)).astype(np.float32)
+    x[:, 0] = 0.0  # the feature the outlier row multiplies
+    return x
+
+
+def test_sensitivity_is_measured_at_each_node_output(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(three_branch_model(), str(path))
+    evaluation = tmp_path / "eval.npz"
+    np.savez(evaluation, x=features(32, 1))
+    ranges = {"x": (-4.0, 4.0), "x2": (-4000.0, 4000.0)}  # as a calibration with one outlier would give
+    scores = node_sensitivity(
+        path,
+        ["ok", "ruined_range", "outlier_row"],
+        load_npz(evaluation),
+        tmp_path,
+        ranges=ranges,
+        per_channel=True,
+        reduce_range=False,
+    )
+    # both broken nodes lose most of their output; the healthy one a fraction of a percent
+    assert scores["ruined_range"] > 0.5 and scores["outlier_row"] > 0.5
+    assert scores["ok"] < 0.01
+    assert not list(tmp_path.glob("node-*.onnx")) and not (tmp_path / "sensitivity.onnx").exists()
+
+
+def classifier_with_one_fragile_layer(tmp_path: Path) -> tuple[Path, DataFiles]:
+    """16 features -> MatMul (small, fragile) -> MatMul -> Relu -> MatMul -> 10 logits. The fragile
+    layer's weight has a row of outliers on an always-zero feature, so int8 rounds its real weights
+    away at any calibration; it holds 3 % of the weights, so keeping it float32 stays useful."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(0, 0.5, (16, 8)).astype(np.float32)
+    w1[0, :] = 500.0
+    w2 = rng.normal(0, 0.3, (8, 256)).astype(np.float32)
+    w3 = rng.normal(0, 0.1, (256, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fragile"),
+            helper.make_node("MatMul", ["h", "w2"], ["m"], name="wide"),
+            helper.make_node("Relu", ["m"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w3"], ["y"], name="head"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    path = tmp_path / "fragile.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    data = {}
+    for name, seed in (("eval", 1), ("calib", 2)):
+        x = np.random.default_rng(seed).normal(0, 1, (200, 16)).astype(np.float32)
+        x[:, 0] = 0.0
+        data[name] = tmp_path / f"{name}.npz"
+        np.savez(data[name], x=x)
+    return path, DataFiles(evaluation=data["eval"], calibration=data["calib"])
+
+
+@pytest.mark.parametrize("technique", ["static-int8", "dynamic-int8"])
+def test_the_tuner_reaches_the_budget_or_says_why(tmp_path, technique):
+    model, data = classifier_with_one_fragile_layer(tmp_path)
+    budget = 0.02
+    manifest = compress_model(
+        model, {"name": "t", "technique": technique}, data, tmp_path / "out",
+        task=Task.CLASSIFICATION, max_accuracy_delta=budget, latency_runs=5,
+    )  # fmt: skip
+    details = manifest.steps[0].details
+    trials = manifest.trials
+    assert all(t.evalSamples == 200 for t in trials)  # every trial is a candidate, none a subset probe
+    ladder = [t for t in trials if not (t.message or "").startswith("float32: ")]
+    if technique == "static-int8" and not any(t.withinBudget for t in ladder[:-2]):
+        # MinMax failed: Percentile and Entropy were tried before any node was kept float32
+        assert {t.config.get("calibrationMethod") for t in ladder} >= {"percentile", "entropy"}
+    delta, size = manifest.metrics.accuracyDelta, manifest.metrics.sizeRatio
+    assert delta is not None and size is not None and manifest.gate is not None
+    if manifest.gate.passed:
+        assert delta <= budget
+        assert size < 1.0  # still an int8 variant
+        kept = details["selectedConfig"]["nodesToExclude"]
+        assert kept in ([], ["fragile"])  # the fragile node is the one kept float32, if any
+        if kept:
+            assert next(iter(details["sensitivityDb"])) == "fragile"
+            assert "within budget with the 1 most sensitive" in details["tuning"]
+    else:  # the honest fallback: the most accurate trial, and one sentence on why
+        assert delta == pytest.approx(min(t.accuracyDelta for t in trials if t.accuracyDelta is not None))
+        assert "budget" in details["tuning"] and "float32" in details["tuning"]
+
+
+def conv_only_model() -> onnx.ModelProto:
+    w = np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_dynamic_int8_keeps_convolutions_float_unless_asked(tmp_path):
+    path = tmp_path / "conv.onnx"
+    onnx.save(conv_only_model(), str(path))
+    evaluation = tmp_path / "eval.npz"
+    np.savez(evaluation, x=np.random.default_rng(1).normal(0, 1, (8, 3, 8, 8)).astype(np.float32))
+    dataset = load_npz(evaluation)
+    context = PassContext(
+        task=Task.REGRESSION,
+        calibration=None,
+        train=None,
+        reference=Reference.compute(path, dataset, Task.REGRESSION),
+        work_dir=tmp_path,
+    )
+    with pytest.raises(UnsupportedModelError) as refused:
+        pass_for("dynamic-int8", {"tune": False}).run(path, tmp_path / "out.onnx", context)
+    message = str(refused.value)
+    assert "Conv" in message and "static-int8" in message and "quantizeConv" in message
+    assert "\n" not in message
+    result = pass_for("dynamic-int8", {"tune": False, "quantizeConv": True}).run(
+        path, tmp_path / "out.onnx", context
+    )
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node}
+    assert "ConvInteger" in ops and "convolutionsKeptFloat32" not in result.details
