@@ -121,6 +121,23 @@ def test_structured_prune_removes_channels(digits, tmp_path):
     assert max(w.shape[0] for w in weights if w.ndim == 4) == 32  # conv2 went from 64 to 32 channels
 
 
+def test_structured_prune_that_torch_pruning_cannot_trace_is_one_sentence(digits):
+    """What torch-pruning raises while it traces channel groups (here: an example of the wrong shape;
+    on the dynamo encoder exports an IndexError past a layer's channels) becomes a refusal naming the
+    alternatives, never a traceback."""
+    import torch
+
+    from kondense.compression.model_files import load_model
+    from kondense.compression.passes.prune import shrink_channels
+
+    module = build_module(load_model(digits.model), "digits.onnx", traceable=True)
+    with pytest.raises(UnsupportedModelError) as refused:
+        shrink_channels(module, (torch.zeros(2, 3),), 0.5, "digits.onnx")
+    message = str(refused.value)
+    assert "structured pruning could not trace which channels are coupled" in message
+    assert "structured: false" in message and "\n" not in message
+
+
 def test_distill_cnn_student(digits, tmp_path):
     target = {"name": "student", "technique": "distill", "params": {"widthMultiplier": 0.5, "epochs": 15}}
     manifest = compress(digits, tmp_path, target)

@@ -60,14 +60,26 @@ def shrink_channels(module: Any, example: tuple[Any, ...], ratio: float, where: 
     if len(layers) < 2:
         raise UnsupportedModelError(where, "structured pruning needs at least two Conv/Linear layers")
     before = sum(p.numel() for p in module.parameters())
-    pruner = tp.pruner.MetaPruner(
-        module,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio,
-        ignored_layers=[layers[-1]],  # the output layer keeps the model's output size
-    )
-    pruner.step()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            module,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[layers[-1]],  # the output layer keeps the model's output size
+        )
+        pruner.step()
+    except (IndexError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # torch-pruning's dependency graph does not follow every channel coupling of a converted graph
+        # (e.g. attention heads split by Reshape/Transpose between MatMuls): its groups then index past
+        # a layer's channels. That is a limit of structured pruning on this graph, said in one sentence.
+        said = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UnsupportedModelError(
+            where,
+            "structured pruning could not trace which channels are coupled across this graph (attention "
+            f"heads or reshaped activations; torch-pruning: {type(exc).__name__}: {said}); use unstructured "
+            "pruning (structured: false), low-rank or weight-only instead",
+        ) from exc
     try:
         with torch.no_grad():
             module(*example)
