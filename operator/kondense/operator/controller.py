@@ -125,7 +125,16 @@ def track_observation(deployment: dict[str, Any] | None) -> TrackObservation | N
         and (status.get("replicas") or 0) <= replicas
     )
     autoscaled = ((meta.get("annotations") or {}).get(AUTOSCALED_ANNOTATION)) == "true"
-    return TrackObservation(replicas, ready, updated, annotations.get(SHA_ANNOTATION), settled, autoscaled)
+    old_pods = max(0, (status.get("replicas") or 0) - updated)  # pods of earlier templates, ready or not
+    return TrackObservation(
+        replicas,
+        ready,
+        updated,
+        annotations.get(SHA_ANNOTATION),
+        settled,
+        autoscaled,
+        ready_updated=max(0, min(updated, ready - old_pods)),
+    )
 
 
 def parse_status(raw: Any) -> tuple[CompressedModelStatus, list[str]]:

@@ -86,6 +86,9 @@ class TrackObservation:
     sha256: str | None  # artifact its pod template serves
     settled: bool  # the controller observed the latest generation and every pod is updated and ready
     autoscaled: bool = False  # a HorizontalPodAutoscaler owns its replicas (kondense.dev/autoscaled)
+    # Ready pods that surely run the current template: readyReplicas counts old pods too while a
+    # rollout replaces them, so at least ready - (all pods - updated pods) of the ready ones are new.
+    ready_updated: int | None = None  # None: not observed, read as ``ready``
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,9 @@ def _canary_serving(status: CompressedModelStatus, world: World) -> bool:
         return False
     variant = next((v for v in status.variants if v.name == canary.variant), None)
     sha = variant.artifact.sha256 if variant and variant.artifact else None
-    return world.canary.ready >= 1 and world.canary.sha256 == sha
+    seen = world.canary
+    serving = seen.ready if seen.ready_updated is None else seen.ready_updated
+    return serving >= 1 and seen.sha256 == sha
 
 
 # ------------------------------------------------------------------------------------------------
