@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,11 +19,20 @@ pytestmark = pytest.mark.slow  # starts a server process
 KONDENSE = str(Path(sys.executable).parent / "kondense")
 
 
-def test_the_command_serves_and_prints_its_url() -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a non-interactive shell
+
+
+@pytest.mark.parametrize(
+    ("stop", "inherited"),
+    [(signal.SIGINT, None), (signal.SIGTERM, None), (signal.SIGINT, _ignore_sigint)],
+    ids=["ctrl-c", "sigterm", "ctrl-c-though-inherited-ignored"],
+)
+def test_the_command_serves_and_prints_its_url(stop: signal.Signals, inherited: Any) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [KONDENSE, "dashboard", "--api", nowhere, "--port", "0", "--refresh", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=inherited,
     )  # fmt: skip
     try:
         assert process.stdout is not None
@@ -36,8 +46,11 @@ def test_the_command_serves_and_prints_its_url() -> None:
         assert f"the Kubernetes API at {nowhere} is unreachable" in page.text
         assert 'http-equiv="refresh"' not in page.text  # --refresh 0
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
+        process.send_signal(stop)
+        try:
+            process.wait(timeout=30)
+        finally:
+            process.kill()  # never left behind, whatever the outcome
     assert process.returncode == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -47,6 +48,14 @@ def dashboard(
         typer.echo(f"error: --port {port} is not a port (0-65535)", err=True)
         raise typer.Exit(2)
     factory = url_client_factory(api) if api else kubeconfig_client_factory(kubeconfig, context)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (kondense down, a pod's stop) both end it cleanly, also when it was started
+    # with SIGINT ignored (a background job of a non-interactive shell inherits SIG_IGN).
+    for wanted in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(wanted, stop)
     try:
         serve(
             factory,
