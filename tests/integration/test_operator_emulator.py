@@ -429,8 +429,11 @@ def test_autoscaled_breach_reaches_the_notification_with_its_fields(cluster: Clu
         done.set()
         watcher.join(timeout=10)
     assert final["status"]["phase"] == "RolledBack", yaml.safe_dump(final["status"])
-    # at 50 %: 2..6 split by the replicas router; the canary's HPA went with its Deployment
-    assert seen["scaled-canary"] == {"min": 1, "max": 3} and "scaled-stable" in seen
+    # 2..6 split by the replicas router at the step the canary reached before the breach rolled it back
+    # (25 %: 1..2, 50 %: 1..3; the continuous analysis often cuts it at the first step); the canary's HPA
+    # went with its Deployment
+    assert seen["scaled-canary"] in ({"min": 1, "max": 2}, {"min": 1, "max": 3}), seen
+    assert "scaled-stable" in seen
     cluster.wait(
         "the canary's HPA gone", lambda: [h["metadata"]["name"] for h in listed()] == ["scaled-stable"]
     )
