@@ -11,6 +11,7 @@ The CompressedModel is the digits example with the quick profile the demo tests 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def test_up_apply_promote_down_up_again(tmp_path: Path, workdir: Path, examples_
     run([KUBECTL, "apply", "-f", str(quick_digits(tmp_path))], env)
     assert wait_for_phase(env, "digits", {"Promoted", "RolledBack", "Failed"}, 900) == "Promoted"
     uid = run([KUBECTL, "get", "cmodel", "digits", "-o", "jsonpath={.metadata.uid}"], env)
+    header, row = run([KUBECTL, "get", "cmodel", "digits"], env).splitlines()[:2]
+    assert header.split()[:4] == ["NAME", "PHASE", "VARIANT", "WEIGHT"] and row.split()[:2] == [
+        "digits",
+        "Promoted",
+    ]
+    described = run([KUBECTL, "describe", "cmodel", "digits"], env)
+    assert "Events:" in described and "Promoted" in described.split("Events:")[1]
     processes = recorded_processes(workdir)
     assert len(processes) > 3  # the daemon, Prometheus, the operator, compression Jobs, servers
 
@@ -66,6 +74,12 @@ def test_up_apply_promote_down_up_again(tmp_path: Path, workdir: Path, examples_
     assert run([KUBECTL, "get", "cmodel", "digits", "-o", "jsonpath={.status.phase}"], env) == "Promoted"
     assert run([KUBECTL, "get", "cmodel", "digits", "-o", "jsonpath={.metadata.uid}"], env) == uid
     assert (workdir / "prometheus" / "data").is_dir()
+    assert run([KUBECTL, "get", "deployments", "-o", "name"], env).strip()  # stable serves again
+    run([KUBECTL, "delete", "cmodel", "digits"], env)  # waits for the object; its children follow
+    deadline = time.monotonic() + 120
+    while run([KUBECTL, "get", "deployments,services,jobs", "-o", "name"], env).strip():
+        assert time.monotonic() < deadline, run([KUBECTL, "get", "deployments,services,jobs"], env)
+        time.sleep(1)
     processes = recorded_processes(workdir)
     run([KONDENSE, "down", "--workdir", str(workdir)], timeout=180)
     assert [p for p in processes if alive(p)] == []
