@@ -324,8 +324,12 @@ def test_static_tuning_ends_with_weight_ops_only():
     static = pass_for("static-int8", {})
     ladder = tuning_ladder(False, False, ())
     extra = static.extra_rungs(ladder)  # type: ignore[attr-defined]
+    weight_ops = {"perChannel": True, "reduceRange": True, "nodesToExclude": [], "weightOpsOnly": True}
+    # then the other calibration methods on that configuration (Percentile and Entropy clip outliers)
     assert [c.as_dict() for c in extra] == [
-        {"perChannel": True, "reduceRange": True, "nodesToExclude": [], "weightOpsOnly": True}
+        weight_ops,
+        {**weight_ops, "calibrationMethod": "percentile"},
+        {**weight_ops, "calibrationMethod": "entropy"},
     ]
     assert pass_for("dynamic-int8", {}).extra_rungs(ladder) == []  # type: ignore[attr-defined]
     assert "weightOpsOnly" not in ladder[0].as_dict()  # unchanged configs for everything else
