@@ -504,6 +504,9 @@ def _default(obj: Mapping[str, Any], now: datetime.datetime) -> Row:
 
 
 _WIDE = 1
+# the template columns kubectl shows with -o wide for Deployments, ReplicaSets and Jobs alike
+CONTAINERS = column("Containers", description="Names of each container in the template.", priority=_WIDE)
+IMAGES = column("Images", description="Images referenced by each container in the template.", priority=_WIDE)
 # (group, plural) -> columns and the row printer, for the kinds kubectl users look at here.
 BUILTIN: dict[tuple[str, str], tuple[list[dict[str, Any]], Printer]] = {
     ("", "pods"): (
@@ -554,10 +557,8 @@ BUILTIN: dict[tuple[str, str], tuple[list[dict[str, Any]], Printer]] = {
                 description="Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
             ),
             AGE,
-            column("Containers", description="Names of each container in the template.", priority=_WIDE),
-            column(
-                "Images", description="Images referenced by each container in the template.", priority=_WIDE
-            ),
+            CONTAINERS,
+            IMAGES,
             column(
                 "Selector",
                 description="Label query over pods that should match the replicas count.",
@@ -575,10 +576,8 @@ BUILTIN: dict[tuple[str, str], tuple[list[dict[str, Any]], Printer]] = {
             ),
             column("Ready", "integer", description="The number of ready replicas for this replica set."),
             AGE,
-            column("Containers", description="Names of each container in the template.", priority=_WIDE),
-            column(
-                "Images", description="Images referenced by each container in the template.", priority=_WIDE
-            ),
+            CONTAINERS,
+            IMAGES,
             column(
                 "Selector",
                 description="Selector is a label query over pods that should match the replica count.",
@@ -597,10 +596,8 @@ BUILTIN: dict[tuple[str, str], tuple[list[dict[str, Any]], Printer]] = {
             ),
             column("Duration", description="Time required to complete the job."),
             AGE,
-            column("Containers", description="Names of each container in the template.", priority=_WIDE),
-            column(
-                "Images", description="Images referenced by each container in the template.", priority=_WIDE
-            ),
+            CONTAINERS,
+            IMAGES,
             column(
                 "Selector",
                 description="A label query over pods that should match the pod count.",
