@@ -3,13 +3,10 @@ as Event text: from the state machine's decision to a real receiver on loopback.
 
 from __future__ import annotations
 
-import json
-import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
@@ -30,6 +27,7 @@ from kondense.operator.rollout import (
 )
 from kondense.operator.routers import ReplicaRouter
 from kondense_testing.builders import digits_spec, job_result
+from kondense_testing.receivers import Receiver, receiving
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 SLOW = [
@@ -40,40 +38,10 @@ SLOW = [
 ]
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.received.append(json.loads(self.rfile.read(length)))
-                receiver.arrived.set()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
+    with receiving() as r:
         yield r
-    finally:
-        r.close()
 
 
 def breach_events(spec: CompressedModelSpec) -> list[Event]:
@@ -137,9 +105,12 @@ def test_the_receiver_gets_the_structured_breach(receiver: Receiver) -> None:
     )
     notifier = Notifier(lambda ns, ref: receiver.url + "/hook")
     assert notifier.notify("ml", "digits", [target], events) >= 1
-    assert receiver.arrived.wait(60)
+    deadline = time.monotonic() + 60
+    while not receiver.received:
+        assert time.monotonic() < deadline, "no notice arrived"
+        time.sleep(0.05)
     notifier.queue.join()
-    first = receiver.received[0]
+    first = receiver.received[0][1]
     assert first["reason"] == "CheckFailed" and first["severity"] == "warning"
     (fields,) = first["breaches"]
     assert fields["sli"] == "p99LatencyMs" and fields["value"] == 180.0 and fields["window"]

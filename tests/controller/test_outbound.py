@@ -3,11 +3,7 @@ receivers on loopback: a refused URL is never requested."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -18,42 +14,15 @@ from kondense.operator.notifications import Notifier
 from kondense.operator.outbound import UrlPolicy
 from kondense.operator.rollout import Event
 from kondense.operator.settings import OperatorSettings
+from kondense_testing.receivers import Receiver, receiving
 
 NS = "ml"
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.received.append((self.path, json.loads(self.rfile.read(length))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
+    with receiving() as r:
         yield r
-    finally:
-        r.close()
 
 
 POLICY = UrlPolicy(("https://hooks.example.com/services", "http://gate.test:8080"), "svc.cluster.local")
