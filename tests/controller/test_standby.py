@@ -15,11 +15,12 @@ from kondense.api.resource import CompressedModelSpec, Phase
 from kondense.operator.backends import SERVING_BACKENDS, ServingContext
 from kondense.operator.naming import MODEL_LABEL
 from kondense.operator.objects import Owner
-from kondense.operator.rollout import BASE, Topology, Track, TrackObservation, topology
+from kondense.operator.rollout import BASE, Topology, Track, TrackObservation, ready_timeout, topology
 from kondense.operator.routers import TRAFFIC_ROUTERS, ReplicaRouter
 from kondense.operator.settings import OperatorSettings
 from kondense.operator.workloads import ServingPlan, serving_plan
-from kondense_testing.builders import digits_spec, sha
+from kondense_testing.builders import digits_body, digits_spec, sha
+from kondense_testing.rollouts import GOOD
 
 from .test_bake import BAKE_GOOD, BAKE_SLOW, Driver, baking_driver
 
@@ -158,3 +159,85 @@ def test_no_standby_without_a_bake_or_once_the_bake_passed(bake: str | None) -> 
     topo = topology(driver.spec, driver.status, ReplicaRouter().split, standby_seen(driver))
     assert topo.standby is None and not topo.serve_standby
     assert ("Deployment", "digits-standby") in plan_of(driver.spec, topo).delete
+
+
+def promoting_driver(bake: str | None = "10m") -> Driver:
+    """Through every step: the final promotion has begun (stable rolls to the variant's artifact)."""
+    body = digits_body()
+    if bake is not None:
+        body["spec"]["rollout"]["bake"] = bake
+    driver = Driver(CompressedModelSpec.model_validate(body["spec"]))
+    driver.to_canary()
+    for _ in driver.spec.rollout.steps:
+        driver.tick(replace(driver.serving(), readings=GOOD), advance=driver.interval())
+    assert driver.status.canary is not None and driver.status.canary.promoting
+    return driver
+
+
+def test_the_standby_starts_with_the_final_promotion_and_serves_a_revert_early_in_the_bake() -> None:
+    driver = promoting_driver()
+    spec, n = driver.spec, driver.spec.serving.replicas
+    # promotion start: stable rolls to int8, the previous artifact (base) starts warm beside it
+    topo = topology(spec, driver.status, ReplicaRouter().split, None)
+    assert topo.promoting and topo.stable is not None and topo.stable.artifact.sha256 == sha("int8")
+    assert topo.standby is not None and topo.standby.artifact.sha256 == sha(BASE) and not topo.serve_standby
+    plan = plan_of(spec, topo)
+    deployments, services = objects(plan, "Deployment"), objects(plan, "Service")
+    assert sha_of(deployments["digits-standby"]) == sha(BASE)
+    assert ("Deployment", "digits-standby") not in plan.delete
+    for service in services.values():  # warm, selected by no Service before a revert
+        assert not selects(service, deployments["digits-standby"]), service["metadata"]["name"]
+    # stable already settled on int8 but the standby's pods still start: the bake waits for them
+    starting = replace(driver.serving(), standby=TrackObservation(n, 0, n, sha(BASE), False))
+    driver.tick(starting, advance=1)
+    assert driver.status.phase is Phase.CANARY and driver.status.canary and driver.status.canary.promoting
+    assert "waits for the standby (0/" in (driver.status.message or "")
+    # ready: the bake starts, the standby is the same Deployment as before (nothing restarts)
+    driver.tick(driver.serving(), advance=1)
+    assert driver.status.phase is Phase.BAKING
+    baking = topology(spec, driver.status, ReplicaRouter().split, standby_seen(driver))
+    assert baking.standby == topo.standby and not baking.serve_standby
+    # a breach 5 s into the bake (a continuous analysis): the Services switch to the ready standby in
+    # the reconcile of the decision
+    driver.tick(replace(driver.serving(stable_sha=sha("int8")), readings=BAKE_SLOW), advance=5)
+    assert driver.status.phase is Phase.ROLLED_BACK
+    assert driver.status.bake is not None and driver.status.bake.standbyServing
+    reverted = topology(spec, driver.status, ReplicaRouter().split, standby_seen(driver))
+    assert reverted.serve_standby
+    services = objects(plan_of(spec, reverted), "Service")
+    assert services["digits"]["spec"]["selector"] == {MODEL_LABEL: "digits-standby"}
+    # stable rolled back behind it: the Services return to stable and the standby goes
+    driver.tick(driver.serving(), advance=2)
+    released = topology(spec, driver.status, ReplicaRouter().split, standby_seen(driver))
+    assert released.standby is None and not released.serve_standby
+    assert ("Deployment", "digits-standby") in plan_of(spec, released).delete
+
+
+def test_a_standby_that_never_gets_ready_delays_the_bake_at_most_the_ready_timeout() -> None:
+    driver = promoting_driver()
+    n = driver.spec.serving.replicas
+    stuck = replace(driver.serving(), standby=TrackObservation(n, 0, n, sha(BASE), False))
+    decision = driver.tick(stuck, advance=1)
+    assert driver.status.phase is Phase.CANARY and not decision.events
+    decision = driver.tick(stuck, advance=ready_timeout(driver.spec).total_seconds())
+    assert driver.status.phase is Phase.BAKING
+    assert [e.reason for e in decision.events] == ["StandbyNotReady", "Baking"]
+    assert "a revert rolls stable back pod by pod" in decision.events[0].message
+
+
+def test_a_bake_that_passes_removes_the_standby_started_at_the_promotion() -> None:
+    driver = promoting_driver("30s")
+    driver.tick(driver.serving(), advance=1)
+    assert driver.status.phase is Phase.BAKING
+    for _ in range(3):
+        driver.tick(replace(driver.serving(), readings=BAKE_GOOD), advance=driver.interval())
+    assert driver.status.phase is Phase.PROMOTED
+    topo = topology(driver.spec, driver.status, ReplicaRouter().split, standby_seen(driver))
+    assert topo.standby is None
+    assert ("Deployment", "digits-standby") in plan_of(driver.spec, topo).delete
+
+
+def test_without_a_bake_the_promotion_starts_no_standby() -> None:
+    driver = promoting_driver(bake=None)
+    topo = topology(driver.spec, driver.status, ReplicaRouter().split, None)
+    assert topo.promoting and topo.standby is None

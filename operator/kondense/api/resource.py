@@ -702,6 +702,50 @@ class LatencyThreshold(MaxThreshold):
     )
 
 
+MAX_BURN = 1000  # a burn this high needs an error budget below 0.1 % to be reachable
+BURN_NEVER_FAILS = (
+    "maxBurn x budget must be below 1 (a burn rate above it needs an error rate above 100 %: "
+    "the gate could never fail)"
+)
+
+
+class BurnRateThreshold(StrictModel):
+    """Error-budget burn: the canary's error rate over the analysis window divided by the SLO's error
+    budget (1 - the SLO target). A burn of 1 spends the budget exactly over the SLO period."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel("double(self.maxBurn) * double(self.budget) < 1.0", BURN_NEVER_FAILS, ".maxBurn")
+        )
+    )
+
+    budget: float = Field(
+        gt=0,
+        lt=1,
+        description="The SLO's error budget as a fraction of requests (0 < budget < 1), e.g. 0.001 for "
+        "a 99.9 % availability SLO.",
+    )
+    maxBurn: float = Field(
+        gt=0,
+        le=MAX_BURN,
+        description="Breach when the burn rate (error rate / budget) over the window is above this, e.g. 4 "
+        "(the budget of 30 days spent in 7.5).",
+    )
+
+    @model_validator(mode="after")
+    def _can_fail(self) -> BurnRateThreshold:
+        if self.maxBurn * self.budget >= 1:
+            raise ValueError(
+                f"maxBurn: {BURN_NEVER_FAILS}, got {self.maxBurn:g} x {self.budget:g} = "
+                f"{self.maxBurn * self.budget:g}"
+            )
+        return self
+
+    def max_error_rate(self) -> float:
+        """The error rate at which the gate breaches."""
+        return self.maxBurn * self.budget
+
+
 class ErrorRateThreshold(FractionThreshold):
     """The error-rate gate: absolute (``max``) and, optionally, relative to stable."""
 
@@ -728,6 +772,13 @@ class ErrorRateThreshold(FractionThreshold):
         description="Relative gate: breach when the canary's error rate exceeds stable's over the same "
         "window by more than this (absolute, e.g. 0.005 = half a percentage point) AND a one-sided "
         "two-proportion z-test says it is higher with p < analysis.alpha.",
+    )
+    burnRate: BurnRateThreshold | None = Field(
+        None,
+        description="Error-budget gate: breach when the canary's error rate over the analysis window, "
+        "divided by the SLO's error budget, is above maxBurn (e.g. budget 0.001 for a 99.9 % SLO, maxBurn "
+        "4: an error rate above 0.4 %). Judged like errorRate.max (minRequests in the window, no data is "
+        "never a pass), during the steps and the bake.",
     )
 
 
@@ -787,13 +838,14 @@ class LoadTest(StrictModel):
 # gate is on by default; a spec may loosen gates but cannot switch every one of them off.
 _SOME_GATE_ON = (
     "(!has(self.errorRate) || !has(self.errorRate.max) || double(self.errorRate.max) < 1.0)"
+    " || (has(self.errorRate) && has(self.errorRate.burnRate))"
     " || (has(self.accuracyDelta) && double(self.accuracyDelta.max) < 1.0)"
     " || has(self.p99LatencyMs)"
 )
 ALL_GATES_OFF = (
     "every analysis gate is off (an errorRate.max of 1 can never be exceeded and no other gate can "
     "fail): a canary answering only errors would be promoted; keep errorRate.max below 1 "
-    f"(default {DEFAULT_ERROR_RATE}) or set p99LatencyMs or accuracyDelta"
+    f"(default {DEFAULT_ERROR_RATE}) or set errorRate.burnRate, p99LatencyMs or accuracyDelta"
 )
 
 
@@ -848,7 +900,7 @@ class AnalysisSpec(StrictModel):
 
     @model_validator(mode="after")
     def _some_gate_on(self) -> AnalysisSpec:
-        error_gate_on = self.errorRate.max < 1
+        error_gate_on = self.errorRate.max < 1 or self.errorRate.burnRate is not None
         accuracy_gate_on = self.accuracyDelta is not None and self.accuracyDelta.max < 1
         if not (error_gate_on or accuracy_gate_on or self.p99LatencyMs is not None):
             raise ValueError(f"errorRate.max: {ALL_GATES_OFF}")
@@ -1316,7 +1368,9 @@ class Check(StatusModel):
     held: bool | None = Field(None, description="No verdict: the analysis held (the message says why).")
     message: str | None = None
     # relative gates (p99LatencyRatio, errorRateIncrease): both readings and the test behind the verdict
-    canaryValue: float | None = Field(None, description="Relative gates: the canary's reading.")
+    canaryValue: float | None = Field(
+        None, description="Relative gates: the canary's reading; errorBudgetBurn: the canary's error rate."
+    )
     stableValue: float | None = Field(None, description="Relative gates: stable's reading, same window.")
     canarySamples: float | None = Field(None, description="Relative gates: canary requests in the window.")
     stableSamples: float | None = Field(None, description="Relative gates: stable requests in the window.")
@@ -1346,6 +1400,11 @@ class CanaryStatus(StatusModel):
     requestedWeight: int = Field(0, ge=0, le=100)
     failedChecks: int = Field(0, ge=0)
     promoting: bool = Field(False, description="Stable is being moved to the canary's artifact.")
+    promotingSince: str | None = Field(
+        None,
+        description="When the final promotion began (with a bake: the standby starts then, and the bake "
+        "waits for its pods at most the canary's ready timeout).",
+    )
     startedAt: str | None = None
     readyAt: str | None = Field(None, description="When the canary's pods first served the variant.")
     stepStartedAt: str | None = None

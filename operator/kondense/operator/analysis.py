@@ -31,6 +31,8 @@ class SLI(StrEnum):
     REQUESTS = "requests"  # canary requests in the window; below minRequests is no data
     P99_LATENCY_MS = "p99LatencyMs"
     ERROR_RATE = "errorRate"
+    # error-budget burn: the error rate over the window divided by the SLO's budget (never queried)
+    ERROR_BUDGET_BURN = "errorBudgetBurn"
     ACCURACY_DELTA = "accuracyDelta"
     # relative gates: judged from a Comparison of both tracks, never queried as a scalar
     P99_LATENCY_RATIO = "p99LatencyRatio"
@@ -100,6 +102,8 @@ def thresholds(spec: AnalysisSpec) -> dict[SLI, float]:
     if spec.p99LatencyMs:
         out[SLI.P99_LATENCY_MS] = spec.p99LatencyMs.max
     out[SLI.ERROR_RATE] = spec.errorRate.max
+    if spec.errorRate.burnRate is not None:
+        out[SLI.ERROR_BUDGET_BURN] = spec.errorRate.burnRate.maxBurn
     if spec.accuracyDelta:
         out[SLI.ACCURACY_DELTA] = spec.accuracyDelta.max
     return out
@@ -126,6 +130,20 @@ def invalid_reason(value: float) -> str | None:
     return None
 
 
+def burn_reading(spec: AnalysisSpec, error_rate: Reading | None) -> Reading | None:
+    """The burn rate derived from the error-rate reading (None: no burnRate gate). An unusable error
+    rate makes the burn no data, with the reason; +Inf burns at +Inf (a breach)."""
+    gate = spec.errorRate.burnRate
+    if gate is None:
+        return None
+    value = error_rate.value if error_rate is not None else None
+    bad = None if value is None else invalid_reason(value)
+    if value is None or bad is not None:
+        why = bad or (error_rate.message if error_rate is not None and error_rate.message else "no data")
+        return Reading(SLI.ERROR_BUDGET_BURN, None, f"error rate: {why}")
+    return Reading(SLI.ERROR_BUDGET_BURN, value / gate.budget)
+
+
 def analyse(
     spec: AnalysisSpec,
     readings: Sequence[Reading],
@@ -137,6 +155,9 @@ def analyse(
     gates (``relative_checks``) are judged from ``comparison`` when the spec sets any."""
     window = window or spec.window
     by_sli = {r.sli: r for r in readings}
+    burn = burn_reading(spec, by_sli.get(SLI.ERROR_RATE))
+    if burn is not None:
+        by_sli[SLI.ERROR_BUDGET_BURN] = burn
     checks: list[Check] = []
     traffic = by_sli.get(SLI.REQUESTS)
     count = traffic.value if traffic is not None else None
@@ -183,6 +204,14 @@ def analyse(
         passed = value <= threshold
         shown = "+Inf" if math.isinf(value) else f"{value:.4g}"
         verdict_text = None if passed else f"{sli.value} {shown} > {threshold:g} over {window}"
+        canary_value = None
+        if sli is SLI.ERROR_BUDGET_BURN and spec.errorRate.burnRate is not None:
+            rate = by_sli[SLI.ERROR_RATE].value
+            assert rate is not None  # a burn reading is derived from a usable error rate
+            canary_value = _finite(rate)
+            budget = spec.errorRate.burnRate.budget
+            what = f"error rate {rate:.4g} / budget {budget:g} = burn {shown}x"
+            verdict_text = f"{what} {'<=' if passed else '>'} maxBurn {threshold:g} over {window}"
         abort_at = aborts.get(sli)
         if abort_at is not None and value > abort_at:
             severe = True
@@ -191,11 +220,12 @@ def analyse(
             Check(
                 time=now,
                 sli=sli.value,
-                value=INFINITE_READING if math.isinf(value) else round(value, 6),
+                value=_finite(value),
                 threshold=threshold,
                 window=window,
                 passed=passed,
                 message=verdict_text,
+                canaryValue=canary_value,
             )
         )
     if spec.relative_gates() and not (comparison is not None and comparison.stable_idle):

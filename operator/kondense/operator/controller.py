@@ -282,6 +282,9 @@ class Controller:
             canary=track_observation(self.kube.get("Deployment", names.deployment("canary"), namespace))
             if serving
             else None,
+            standby=track_observation(self.kube.get("Deployment", names.deployment(STANDBY), namespace))
+            if serving
+            else None,
             intents=intents.parse(meta.get("annotations")),
         )
         due = analysis_due(spec, current, world, now)
@@ -346,9 +349,10 @@ class Controller:
             rejected.append(translate_rejection(exc))
 
         ctx = ServingContext(spec, owner, self.settings)
-        standby = track_observation(self.kube.get("Deployment", names.deployment(STANDBY), namespace))
         observed = {"stable": world.stable, "canary": world.canary}
-        plan = serving_plan(ctx, topology(spec, status, router.split, standby), backend, router, observed)
+        plan = serving_plan(
+            ctx, topology(spec, status, router.split, world.standby), backend, router, observed
+        )
         for obj in plan.apply:  # in order (a route's weight goes to 0 before the canary scales down)
             if router.owns(obj):  # the router's own objects, in this namespace only
                 try:

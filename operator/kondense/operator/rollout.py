@@ -96,6 +96,8 @@ class World:
     jobs: Mapping[str, JobObservation] = field(default_factory=dict)
     stable: TrackObservation | None = None
     canary: TrackObservation | None = None
+    # the standby Deployment (the previous stable artifact kept warm for a bake's instant revert)
+    standby: TrackObservation | None = None
     readings: Sequence[Reading] | None = None  # present only when the shell ran an analysis
     due: AnalysisDue | None = None  # which analysis the readings are for (analysis_due)
     intents: Intents = field(default_factory=lambda: Intents(False, ()))  # from the annotations
@@ -624,6 +626,7 @@ def _canary(
     generation = status.observedGeneration
 
     if canary.promoting:
+        canary.promotingSince = canary.promotingSince or ts  # (a status from before the field)
         stable = world.stable
         target_sha = variant.artifact.sha256 if variant.artifact else None
         if (
@@ -633,6 +636,8 @@ def _canary(
             and stable.ready >= stable.replicas > 0
         ):
             if spec.rollout.bake is not None:  # the gates keep running before the promotion is final
+                if standby_hold(spec, status, variant, world, now, d):
+                    return
                 _start_bake(status, variant, ts, d)
                 return
             status.phase = Phase.PROMOTED
@@ -786,6 +791,7 @@ def _advance(
     status.phase = Phase.CANARY
     if canary.step >= len(steps) - 1:
         canary.promoting = True
+        canary.promotingSince = ts
         status.message = f"promoting {variant.name}: stable moves to its artifact"
         d.events.append(Event("Normal", "Promoting", f"{variant.name} {why}"))
     else:
@@ -1538,15 +1544,85 @@ def _end_mirror(
     )
 
 
-# instant revert: during a bake the previous stable artifact stays warm in a standby Deployment that
+# instant revert: from the start of the final promotion (a bake is set) and during the bake the previous
+# stable artifact stays warm in a standby Deployment that
 # no Service selects; a revert points the Services at its ready pods in the same reconcile (no pod
 # has to start), while the stable Deployment rolls back behind them. Once stable is settled on the
 # previous artifact again the Services return to it and the standby goes.
 
 
+def promotion_standby(spec: CompressedModelSpec, status: CompressedModelStatus) -> StableStatus | None:
+    """What the standby keeps warm from the start of the final promotion (a bake is set): the stable
+    artifact being replaced (status.stable moves to the variant only when the bake starts). Started
+    before the stable Deployment rolls, so that its pods are ready when the bake starts."""
+    canary = status.canary
+    kept = status.stable
+    if (
+        spec.rollout.bake is None
+        or status.phase not in CANARY_PHASES
+        or canary is None
+        or not canary.promoting
+        or canary.variant is None
+        or kept is None
+        or kept.artifact is None
+    ):
+        return None
+    promoted = _variant(status, canary.variant).artifact
+    return kept if promoted is None or promoted.sha256 != kept.artifact.sha256 else None
+
+
+def standby_problem(status: CompressedModelStatus, world: World) -> str | None:
+    """Why the standby cannot take the traffic at once (None: every one of its pods is ready on the
+    artifact the promotion replaces)."""
+    want = status.stable.artifact.sha256 if status.stable and status.stable.artifact else None
+    seen = world.standby
+    if seen is None:
+        return "no standby Deployment yet"
+    if seen.sha256 != want:
+        return f"standby pods on {(seen.sha256 or 'nothing')[:12]}, not {(want or 'nothing')[:12]}"
+    if not seen.settled or seen.replicas == 0 or seen.ready < seen.replicas:
+        return f"{seen.ready}/{seen.replicas} standby pods ready"
+    return None
+
+
+def standby_hold(
+    spec: CompressedModelSpec,
+    status: CompressedModelStatus,
+    variant: VariantStatus,
+    world: World,
+    now: datetime,
+    d: Decision,
+) -> bool:
+    """Whether the bake waits for the standby (stable already serves the variant): a revert in the
+    bake's first seconds must find it ready. It waits at most ready_timeout from the promotion's start;
+    then the bake starts without it (a revert rolls stable back pod by pod), with a Warning."""
+    why = standby_problem(status, world) if promotion_standby(spec, status) is not None else None
+    if why is None:
+        return False
+    canary = status.canary
+    since = parse_time(canary.promotingSince if canary else None) or now
+    limit = ready_timeout(spec)
+    if now - since < limit:
+        status.message = f"promoting {variant.name}: stable serves it; the bake waits for the standby ({why})"
+        return True
+    d.events.append(
+        Event(
+            "Warning",
+            "StandbyNotReady",
+            f"{variant.name}: the previous artifact's standby is not ready after {int(limit.total_seconds())}s "
+            f"({why}): baking without it, a revert rolls stable back pod by pod",
+        )
+    )
+    return False
+
+
 def standby_topology(
     spec: CompressedModelSpec, status: CompressedModelStatus, topo: Topology, seen: TrackObservation | None
 ) -> Topology:
+    kept = promotion_standby(spec, status)
+    if kept is not None and kept.artifact is not None and topo.stable is not None:
+        # the final promotion: warm (selected by no Service) before stable rolls to the variant
+        return replace(topo, standby=Track(kept.artifact, kept.variant, spec.serving.replicas))
     bake = status.bake
     previous = bake.previous if bake is not None else None
     if bake is None or previous is None or previous.artifact is None or topo.stable is None:

@@ -42,7 +42,8 @@ def settled_world(
     canary_ready: int | None = None,
 ) -> World:
     """Every Deployment of the status' topology rolled out: all stable pods ready (serving
-    ``stable_sha`` when given), canary pods ready up to ``canary_ready`` (default: all)."""
+    ``stable_sha`` when given), canary pods ready up to ``canary_ready`` (default: all), the standby's
+    all ready."""
     topo = topology(spec, status, ReplicaRouter().split)
     stable = canary = None
     if topo.stable:
@@ -52,4 +53,8 @@ def settled_world(
         n = topo.canary.replicas
         ready = n if canary_ready is None else min(canary_ready, n)
         canary = TrackObservation(n, ready, n, topo.canary.artifact.sha256, True)
-    return World(jobs=jobs, stable=stable, canary=canary)
+    standby = None
+    if topo.standby:  # the previous stable artifact kept warm (a bake's instant revert)
+        n = topo.standby.replicas
+        standby = TrackObservation(n, n, n, topo.standby.artifact.sha256, True)
+    return World(jobs=jobs, stable=stable, canary=canary, standby=standby)
