@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from kondense.api.resource import CompressedModelSpec, CompressedModelStatus
 from kondense.operator.objects import Owner, compression_job
-from kondense.operator.rollout import BASE, JobObservation, JobState, World, reconcile
+from kondense.operator.rollout import BASE, JobObservation, JobState, World, compression_hash, reconcile
 from kondense.operator.settings import OperatorSettings
 from kondense_testing.builders import digits_body, job_result
 
@@ -104,3 +104,47 @@ def test_the_variant_status_shows_the_hardware_it_was_evaluated_on() -> None:
     status = reconcile(spec, status, 1, World(jobs=jobs), now).status
     hardware = {v.name: v.hardware for v in status.variants}
     assert hardware and all(h and "int8" in h for h in hardware.values())
+
+
+def _run_of(spec: CompressedModelSpec, before: CompressedModelStatus | None = None) -> CompressedModelStatus:
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    return reconcile(spec, before or CompressedModelStatus(), 1, World(), now).status
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"nodeSelector": AMX}, {"tolerations": GPU_TAINT}, {"affinity": AFFINITY}],
+    ids=["nodeSelector", "tolerations", "affinity"],
+)
+def test_a_serving_placement_the_jobs_inherit_starts_a_new_run(change: dict[str, Any]) -> None:
+    before = spec_with({})
+    after = spec_with(change)
+    assert compression_hash(after) != compression_hash(before)
+    first = _run_of(before)
+    second = _run_of(after, first)
+    assert second.hashes.run != first.hashes.run  # new Jobs on the new node class
+    assert second.hashes.compression == compression_hash(after)
+
+
+@pytest.mark.parametrize("field", ["nodeSelector", "tolerations", "affinity"])
+def test_serving_placement_does_not_count_where_the_jobs_do_not_inherit_it(field: str) -> None:
+    values = {"nodeSelector": AMX, "tolerations": GPU_TAINT, "affinity": AFFINITY}
+    own = {"nodeSelector": {"pool": "batch"}, "tolerations": [], "affinity": {}}[field]
+    # opted out: serving placement does not place the Jobs
+    opted_out = spec_with({}, {"sameNodesAsServing": False})
+    assert compression_hash(spec_with({field: values[field]}, {"sameNodesAsServing": False})) == (
+        compression_hash(opted_out)
+    )
+    # the field set under compression wins: the serving one is not the Jobs' placement
+    pinned = spec_with({}, {field: own})
+    assert compression_hash(spec_with({field: values[field]}, {field: own})) == compression_hash(pinned)
+    first = _run_of(pinned)
+    assert _run_of(spec_with({field: values[field]}, {field: own}), first).hashes.run == first.hashes.run
+
+
+def test_a_placement_that_places_nothing_hashes_as_none() -> None:
+    # an empty serving value places nothing: same Jobs, same run as no value (and as before this field
+    # counted: specs without serving placement keep their hash across the operator upgrade)
+    assert compression_hash(spec_with({"nodeSelector": {}, "tolerations": []})) == compression_hash(
+        spec_with({})
+    )

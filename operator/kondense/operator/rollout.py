@@ -164,12 +164,31 @@ def _digest(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+PLACEMENT_FIELDS = ("nodeSelector", "tolerations", "affinity")
+
+
 def compression_hash(spec: CompressedModelSpec) -> str:
-    return _digest(
-        spec.model_dump(
-            mode="json", include={"baseModel", "task", "data", "targets", "artifacts", "compression"}
-        )
+    """What a compression run depends on; a change starts a new run (new Jobs, new variants).
+
+    That includes where the Jobs run: int8 accuracy and speed depend on the CPU. With
+    ``compression.sameNodesAsServing`` the Jobs take each serving placement field not set under
+    ``compression`` (``objects.compression_placement``), so those serving fields count here; without
+    it serving placement does not matter. Only inherited fields that place anything are added, so a
+    spec that inherits nothing hashes as it did before.
+    """
+    payload = spec.model_dump(
+        mode="json", include={"baseModel", "task", "data", "targets", "artifacts", "compression"}
     )
+    own, serving = spec.compression, spec.serving
+    if own.sameNodesAsServing:
+        inherited = {
+            name: serving.model_dump(mode="json", include={name})[name]
+            for name in PLACEMENT_FIELDS
+            if getattr(own, name) is None and getattr(serving, name)
+        }
+        if inherited:
+            payload["placementFromServing"] = inherited
+    return _digest(payload)
 
 
 def rollout_hash(spec: CompressedModelSpec) -> str:
