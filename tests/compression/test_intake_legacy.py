@@ -153,3 +153,14 @@ def test_ort_reason_strips_prefixes_location_and_signature() -> None:
     plain = "[ONNXRuntimeError] : 10 : INVALID_GRAPH : This is an invalid model. Error in node (n)"
     assert ort_reason(plain) == "This is an invalid model. Error in node (n)"
     assert ort_reason("something else\nsecond line") == "something else second line"
+
+
+def test_inspect_predicts_what_intake_makes_of_a_legacy_model(legacy: Path) -> None:
+    from kondense.compression.inspect_model import inspect
+
+    inspection = inspect(legacy)
+
+    assert [v["name"] for v in inspection.inputs] == ["x"]
+    assert inspection.techniques["dynamic-int8"]["applies"]
+    assert inspection.techniques["static-int8"]["applies"]
+    assert any("IR 3" in note for note in inspection.notes)

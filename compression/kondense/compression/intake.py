@@ -181,6 +181,31 @@ def raise_ir_version(model: onnx.ModelProto) -> None:
     model.ir_version = max(model.ir_version, needed, 4)
 
 
+def run_time_constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Tensors ``ConstantOfShape`` makes from an initializer shape, which intake folds into
+    initializers (legacy IR: after ``promote_initializer_inputs``): name -> a data-less TensorProto
+    with their type and dims, so ``inspect`` can tell what the passes will see."""
+    from onnx import TensorProto, numpy_helper
+
+    legacy = model.ir_version < 4
+    inputs = {v.name for v in model.graph.input}
+    shapes = {t.name: t for t in model.graph.initializer if legacy or t.name not in inputs}
+    out: dict[str, onnx.TensorProto] = {}
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+            continue
+        if not node.input or node.input[0] not in shapes:
+            continue
+        dims = [int(d) for d in numpy_helper.to_array(shapes[node.input[0]]).reshape(-1)]
+        if int(np.prod(dims, dtype=np.int64)) > MAX_FOLD_ELEMENTS:
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        tensor = TensorProto(name=node.output[0], dims=dims)
+        tensor.data_type = value.data_type if value is not None else TensorProto.FLOAT
+        out[node.output[0]] = tensor
+    return out
+
+
 # --- 2. opset ---------------------------------------------------------------------------------------
 
 
