@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from kondense.api.techniques import Technique
-from kondense.compression.intake import MIN_OPSET, constant_node_value, default_opset, external_data_files
+from kondense.compression.intake import (
+    MIN_OPSET,
+    constant_node_value,
+    default_opset,
+    external_data_files,
+    run_time_constants,
+)
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
 
@@ -115,6 +121,12 @@ def inspect(path: str | Path) -> Inspection:
         },
         ops=ops,
     )
+    declared = [v.name for v in graph.input if v.name in initializer_names]
+    if model.ir_version < 4 and declared:
+        result.notes.append(
+            f"IR {model.ir_version}: {len(declared)} initializer(s) are also declared as graph inputs; "
+            "intake makes them constants (weights ConstantOfShape computes from them are folded)"
+        )
     if 0 < opset < MIN_OPSET:
         result.notes.append(f"opset {opset}: intake upgrades it to {MIN_OPSET} before any technique")
     if const_params:
@@ -138,6 +150,7 @@ def applicability(
     for node in graph.node:
         if node.op_type == "Constant" and (t := constant_node_value(node)) is not None:
             weights[node.output[0]] = t  # what intake will turn into initializers
+    weights.update(run_time_constants(model))  # ConstantOfShape weights intake folds
     float_weight = {n for n, t in weights.items() if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2}
     weight_nodes = [n for n in graph.node if n.op_type in WEIGHT_OPS and float_weight & set(n.input)]
     dense = [

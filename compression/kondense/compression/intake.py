@@ -30,6 +30,7 @@ and failed in its own way. Intake does the normalisation once:
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class IntakeResult:
     constant_nodes_folded: int = 0
     nodes_folded: int = 0
     external_data: list[str] = field(default_factory=list)
+    inputs_removed: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -87,6 +89,7 @@ class IntakeResult:
             "constantNodesFolded": self.constant_nodes_folded,
             "nodesFolded": self.nodes_folded,
             "externalData": self.external_data,
+            "initializerInputsRemoved": self.inputs_removed,
         }
 
 
@@ -111,6 +114,96 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
 def first_line(exc: BaseException, limit: int = 240) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+_SOURCE_LOCATION = re.compile(r"^\S+\.(?:cc|cpp|cxx|h|hpp):\d+\s+")
+
+
+def _skip_signature(text: str) -> str:
+    """``text`` without a leading C++ signature (``ns::Class::Method(args...) const``), if any."""
+    match = re.match(r"[\w:~<>,*& ]*::[\w~]+\(", text)
+    if not match:
+        return text
+    depth, index = 0, match.end() - 1
+    for index in range(match.end() - 1, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[index], 0)
+        if depth == 0:
+            break
+    rest = text[index + 1 :].lstrip()
+    return rest[len("const") :].lstrip() if rest.startswith("const") else rest
+
+
+def ort_reason(exc: BaseException | str, limit: int = 300) -> str:
+    """ONNX Runtime's own reason from one of its errors, in one line: without the
+    ``[ONNXRuntimeError] : 1 : FAIL :`` prefixes, the C++ source location and the C++ function
+    signature ORT prints before the reason (``onnxruntime::Graph::Graph(const onnxruntime::Model&...``)."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else "unknown error"
+    pieces = [p.strip() for p in _ORT_PREFIX.split(text)]
+    reason = next((p for p in reversed(pieces) if p), text)
+    located = _SOURCE_LOCATION.sub("", reason)
+    if located != reason:
+        reason = _skip_signature(located) or located
+    return reason[:limit]
+
+
+# --- 1b. legacy IR: initializers declared as graph inputs -----------------------------------------
+
+
+def promote_initializer_inputs(model: onnx.ModelProto, fed: set[str] | None = None) -> list[str]:
+    """Make initializers that are also graph inputs plain initializers (IR < 4 models).
+
+    Before IR version 4 every initializer had to be listed as a graph input too (onnx-caffe2 and old
+    PyTorch exports); ONNX Runtime then treats it as an overridable default, not a constant, so no
+    pass sees a weight. Those not in ``fed`` (inputs the user's data feeds) leave the graph inputs;
+    the IR version is raised to what the model's opsets need (at least 4), else the checker rejects
+    an initializer that is not an input. Returns the names removed from the inputs.
+    """
+    fed = fed or set()
+    initializers = {t.name for t in model.graph.initializer}
+    promoted = [v.name for v in model.graph.input if v.name in initializers and v.name not in fed]
+    if not promoted:
+        return []
+    kept = [v for v in model.graph.input if v.name not in set(promoted)]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    raise_ir_version(model)
+    return promoted
+
+
+def raise_ir_version(model: onnx.ModelProto) -> None:
+    """IR version at least 4 and at least what the model's opset imports need (never lowered)."""
+    from onnx import helper
+
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(model.ir_version, needed, 4)
+
+
+def run_time_constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Tensors ``ConstantOfShape`` makes from an initializer shape, which intake folds into
+    initializers (legacy IR: after ``promote_initializer_inputs``): name -> a data-less TensorProto
+    with their type and dims, so ``inspect`` can tell what the passes will see."""
+    from onnx import TensorProto, numpy_helper
+
+    legacy = model.ir_version < 4
+    inputs = {v.name for v in model.graph.input}
+    shapes = {t.name: t for t in model.graph.initializer if legacy or t.name not in inputs}
+    out: dict[str, onnx.TensorProto] = {}
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+            continue
+        if not node.input or node.input[0] not in shapes:
+            continue
+        dims = [int(d) for d in numpy_helper.to_array(shapes[node.input[0]]).reshape(-1)]
+        if int(np.prod(dims, dtype=np.int64)) > MAX_FOLD_ELEMENTS:
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        tensor = TensorProto(name=node.output[0], dims=dims)
+        tensor.data_type = value.data_type if value is not None else TensorProto.FLOAT
+        out[node.output[0]] = tensor
+    return out
 
 
 # --- 2. opset ---------------------------------------------------------------------------------------
@@ -357,10 +450,13 @@ def infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str, list[str
         return inferred, method if method == "none" else f"{method} (partial)", notes
 
 
-def restore_signature(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Graph inputs and outputs exactly as the original declared them."""
+def restore_signature(
+    model: onnx.ModelProto, original: onnx.ModelProto, dropped: set[str] | None = None
+) -> None:
+    """Graph inputs and outputs exactly as the original declared them, except the ``dropped``
+    inputs (initializers of a legacy IR model that intake made constants)."""
     initializers = {t.name for t in model.graph.initializer}
-    original_inputs = [v for v in original.graph.input]
+    original_inputs = [v for v in original.graph.input if v.name not in (dropped or set())]
     original_input_names = {v.name for v in original_inputs}
     # Inputs that were initializers in the original stay declared (old IR); new ones are not added.
     del model.graph.input[:]
@@ -431,13 +527,27 @@ def normalise(
     if result.external_data:
         result.changes.append(f"weights read from external data {result.external_data} into one file")
 
+    legacy_ir = original.ir_version
+    result.inputs_removed = promote_initializer_inputs(model, set(sample or {})) if legacy_ir < 4 else []
+    legacy_change = len(result.changes)  # where the IR change goes once the opset step fixed the IR
+
     if 0 < result.opset < MIN_OPSET:
         try:
             model = upgrade_opset(model, MIN_OPSET)
+            if result.inputs_removed:
+                raise_ir_version(model)  # the converter keeps the IR version; opset 13 needs IR 7
             result.changes.append(f"opset {result.opset} -> {MIN_OPSET} (ONNX version converter)")
             result.opset = MIN_OPSET
         except BadInputError as exc:
             result.notes.append(f"kept opset {result.opset}: {exc.problem}")
+
+    if result.inputs_removed:
+        shown = ", ".join(result.inputs_removed[:3]) + (", ..." if len(result.inputs_removed) > 3 else "")
+        result.changes.insert(
+            legacy_change,
+            f"IR version {legacy_ir} -> {model.ir_version}: {len(result.inputs_removed)} initializer(s) "
+            f"declared as graph inputs ({shown}) are constants, no longer inputs",
+        )
 
     result.constant_nodes_folded = fold_constant_nodes(model)
     if result.constant_nodes_folded:
@@ -458,7 +568,7 @@ def normalise(
 
     inferred, result.shape_inference, shape_notes = infer_shapes(model)
     result.notes.extend(shape_notes)
-    restore_signature(inferred, original)
+    restore_signature(inferred, original, dropped=set(result.inputs_removed))
     model = inferred
 
     if not result.changes:
@@ -472,6 +582,7 @@ def normalise(
         result.changes.clear()
         result.opset = result.source_opset
         result.constant_nodes_folded = result.nodes_folded = 0
+        result.inputs_removed = []
         return result
     result.path = target
     return result
@@ -499,16 +610,16 @@ def _save_and_verify(
     try:
         session = _session(str(target))
     except Exception as exc:
-        return f"ONNX Runtime cannot load it: {first_line(exc)}"
+        return f"ONNX Runtime cannot load it: {ort_reason(exc)}"
     if sample is None:
         return None
     try:
         expected = _session(str(source)).run(None, sample)
     except Exception as exc:  # the sample does not fit the original: nothing to compare against
-        notes.append(f"not verified on the sample: the original rejects it ({first_line(exc, 160)})")
+        notes.append(f"not verified on the sample: the original rejects it ({ort_reason(exc, 160)})")
         return None
     try:
         got = session.run(None, sample)
     except Exception as exc:
-        return f"it fails on a sample the original runs: {first_line(exc)}"
+        return f"it fails on a sample the original runs: {ort_reason(exc)}"
     return outputs_match(expected, got)

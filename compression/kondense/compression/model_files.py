@@ -89,9 +89,9 @@ def open_session(path: str | Path, *, threads: int = 1) -> onnxruntime.Inference
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad graphs
-        raise BadInputError(
-            str(path), f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}"
-        ) from exc
+        from kondense.compression.intake import ort_reason  # intake imports this module
+
+        raise BadInputError(str(path), f"ONNX Runtime cannot load the model: {ort_reason(exc)}") from exc
 
 
 def run_outputs(session: onnxruntime.InferenceSession, batches: Any, output: str | None = None) -> np.ndarray:

@@ -168,12 +168,14 @@ def convert(
 def _load_problem(model: Any) -> str | None:
     import onnxruntime as ort
 
+    from kondense.compression.intake import ort_reason
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types
-        return str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # ORT's own exception types; its reason without the C++ signature
+        return ort_reason(exc, 400)
     return None
 
 
