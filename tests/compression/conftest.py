@@ -1,15 +1,17 @@
 """Shared fixtures for the compression tests: the digits example is built once per session through
-the real ``kondense example digits`` command."""
+the real ``kondense example digits`` command (``digits_build`` in tests/conftest.py, which the cluster
+tests share)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from kondense_testing.digits import DigitsBuild
 
 KONDENSE = [sys.executable, "-m", "kondense.cli"]
 KONDENSE_COMPRESS = [sys.executable, "-m", "kondense.compression.job"]
@@ -42,8 +44,6 @@ def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Example:
-    root = tmp_path_factory.mktemp("digits")
-    done = run([*KONDENSE, "example", "digits", "--out", str(root)])
-    assert done.returncode == 0, done.stderr
-    return Example(root, json.loads(done.stdout.strip().splitlines()[-1]))
+def digits(digits_build: DigitsBuild) -> Example:
+    """The session's one build (tests/conftest.py ``digits_build``), shared with the cluster tests."""
+    return Example(digits_build.root, digits_build.summary)

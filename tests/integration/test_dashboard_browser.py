@@ -1,7 +1,8 @@
 """The dashboard in a real headless browser: Debian's chromium, driven through its own chromedriver by
 selenium, reads a dashboard pointed at the embedded local cluster after a real promoted digits
 rollout (the quick profile of ``kondense demo``: real compression Jobs, ``kondense serve`` pods,
-the operator process, Prometheus scraping the pods).
+the operator process, Prometheus scraping the pods). The cluster is the session's shared ``kondense up``
+cluster (``promoted_up``, tests/conftest.py), which tests/localcluster/test_up_lifecycle.py also reads.
 
 It checks what a person looks at: the model list, the canary timeline with its weight steps and the
 promotion decision, the SLI series from Prometheus, one Pareto point per evaluated variant; and keeps
@@ -15,8 +16,6 @@ as chromium, so the two always match (playwright's protocol is tied to its own b
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,48 +25,20 @@ import pytest
 
 from kondense.dashboard.data import kubeconfig_client_factory
 from kondense.dashboard.server import RunningDashboard, start
-from kondense.localcluster.cluster import ClusterError, LocalCluster
-from kondense.localcluster.scenarios import install_example, load_example_cr, quick_profile
-from kondense_testing.paths import EXAMPLES, REPO
+from kondense_testing.paths import REPO
 from kondense_testing.tools import find_tool
+from kondense_testing.upcluster import UpCluster
 
-pytestmark = [pytest.mark.localcluster, pytest.mark.slow, pytest.mark.timeout(600)]
-BIN = Path(sys.executable).parent
+# the first test of the shared cluster waits for its rollout (tests/localcluster/test_up_lifecycle.py's
+# budget)
+pytestmark = [pytest.mark.localcluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 ARTIFACT = REPO / "build" / "artifacts" / "dashboard.png"
 
 
-@pytest.fixture(scope="module")
-def promoted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+@pytest.fixture
+def promoted(promoted_up: UpCluster) -> UpCluster:
     """The local cluster after the digits example was promoted (left running for the browser)."""
-    example = tmp_path_factory.mktemp("digits")
-    subprocess.run(
-        [str(BIN / "kondense"), "example", "digits", "--out", str(example)], check=True, capture_output=True
-    )
-    body = load_example_cr(EXAMPLES / "digits" / "compressedmodel.yaml")
-    quick_profile(body)
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start()
-        install_example(example, cluster)
-        cluster.apply(body)
-
-        def settled() -> bool:
-            status = (cluster.compressed_model("digits") or {}).get("status") or {}
-            assert status.get("phase") not in ("RolledBack", "Failed"), status
-            assert cluster.operator_alive(), cluster.paths.operator_log.read_text()[-3000:]
-            return status.get("phase") == "Promoted" and not (status.get("canary") or {}).get("promoting")
-
-        try:
-            cluster.wait_for("digits Promoted", settled, timeout=420)
-            # kopf posts Events from a queue after the status write: wait for the decision's Event
-            cluster.wait_for(
-                "the Promoted Event", lambda: any(e.get("reason") == "Promoted" for e in cluster.events()), 60
-            )
-        except ClusterError as exc:
-            pytest.fail(f"{exc}; operator log tail:\n{cluster.paths.operator_log.read_text()[-3000:]}")
-        yield cluster
-    finally:
-        cluster.stop()
+    return promoted_up
 
 
 @pytest.fixture
@@ -99,10 +70,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def dashboard(promoted: LocalCluster) -> Iterator[RunningDashboard]:
+def dashboard(promoted: UpCluster) -> Iterator[RunningDashboard]:
     running = start(
-        kubeconfig_client_factory(str(promoted.paths.kubeconfig)),
-        promoted.prometheus.url,
+        kubeconfig_client_factory(str(promoted.kubeconfig)),
+        promoted.prometheus,
         port=0,
         refresh_seconds=None,  # a page that reloads itself would change under the assertions
     )
@@ -123,7 +94,7 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60) -> An
 
 
 def test_dashboard_shows_the_promoted_rollout(
-    promoted: LocalCluster, dashboard: RunningDashboard, browser: Any, tmp_path: Path
+    promoted: UpCluster, dashboard: RunningDashboard, browser: Any, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -191,14 +162,14 @@ def test_dashboard_shows_the_promoted_rollout(
     shutil.copy2(shot, ARTIFACT)
 
 
-def test_prometheus_down_is_a_banner_and_the_page_still_renders(promoted: LocalCluster, browser: Any) -> None:
+def test_prometheus_down_is_a_banner_and_the_page_still_renders(promoted: UpCluster, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
     from kondense.localcluster.prometheus import free_port
 
     nowhere = f"http://127.0.0.1:{free_port()}"
     running = start(
-        kubeconfig_client_factory(str(promoted.paths.kubeconfig)), nowhere, port=0, refresh_seconds=None
+        kubeconfig_client_factory(str(promoted.kubeconfig)), nowhere, port=0, refresh_seconds=None
     )
     try:
         browser.get(f"{running.url}/models/default/digits")

@@ -10,8 +10,6 @@ Job. Each scenario runs the quick profile of ``examples/digits`` (two fast targe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +17,12 @@ import kubernetes_validate
 import pytest
 
 from kondense.localcluster.demo import LogDisplay
-from kondense.localcluster.scenarios import EXAMPLE_FILES, SCENARIOS, Outcome, run_scenario
+from kondense.localcluster.scenarios import SCENARIOS, Outcome, run_scenario
 from kondense_testing import crd_schema
 from kondense_testing.paths import EXAMPLES
 
 pytestmark = [pytest.mark.localcluster, pytest.mark.slow, pytest.mark.timeout(420)]
 KUBERNETES_VERSION = "1.33"
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def digits_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The digits example, built once for every scenario with the real command."""
-    out = tmp_path_factory.mktemp("digits")
-    subprocess.run(
-        [str(BIN / "kondense"), "example", "digits", "--out", str(out)], check=True, capture_output=True
-    )
-    assert all((out / name).is_file() for name in EXAMPLE_FILES)
-    return out
 
 
 def invalid_objects(objects: list[dict[str, Any]]) -> list[str]:
@@ -62,7 +48,7 @@ def explain(outcome: Outcome, display: LogDisplay) -> str:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(scenario: str, digits_example: Path, tmp_path: Path) -> None:
+def test_scenario(scenario: str, digits_example: Path, tmp_path: Path) -> None:  # tests/conftest.py
     display = LogDisplay()
     outcome = run_scenario(
         SCENARIOS[scenario], tmp_path / "cluster", digits_example, EXAMPLES / "digits" / "compressedmodel.yaml",

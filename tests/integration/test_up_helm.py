@@ -42,10 +42,10 @@ def operator_pod_phase(env: dict[str, str]) -> list[tuple[str, bool]]:
     ]
 
 
-def test_helm_install_runs_the_charts_operator_which_promotes(tmp_path: Path) -> None:
+def test_helm_install_runs_the_charts_operator_which_promotes(tmp_path: Path, digits_example: Path) -> None:
     KUBECTL, HELM = kubectl(), helm()
     workdir = tmp_path / "up"
-    examples = tmp_path / "examples" / "digits"
+    examples = digits_example  # built once per session (tests/conftest.py); `up` copies it to the claim
     try:
         out = run(
             [KONDENSE, "up", "--no-operator", "--workdir", str(workdir), "--examples-cache", str(examples)]

@@ -4,57 +4,31 @@ up (in the background) -> ``export KUBECONFIG`` -> ``kubectl apply`` the digits 
 ``kondense down`` leaves no process it started (by PID) -> ``kondense up`` again: the CompressedModel
 is still there, still Promoted, with the same uid -> down.
 
-The CompressedModel is the digits example with the quick profile the demo tests use (two targets, two
-5 s steps): the example as written takes many minutes on a loaded 2-core machine.
+The cluster up to Promoted is the session's shared ``kondense up`` cluster (``promoted_up``,
+tests/conftest.py: the first ``up``, the ``apply`` and the wait for Promoted happen there, with the same
+commands); the second test stops it, resumes it and stops it again, after every other test of that
+cluster. The CompressedModel is the digits example with the quick profile the demo tests use (two
+targets, two 5 s steps): the example as written takes many minutes on a loaded 2-core machine.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kondense.localcluster.up import alive
-from kondense_testing.upcluster import (
-    KONDENSE,
-    kubeconfig_env,
-    kubectl,
-    quick_digits,
-    recorded_processes,
-    run,
-    wait_for_phase,
-)
+from kondense_testing.upcluster import KONDENSE, UpCluster, kubeconfig_env, kubectl, recorded_processes, run
 
 pytestmark = [pytest.mark.localcluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-@pytest.fixture(scope="module")
-def examples_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where `kondense up` builds the digits example (it copies it to pvc://models/digits)."""
-    return tmp_path_factory.mktemp("examples") / "digits"
+def test_up_apply_promote(promoted_up: UpCluster) -> None:
+    assert "dashboard: " in promoted_up.up_output
+    KUBECTL, env = kubectl(), promoted_up.env
+    assert "already up" in run(promoted_up.up_argv)  # a second `up` while running starts nothing
 
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "up"
-    yield where
-    subprocess.run([KONDENSE, "down", "--workdir", str(where)], capture_output=True, timeout=180)
-
-
-def test_up_apply_promote_down_up_again(tmp_path: Path, workdir: Path, examples_cache: Path) -> None:
-    up = [KONDENSE, "up", "--workdir", str(workdir), "--examples-cache", str(examples_cache)]
-    out = run(up)
-    assert "dashboard: " in out
-    KUBECTL = kubectl()
-    env = kubeconfig_env(out)
-    assert "already up" in run(up)  # a second `up` while running starts nothing
-
-    run([KUBECTL, "apply", "-f", str(quick_digits(tmp_path))], env)
-    assert wait_for_phase(env, "digits", {"Promoted", "RolledBack", "Failed"}, 900) == "Promoted"
-    uid = run([KUBECTL, "get", "cmodel", "digits", "-o", "jsonpath={.metadata.uid}"], env)
+    assert run([KUBECTL, "get", "cmodel", "digits", "-o", "jsonpath={.status.phase}"], env) == "Promoted"
     header, row = run([KUBECTL, "get", "cmodel", "digits"], env).splitlines()[:2]
     assert header.split()[:4] == ["NAME", "PHASE", "VARIANT", "WEIGHT"] and row.split()[:2] == [
         "digits",
@@ -62,8 +36,16 @@ def test_up_apply_promote_down_up_again(tmp_path: Path, workdir: Path, examples_
     ]
     described = run([KUBECTL, "describe", "cmodel", "digits"], env)
     assert "Events:" in described and "Promoted" in described.split("Events:")[1]
-    processes = recorded_processes(workdir)
+    processes = recorded_processes(promoted_up.workdir)
     assert len(processes) > 3  # the daemon, Prometheus, the operator, compression Jobs, servers
+
+
+def test_down_then_up_again_resumes(promoted_up_to_stop: UpCluster) -> None:
+    cluster = promoted_up_to_stop
+    workdir, up, KUBECTL = cluster.workdir, cluster.up_argv, kubectl()
+    env = cluster.env
+    uid = run([KUBECTL, "get", "cmodel", "digits", "-o", "jsonpath={.metadata.uid}"], env)
+    processes = recorded_processes(workdir)
 
     out = run([KONDENSE, "down", "--workdir", str(workdir)], timeout=180)
     assert "stopped" in out

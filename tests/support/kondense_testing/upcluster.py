@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -70,3 +71,68 @@ def recorded_processes(workdir: Path) -> list[dict[str, object]]:
     children = json.loads((workdir / "children.json").read_text())
     daemon = json.loads((workdir / "up.pid").read_text())
     return [daemon, *children]
+
+
+class UpCluster:
+    """One ``kondense up`` (the real command, in the background) in a work directory of its own.
+
+    ``up_output`` is what the first ``kondense up`` printed; ``env`` is the shell's environment after the
+    ``export KUBECONFIG=...`` line it printed (after :meth:`start`).
+    """
+
+    def __init__(self, workdir: Path, examples_cache: Path) -> None:
+        self.workdir = workdir
+        self.up_argv = [KONDENSE, "up", "--workdir", str(workdir), "--examples-cache", str(examples_cache)]
+        self.up_output = ""
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        """The first ``kondense up``."""
+        self.up_output = run(self.up_argv)
+        self.env = kubeconfig_env(self.up_output)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.env["KUBECONFIG"])
+
+    @property
+    def prometheus(self) -> str:
+        """Prometheus' URL, as ``kondense up`` printed it."""
+        lines = [line for line in self.up_output.splitlines() if line.startswith("prometheus: ")]
+        assert len(lines) == 1, self.up_output
+        return lines[0].removeprefix("prometheus: ").strip()
+
+    def kubectl(self, *args: str) -> str:
+        return run([kubectl(), *args], self.env)
+
+    def compressed_model(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.kubectl("get", "cmodel", name, "-o", "json"))
+        return body
+
+    def event_reasons(self) -> list[str]:
+        events = json.loads(self.kubectl("get", "events", "-o", "json"))["items"]
+        return [str(e.get("reason")) for e in events]
+
+    def promote_quick_digits(self, directory: Path, timeout: float = 900) -> None:
+        """``kubectl apply`` the quick digits example; returns once it is Promoted (no promotion under
+        way) and the Promoted Event is posted (kopf posts Events from a queue after the status write)."""
+        self.kubectl("apply", "-f", str(quick_digits(directory)))
+        phase = wait_for_phase(self.env, "digits", {"Promoted", "RolledBack", "Failed"}, timeout)
+        assert phase == "Promoted", f"digits {phase}; operator log tail:\n{self.operator_log_tail()}"
+        deadline = time.monotonic() + 120
+        while not self._settled("digits"):
+            assert time.monotonic() < deadline, self.kubectl("describe", "cmodel", "digits")
+            time.sleep(1)
+
+    def _settled(self, name: str) -> bool:
+        status = self.compressed_model(name).get("status") or {}
+        promoting = (status.get("canary") or {}).get("promoting")
+        return status.get("phase") == "Promoted" and not promoting and "Promoted" in self.event_reasons()
+
+    def operator_log_tail(self) -> str:
+        log = self.workdir / "logs" / "operator.log"
+        return log.read_text(errors="replace")[-3000:] if log.is_file() else f"(no {log})"
+
+    def down(self) -> None:
+        """``kondense down`` (never fails: for cleanup; tests that check it run it themselves)."""
+        subprocess.run([KONDENSE, "down", "--workdir", str(self.workdir)], capture_output=True, timeout=180)
