@@ -8,10 +8,11 @@ import asyncio
 import os
 
 import numpy as np
+import pytest
 
 from kondense.api.artifacts import MODEL_FILE
-from kondense.serving.batching import AdaptiveRunner
-from kondense.serving.model import OnnxModel, available_cpus
+from kondense.serving.batching import AdaptiveRunner, DynamicBatcher
+from kondense.serving.model import OnnxModel, available_cpus, spin_config
 
 from .conftest import Digits
 
@@ -53,3 +54,71 @@ def test_a_slow_model_batches_concurrent_requests_and_splits_the_answers(digits:
 
 def test_available_cpus_is_at_least_one() -> None:
     assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_the_batcher_waits_for_as_many_companions_as_recent_batches_had(digits: Digits) -> None:
+    """After a batch of 4, the next waits for 4 rows (not max_batch_size): two requests that come in
+    after the first two still join their batch; a lone request ends the waiting."""
+    batches: list[int] = []
+    model = OnnxModel(digits.directory / MODEL_FILE, threads=1)
+    # a delay no test reaches: a batch forms when its companions are there, not when the delay ends
+    batcher = DynamicBatcher(model, max_batch_size=16, max_delay_s=600.0, on_batch=batches.append)
+    rows = [digits.inputs[i : i + 1] for i in range(8)]
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        await batcher.start()
+        try:
+            first = await asyncio.gather(*(batcher.run({"input": row}, None) for row in rows[:4]))
+            assert batcher.companion_target() == 4
+            early = [asyncio.create_task(batcher.run({"input": row}, None)) for row in rows[4:6]]
+            for _ in range(20):  # the collector runs, finds 2 of 4 rows and waits
+                await asyncio.sleep(0)
+            late = [asyncio.create_task(batcher.run({"input": row}, None)) for row in rows[6:8]]
+            second = await asyncio.gather(*early, *late)
+            return [*first, *second]
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert batches == [4, 4]
+    for row, result in zip(rows, results, strict=True):
+        np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+
+
+def test_the_companion_target_follows_the_recent_batches(digits: Digits) -> None:
+    batches: list[int] = []
+    model = OnnxModel(digits.directory / MODEL_FILE, threads=1)
+    batcher = DynamicBatcher(model, max_batch_size=6, max_delay_s=0.01, on_batch=batches.append)
+
+    async def wave(count: int) -> None:
+        await asyncio.gather(*(batcher.run({"input": digits.inputs[i : i + 1]}, None) for i in range(count)))
+
+    async def main() -> list[int]:
+        await batcher.start()
+        targets = [batcher.companion_target()]
+        try:
+            for count in (3, 2, 9, 1):
+                await wave(count)
+                targets.append(batcher.companion_target())
+        finally:
+            await batcher.stop()
+        return targets
+
+    # nothing seen yet: no waiting; then the most rows of the recent batches (at most max_batch_size)
+    # until a batch waits in vain: then as many as came; after a lone request, no waiting again
+    assert asyncio.run(main()) == [1, 3, 2, 3, 1]
+    assert batches == [3, 2, 6, 3, 1]
+
+
+@pytest.mark.parametrize("spin_wait", [True, False])
+def test_both_spin_modes_give_the_same_answers(digits: Digits, spin_wait: bool) -> None:
+    model = OnnxModel(digits.directory / MODEL_FILE, threads=2, spin_wait=spin_wait)
+    batch = digits.inputs[:8]
+    np.testing.assert_allclose(
+        model.predict({"input": batch})["logits"], digits.reference(batch), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_spinning_threads_stop_when_the_last_call_returns() -> None:
+    assert spin_config(True) == {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+    assert spin_config(False) == {"session.intra_op.allow_spinning": "0"}

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from kondense.api.techniques import Task
 from kondense.serving.batching import (
@@ -612,7 +613,7 @@ def build_app(
     load_model: Callable[[], InferenceModel],
     on_fatal: Callable[[str], None],
     front_ends: Sequence[FrontEnd] = (),
-) -> Starlette:
+) -> InferFastPath:
     server = ModelServer(settings, load_model, on_fatal, front_ends)
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     routes = [
@@ -633,4 +634,32 @@ def build_app(
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.server = server
-    return app
+    return InferFastPath(app, server)
+
+
+class InferFastPath:
+    """ASGI entry point: the served model's inference URLs go straight to ``ModelServer.infer``,
+    everything else (other names and versions, health, metadata, metrics, lifespan) through Starlette.
+
+    For a model that answers in microseconds Starlette's middleware layers and router cost a good part
+    of the request; the handler is the same either way (same answers, errors, metrics, shadowing), and
+    it never raises."""
+
+    def __init__(self, app: Starlette, server: ModelServer) -> None:
+        self.app = app
+        self.server = server
+        name, version = server.settings.model_name, server.settings.model_version
+        self._paths: dict[str, dict[str, str]] = {
+            f"/v2/models/{name}/infer": {"name": name},
+            f"/v2/models/{name}/versions/{version}/infer": {"name": name, "version": version},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            params = self._paths.get(scope["path"])
+            if params is not None:
+                scope["path_params"] = params
+                response = await self.server.infer(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

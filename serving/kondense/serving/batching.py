@@ -8,7 +8,8 @@ concatenates them along the first dimension, runs one session call per batch on 
 the event loop keeps parsing requests) and splits the outputs again; with several workers, batches
 run side by side. It is the way past one request per session call for compute-bound models. Unlike
 Triton it only waits while traffic is concurrent (the previous batch had more than one row): a lone
-client pays no batching delay.
+client pays no batching delay; and only for as many rows as recent batches had (``c`` clients in a
+closed loop never send ``max_batch_size``), not until the delay is over.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Protocol
 import numpy as np
 
 from kondense.serving.tensors import InferenceModel, InputRejectedError, TensorSpec
+
+RECENT_BATCHES = 8
 
 
 class BatchSplitError(RuntimeError):
@@ -116,7 +119,8 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kondense-batch")
         # A batch is only formed when a worker is free: while all are busy, requests pile into bigger batches.
         self._free_workers = asyncio.Semaphore(workers)
-        self._last_batch_rows = 0
+        self._recent_rows: deque[int] = deque(maxlen=RECENT_BATCHES)
+        """Rows of the last batches: how many companions are worth waiting for."""
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,6 +151,13 @@ class DynamicBatcher:
         result = await pending.future
         return result if outputs is None else {name: result[name] for name in outputs}
 
+    def companion_target(self) -> int:
+        """Rows a batch waits for (up to the delay): none after a lone request, else the most any of
+        the recent batches had (since a batch last waited in vain), at most ``max_batch_size``."""
+        if not self._recent_rows or self._recent_rows[-1] <= 1:
+            return 1
+        return min(self._max_batch_size, max(self._recent_rows))
+
     def _compatible_rows(self) -> int:
         first = self._pending[0]
         rows = 0
@@ -164,18 +175,20 @@ class DynamicBatcher:
                 self._arrival.clear()
                 await self._arrival.wait()
             await self._free_workers.acquire()
-            # Waiting for companions only pays while they are coming: the last batch had some.
-            deadline = self._pending[0].arrived + (self._max_delay_s if self._last_batch_rows > 1 else 0.0)
-            while (
-                self._compatible_rows() < self._max_batch_size and (remaining := deadline - loop.time()) > 0
-            ):
+            # Waiting for companions only pays while they are coming: the last batch had some. And only
+            # for as many as recent batches had: c closed-loop clients send c, never max_batch_size.
+            target = self.companion_target()
+            deadline = self._pending[0].arrived + (self._max_delay_s if target > 1 else 0.0)
+            while self._compatible_rows() < target and (remaining := deadline - loop.time()) > 0:
                 self._arrival.clear()
                 try:
                     await asyncio.wait_for(self._arrival.wait(), remaining)
                 except TimeoutError:
                     break
+            if self._compatible_rows() < target:
+                self._recent_rows.clear()  # fewer clients now: wait for as many as came this time
             batch = self._take_batch()
-            self._last_batch_rows = sum(item.rows for item in batch)
+            self._recent_rows.append(sum(item.rows for item in batch))
             task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._finished)

@@ -55,8 +55,9 @@ def serve(
         bool,
         typer.Option(
             "--spin-wait/--no-spin-wait",
-            help="Let idle ONNX Runtime intra-op threads spin (lower latency on CPUs nothing else uses; "
-            "costly when the CPU is shared or quota-limited).",
+            help="Let ONNX Runtime intra-op threads spin while a session call is in flight (they stop "
+            "when it returns): lower latency for a compute-bound model on CPUs nothing else uses; much "
+            "slower on shared or quota-limited CPUs.",
         ),
     ] = False,
     expected_sha256: Annotated[
