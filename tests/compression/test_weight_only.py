@@ -18,12 +18,15 @@ from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference
 from kondense.compression.job import hardware_summary
 from kondense.compression.passes import PassContext, pass_for
+from kondense.compression.passes.quantize import node_sensitivity
 from kondense.compression.passes.weight_only import (
     WeightOnlyConfig,
+    block_round_trip,
     default_opset,
     quantize_weight_only,
     rank_for_eight_bits,
     upgrade_opset_for_int4,
+    weight_elements,
     weight_nodes,
 )
 from kondense.compression.pipeline import DataFiles, compress_model
@@ -212,6 +215,45 @@ def test_nodes_are_raised_by_accuracy_gained_per_byte():
     ]
 
 
+def test_shared_sensitivity_ranks_the_node_whose_blocks_4_bits_ruin_first(tmp_path):
+    """The int8 tuner's per-node measurement with weight-only's rounding (4-bit blocks, activations
+    float): one layer's weight has an outlier in every block on a feature that is always zero, so 4 bits
+    round its real weights away and 8 bits keep them; it ranks first for 8 bits."""
+    model = tiny_encoder()
+    tables = {i.name: i for i in model.graph.initializer}
+    table = numpy_helper.to_array(tables["embeddings"]).copy()
+    table[:, 0] = 0.0  # the residual stream's feature 0 is zero into the first layer
+    fragile = numpy_helper.to_array(tables["w0up"]).copy()
+    fragile[0, :] = 3.0  # ~25x the other weights: sets every block's scale along K
+    for name, array in (("embeddings", table), ("w0up", fragile)):
+        tables[name].CopyFrom(numpy_helper.from_array(array, name))
+    path = tmp_path / "fragile.onnx"
+    onnx.save(model, path)
+    nodes = weight_nodes(model, 32)
+    names = [*nodes.matmuls, *nodes.gathers]
+    np.savez(tmp_path / "eval.npz", input_ids=IDS)
+    noise = {
+        bits: node_sensitivity(
+            path,
+            names,
+            load_npz(tmp_path / "eval.npz"),
+            tmp_path,
+            ranges=None,
+            per_channel=False,
+            reduce_range=False,
+            activations=False,
+            weights=block_round_trip(bits, 32, symmetric=True),
+        )
+        for bits in (4, 8)
+    }
+    assert all(noise[4][n] > noise[8][n] > 0 for n in names)  # every node measured; 8 bits closer
+    sizes = weight_elements(model, names)
+    ranked = rank_for_eight_bits([(noise[4][n] - noise[8][n], sizes[n], n) for n in names])
+    assert ranked[0] == "l0/up"
+    assert noise[4]["l0/up"] > 10 * max(noise[4][n] for n in nodes.matmuls if n != "l0/up")
+    assert not list(tmp_path.glob("node-*.onnx")) and not (tmp_path / "sensitivity.onnx").exists()
+
+
 def test_pass_refuses_unknown_nodes_and_graphs_without_weights(tmp_path, encoder):
     model_path, eval_path = encoder
     reference = Reference.compute(model_path, load_npz(eval_path), Task.EMBEDDING)
@@ -278,13 +320,14 @@ def test_tuner_raises_the_most_sensitive_nodes_to_eight_bits_until_within_budget
     assert manifest.metrics.accuracyDelta is not None and manifest.metrics.accuracyDelta <= budget
     trials = manifest.trials
     assert trials[0].message == "as configured" and not trials[0].withinBudget
-    probes = [t for t in trials if (t.message or "").startswith("sensitivity of")]
-    assert len(probes) == len(nodes.matmuls) + len(nodes.gathers)
-    assert not any(t.withinBudget for t in probes)
+    # sensitivity is the int8 tuner's one-pass measurement: no per-node probe trials
+    assert not any((t.message or "").startswith("sensitivity") for t in trials)
+    candidates = {*nodes.matmuls, *nodes.gathers}
+    assert set(manifest.steps[0].details["sensitivityDb"]) <= candidates
     selected = [t for t in trials if getattr(t, "selected", False)]
     assert len(selected) == 1 and selected[0].withinBudget
     raised = selected[0].config["eightBitNodes"]
-    assert 1 <= len(raised) <= len(probes)
+    assert 1 <= len(raised) <= len(candidates) and set(raised) <= candidates
     # the smallest count that met the budget was chosen: one fewer (if tried) missed it
     tried = {len(t.config["eightBitNodes"]): t for t in trials if (t.message or "").startswith("8-bit")}
     if len(raised) - 1 in tried:

@@ -195,12 +195,20 @@ def fake_quant_weight(weight: Any, per_channel: bool, axis: int, reduce_range: b
     return (np.clip(np.round(w / scale), -levels - 1, levels) * scale).astype(np.float32)
 
 
-def _node_model(model: Any, node: Any, activations: list[str], weights: dict[str, Any]) -> Any:
-    """A model of ``node`` alone: its activation inputs as graph inputs, ``weights`` as initializers."""
+# ORT type strings of the tensors a node may read, as ONNX element types (for a one-node model's inputs)
+_ORT_TYPES = {"tensor(float)": 1, "tensor(int64)": 7, "tensor(int32)": 6, "tensor(float16)": 10}
+
+# How a weight node's weight is rounded in a sensitivity measurement: (node, input index, weight) -> weight
+WeightRoundTrip = Callable[[Any, int, Any], Any]
+
+
+def _node_model(model: Any, node: Any, feeds: dict[str, int], weights: dict[str, Any]) -> Any:
+    """A model of ``node`` alone: the tensors it reads at run time (``feeds``: name -> ONNX element
+    type) as graph inputs, ``weights`` as initializers."""
     from onnx import TensorProto, helper, numpy_helper
 
-    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in activations]
-    other = [i for i in node.input if i and i not in activations and i not in weights]
+    inputs = [helper.make_tensor_value_info(name, kind, None) for name, kind in feeds.items()]
+    other = [i for i in node.input if i and i not in feeds and i not in weights]
     graph = helper.make_graph(
         [node],
         "node",
@@ -220,16 +228,23 @@ def node_sensitivity(
     ranges: dict[str, tuple[float, float]] | None,
     per_channel: bool,
     reduce_range: bool,
+    activations: bool = True,
+    weights: bool | WeightRoundTrip = True,
 ) -> dict[str, float]:
-    """Output noise-to-signal power of each node in its int8 form (higher = more sensitive).
+    """Output noise-to-signal power of each node in its quantized form (higher = more sensitive).
 
-    One float run over ``dataset`` captures every activation the nodes read. Each node then runs
-    alone (a one-node model in ONNX Runtime) twice: on the float activations and weights, and on
-    their int8 round trips (activations with the calibrated ranges, or their own range per batch for
-    dynamic quantization when ``ranges`` is None; weights at the configuration's granularity). The
-    ratio of the output difference's power to the output's power is the node's sensitivity: it sees
-    what the node's weights do with the quantized activations, not only the rounding of the inputs.
-    Nodes that cannot be run alone get 0 (never ranked).
+    One float run over ``dataset`` captures every tensor the nodes read. Each node then runs alone (a
+    one-node model in ONNX Runtime) twice: on the float inputs and weights, and on their round trips
+    (activations with the calibrated ranges, or their own range per batch for dynamic quantization when
+    ``ranges`` is None; weights as int8 at the configuration's granularity). The ratio of the output
+    difference's power to the output's power is the node's sensitivity: it sees what the node's weights
+    do with the quantized activations, not only the rounding of the inputs. Nodes that cannot be run
+    alone get 0 (never ranked).
+
+    The same measurement serves other schemes: ``activations=False`` leaves activations float (weight-
+    only quantization), ``weights=False`` leaves weights float (how much an activation's quantization
+    alone costs), and a callable ``weights(node, input_index, weight)`` rounds weights its own way
+    (4-bit blocks).
     """
     import numpy as np
     import onnx
@@ -241,13 +256,21 @@ def node_sensitivity(
     initializers = {i.name: i for i in model.graph.initializer}
     wanted = set(nodes)
     by_name = {n.name: n for n in model.graph.node if n.name in wanted}
-    reads = {name: _activation_inputs(node, set(initializers)) for name, node in by_name.items()}
-    activations = sorted({a for names in reads.values() for a in names})
+    # what each node reads at run time (Gather: its indices), and which of those are quantized
+    reads = {
+        name: [i for i in dict.fromkeys(node.input) if i and i not in initializers]
+        for name, node in by_name.items()
+    }
+    rounded_inputs = {
+        name: set(_activation_inputs(node, set(initializers))) if activations else set()
+        for name, node in by_name.items()
+    }
+    captured = sorted({a for names in reads.values() for a in names})
     graph_inputs = {i.name for i in model.graph.input}
     present = {o.name for o in model.graph.output}
     capture = onnx.ModelProto()
     capture.CopyFrom(model)
-    for name in activations:
+    for name in captured:
         if name not in graph_inputs and name not in present:
             capture.graph.output.append(onnx.ValueInfoProto(name=name))
     probe = work_dir / "sensitivity.onnx"
@@ -255,22 +278,31 @@ def node_sensitivity(
     del capture
     session = open_session(probe, threads=1)
     names = [o.name for o in session.get_outputs()]
+    kinds = {t.name: _ORT_TYPES.get(t.type, 0) for t in (*session.get_inputs(), *session.get_outputs())}
 
-    singles: dict[str, tuple[Any, Any]] = {}  # node -> (float session, int8 round-trip session)
+    def round_weight(node: Any, index: int, weight: Any) -> Any:
+        if callable(weights):
+            return weights(node, index, weight)
+        if not weights:
+            return weight
+        return fake_quant_weight(weight, per_channel, _weight_axis(node), reduce_range)
+
+    singles: dict[str, tuple[Any, Any]] = {}  # node -> (float session, round-trip session)
     for name, node in by_name.items():
-        weights = {i: numpy_helper.to_array(initializers[i]) for i in node.input if i in initializers}
-        quantized = dict(weights)
+        own = {i: numpy_helper.to_array(initializers[i]) for i in node.input if i in initializers}
+        quantized = dict(own)
         for index, key in enumerate(node.input):
             # the weight (first two inputs), not a bias or a shape
-            if index < 2 and key in weights and weights[key].ndim >= 2 and weights[key].dtype == np.float32:
-                quantized[key] = fake_quant_weight(
-                    weights[key], per_channel, _weight_axis(node), reduce_range
-                )
+            if index < 2 and key in own and own[key].ndim >= 2 and own[key].dtype == np.float32:
+                quantized[key] = round_weight(node, index, own[key])
+        feeds = {a: kinds.get(a, 0) for a in reads[name]}
+        if not all(feeds.values()):
+            continue  # a tensor of a type this measurement does not feed: unranked
         try:
             pair: list[Any] = []
-            for values in (weights, quantized):
+            for values in (own, quantized):
                 path = work_dir / f"node-{len(singles)}-{len(pair)}.onnx"
-                onnx.save(_node_model(model, node, reads[name], values), str(path))
+                onnx.save(_node_model(model, node, feeds, values), str(path))
                 pair.append(open_session(path, threads=1))
                 path.unlink(missing_ok=True)
             singles[name] = (pair[0], pair[1])
@@ -281,12 +313,14 @@ def node_sensitivity(
     for feed in dataset.batches(8):
         produced = {**feed, **dict(zip(names, session.run(None, feed), strict=True))}
         for name, (exact, rounded) in list(singles.items()):
-            inputs = {a: np.asarray(produced[a], dtype=np.float32) for a in reads[name] if a in produced}
+            inputs = {a: np.asarray(produced[a]) for a in reads[name] if a in produced}
             if len(inputs) != len(reads[name]):
                 singles.pop(name)
                 continue
             quantized_inputs = {
                 a: fake_quant(v, *(ranges[a] if ranges and a in ranges else (float(v.min()), float(v.max()))))
+                if a in rounded_inputs[name]
+                else v
                 for a, v in inputs.items()
             }
             try:

@@ -17,16 +17,18 @@ upstream fix that would remove this: ``MatMulNBitsQuantizer.process`` converting
 ``uint8`` with ``bits=4`` (which the op accepts and which needs no opset bump).
 
 Tuning (``tune`` on and a budget known): the first trial is the configuration as asked. If it misses
-the budget, each 4-bit node's sensitivity is measured on a subset of the evaluation data (that node
-alone at 8 bits, the others at 4) with the bytes that costs, and nodes are moved to 8 bits in order of
-accuracy gained per byte added; the smallest count that meets the budget is found by doubling then
-bisecting, each count measured on the full set. Every trial is
-recorded. If none meets the budget, the most accurate full-set trial is kept and the result says so.
+the budget, each 4-bit node's sensitivity is measured as the int8 tuner measures it
+(``quantize.node_sensitivity``: one float run over a subset of the evaluation data, then each node
+alone with its weight rounded to 4-bit and to 8-bit blocks), and nodes are moved to 8 bits in order of
+output noise removed per byte added; the smallest count that meets the budget is found by doubling
+then bisecting, each count measured on the full set. Every trial is recorded. If none meets the
+budget, the most accurate full-set trial is kept and the result says so.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,7 +44,7 @@ from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference
 from kondense.compression.intake import default_opset, name_unnamed_nodes
 from kondense.compression.passes import Pass, PassContext, PassResult, register
-from kondense.compression.passes.quantize import most_accurate_full_trial
+from kondense.compression.passes.quantize import most_accurate_full_trial, node_sensitivity
 
 MS_DOMAIN = "com.microsoft"
 INT4_OPSET = 21
@@ -63,8 +65,7 @@ REDUCE_AXES_INPUT_SINCE_18 = frozenset(
 )
 # Ops whose meaning changed between opset 13 and 21 in a way a plain opset bump cannot keep.
 NOT_BUMPABLE = frozenset({"GroupNormalization"})
-MAX_SENSITIVITY_PROBES = 96
-SENSITIVITY_SAMPLES = 64  # probes rank nodes; 64 samples order them as well as the full set on MiniLM
+SENSITIVITY_SAMPLES = 64  # samples of the float run that measures each node's rounding noise
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,52 @@ def rank_for_eight_bits(scored: list[tuple[float, float, str]]) -> list[str]:
     return [node for _, _, node in helpful + rest]
 
 
+def block_round_trip(bits: int, block_size: int, symmetric: bool) -> Callable[[Any, int, Any], Any]:
+    """A weight rounding for ``node_sensitivity``: ``bits``-bit blocks of ``block_size`` along the
+    axis weight-only quantizes (a MatMul weight [K, N] along K, an embedding table along its rows),
+    one scale (and, asymmetric, a zero point) per block, as MatMulNBits / GatherBlockQuantized store it."""
+
+    def round_trip(node: Any, index: int, weight: Any) -> Any:
+        w = np.asarray(weight, dtype=np.float32)
+        if w.ndim != 2:
+            return w
+        view = w.T if node.op_type == "MatMul" else w  # blocks along the last axis of ``view``
+        rows, cols = view.shape
+        blocks = -(-cols // block_size)
+        padded = np.zeros((rows, blocks * block_size), dtype=np.float32)
+        padded[:, :cols] = view
+        grouped = padded.reshape(rows, blocks, block_size)
+        if symmetric:
+            levels = float(2 ** (bits - 1) - 1)
+            scale = np.abs(grouped).max(axis=2, keepdims=True) / levels
+            scale = np.where(scale > 0, scale, 1.0)
+            rounded = np.clip(np.round(grouped / scale), -levels - 1, levels) * scale
+        else:
+            levels = float(2**bits - 1)
+            low = np.minimum(grouped.min(axis=2, keepdims=True), 0.0)
+            high = np.maximum(grouped.max(axis=2, keepdims=True), 0.0)
+            scale = np.where(high > low, (high - low) / levels, 1.0)
+            zero = np.clip(np.round(-low / scale), 0, levels)
+            rounded = (np.clip(np.round(grouped / scale) + zero, 0, levels) - zero) * scale
+        out = rounded.reshape(rows, blocks * block_size)[:, :cols].astype(np.float32)
+        return out.T.copy() if node.op_type == "MatMul" else out
+
+    return round_trip
+
+
+def weight_elements(model: Any, node_names: list[str]) -> dict[str, int]:
+    """Elements of the float weight each node reads (a MatMul's B, a Gather's table)."""
+    floats = _float_initializers(model)
+    wanted = set(node_names)
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.name in wanted:
+            weight = node.input[1] if node.op_type == "MatMul" else node.input[0]
+            if weight in floats:
+                found[node.name] = math.prod(floats[weight].dims)
+    return found
+
+
 @register
 class WeightOnlyPass(Pass):
     technique: ClassVar[Technique] = Technique.WEIGHT_ONLY
@@ -420,10 +467,11 @@ class WeightOnlyPass(Pass):
         context.progress.finish()
         chosen: int | None = 0
         within: bool | None = None
+        self._sensitivity: dict[str, float] = {}
         if p.tune and budget is not None:
             within = first <= budget
             if not within:
-                chosen = self._raise_sensitive(attempt, trials, nodes, base_config, context)
+                chosen = self._raise_sensitive(attempt, trials, model, nodes, base_config, context)
                 within = chosen is not None
                 if chosen is None:
                     chosen = most_accurate_full_trial(trials, len(context.reference.dataset))
@@ -442,44 +490,63 @@ class WeightOnlyPass(Pass):
         )
         if notes:
             details["notes"] = sorted(notes)
+        if self._sensitivity:
+            details["sensitivityDb"] = self._sensitivity
         return PassResult(details, trials, within)
 
     def _raise_sensitive(
         self,
         attempt: Callable[..., float],
         trials: list[Trial],
+        model: Any,
         nodes: WeightNodes,
         base: WeightOnlyConfig,
         context: PassContext,
     ) -> int | None:
-        """Move the most sensitive 4-bit nodes to 8 bits: fewest that meet the budget."""
+        """Move the most sensitive 4-bit nodes to 8 bits: fewest that meet the budget.
+
+        Sensitivity is the int8 tuner's measurement (``quantize.node_sensitivity``): one float run
+        over a subset of the evaluation data, then each node alone with its weight rounded to 4-bit
+        and to 8-bit blocks (activations float, as weight-only leaves them); the output noise 8 bits
+        removes, per byte it adds, orders the nodes.
+        """
         budget = context.max_accuracy_delta
         assert budget is not None
         excluded = set(base.exclude)
         candidates = [m for m in nodes.matmuls if m not in excluded] if base.bits == 4 else []
         if base.embeddings == "int4":
             candidates += [g for g in nodes.gathers if g not in excluded]
-        candidates = candidates[:MAX_SENSITIVITY_PROBES]
         if not candidates:
             return None
-        full = len(context.reference.dataset)
-        probe_reference = context.reference.subset(SENSITIVITY_SAMPLES)
-        context.progress.start("weight-only: measuring node sensitivity", total=len(candidates) + 1)
-        if len(probe_reference.dataset) == full:
-            probe_base = trials[0].accuracyDelta or 0.0
-        else:
-            probe_base = attempt(base, probe_reference, "sensitivity baseline")
-            trials[-1].withinBudget = False
-        context.progress.advance()
-        base_size = trials[0].sizeRatio or 0.0
-        scored: list[tuple[float, float, str]] = []  # (gain, size cost, node)
-        for node in candidates:
-            delta = attempt(replace(base, eight_bit=(node,)), probe_reference, f"sensitivity of {node}")
-            trials[-1].withinBudget = False  # a probe is never the artifact
-            scored.append((probe_base - delta, (trials[-1].sizeRatio or 0.0) - base_size, node))
-            context.progress.advance()
+        named = context.work_dir / "sensitivity-base.onnx"
+        save_model(model, named)  # node names as the quantizer sees them (unnamed nodes were named)
+        subset = context.reference.subset(SENSITIVITY_SAMPLES).dataset
+        context.progress.start("weight-only: measuring node sensitivity", total=None)
+        noise = {
+            bits: node_sensitivity(
+                named,
+                candidates,
+                subset,
+                context.work_dir,
+                ranges=None,
+                per_channel=False,
+                reduce_range=False,
+                activations=False,
+                weights=block_round_trip(bits, base.block_size, base.symmetric),
+            )
+            for bits in (4, 8)
+        }
         context.progress.finish()
+        named.unlink(missing_ok=True)
+        base_bytes = context.reference.base_path.stat().st_size
+        elements = weight_elements(model, candidates)
+        scored = [  # (noise removed, bytes added as a fraction of the base, node)
+            (noise[4][n] - noise[8][n], elements.get(n, 0) / 2 / base_bytes, n) for n in candidates
+        ]
         ranked = rank_for_eight_bits(scored)
+        self._sensitivity = {  # most sensitive first: 4-bit noise/signal in dB
+            n: round(10 * math.log10(noise[4][n]), 1) for n in ranked[:20] if noise[4][n] > 0
+        }
 
         measured: dict[int, tuple[float, int]] = {}  # count -> (delta, trial index)
 
