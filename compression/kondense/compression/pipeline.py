@@ -32,7 +32,7 @@ from kondense.api.artifacts import (
 from kondense.api.techniques import TECHNIQUES_NEEDING_CALIBRATION, Task, Technique, params_for
 from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
-from kondense.compression.errors import BadInputError
+from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference, evaluate_variant
 from kondense.compression.intake import normalise
 from kondense.compression.integrity import digest_of, external_data_files
@@ -41,6 +41,11 @@ from kondense.compression.passes import PassContext, ProgressReporter, SilentPro
 
 TOOL_PACKAGES = ("onnx", "onnxruntime", "numpy", "torch", "torch-pruning", "onnxconverter-common")
 TARGET_NAME_MAX = 63
+
+
+MAX_GROWTH = 1.5
+"""A variant over this multiple of the base's size is refused, not evaluated (small graphs may grow
+a little from casts or quantization parameters; more is no compression)."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,17 @@ def _run_steps(
         (stage / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current.parent / name, stage / name)
     shutil.move(current, final)
+    grown = reference.size_ratio_of(final)
+    if (
+        grown > MAX_GROWTH
+    ):  # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
+        chain = " -> ".join(step.technique for step in spec.steps)
+        raise UnsupportedModelError(
+            f"target {spec.name}",
+            f"{chain} made a variant {grown:.3g}x the base's size "
+            f"({os.path.getsize(final)} vs {os.path.getsize(reference.base_path)} bytes): nothing to gain "
+            "(weights the base computes at run time are stored in the variant; try another technique)",
+        )
     progress.start("evaluating variant against base (interleaved)", total=None)
     metrics, details = evaluate_variant(reference, final, latency_runs=latency_runs, threads=threads)
     progress.finish()
