@@ -164,3 +164,28 @@ def test_inspect_predicts_what_intake_makes_of_a_legacy_model(legacy: Path) -> N
     assert inspection.techniques["dynamic-int8"]["applies"]
     assert inspection.techniques["static-int8"]["applies"]
     assert any("IR 3" in note for note in inspection.notes)
+
+
+def test_a_variant_that_grows_past_the_base_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    """A caffe2-style model whose big weight is a ConstantOfShape fill: intake folds it, so every variant
+    stores it and is many times the base file. That is refused before evaluation, with the sizes."""
+    from kondense.compression.pipeline import MAX_GROWTH, DataFiles, compress_model
+
+    model = caffe2_like()
+    shape = next(t for t in model.graph.initializer if t.name == "w2__SHAPE")
+    shape.CopyFrom(numpy_helper.from_array(np.array([16, 4096], dtype=np.int64), "w2__SHAPE"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4096]))
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8]))
+    onnx.checker.check_model(model)
+    base = tmp_path / "base.onnx"
+    onnx.save(model, base)
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32))
+    with pytest.raises(UnsupportedModelError) as refused:
+        compress_model(base, {"name": "half", "steps": [{"technique": "fp16"}]}, DataFiles(evaluation=data),
+                       tmp_path / "out", task="regression", latency_runs=10)  # fmt: skip
+    message = str(refused.value)
+    assert "the base's size" in message and "\n" not in message
+    grown = float(message.split("made a variant ")[1].split("x")[0])
+    assert grown > MAX_GROWTH
+    assert not (tmp_path / "out").exists()
