@@ -44,8 +44,10 @@ TARGET_NAME_MAX = 63
 
 
 MAX_GROWTH = 1.5
-"""A variant over this multiple of the base's size is refused, not evaluated (small graphs may grow
-a little from casts or quantization parameters; more is no compression)."""
+MAX_GROWTH_BYTES = 64 * 1024
+"""A variant over MAX_GROWTH times the base's size and more than MAX_GROWTH_BYTES larger is refused, not
+evaluated: that is no compression (a tiny graph may grow by a few hundred bytes of casts or quantization
+parameters, and is still evaluated)."""
 
 
 @dataclass(frozen=True)
@@ -328,10 +330,12 @@ def _run_steps(
         (stage / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current.parent / name, stage / name)
     shutil.move(current, final)
+    # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
     grown = reference.size_ratio_of(final)
     if (
         grown > MAX_GROWTH
-    ):  # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
+        and os.path.getsize(final) - os.path.getsize(reference.base_path) > MAX_GROWTH_BYTES
+    ):
         chain = " -> ".join(step.technique for step in spec.steps)
         raise UnsupportedModelError(
             f"target {spec.name}",
