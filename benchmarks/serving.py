@@ -67,6 +67,10 @@ class Model:
     body: bytes
     feed: dict[str, np.ndarray]
     server_args: list[str]
+    plain_args: list[str] = field(default_factory=list)
+    """Extra flags of the plain (promoted) server only: what the operator passes to a pod with whole CPUs
+    of its own (``--spin-wait`` for Guaranteed QoS with an integer CPU count, ``backends.dedicated_cpus``).
+    The canary keeps the default: here it shares its 2 cores with its shadow target."""
     """How kondense serve runs this model (threads, workers, batching)."""
     mlserver_threads: int = 1
     inprocess_threads: tuple[int, ...] = (1,)
@@ -182,6 +186,7 @@ def build_minilm() -> Model:
         {"input_ids": ids, "attention_mask": mask},
         # no tuning flags: the server adapts (every core on one request, micro-batches under load)
         server_args=[],
+        plain_args=["--spin-wait"],
         mlserver_threads=2,
         inprocess_threads=(1, 2),
     )
@@ -587,7 +592,9 @@ def benchmark(
             # own pods' CPU; here it shares the same 2 cores with the canary.
             plain_grpc = free_port()
             plain = (
-                stack.enter_context(kondense(model, *model.server_args, "--grpc-port", str(plain_grpc))),
+                stack.enter_context(
+                    kondense(model, *model.server_args, *model.plain_args, "--grpc-port", str(plain_grpc))
+                ),
                 f"127.0.0.1:{plain_grpc}",
             )
         other = stack.enter_context(mlserver(model)) if mlserver_on else None
@@ -801,7 +808,12 @@ def main() -> None:
         "shadow_sample": args.shadow_sample,
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
-        "server_args": {m.name: " ".join(m.server_args) or "(no tuning flags: adaptive)" for m in models},
+        "server_args": {
+            m.name: " ".join(m.server_args)
+            or "(no tuning flags: adaptive)"
+            + (f"; without shadowing also {' '.join(m.plain_args)}" if m.plain_args else "")
+            for m in models
+        },
     }
     print(f"load average at start: {meta['load_at_start']}", flush=True)
     rows: list[Row] = []

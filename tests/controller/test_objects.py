@@ -194,6 +194,34 @@ def test_server_threads_follow_the_pods_cpu(
         validate(deployment)
 
 
+@pytest.mark.parametrize(
+    ("resources", "spins"),
+    [
+        ({"limits": {"cpu": "2", "memory": "1Gi"}}, True),  # requests default to limits: Guaranteed
+        ({"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "2", "memory": "1Gi"}}, True),
+        ({"limits": {"cpu": "2000m", "memory": "1Gi"}, "requests": {"cpu": "2", "memory": "1024Mi"}}, True),
+        ({"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}, False),
+        ({"limits": {"cpu": "1500m", "memory": "1Gi"}}, False),  # not whole CPUs
+        ({"limits": {"cpu": "2"}}, False),  # no memory limit: not Guaranteed
+        ({"requests": {"cpu": "2", "memory": "1Gi"}}, False),  # no limits: shared CPUs
+        (None, False),
+    ],
+)
+def test_threads_spin_only_on_whole_dedicated_cpus(resources: dict[str, Any] | None, spins: bool) -> None:
+    """ONNX Runtime threads spin (``--spin-wait``) only in pods the static CPU manager gives whole cores
+    of their own (Guaranteed QoS, integer CPU); on shared or quota-limited CPUs spinning is far slower."""
+    raw = spec_of("digits").model_dump(mode="json", exclude_none=True)
+    raw["serving"].pop("resources", None)
+    if resources is not None:
+        raw["serving"]["resources"] = resources
+    spec = CompressedModelSpec.model_validate(raw)
+    deployments = [o for o in _serving_objects(spec) if o["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert ("--spin-wait" in args) is spins
+
+
 def test_settings_namespaces_are_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONDENSE_NAMESPACES", "ml, team-b")
     assert OperatorSettings().namespaces == ["ml", "team-b"]

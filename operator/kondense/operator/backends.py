@@ -121,6 +121,26 @@ def cpu_threads(resources: ResourceRequirements | None) -> int | None:
     return max(1, math.floor(parse_quantity(str(cpu))))
 
 
+def dedicated_cpus(resources: ResourceRequirements | None) -> bool:
+    """Whether a pod with these resources owns whole CPUs: Guaranteed QoS (cpu and memory requested
+    equal to their limits) with an integer CPU count, the pods the kubelet's static CPU manager gives
+    exclusive cores. Only there may ONNX Runtime threads spin (``--spin-wait``): on shared or
+    quota-limited CPUs spinning threads burn the quota and run several times slower."""
+    if resources is None:
+        return False
+    limits, requests = resources.limits or {}, resources.requests or {}
+    try:
+        cpu = parse_quantity(str(limits["cpu"]))
+        memory = limits["memory"]
+        same = all(
+            parse_quantity(str(requests.get(key, limits[key]))) == parse_quantity(str(limits[key]))
+            for key in ("cpu", "memory")
+        )
+    except (KeyError, ValueError):
+        return False
+    return bool(memory) and same and cpu >= 1 and cpu == int(cpu)
+
+
 class ServingBackend(Protocol):
     @property
     def runtime(self) -> Runtime: ...
@@ -179,6 +199,8 @@ class OnnxRuntimeBackend:
         threads = spec.serving.threads or cpu_threads(spec.serving.resources)
         if threads:  # else the server reads its cgroup's CPU quota itself
             args += ["--threads", str(threads)]
+        if dedicated_cpus(spec.serving.resources):  # whole CPUs of its own: threads may spin
+            args += ["--spin-wait"]
         if track == "canary":
             args += [
                 "--shadow-of",
