@@ -174,6 +174,15 @@ def upgrade_opset_for_int4(model: Any) -> list[str]:
     return notes
 
 
+def _blocks(matrix: np.ndarray, block_size: int) -> np.ndarray:
+    """``matrix`` [rows, cols] as [rows, blocks, block_size] along its last axis, zero-padded."""
+    rows, cols = matrix.shape
+    blocks = -(-cols // block_size)
+    padded = np.zeros((rows, blocks * block_size), dtype=np.float32)
+    padded[:, :cols] = matrix
+    return padded.reshape(rows, blocks, block_size)
+
+
 def quantize_gather_int8(model: Any, node_names: set[str], block_size: int, symmetric: bool) -> int:
     """Replace the named Gathers' float tables by 8-bit ``GatherBlockQuantized`` (uint8 data, bits=8).
 
@@ -192,10 +201,7 @@ def quantize_gather_int8(model: Any, node_names: set[str], block_size: int, symm
             continue
         table = numpy_helper.to_array(tables[node.input[0]]).astype(np.float32)
         rows, cols = table.shape
-        blocks = -(-cols // block_size)
-        padded = np.zeros((rows, blocks * block_size), dtype=np.float32)
-        padded[:, :cols] = table
-        view = padded.reshape(rows, blocks, block_size)
+        view = _blocks(table, block_size)
         if symmetric:
             absmax = np.abs(view).max(axis=2)
             scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
@@ -207,7 +213,7 @@ def quantize_gather_int8(model: Any, node_names: set[str], block_size: int, symm
             scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
             zero = np.clip(np.round(-lo / scale), 0, 255).astype(np.uint8)
             q = np.clip(np.round(view / scale[..., None]) + zero[..., None], 0, 255)
-        data = q.reshape(rows, blocks * block_size)[:, :cols].astype(np.uint8)
+        data = q.reshape(rows, -1)[:, :cols].astype(np.uint8)
         base = node.input[0]
         inits = [
             numpy_helper.from_array(data, f"{base}_q8"),
@@ -369,10 +375,7 @@ def block_round_trip(bits: int, block_size: int, symmetric: bool) -> Callable[[A
             return w
         view = w.T if node.op_type == "MatMul" else w  # blocks along the last axis of ``view``
         rows, cols = view.shape
-        blocks = -(-cols // block_size)
-        padded = np.zeros((rows, blocks * block_size), dtype=np.float32)
-        padded[:, :cols] = view
-        grouped = padded.reshape(rows, blocks, block_size)
+        grouped = _blocks(view, block_size)
         if symmetric:
             levels = float(2 ** (bits - 1) - 1)
             scale = np.abs(grouped).max(axis=2, keepdims=True) / levels
@@ -385,7 +388,7 @@ def block_round_trip(bits: int, block_size: int, symmetric: bool) -> Callable[[A
             scale = np.where(high > low, (high - low) / levels, 1.0)
             zero = np.clip(np.round(-low / scale), 0, levels)
             rounded = (np.clip(np.round(grouped / scale) + zero, 0, levels) - zero) * scale
-        out = rounded.reshape(rows, blocks * block_size)[:, :cols].astype(np.float32)
+        out = rounded.reshape(rows, -1)[:, :cols].astype(np.float32)
         return out.T.copy() if node.op_type == "MatMul" else out
 
     return round_trip
