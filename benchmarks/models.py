@@ -39,15 +39,12 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "fp16": {},
     "low-rank": {"fineTuneEpochs": 0},
     "prune": {"amount": 0.5, "structured": True, "fineTuneEpochs": 0},
+    "weight-only": {},
+    "distill": {"epochs": 5},
 }
-# techniques run with the accuracy budget (tuner / mixed precision on): model -> techniques
-TUNED = {
-    "paddle-rec": ["dynamic-int8", "static-int8"],
-    "paddle-det": ["fp16"],
-    "paddle-cls": ["fp16"],
-    "magika": ["static-int8"],
-    "torch-cnn-ts-op11-nofold": ["static-int8"],
-}
+# Every model x technique runs with its task's budget, as a user with maxAccuracyDelta would: the tuner,
+# fp16 mixed precision and the strength back-off are on, and the gate says pass or FAIL. ``--naive``
+# adds the same technique once more without a budget (what a plain ORT tool call would give).
 
 
 def cpu_record(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
@@ -290,7 +287,7 @@ def run_one(
     if tuned:
         params.pop("tune", None)
     budget = BUDGETS[entry["task"]] if tuned else None
-    row: dict[str, Any] = {"model": entry["name"], "technique": technique + (" (tuned)" if tuned else "")}
+    row: dict[str, Any] = {"model": entry["name"], "technique": technique + ("" if tuned else " (no budget)")}
     row["cpu"] = cpu_record()  # rows of several runs may be merged: each says where it was measured
     start = time.monotonic()
     try:
@@ -322,6 +319,13 @@ def run_one(
             if budget is not None
             else "no budget",
             trials=len(manifest.trials),
+            # the strength back-off's attempts (prune amount, distill width, low-rank rank): knob, delta
+            backoff=[
+                {k: v for k, v in t.config.items() if k not in ("step", "technique")}
+                | {"delta": t.accuracyDelta, "message": t.message}
+                for t in manifest.trials
+                if t.config.keys() & {"amount", "widthMultiplier", "rankRatio"}
+            ],
             intake="; ".join(manifest.model_dump().get("intake", {}).get("changes", [])),
             details={
                 k: v
@@ -353,6 +357,16 @@ def machine_load() -> str:
     return f"{load:.1f} on {os.cpu_count()} CPUs"
 
 
+def _attempt(attempt: dict[str, Any]) -> str:
+    knob = next((f"{k} {v:g}" for k, v in attempt.items() if k not in ("delta", "message")), "?")
+    delta = attempt.get("delta")
+    return (
+        f"{knob} (delta {delta:.4f})"
+        if delta is not None
+        else f"{knob} ({attempt.get('message') or 'failed'})"
+    )
+
+
 def render(
     rows: list[dict[str, Any]], corpus: list[dict[str, Any]], cpu: dict[str, Any], runs: int = 1
 ) -> str:
@@ -382,7 +396,11 @@ def render(
         "Base and variant are measured in the same run (latency interleaved, 50 runs after 20 warm-up). "
         "Accuracy delta by task: classification = 1 - top-1 agreement with the base (per timestep for "
         "[N, T, C]); regression = relative MAE against the base output; embedding = 1 - mean cosine. "
-        f"Budgets where tuned: {BUDGETS}. Untuned rows have no budget (gate 'no budget')."
+        f"Every row has its task's budget ({BUDGETS}), as a CompressedModel with maxAccuracyDelta: the "
+        "int8 tuner, fp16 mixed precision and the strength back-off (prune, distill, low-rank) are on; "
+        "gate pass = a variant within the budget, FAIL = the closest variant missed it (the operator never "
+        "deploys it), refused = the one-sentence reason no variant was made. Rows marked '(no budget)' "
+        "are the same technique without a budget (--naive)."
         + (f" Rows merged from {runs} runs of this script on this machine (--merge)." if runs > 1 else ""),
         "",
         "## Corpus",
@@ -422,6 +440,13 @@ def render(
             notes.append("tuner: " + r["details"]["tuning"])
         if r.get("speedup") is not None and r["speedup"] < 0.9:
             notes.append("slower than the base")
+        if r.get("backoff"):
+            notes.append("back-off: " + ", ".join(_attempt(a) for a in r["backoff"]))
+        if r.get("gate") == "FAIL":
+            notes.append(
+                f"budget {r['budget']} missed: the closest variant is kept in the manifest, the operator "
+                "never deploys it"
+            )
         if r.get("trials"):
             notes.append(f"{r['trials']} trial(s)")
         delta = r["delta"]
@@ -443,13 +468,14 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--techniques", nargs="*", default=list(TECHNIQUES))
-    parser.add_argument("--no-tuned", action="store_true", help="skip the budgeted (tuned) rows")
+    parser.add_argument(
+        "--naive", action="store_true", help="also run every technique without a budget (no tuner)"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "models.md")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument(
         "--merge", type=Path, nargs="*", default=[], help="rows of earlier runs (--json) to include"
     )
-    parser.add_argument("--tuned-only", action="store_true", help="only the budgeted (tuned) rows")
     args = parser.parse_args()
     manifest = args.corpus / "corpus.json"
     if not manifest.is_file():
@@ -465,9 +491,9 @@ def main() -> int:
             where = Path(tmp) / entry["name"]
             where.mkdir()
             data = write_data(entry, where)
-            plan = [] if args.tuned_only else [(t, False) for t in args.techniques]
-            if not args.no_tuned:
-                plan += [(t, True) for t in TUNED.get(entry["name"], []) if t in args.techniques]
+            plan = [(t, True) for t in args.techniques]
+            if args.naive:
+                plan += [(t, False) for t in args.techniques]
             for technique, tuned in plan:
                 row = run_one(entry, technique, tuned, data, where / f"{technique}-{int(tuned)}")
                 rows.append(row)
