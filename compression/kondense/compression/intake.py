@@ -534,8 +534,9 @@ def normalise(
     if 0 < result.opset < MIN_OPSET:
         try:
             model = upgrade_opset(model, MIN_OPSET)
-            if result.inputs_removed:
-                raise_ir_version(model)  # the converter keeps the IR version; opset 13 needs IR 7
+            # The converter keeps the IR version, while opset 13 needs IR 7, and the initializers it
+            # adds (Squeeze/Unsqueeze axes become inputs) are not graph inputs, which IR < 4 forbids.
+            raise_ir_version(model)
             result.changes.append(f"opset {result.opset} -> {MIN_OPSET} (ONNX version converter)")
             result.opset = MIN_OPSET
         except BadInputError as exc:

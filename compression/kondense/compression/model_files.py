@@ -39,6 +39,15 @@ class ModelSignature:
     def dynamic_batch(self) -> bool:
         return all(spec.dynamic_batch for spec in self.inputs)
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size every input of rank >= 1 fixes (the same number on axis 0 of each), else None."""
+        firsts = {spec.shape[0] for spec in self.inputs if spec.shape}
+        if len(firsts) != 1:
+            return None
+        (first,) = firsts
+        return first if isinstance(first, int) and first > 0 else None
+
 
 def load_model(path: str | Path, *, with_weights: bool = True) -> onnx.ModelProto:
     """Parse and check an ONNX file; any problem is a BadInputError naming the file."""

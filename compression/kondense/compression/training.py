@@ -99,14 +99,16 @@ def train_against_teacher(
     optimizer = torch.optim.Adam(
         [p for p in module.parameters() if p.requires_grad], lr=settings.learning_rate
     )
-    steps_per_epoch = (len(dataset) + settings.batch_size - 1) // settings.batch_size
+    # A model whose inputs fix the batch (a Reshape to [1, -1] in a caffe2 export) trains in that batch.
+    batch_size = signature.fixed_batch or settings.batch_size
+    steps_per_epoch = (len(dataset) + batch_size - 1) // batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
     history = []
     progress.start(description, total=settings.epochs)
     module.train()
     for _ in range(settings.epochs):
         total = 0.0
-        for idx in torch.randperm(len(dataset), generator=generator).split(settings.batch_size):
+        for idx in torch.randperm(len(dataset), generator=generator).split(batch_size):
             optimizer.zero_grad()
             output = module(*[x[idx] for x in inputs])
             if isinstance(output, tuple):

@@ -75,7 +75,8 @@ class DistillPass(Pass):
             raise BadInputError("params", f"give at most one student shape, got {chosen}")
         teacher = teacher_outputs(context.reference.base_path, train, context.threads)
         signature = signature_of(load_model(source, with_weights=False))
-        example_np = {name: array[:2] for name, array in train.inputs.items()}
+        examples = signature.fixed_batch or 2  # a fixed batch is traced in that batch
+        example_np = {name: array[:examples] for name, array in train.inputs.items()}
         details: dict[str, Any] = {
             "teacher": "base model (ONNX Runtime)",
             "temperature": p.temperature,

@@ -114,7 +114,8 @@ class PrunePass(Pass):
         if not layers:
             raise UnsupportedModelError(str(source), "no Conv or Linear layer with constant weights to prune")
         data = context.train if context.train is not None else context.reference.dataset
-        example_np = {name: array[:2] for name, array in data.inputs.items()}
+        examples = signature.fixed_batch or 2  # a fixed batch is traced in that batch
+        example_np = {name: array[:examples] for name, array in data.inputs.items()}
         example = tuple(torch.from_numpy(example_np[s.name]) for s in signature.inputs)
         details: dict[str, Any] = {"structured": p.structured, "amount": p.amount}
 
