@@ -219,6 +219,14 @@ def sweep(
     return rows
 
 
+def reclassify(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row judged by today's rules (a refusal's message may pass or fail them)."""
+    if row["outcome"] == "ok" or "traceback" in str(row.get("why")) or row.get("why") == "crash/timeout":
+        return row
+    why = classify_message(row.get("message", ""))
+    return {**row, "outcome": "defect" if why else "refusal", "why": why}
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     counts = Counter(r["outcome"] for r in rows)
     lines = [
@@ -235,7 +243,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
     if defects:
         lines += ["", "Defects:", ""]
         lines += [
-            f"- {r['model']} {r['technique']}: {r.get('why')}: {r.get('message', '')[:300]}" for r in defects
+            f"- {r['model']} {r['technique']}: {r.get('why')}: {' '.join(r.get('message', '').split())[:300]}"
+            for r in defects
         ]
     no_gain = [r for r in rows if r["outcome"] == "ok" and r.get("size", 0) >= 1.0]
     if no_gain:
@@ -257,8 +266,12 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--full-eval", action="store_true", help="Warm-up and footprint as the CLI does.")
     parser.add_argument("--json", type=Path, help="Write every row here.")
+    parser.add_argument("--summarise", nargs="*", type=Path, help="Summarise earlier --json files instead.")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.summarise:
+        print(summary([reclassify(r) for path in args.summarise for r in json.loads(path.read_text())]))
+        return
     if args.child:
         run_one(args.child, args.techniques, args.latency_runs, args.full_eval)
         return

@@ -262,3 +262,25 @@ def test_a_low_rank_variant_that_is_not_smaller_is_refused(tmp_path: Path) -> No
     manifest = compress_model(large, target, DataFiles(evaluation=evaluation), tmp_path / "out",
                               task="regression", latency_runs=10)  # fmt: skip
     assert manifest.metrics.sizeRatio is not None and manifest.metrics.sizeRatio < 0.8
+
+
+def test_distillation_says_which_student_it_could_not_build(tmp_path: Path) -> None:
+    """One Gemm: the default student (the base at half width) has no channel to remove between layers."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [_weight("w", 4, 16)],
+    )
+    base = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    data = _data(tmp_path / "data.npz", x=RNG.normal(size=(8, 16)).astype(np.float32))
+    target = {"name": "d", "technique": "distill", "params": {"epochs": 1}}
+
+    with pytest.raises(UnsupportedModelError) as refused:
+        compress_model(base, target, DataFiles(evaluation=data, calibration=data), tmp_path / "out",
+                       latency_runs=10)  # fmt: skip
+
+    message = str(refused.value)
+    assert message.startswith(f"{base}: distillation's student") and "hiddenSizes" in message
+    assert "at least two Conv/Linear layers" in message and "\n" not in message

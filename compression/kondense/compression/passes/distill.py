@@ -106,7 +106,14 @@ class DistillPass(Pass):
             example = tuple(torch.from_numpy(example_np[s.name]) for s in signature.inputs)
             details["student"] = {"kind": "teacher architecture", "widthMultiplier": width}
             if width < 1:
-                details["student"].update(shrink_channels(student, example, 1 - width, str(source)))
+                try:
+                    details["student"].update(shrink_channels(student, example, 1 - width, str(source)))
+                except UnsupportedModelError as exc:  # say which student could not be built
+                    raise UnsupportedModelError(
+                        exc.where,
+                        f"distillation's student (the base's own architecture at widthMultiplier {width}) "
+                        f"cannot be built: {exc.problem}; give params.hiddenSizes for an MLP student instead",
+                    ) from exc
         details["studentParameters"] = sum(q.numel() for q in student.parameters())
 
         alpha = p.alpha if (train.labels is not None and context.task is not Task.EMBEDDING) else 0.0
