@@ -68,9 +68,10 @@ def label(path: Path) -> str:
 
 
 def fixed_batch(shapes: list[tuple[int | None, ...]]) -> int:
-    """The batch every per-sample input fixes (1 when dynamic or mixed)."""
-    firsts = {s[0] for s in shapes if s and s[0] is not None}
-    return firsts.pop() if len(firsts) == 1 else 1
+    """The batch most inputs fix on axis 0 (1 when none does); inputs fixing another size are
+    stored as ``fixed:`` (fed as they are, e.g. a shape vector beside the data)."""
+    firsts = Counter(s[0] for s in shapes if s and s[0] is not None)
+    return firsts.most_common(1)[0][0] if firsts else 1
 
 
 def make_data(model_path: Path, folder: Path) -> tuple[Path, Path] | str:
@@ -89,8 +90,11 @@ def make_data(model_path: Path, folder: Path) -> tuple[Path, Path] | str:
         count = -(-count // batch) * batch
         arrays: dict[str, np.ndarray] = {}
         for spec in signature.inputs:
-            if not spec.shape:  # a scalar input: fed as stored with every sample
-                arrays[f"fixed:{spec.name}"] = np.asarray(1, dtype=spec.dtype)
+            if not spec.shape or (spec.shape[0] is not None and spec.shape[0] != batch):
+                # a scalar or an input of another leading size: fed as stored with every sample
+                shape = tuple(1 if d is None else d for d in spec.shape)
+                value = rng.standard_normal(shape) if spec.dtype.kind == "f" else np.ones(shape)
+                arrays[f"fixed:{spec.name}"] = value.astype(spec.dtype)
                 continue
             shape = (count, *[8 if d is None else d for d in spec.shape[1:]])
             if spec.dtype.kind == "f":

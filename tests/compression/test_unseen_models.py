@@ -284,3 +284,111 @@ def test_distillation_says_which_student_it_could_not_build(tmp_path: Path) -> N
     message = str(refused.value)
     assert message.startswith(f"{base}: distillation's student") and "hiddenSizes" in message
     assert "at least two Conv/Linear layers" in message and "\n" not in message
+
+
+def test_a_kernel_that_rejects_the_upgraded_copy_at_run_time_is_one_sentence(tmp_path: Path) -> None:
+    """PRelu at opset 6 with one slope per channel of a [2, 3, 4] input (torch's PReLU(3) exported
+    by an old PyTorch): ONNX Runtime has no PRelu(6) kernel, and at opset 13 the slope broadcasts
+    against the last axis, which the kernel rejects while running."""
+    slope = _weight("slope", 3)
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"])],
+        "prelu",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+            helper.make_tensor_value_info("slope", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
+        [slope],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    base = _save(model, tmp_path / "prelu.onnx")
+    evaluation = _data(tmp_path / "eval.npz", x=RNG.normal(size=(4, 3, 4)).astype(np.float32))
+
+    with pytest.raises(BadInputError) as refused:
+        compress_model(base, {"name": "h", "technique": "fp16"}, DataFiles(evaluation=evaluation),
+                       tmp_path / "out", latency_runs=10)  # fmt: skip
+
+    message = str(refused.value)
+    assert message.startswith(f"{base}: ONNX Runtime cannot run the model (intake's normalised copy")
+    assert "PRelu" in message and "broadcast" in message
+    assert "\n" not in message and "[ONNXRuntimeError]" not in message and ".h:" not in message
+    assert "onnxruntime::" not in message
+
+
+def expand_model() -> onnx.ModelProto:
+    """X[1, 3, 1] expanded by a shape vector input [2] (the ONNX wheel's simple/test_expand_shape_model)
+    through a Conv so that the training passes have a layer."""
+    nodes = [
+        helper.make_node("Expand", ["X", "shape"], ["e"], name="expand"),
+        helper.make_node("MatMul", ["e", "w"], ["Y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "expand",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3, 1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3, 4])],
+        [_weight("w", 1, 4)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_inputs_that_fix_different_leading_sizes_cannot_share_a_sample_axis(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+        "mixed",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    values = RNG.normal(size=(4, 4)).astype(np.float32)
+    with pytest.raises(BadInputError) as refused:
+        load_for_model(_data(tmp_path / "mixed.npz", a=values, b=values), signature_of(model))
+    message = str(refused.value)
+    assert "fix different sizes on axis 0 ({'a': 1, 'b': 2})" in message and "'fixed:<input name>'" in message
+    assert "\n" not in message
+
+    stored = _data(tmp_path / "stored.npz", a=values, **{"fixed:b": values[:2]})
+    assert load_for_model(stored, signature_of(model)).group == 1  # b fed as stored, a one at a time
+
+
+def test_training_passes_refuse_inputs_fed_as_stored_in_one_sentence(tmp_path: Path) -> None:
+    base = _save(expand_model(), tmp_path / "m.onnx")
+    data = _data(
+        tmp_path / "data.npz",
+        X=RNG.normal(size=(4, 3, 1)).astype(np.float32),
+        **{"fixed:shape": np.ones(2, dtype=np.int64)},
+    )
+    for technique in ("prune", "distill"):
+        with pytest.raises(BadInputError) as refused:
+            compress_model(base, {"name": "t", "technique": technique}, DataFiles(evaluation=data, calibration=data),
+                           tmp_path / "out", task="regression", latency_runs=10)  # fmt: skip
+        message = str(refused.value)
+        assert "['shape']" in message and "fed as stored" in message and "\n" not in message
+
+
+def test_a_scalar_output_is_one_value_per_run(tmp_path: Path) -> None:
+    from kondense.compression.data import load_npz
+    from kondense.compression.evaluation import model_outputs
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="sum")],
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+    )
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "s.onnx")
+    x = RNG.normal(size=(6, 3)).astype(np.float32)
+    dataset = load_for_model(_data(tmp_path / "x.npz", x=x), signature_of(onnx.load(str(path))))
+    assert load_npz(tmp_path / "x.npz").group == 1 and dataset.group == 2
+
+    outputs = model_outputs(path, dataset)
+
+    np.testing.assert_allclose(outputs, x.reshape(3, 2, 3).sum(axis=(1, 2)), rtol=1e-5)

@@ -168,6 +168,15 @@ def validate_for_model(dataset: Dataset, signature: ModelSignature) -> Dataset:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadInputError(where, "contains NaN or infinite values")
     per_sample = [spec for spec in signature.inputs if spec.name not in dataset.fixed]
+    fixed_firsts = {
+        spec.name: spec.shape[0] for spec in per_sample if spec.shape and spec.shape[0] is not None
+    }
+    if len(set(fixed_firsts.values())) > 1:
+        raise BadInputError(
+            dataset.source,
+            f"the model's inputs fix different sizes on axis 0 ({fixed_firsts}), so they cannot share a "
+            f"sample axis; store the inputs that do not follow the samples as '{FIXED_PREFIX}<input name>'",
+        )
     group = ModelSignature(tuple(per_sample), ()).fixed_batch or 1
     if len(dataset) % group:
         first = per_sample[0]

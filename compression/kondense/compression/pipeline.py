@@ -35,7 +35,7 @@ from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference, evaluate_variant
-from kondense.compression.intake import normalise
+from kondense.compression.intake import normalise, ort_reason
 from kondense.compression.integrity import digest_of, external_data_files
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
@@ -252,7 +252,19 @@ def compress_model(
                 f"ONNX Runtime cannot load the original ({cannot_load.problem}); the reference outputs "
                 "and latencies are those of intake's normalised copy, sizes stay relative to the original"
             )
-        reference = Reference.compute(reference_path, evaluation, task, threads=threads, size_path=model_path)
+        try:
+            reference = Reference.compute(
+                reference_path, evaluation, task, threads=threads, size_path=model_path
+            )
+        except BadInputError:
+            raise
+        except Exception as exc:  # ORT's run-time errors (a kernel that rejects the shapes it is given)
+            copy = " (intake's normalised copy, as ONNX Runtime cannot load the original)"
+            raise BadInputError(
+                str(model_path),
+                f"ONNX Runtime cannot run the model{copy if reference_path != model_path else ''} on "
+                f"{evaluation.source}: {ort_reason(exc)}",
+            ) from exc
 
         def attempt(candidate: TargetSpec, directory: Path) -> Manifest:
             (directory / "work").mkdir()

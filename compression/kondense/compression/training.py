@@ -134,6 +134,16 @@ def train_against_teacher(
     return history
 
 
+def require_per_sample(dataset: Dataset, what: str) -> None:
+    """The torch passes batch every input along the samples: inputs fed as stored are refused."""
+    if dataset.fixed:
+        raise BadInputError(
+            dataset.source,
+            f"{what} trains on batches of samples, and input(s) {sorted(dataset.fixed)} are fed as stored "
+            "('fixed:'), which the torch training passes cannot batch; use a technique that does not train",
+        )
+
+
 def require_train(context: PassContext, what: str) -> Dataset:
     """The pass's training data, or a clear refusal naming ``what`` needs it."""
     if context.train is None:
@@ -159,6 +169,7 @@ def fine_tune(
     import torch
 
     train = require_train(context, what)
+    require_per_sample(train, what)
     if teacher is None:
         teacher = teacher_outputs(context.reference.base_path, train, context.threads)
     with torch.enable_grad():

@@ -62,6 +62,7 @@ class DistillPass(Pass):
             TrainingSettings,
             fine_tune,
             limit_torch_threads,
+            require_per_sample,
             require_train,
             teacher_outputs,
         )
@@ -70,6 +71,7 @@ class DistillPass(Pass):
         p = self.params
         what = "distillation"
         train = require_train(context, what)
+        require_per_sample(train, what)
         chosen = [k for k in ("hiddenSizes", "widthMultiplier", "keepLayers") if getattr(p, k) is not None]
         if len(chosen) > 1:
             raise BadInputError("params", f"give at most one student shape, got {chosen}")
