@@ -8,8 +8,8 @@ multiple of a fixed batch), runs ``compress_model`` (the engine behind ``kondens
 technique and classifies the result:
 
 * **ok**: a variant was written (``size`` is its size over the base's);
-* **refusal**: a ``BadInputError`` whose message is one line, names no temporary file and carries no
-  raw ONNX Runtime text;
+* **refusal**: a ``BadInputError`` whose message is one line, names the user's model (or data file),
+  no temporary file, and carries no raw ONNX Runtime text;
 * **defect**: anything else: another exception (the CLI would say "compression failed: ..."), a
   multi-line or over-long message, a temporary path, ORT's ``[ONNXRuntimeError]`` prefix or a C++
   source location, or a timeout.
@@ -122,6 +122,13 @@ def classify_message(message: str) -> str | None:
     return None
 
 
+def names_no_input(message: str, model: Path, data_folder: Path) -> str | None:
+    """A refusal must say which of the user's files it is about: the model or a data file."""
+    if str(model) in message or str(data_folder) in message:
+        return None
+    return "names neither the model nor a data file"
+
+
 def run_one(model_path: Path, techniques: list[str], latency_runs: int, full_eval: bool) -> None:
     """In the child: every technique on one model, one JSON line each (flushed as it finishes)."""
     from kondense.compression import evaluation, pipeline
@@ -170,7 +177,7 @@ def run_one(model_path: Path, techniques: list[str], latency_runs: int, full_eva
                         where=traceback.format_exc().strip().splitlines()[-3:-1],
                     )
             if row["outcome"] == "refusal":
-                why = classify_message(row["message"])
+                why = classify_message(row["message"]) or names_no_input(row["message"], model_path, folder)
                 if why:
                     row.update(outcome="defect", why=why)
             row["seconds"] = round(time.perf_counter() - start, 1)

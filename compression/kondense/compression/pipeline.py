@@ -375,8 +375,8 @@ def _run_steps(
     if grown > MAX_GROWTH and os.path.getsize(final) - reference.base_bytes > MAX_GROWTH_BYTES:
         chain = " -> ".join(step.technique for step in spec.steps)
         raise UnsupportedModelError(
-            f"target {spec.name}",
-            f"{chain} made a variant {grown:.3g}x the base's size "
+            str(reference.size_path or reference.base_path),  # the user's model, never intake's copy
+            f"target {spec.name!r}: {chain} made a variant {grown:.3g}x the base's size "
             f"({os.path.getsize(final)} vs {reference.base_bytes} bytes): nothing to gain "
             "(weights the base computes at run time are stored in the variant; try another technique)",
         )
