@@ -186,6 +186,7 @@ def test_a_variant_that_grows_past_the_base_is_refused_in_one_sentence(tmp_path:
                        tmp_path / "out", task="regression", latency_runs=10)  # fmt: skip
     message = str(refused.value)
     assert "the base's size" in message and "\n" not in message
+    assert message.startswith(f"{base}: target 'half': fp16 made a variant")  # the user's model
     grown = float(message.split("made a variant ")[1].split("x")[0])
     assert grown > MAX_GROWTH
     assert not (tmp_path / "out").exists()

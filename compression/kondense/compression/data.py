@@ -12,6 +12,9 @@ Layout of a data file:
 * ``labels`` (optional): ``[N]`` class indices, or ``[N, T]`` per timestep for ``[N, T, C]``
   outputs (negative labels mark padding and are ignored).
 
+A model whose inputs fix the batch at B > 1 (e.g. ``[2, 3, 8, 8]``, as some exporters write) is fed
+B consecutive samples per run: N must then be a multiple of B (``Dataset.group``).
+
 Arrays are read with ``allow_pickle=False``: object arrays in a user file are an error, never code.
 """
 
@@ -40,6 +43,7 @@ class Dataset:
     inputs: Mapping[str, np.ndarray]
     labels: np.ndarray | None = None
     fixed: Mapping[str, np.ndarray] = field(default_factory=dict)
+    group: int = 1  # samples per run when the model fixes its batch at more than 1
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -50,16 +54,24 @@ class Dataset:
         return not self.fixed
 
     def take(self, count: int) -> Dataset:
+        """The first ``count`` samples, rounded up to whole groups."""
+        count = -(-count // self.group) * self.group
         labels = None if self.labels is None else self.labels[:count]
-        return Dataset(self.source, {k: v[:count] for k, v in self.inputs.items()}, labels, self.fixed)
+        inputs = {k: v[:count] for k, v in self.inputs.items()}
+        return Dataset(self.source, inputs, labels, self.fixed, self.group)
 
     def sample(self, index: int) -> dict[str, np.ndarray]:
-        """One sample as a batch of one (fixed inputs as stored)."""
-        return {**{name: array[index : index + 1] for name, array in self.inputs.items()}, **self.fixed}
+        """One sample as a batch of one (fixed inputs as stored); for a model with a fixed batch of
+        ``group`` > 1, the group of samples holding ``index``."""
+        start = index - index % self.group
+        rows = slice(start, start + self.group)
+        return {**{name: array[rows] for name, array in self.inputs.items()}, **self.fixed}
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of ``size`` samples (one at a time when the data set has fixed inputs)."""
+        """Feeds of ``size`` samples (one at a time when the data set has fixed inputs), in whole
+        groups when the model fixes its batch."""
         size = size if self.batchable else 1
+        size = max(self.group, size - size % self.group)
         for start in range(0, len(self), size):
             yield {**{name: array[start : start + size] for name, array in self.inputs.items()}, **self.fixed}
 
@@ -155,11 +167,30 @@ def validate_for_model(dataset: Dataset, signature: ModelSignature) -> Dataset:
                 )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BadInputError(where, "contains NaN or infinite values")
+    per_sample = [spec for spec in signature.inputs if spec.name not in dataset.fixed]
+    fixed_firsts = {
+        spec.name: spec.shape[0] for spec in per_sample if spec.shape and spec.shape[0] is not None
+    }
+    if len(set(fixed_firsts.values())) > 1:
+        raise BadInputError(
+            dataset.source,
+            f"the model's inputs fix different sizes on axis 0 ({fixed_firsts}), so they cannot share a "
+            f"sample axis; store the inputs that do not follow the samples as '{FIXED_PREFIX}<input name>'",
+        )
+    group = ModelSignature(tuple(per_sample), ()).fixed_batch or 1
+    if len(dataset) % group:
+        first = per_sample[0]
+        raise BadInputError(
+            dataset.source,
+            f"has {len(dataset)} samples, but the model fixes its batch at {group} (input {first.name!r} is "
+            f"{first.shape_text}), so it runs {group} samples at a time: give a multiple of {group}",
+        )
     return Dataset(
         dataset.source,
         {spec.name: dataset.inputs[spec.name] for spec in signature.inputs if spec.name not in dataset.fixed},
         dataset.labels,
         {spec.name: dataset.fixed[spec.name] for spec in signature.inputs if spec.name in dataset.fixed},
+        group,
     )
 
 

@@ -25,6 +25,7 @@ The metric functions are pure (arrays in, numbers out); ``measure_*`` do the run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -289,7 +290,7 @@ def output_delta(base: np.ndarray, variant: np.ndarray) -> AccuracyResult:
 def _batch_size(session: Any, dataset: Dataset, wanted: int) -> int:
     per_sample = [i for i in session.get_inputs() if i.name in dataset.inputs]
     dynamic = dataset.batchable and all(i.shape and not isinstance(i.shape[0], int) for i in per_sample)
-    return wanted if dynamic else 1
+    return wanted if dynamic else dataset.group  # a fixed batch: its group of samples per run
 
 
 def all_model_outputs(
@@ -338,22 +339,31 @@ class Reference:
     outputs: np.ndarray
     others: dict[str, np.ndarray] = field(default_factory=dict)
     judged: str | None = None
+    # The user's file when ``base_path`` is a runnable copy of it (intake's opset upgrade of a model
+    # ONNX Runtime cannot load): sizes are always relative to what the user gave.
+    size_path: Path | None = None
+
+    @property
+    def base_bytes(self) -> int:
+        return os.path.getsize(self.size_path or self.base_path)
 
     @classmethod
-    def compute(cls, base_path: Path, dataset: Dataset, task: Task, *, threads: int = 1) -> Reference:
+    def compute(
+        cls, base_path: Path, dataset: Dataset, task: Task, *, threads: int = 1, size_path: Path | None = None
+    ) -> Reference:
         outputs = all_model_outputs(base_path, dataset, threads=threads)
         judged = next(iter(outputs))
         first = outputs.pop(judged)
-        return cls(base_path, dataset, task, first, outputs, judged)
+        return cls(base_path, dataset, task, first, outputs, judged, size_path)
 
     def subset(self, count: int) -> Reference:
         """The first ``count`` samples (cheaper probes, e.g. sensitivity measurement)."""
         if count >= len(self.dataset):
             return self
+        dataset = self.dataset.take(count)  # whole groups when the model fixes its batch
+        count = len(dataset)
         others = {k: v[:count] for k, v in self.others.items()}
-        return Reference(
-            self.base_path, self.dataset.take(count), self.task, self.outputs[:count], others, self.judged
-        )
+        return dataclasses.replace(self, dataset=dataset, outputs=self.outputs[:count], others=others)
 
     def accuracy_of(self, variant_path: str | Path, *, threads: int = 1) -> AccuracyResult:
         """The judged output's delta; other outputs' deltas in ``details['otherOutputs']``."""
@@ -371,7 +381,7 @@ class Reference:
         return AccuracyResult(result.delta, details)
 
     def size_ratio_of(self, variant_path: str | Path) -> float:
-        return os.path.getsize(variant_path) / os.path.getsize(self.base_path)
+        return os.path.getsize(variant_path) / self.base_bytes
 
 
 def evaluate_variant(
@@ -414,7 +424,7 @@ def evaluate_variant(
         **accuracy.details,
         "judgedOutput": reference.judged,
         "hardware": {**hardware.record(), "summary": hardware.summary()},
-        "baseSizeBytes": os.path.getsize(reference.base_path),
+        "baseSizeBytes": reference.base_bytes,
         "sizeBytes": os.path.getsize(variant_path),
         "latencyRuns": latency.samples,
         "latencyWarmup": warmup,

@@ -118,6 +118,7 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
 
 _ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
 _SOURCE_LOCATION = re.compile(r"^\S+\.(?:cc|cpp|cxx|h|hpp):\d+\s+")
+_INNER_LOCATION = re.compile(r"\S+\.(?:cc|cpp|cxx|h|hpp):\d+\s+")
 
 
 def _skip_signature(text: str) -> str:
@@ -146,6 +147,11 @@ def ort_reason(exc: BaseException | str, limit: int = 300) -> str:
     located = _SOURCE_LOCATION.sub("", reason)
     if located != reason:
         reason = _skip_signature(located) or located
+    inner = _INNER_LOCATION.search(
+        reason
+    )  # a kernel's failure: "... Status Message: <file>:<line> <sig> why"
+    if inner:
+        reason = reason[: inner.start()] + (_skip_signature(reason[inner.end() :]) or reason[inner.end() :])
     return reason[:limit]
 
 
@@ -534,8 +540,9 @@ def normalise(
     if 0 < result.opset < MIN_OPSET:
         try:
             model = upgrade_opset(model, MIN_OPSET)
-            if result.inputs_removed:
-                raise_ir_version(model)  # the converter keeps the IR version; opset 13 needs IR 7
+            # The converter keeps the IR version, while opset 13 needs IR 7, and the initializers it
+            # adds (Squeeze/Unsqueeze axes become inputs) are not graph inputs, which IR < 4 forbids.
+            raise_ir_version(model)
             result.changes.append(f"opset {result.opset} -> {MIN_OPSET} (ONNX version converter)")
             result.opset = MIN_OPSET
         except BadInputError as exc:

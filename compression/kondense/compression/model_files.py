@@ -39,6 +39,16 @@ class ModelSignature:
     def dynamic_batch(self) -> bool:
         return all(spec.dynamic_batch for spec in self.inputs)
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the inputs fix on axis 0 (one number, inputs with a dynamic axis 0 aside),
+        or None when none fixes it or they disagree."""
+        firsts = {spec.shape[0] for spec in self.inputs if spec.shape and spec.shape[0] is not None}
+        if len(firsts) != 1:
+            return None
+        (first,) = firsts
+        return first if first > 0 else None
+
 
 def load_model(path: str | Path, *, with_weights: bool = True) -> onnx.ModelProto:
     """Parse and check an ONNX file; any problem is a BadInputError naming the file."""
@@ -97,4 +107,7 @@ def open_session(path: str | Path, *, threads: int = 1) -> onnxruntime.Inference
 def run_outputs(session: onnxruntime.InferenceSession, batches: Any, output: str | None = None) -> np.ndarray:
     """Concatenate one output (the first by default) over an iterable of input batches."""
     name = output or session.get_outputs()[0].name
-    return np.concatenate([session.run([name], feed)[0] for feed in batches], axis=0)
+    chunks = [np.asarray(session.run([name], feed)[0]) for feed in batches]
+    if all(chunk.ndim == 0 for chunk in chunks):  # a scalar per run (a count, a length): one per feed
+        return np.stack(chunks)
+    return np.concatenate(chunks, axis=0)

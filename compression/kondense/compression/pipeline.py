@@ -8,6 +8,7 @@ renamed), so a failed or interrupted run leaves nothing half-written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from kondense.compression.backoff import fit_budget
 from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference, evaluate_variant
-from kondense.compression.intake import normalise
+from kondense.compression.intake import normalise, ort_reason
 from kondense.compression.integrity import digest_of, external_data_files
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
@@ -202,7 +203,11 @@ def compress_model(
     base_model = load_model(model_path)
     signature = signature_of(base_model)
     del base_model
-    open_session(model_path, threads=threads)  # fail early if ORT cannot run the base at all
+    try:
+        open_session(model_path, threads=threads)
+        cannot_load: BadInputError | None = None
+    except BadInputError as exc:  # e.g. an opset-6 Gemm: intake's opset-13 copy may still run
+        cannot_load = exc
     needs_calibration, needs_train = _needs(spec.steps)
     evaluation = load_for_model(data.evaluation, signature)
     calibration = load_for_model(data.calibration, signature) if data.calibration else None
@@ -235,10 +240,31 @@ def compress_model(
         work, stage = workspace / "work", workspace / "stage"
         work.mkdir()
         stage.mkdir()
-        reference = Reference.compute(model_path, evaluation, task, threads=threads)
         # Intake normalises the base once (opset, Constant folding, shapes); passes read its output,
         # while the reference, the size ratio and the recorded base stay the user's original file.
         intake = normalise(model_path, workspace / "intake", sample=evaluation.sample(0))
+        reference_path = model_path
+        if cannot_load is not None:  # the reference runs intake's copy (it loads: intake checked)
+            if intake.path == model_path:
+                raise cannot_load
+            reference_path = intake.path
+            intake.notes.append(
+                f"ONNX Runtime cannot load the original ({cannot_load.problem}); the reference outputs "
+                "and latencies are those of intake's normalised copy, sizes stay relative to the original"
+            )
+        try:
+            reference = Reference.compute(
+                reference_path, evaluation, task, threads=threads, size_path=model_path
+            )
+        except BadInputError:
+            raise
+        except Exception as exc:  # ORT's run-time errors (a kernel that rejects the shapes it is given)
+            copy = " (intake's normalised copy, as ONNX Runtime cannot load the original)"
+            raise BadInputError(
+                str(model_path),
+                f"ONNX Runtime cannot run the model{copy if reference_path != model_path else ''} on "
+                f"{evaluation.source}: {ort_reason(exc)}",
+            ) from exc
 
         def attempt(candidate: TargetSpec, directory: Path) -> Manifest:
             (directory / "work").mkdir()
@@ -258,7 +284,10 @@ def compress_model(
                 progress,
             )
 
-        manifest = fit_budget(spec, budget, attempt, work, stage)  # backs off a step that misses the budget
+        try:  # backs off a step that misses the budget
+            manifest = fit_budget(spec, budget, attempt, work, stage)
+        except BadInputError as exc:  # a pass names the file it read: say the user's model instead
+            raise in_user_terms(exc, workspace, model_path) from exc
         base_external = external_data_files(model_path)
         manifest.base = ArtifactRef(
             uri=model_uri or model_path.resolve().as_uri(),
@@ -282,6 +311,17 @@ def compress_model(
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
     return manifest
+
+
+def in_user_terms(exc: BadInputError, workspace: Path, model_path: Path) -> BadInputError:
+    """``exc`` with every path inside the run's ``workspace`` (intake's copy, a step's output)
+    replaced by the user's model path: a refusal names the user's file, never a temporary one."""
+    roots = sorted({str(workspace), str(workspace.resolve())}, key=len, reverse=True)
+    pattern = re.compile("(?:" + "|".join(map(re.escape, roots)) + r")[^\s:,;'\")]*")
+    where, problem = pattern.sub(str(model_path), exc.where), pattern.sub(str(model_path), exc.problem)
+    if (where, problem) == (exc.where, exc.problem):
+        return exc
+    return type(exc)(where, problem)
 
 
 def _run_steps(
@@ -332,15 +372,12 @@ def _run_steps(
     shutil.move(current, final)
     # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
     grown = reference.size_ratio_of(final)
-    if (
-        grown > MAX_GROWTH
-        and os.path.getsize(final) - os.path.getsize(reference.base_path) > MAX_GROWTH_BYTES
-    ):
+    if grown > MAX_GROWTH and os.path.getsize(final) - reference.base_bytes > MAX_GROWTH_BYTES:
         chain = " -> ".join(step.technique for step in spec.steps)
         raise UnsupportedModelError(
-            f"target {spec.name}",
-            f"{chain} made a variant {grown:.3g}x the base's size "
-            f"({os.path.getsize(final)} vs {os.path.getsize(reference.base_path)} bytes): nothing to gain "
+            str(reference.size_path or reference.base_path),  # the user's model, never intake's copy
+            f"target {spec.name!r}: {chain} made a variant {grown:.3g}x the base's size "
+            f"({os.path.getsize(final)} vs {reference.base_bytes} bytes): nothing to gain "
             "(weights the base computes at run time are stored in the variant; try another technique)",
         )
     progress.start("evaluating variant against base (interleaved)", total=None)

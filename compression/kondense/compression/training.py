@@ -99,14 +99,16 @@ def train_against_teacher(
     optimizer = torch.optim.Adam(
         [p for p in module.parameters() if p.requires_grad], lr=settings.learning_rate
     )
-    steps_per_epoch = (len(dataset) + settings.batch_size - 1) // settings.batch_size
+    # A model whose inputs fix the batch (a Reshape to [1, -1] in a caffe2 export) trains in that batch.
+    batch_size = signature.fixed_batch or settings.batch_size
+    steps_per_epoch = (len(dataset) + batch_size - 1) // batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
     history = []
     progress.start(description, total=settings.epochs)
     module.train()
     for _ in range(settings.epochs):
         total = 0.0
-        for idx in torch.randperm(len(dataset), generator=generator).split(settings.batch_size):
+        for idx in torch.randperm(len(dataset), generator=generator).split(batch_size):
             optimizer.zero_grad()
             output = module(*[x[idx] for x in inputs])
             if isinstance(output, tuple):
@@ -130,6 +132,16 @@ def train_against_teacher(
     module.eval()
     progress.finish()
     return history
+
+
+def require_per_sample(dataset: Dataset, what: str) -> None:
+    """The torch passes batch every input along the samples: inputs fed as stored are refused."""
+    if dataset.fixed:
+        raise BadInputError(
+            dataset.source,
+            f"{what} trains on batches of samples, and input(s) {sorted(dataset.fixed)} are fed as stored "
+            "('fixed:'), which the torch training passes cannot batch; use a technique that does not train",
+        )
 
 
 def require_train(context: PassContext, what: str) -> Dataset:
@@ -157,6 +169,7 @@ def fine_tune(
     import torch
 
     train = require_train(context, what)
+    require_per_sample(train, what)
     if teacher is None:
         teacher = teacher_outputs(context.reference.base_path, train, context.threads)
     with torch.enable_grad():

@@ -62,6 +62,7 @@ class DistillPass(Pass):
             TrainingSettings,
             fine_tune,
             limit_torch_threads,
+            require_per_sample,
             require_train,
             teacher_outputs,
         )
@@ -70,12 +71,14 @@ class DistillPass(Pass):
         p = self.params
         what = "distillation"
         train = require_train(context, what)
+        require_per_sample(train, what)
         chosen = [k for k in ("hiddenSizes", "widthMultiplier", "keepLayers") if getattr(p, k) is not None]
         if len(chosen) > 1:
             raise BadInputError("params", f"give at most one student shape, got {chosen}")
         teacher = teacher_outputs(context.reference.base_path, train, context.threads)
         signature = signature_of(load_model(source, with_weights=False))
-        example_np = {name: array[:2] for name, array in train.inputs.items()}
+        examples = signature.fixed_batch or 2  # a fixed batch is traced in that batch
+        example_np = {name: array[:examples] for name, array in train.inputs.items()}
         details: dict[str, Any] = {
             "teacher": "base model (ONNX Runtime)",
             "temperature": p.temperature,
@@ -105,7 +108,14 @@ class DistillPass(Pass):
             example = tuple(torch.from_numpy(example_np[s.name]) for s in signature.inputs)
             details["student"] = {"kind": "teacher architecture", "widthMultiplier": width}
             if width < 1:
-                details["student"].update(shrink_channels(student, example, 1 - width, str(source)))
+                try:
+                    details["student"].update(shrink_channels(student, example, 1 - width, str(source)))
+                except UnsupportedModelError as exc:  # say which student could not be built
+                    raise UnsupportedModelError(
+                        exc.where,
+                        f"distillation's student (the base's own architecture at widthMultiplier {width}) "
+                        f"cannot be built: {exc.problem}; give params.hiddenSizes for an MLP student instead",
+                    ) from exc
         details["studentParameters"] = sum(q.numel() for q in student.parameters())
 
         alpha = p.alpha if (train.labels is not None and context.task is not Task.EMBEDDING) else 0.0

@@ -108,6 +108,7 @@ class LowRankPass(Pass):
         details: dict[str, Any] = {"layers": records, "factoredLayers": len(factored)}
         if p.fineTuneEpochs == 0:
             onnx.save(model, str(destination))
+            refuse_if_not_smaller(source, destination, len(factored))
             return PassResult(details)
 
         from kondense.compression.model_files import signature_of
@@ -128,4 +129,17 @@ class LowRankPass(Pass):
         details["fineTuneLoss"] = [round(v, 6) for v in losses]
         write_back(module, model, str(source))  # same graph, trained weights
         onnx.save(model, str(destination))
+        refuse_if_not_smaller(source, destination, len(factored))
         return PassResult(details)
+
+
+def refuse_if_not_smaller(source: Path, destination: Path, factored: int) -> None:
+    """Factoring weights whose rank cut saves too little (the A and B factors and the extra nodes
+    outweigh it) leaves a variant no smaller than its source: refuse it rather than evaluate it."""
+    before, after = source.stat().st_size, destination.stat().st_size
+    if after >= before:
+        raise UnsupportedModelError(
+            str(source),
+            f"low-rank factored {factored} layer(s) but the model is not smaller ({after} vs {before} bytes); "
+            "lower params.rankRatio or use another technique",
+        )

@@ -102,7 +102,12 @@ class PrunePass(Pass):
 
         from kondense.compression.model_files import load_model, signature_of
         from kondense.compression.onnx_torch import build_module, export_onnx, write_back
-        from kondense.compression.training import TrainingSettings, fine_tune, limit_torch_threads
+        from kondense.compression.training import (
+            TrainingSettings,
+            fine_tune,
+            limit_torch_threads,
+            require_per_sample,
+        )
 
         limit_torch_threads(context.threads)
         p = self.params
@@ -114,7 +119,9 @@ class PrunePass(Pass):
         if not layers:
             raise UnsupportedModelError(str(source), "no Conv or Linear layer with constant weights to prune")
         data = context.train if context.train is not None else context.reference.dataset
-        example_np = {name: array[:2] for name, array in data.inputs.items()}
+        require_per_sample(data, "prune")
+        examples = signature.fixed_batch or 2  # a fixed batch is traced in that batch
+        example_np = {name: array[:examples] for name, array in data.inputs.items()}
         example = tuple(torch.from_numpy(example_np[s.name]) for s in signature.inputs)
         details: dict[str, Any] = {"structured": p.structured, "amount": p.amount}
 

@@ -448,7 +448,7 @@ def preprocess(source: Path, work_dir: Path) -> tuple[Path, str | None]:
 
 
 def load_problem(path: Path) -> str | None:
-    """Why ONNX Runtime refuses to load ``path`` (first line of its error), or None if it loads."""
+    """Why ONNX Runtime refuses to load ``path`` (its reason in one line), or None if it loads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -457,7 +457,9 @@ def load_problem(path: Path) -> str | None:
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
-        return str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        from kondense.compression.intake import ort_reason
+
+        return ort_reason(exc, limit=400)
     return None
 
 

@@ -97,11 +97,32 @@ def weight_nodes(model: Any, block_size: int) -> WeightNodes:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             if len(dims) != 2 or axis not in (0, -2):
                 skipped[node.name] = "not a 2-D table gathered along axis 0"
-            elif dims[1] < block_size or dims[1] % 2:
-                skipped[node.name] = f"row width {dims[1]} is below blockSize {block_size} or odd"
+            elif dims[1] < block_size:
+                skipped[node.name] = f"table rows of {dims[1]} values, fewer than blockSize {block_size}"
+            elif dims[1] % 2:
+                skipped[node.name] = f"table rows of an odd {dims[1]} values"
             else:
                 gathers.append(node.name)
     return WeightNodes(tuple(matmuls), tuple(gathers), skipped)
+
+
+def nothing_to_quantize(nodes: WeightNodes, embeddings: str, block_size: int) -> str:
+    """One sentence: why weight-only finds no node to take (naming the nodes it had to skip)."""
+    wanted = "MatMul with a 2-D float weight" + (
+        " or Gather over a 2-D float table (embedding)" if embeddings != "none" else ""
+    )
+    skipped = [
+        (n, why) for n, why in nodes.skipped.items() if embeddings != "none" or why.startswith("weight")
+    ]
+    if nodes.gathers and embeddings == "none":
+        skipped.append((nodes.gathers[0], "an embedding, and params.embeddings is 'none'"))
+    if not skipped:
+        return f"nothing to quantize: no {wanted} (weight-only applies to transformer-like graphs)"
+    shown = "; ".join(f"{name}: {why}" for name, why in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+    return (
+        f"nothing to quantize: weight-only takes a {wanted}, and the {len(skipped)} such node(s) found "
+        f"cannot be blocked ({shown}); try dynamic-int8 or fp16"
+    )
 
 
 def _graphs(graph: Any) -> Iterator[Any]:
@@ -423,12 +444,7 @@ class WeightOnlyPass(Pass):
         if unknown:
             raise BadInputError("params.nodesToExclude", f"no such node(s) in the model: {unknown[:10]}")
         if not nodes.matmuls and not (p.embeddings != "none" and nodes.gathers):
-            raise UnsupportedModelError(
-                str(source),
-                "no MatMul with a 2-D float weight"
-                + (" nor Gather over a float table" if p.embeddings != "none" else "")
-                + " to quantize (weight-only applies to transformer-like graphs)",
-            )
+            raise UnsupportedModelError(str(source), nothing_to_quantize(nodes, p.embeddings, p.blockSize))
         base_config = WeightOnlyConfig(
             p.bits, p.blockSize, p.symmetric, p.accuracyLevel, p.embeddings, (), tuple(p.nodesToExclude)
         )
@@ -541,7 +557,7 @@ class WeightOnlyPass(Pass):
         }
         context.progress.finish()
         named.unlink(missing_ok=True)
-        base_bytes = context.reference.base_path.stat().st_size
+        base_bytes = context.reference.base_bytes
         elements = weight_elements(model, candidates)
         scored = [  # (noise removed, bytes added as a fraction of the base, node)
             (noise[4][n] - noise[8][n], elements.get(n, 0) / 2 / base_bytes, n) for n in candidates
