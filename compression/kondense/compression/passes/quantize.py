@@ -1053,8 +1053,11 @@ class StaticInt8Pass(Int8Pass):
             trials[most_accurate_full_trial(trials, len(context.reference.dataset))].config
         )
         config = replace(best, exclude=user_exclude, bias_correction=True)
-        if self.corrected_source(self._graphs[0], config, context) == self._graphs[0]:
-            return None  # no Conv or MatMul+Add bias to correct
+        try:
+            if self.corrected_source(self._graphs[0], config, context) == self._graphs[0]:
+                return None  # no Conv or MatMul+Add bias to correct
+        except Exception:  # an option, not a requirement (e.g. a graph too large to save in one file)
+            return None
         context.progress.start(f"{self.technique}: bias correction", total=1)
         try:
             delta = attempt(config, context.reference, "bias correction on the most accurate configuration")
