@@ -6,8 +6,10 @@ expected speed and stops at the first one within budget:
 1. per-tensor weights, 2. per-channel weights, 3. per-channel with 7-bit weights (reduce-range),
 4. (static) activations quantized only where a weight op reads them, then the other calibration
    methods (MinMax, Percentile, Entropy) on that configuration,
-5. (static, int8 weights) the most accurate of those with bias correction: each Conv/MatMul bias absorbs
-   the mean output shift its rounded weights cause on the calibration data (``bias_corrected``),
+5. (static) the most accurate of those with bias correction (int8 weights: each Conv/MatMul bias
+   absorbs the mean output shift its rounded weights cause on the calibration data, ``bias_corrected``),
+   then with bias correction and 16-bit activations (int8's size, but slower: float kernels between
+   16-bit Q/DQ pairs),
 6. the most accurate of those with the most sensitive weight nodes kept in float32: the smallest
    number of them that meets the budget, found by bisection over the sensitivity ranking.
 
@@ -45,6 +47,10 @@ MAX_RECOVERIES = 8  # invalid quantized graphs repaired per pass before giving u
 SENSITIVITY_SAMPLES = 32  # samples of the float run that measures each node's quantization noise
 MAX_USEFUL_SIZE_RATIO = 0.5  # an int8 variant larger than this fraction of the base is not useful
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+ACTIVATIONS16_NOTE = (
+    "16-bit activations: int8 weights (int8's size) but ONNX Runtime has no 16-bit convolution or MatMul "
+    "kernels on CPU, so these nodes run in float32 between Q/DQ pairs, slower than the base"
+)
 
 
 def most_accurate_full_trial(trials: list[Trial], full_samples: int) -> int:
@@ -69,6 +75,7 @@ class Int8Config:
     weight_ops_only: bool = False  # static: quantize only weight ops' activations (not Add/Mul/Reduce...)
     calibration: str | None = None  # static: calibration method; None = the params' method
     bias_correction: bool = False  # static: biases absorb the mean output shift int8 weights cause
+    activations16: bool = False  # static: 16-bit activations (weights stay int8)
 
     def as_dict(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -82,6 +89,8 @@ class Int8Config:
             config["calibrationMethod"] = self.calibration
         if self.bias_correction:
             config["biasCorrection"] = True
+        if self.activations16:
+            config["activations16Bit"] = True
         return config
 
     @classmethod
@@ -93,6 +102,7 @@ class Int8Config:
             bool(config.get("weightOpsOnly")),
             config.get("calibrationMethod"),
             bool(config.get("biasCorrection")),
+            bool(config.get("activations16Bit")),
         )
 
 
@@ -525,6 +535,19 @@ def smallest_passing_count(limit: int, passes: Callable[[int], bool]) -> int | N
     return high
 
 
+def _extras(config: Int8Config) -> str:
+    """What a configuration adds to plain int8, as a clause for the tuning sentence ('' if nothing)."""
+    extras = [
+        what
+        for what, on in (
+            ("bias correction", config.bias_correction),
+            ("16-bit activations", config.activations16),
+        )
+        if on
+    ]
+    return f", the rest int8 with {' and '.join(extras)}" if extras else ""
+
+
 def _decibels(ratio: float) -> float:
     import math
 
@@ -769,6 +792,8 @@ class Int8Pass(Pass):
         )
         if self._tuning:
             details["tuning"] = self._tuning
+        if trials[chosen].config.get("activations16Bit"):
+            details["activationsNote"] = ACTIVATIONS16_NOTE
         if self._sensitivity:
             details["sensitivityDb"] = self._sensitivity  # most sensitive first: noise/signal in dB
         return PassResult(details, trials, within)
@@ -894,6 +919,7 @@ class Int8Pass(Pass):
             ranges=self.sensitivity_ranges(best),
             per_channel=best.per_channel,
             reduce_range=best.reduce_range,
+            activations=not best.activations16,  # 16-bit rounding is 256x finer: weights' noise only
         )
         context.progress.finish()
         ranked = [n for n in sorted(pool, key=lambda n: -scores[n]) if scores[n] > 0]
@@ -945,7 +971,7 @@ class Int8Pass(Pass):
         context.progress.finish()
         self._tuning = (
             f"within budget with the {high} most sensitive of {len(pool)} weight node(s) in float32 "
-            f"({len(results)} count(s) tried by doubling and bisection)"
+            f"({len(results)} count(s) tried by doubling and bisection){_extras(best)}"
         )
         return results[high][0]
 
@@ -1043,35 +1069,54 @@ class StaticInt8Pass(Int8Pass):
     def after_ladder(
         self, attempt: Any, trials: list[Trial], user_exclude: tuple[str, ...], context: PassContext
     ) -> int | None:
-        """Bias correction on the most accurate configuration (``bias_corrected``): int8 weights stay,
-        so the variant keeps its size and speed. The float32 fallback then starts from whichever of the
-        two is more accurate. Not for uint8 weights (ORT rounds them asymmetrically)."""
+        """On the most accurate configuration: bias correction (``bias_corrected``), then bias
+        correction with 16-bit activations. Weights stay int8 in both, so the variant keeps int8's
+        size; 16-bit activations run as float kernels between Q/DQ pairs (ONNX Runtime has no 16-bit
+        convolution or MatMul kernels on CPU), slower than int8 and than the base. The float32
+        fallback then starts from whichever trial is most accurate. Bias correction only for int8
+        weights (ORT rounds uint8 weights asymmetrically)."""
         budget = context.max_accuracy_delta
-        if budget is None or self.params.weightType != "int8":
+        if budget is None:
             return None
-        best = Int8Config.from_dict(
-            trials[most_accurate_full_trial(trials, len(context.reference.dataset))].config
+        best = replace(
+            Int8Config.from_dict(
+                trials[most_accurate_full_trial(trials, len(context.reference.dataset))].config
+            ),
+            exclude=user_exclude,
         )
-        config = replace(best, exclude=user_exclude, bias_correction=True)
+        correct = False
+        if self.params.weightType == "int8":
+            try:
+                correct = (
+                    self.corrected_source(self._graphs[0], replace(best, bias_correction=True), context)
+                    != self._graphs[0]
+                )
+            except Exception:  # an option, not a requirement (e.g. a graph too large to save as one file)
+                correct = False
+        options = [(replace(best, bias_correction=True), "bias correction")] if correct else []
+        options.append(
+            (
+                replace(best, bias_correction=correct, activations16=True),
+                "16-bit activations" + (" and bias correction" if correct else ""),
+            )
+        )
+        context.progress.start(f"{self.technique}: bias correction, 16-bit activations", total=len(options))
         try:
-            if self.corrected_source(self._graphs[0], config, context) == self._graphs[0]:
-                return None  # no Conv or MatMul+Add bias to correct
-        except Exception:  # an option, not a requirement (e.g. a graph too large to save in one file)
-            return None
-        context.progress.start(f"{self.technique}: bias correction", total=1)
-        try:
-            delta = attempt(config, context.reference, "bias correction on the most accurate configuration")
-        except UnsupportedModelError as exc:  # an option, not a requirement: record why, go on
-            trials.append(Trial(config=config.as_dict(), message=f"failed: {exc.problem}"[:400]))
-            return None
+            for config, what in options:
+                try:
+                    delta = attempt(config, context.reference, f"{what} on the most accurate configuration")
+                except UnsupportedModelError:  # an option, not a requirement
+                    continue
+                finally:
+                    context.progress.advance()
+                if delta <= budget:
+                    self._tuning = (
+                        f"within budget with {what} on the most accurate configuration, every weight int8"
+                    )
+                    return len(trials) - 1
         finally:
             context.progress.finish()
-        if delta > budget:
-            return None
-        self._tuning = (
-            "within budget with bias correction on the most accurate configuration, every weight int8"
-        )
-        return len(trials) - 1
+        return None
 
     def corrected_source(self, source: Path, config: Int8Config, context: PassContext) -> Path:
         """``source`` with bias correction for the nodes ``config`` quantizes (input means measured
@@ -1114,6 +1159,7 @@ class StaticInt8Pass(Int8Pass):
             "percentile": CalibrationMethod.Percentile,
         }
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        wide = {"int8": QuantType.QInt16, "uint8": QuantType.QUInt16}  # ORT converts the graph to opset 21
         reader = None
         if context.calibration is None:
             raise BadInputError("calibration", "static-int8 needs calibration data")
@@ -1137,7 +1183,9 @@ class StaticInt8Pass(Int8Pass):
                 quant_format=QuantFormat.QDQ,
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
-                activation_type=types[self.params.activationType],
+                activation_type=wide[self.params.activationType]
+                if config.activations16
+                else types[self.params.activationType],
                 weight_type=types[self.params.weightType],
                 nodes_to_exclude=list(config.exclude),
                 op_types_to_quantize=sorted(WEIGHT_OPS - {"LSTM", "Attention"})
@@ -1145,4 +1193,6 @@ class StaticInt8Pass(Int8Pass):
                 else None,
                 calibrate_method=methods[method],
                 calibration_cache_path=str(cache),
+                # ORT 1.32 folds a removable Relu/Clip into a 16-bit output's range wrongly: keep them
+                extra_options={"QDQKeepRemovableActivations": True} if config.activations16 else {},
             )
