@@ -324,7 +324,8 @@ def test_static_tuning_ends_with_weight_ops_only():
     static = pass_for("static-int8", {})
     ladder = tuning_ladder(False, False, ())
     extra = static.extra_rungs(ladder)  # type: ignore[attr-defined]
-    weight_ops = {"perChannel": True, "reduceRange": True, "nodesToExclude": [], "weightOpsOnly": True}
+    # 8-bit weights: reduce-range (7-bit) only when asked for
+    weight_ops = {"perChannel": True, "reduceRange": False, "nodesToExclude": [], "weightOpsOnly": True}
     # then the other calibration methods on that configuration (Percentile and Entropy clip outliers)
     assert [c.as_dict() for c in extra] == [
         weight_ops,

@@ -21,8 +21,10 @@ from kondense.compression.errors import UnsupportedModelError
 from kondense.compression.evaluation import Reference
 from kondense.compression.passes import PassContext, pass_for
 from kondense.compression.passes.quantize import (
+    bias_corrected,
     fake_quant,
     fake_quant_weight,
+    input_means,
     node_sensitivity,
     smallest_passing_count,
 )
@@ -218,3 +220,158 @@ def test_dynamic_int8_keeps_convolutions_float_unless_asked(tmp_path):
     )
     ops = {n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node}
     assert "ConvInteger" in ops and "convolutionsKeptFloat32" not in result.details
+
+
+def offset_image_classifier(tmp_path: Path) -> tuple[Path, DataFiles]:
+    """[N, 4, 8, 8] images of a flat background at 20 plus noise -> Conv 3x3 (bias) -> global average
+    pool -> MatMul + Add -> 10 logits. Every conv filter's taps sum to zero (an edge filter: blind to
+    the background) around one large tap, so int8 rounds the taps to a sum that is no longer zero and
+    the background leaks into every logit as a constant shift, at any calibration and granularity."""
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(0, 1, (8, 4, 3, 3))
+    w1[:, 0, 0, 0] += 6.0
+    w1 = (w1 - w1.mean(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+    b1 = np.zeros(8, np.float32)
+    w2 = rng.normal(0, 1, (8, 10)).astype(np.float32)
+    b2 = np.zeros(10, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="edges", kernel_shape=[3, 3]),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+            helper.make_node("MatMul", ["f", "w2"], ["m"], name="head"),
+            helper.make_node("Add", ["m", "b2"], ["y"], name="head_bias"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    path = tmp_path / "edges.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    data = {}
+    for name, seed in (("eval", 1), ("calib", 2)):
+        x = 20.0 + np.random.default_rng(seed).normal(0, 1, (200, 4, 8, 8))
+        data[name] = tmp_path / f"{name}.npz"
+        np.savez(data[name], x=x.astype(np.float32))
+    return path, DataFiles(evaluation=data["eval"], calibration=data["calib"])
+
+
+def test_bias_correction_restores_the_mean_response_rounded_weights_shift(tmp_path):
+    model_path, data = offset_image_classifier(tmp_path)
+    model = onnx.load(str(model_path))
+    assert data.calibration is not None
+    calibration = load_npz(data.calibration)
+    x = calibration.inputs["x"]
+    means = input_means(model_path, ["edges", "head"], calibration, tmp_path)
+    assert means["edges"].shape == (4,) and np.allclose(means["edges"], x.mean(axis=(0, 2, 3)))
+    corrected, done = bias_corrected(model, means, ["edges", "head"], per_channel=True, reduce_range=False)
+    assert done == ["edges", "head"]
+    assert not (tmp_path / "bias-means.onnx").exists()  # the probe model is removed
+
+    def conv_mean(weights: dict[str, np.ndarray], bias: np.ndarray) -> np.ndarray:
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3])],
+            "c",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weights["w"], "w"), numpy_helper.from_array(bias, "b")],
+        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0].mean(axis=(0, 2, 3))
+
+    w1 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w1"))
+    rounded = fake_quant_weight(w1, True, 0, False)
+    new_bias = numpy_helper.to_array(
+        next(i for i in corrected.graph.initializer if i.name == "edges_bias_corrected")
+    )
+    exact = conv_mean({"w": w1}, np.zeros(8, np.float32))
+    shifted = conv_mean({"w": rounded}, np.zeros(8, np.float32))
+    fixed = conv_mean({"w": rounded}, new_bias)
+    # int8 rounding shifts the mean response; the corrected bias takes (nearly all of) it back
+    assert np.abs(fixed - exact).max() < 0.1 * np.abs(shifted - exact).max()
+
+
+def test_static_int8_tuner_reaches_the_budget_with_bias_correction(tmp_path):
+    model, data = offset_image_classifier(tmp_path)
+    budget = 0.15
+    manifest = compress_model(
+        model, {"name": "t", "technique": "static-int8"}, data, tmp_path / "out",
+        task=Task.CLASSIFICATION, max_accuracy_delta=budget, latency_runs=5,
+    )  # fmt: skip
+    details, trials = manifest.steps[0].details, manifest.trials
+    ladder = [t for t in trials if not t.config.get("biasCorrection") and not t.config["nodesToExclude"]]
+    assert ladder and not any(t.withinBudget for t in ladder)  # no calibration or granularity saves it
+    assert manifest.gate is not None and manifest.gate.passed, details.get("tuning")
+    selected = details["selectedConfig"]
+    assert selected["biasCorrection"] is True and selected["nodesToExclude"] == []  # every weight int8
+    assert "bias correction" in details["tuning"]
+    best_ladder = min(t.accuracyDelta for t in ladder if t.accuracyDelta is not None)
+    assert manifest.metrics.accuracyDelta is not None and manifest.metrics.accuracyDelta < best_ladder
+    # only biases change: as small as the same configuration without bias correction
+    plain = {k: v for k, v in selected.items() if k != "biasCorrection"}
+    source = next(t for t in ladder if t.config == plain)
+    chosen = next(t for t in trials if t.config == selected)
+    assert source.sizeRatio and chosen.sizeRatio
+    assert (chosen.sizeRatio - source.sizeRatio) * model.stat().st_size < 256  # new bias names only
+
+
+def classifier_with_one_wide_activation(tmp_path: Path) -> tuple[Path, DataFiles]:
+    """[N, 16, 1, 1] features -> 1x1 Conv -> Relu -> 1x1 Conv (wide) -> Relu -> 1x1 Conv -> 10 logits.
+    Input features 0 and 1 are always +-1000 (the first layer ignores them: zero weights), so the
+    input's 8-bit range is so coarse that the other 14 features round to zero at any calibration,
+    while the weights are harmless. 16-bit activations save it; the weights stay int8. (Convolutions:
+    ONNX Runtime 1.32 fuses int8 weights of a MatMul between 16-bit activations into a MatMulNBits
+    that computes garbage on small 2-D graphs; the tuner measures that and moves on.)"""
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(0, 0.3, (32, 16, 1, 1)).astype(np.float32)
+    w1[:, :2] = 0.0
+    w2 = rng.normal(0, 0.2, (512, 32, 1, 1)).astype(np.float32)
+    w3 = rng.normal(0, 0.05, (10, 512, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["h"], name="first"),
+            helper.make_node("Relu", ["h"], ["hr"], name="relu1"),
+            helper.make_node("Conv", ["hr", "w2"], ["m"], name="wide"),
+            helper.make_node("Relu", ["m"], ["r"], name="relu2"),
+            helper.make_node("Conv", ["r", "w3"], ["c"], name="head"),
+            helper.make_node("Flatten", ["c"], ["y"], name="flatten"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    data = {}
+    for name, seed in (("eval", 1), ("calib", 2)):
+        generator = np.random.default_rng(seed)
+        x = generator.normal(0, 1, (200, 16)).astype(np.float32)
+        x[:, :2] = generator.choice([-1000.0, 1000.0], (200, 2))
+        data[name] = tmp_path / f"{name}.npz"
+        np.savez(data[name], x=x[:, :, None, None])
+    return path, DataFiles(evaluation=data["eval"], calibration=data["calib"])
+
+
+def test_static_int8_tuner_reaches_the_budget_with_16_bit_activations(tmp_path):
+    model, data = classifier_with_one_wide_activation(tmp_path)
+    budget = 0.02
+    manifest = compress_model(
+        model, {"name": "t", "technique": "static-int8"}, data, tmp_path / "out",
+        task=Task.CLASSIFICATION, max_accuracy_delta=budget, latency_runs=5,
+    )  # fmt: skip
+    details, trials = manifest.steps[0].details, manifest.trials
+    int8 = [t for t in trials if "activations16Bit" not in t.config and not t.config["nodesToExclude"]]
+    assert int8 and not any(t.withinBudget for t in int8)  # the ladder (every calibration method) misses
+    assert manifest.gate is not None and manifest.gate.passed, details.get("tuning")
+    selected = details["selectedConfig"]
+    assert selected["activations16Bit"] is True and selected["nodesToExclude"] == []  # every weight int8
+    plain = [t for t in trials if t.config.get("biasCorrection") and "activations16Bit" not in t.config]
+    assert plain and not plain[0].withinBudget  # bias correction alone does not help activations
+    assert "16-bit activations" in details["tuning"] and "slower" in details["activationsNote"]
+    size = manifest.metrics.sizeRatio  # no weight kept float32: int8-sized (float32 weights: > 3/4)
+    assert size is not None and size < 0.5

@@ -6,7 +6,11 @@ expected speed and stops at the first one within budget:
 1. per-tensor weights, 2. per-channel weights, 3. per-channel with 7-bit weights (reduce-range),
 4. (static) activations quantized only where a weight op reads them, then the other calibration
    methods (MinMax, Percentile, Entropy) on that configuration,
-5. the most accurate of those with the most sensitive weight nodes kept in float32: the smallest
+5. (static) the most accurate of those with bias correction (int8 weights: each Conv/MatMul bias
+   absorbs the mean output shift its rounded weights cause on the calibration data, ``bias_corrected``),
+   then with bias correction and 16-bit activations (int8's size, but slower: float kernels between
+   16-bit Q/DQ pairs),
+6. the most accurate of those with the most sensitive weight nodes kept in float32: the smallest
    number of them that meets the budget, found by bisection over the sensitivity ranking.
 
 Sensitivity is measured, not guessed: one float run over the evaluation subset records, for every
@@ -43,6 +47,10 @@ MAX_RECOVERIES = 8  # invalid quantized graphs repaired per pass before giving u
 SENSITIVITY_SAMPLES = 32  # samples of the float run that measures each node's quantization noise
 MAX_USEFUL_SIZE_RATIO = 0.5  # an int8 variant larger than this fraction of the base is not useful
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+ACTIVATIONS16_NOTE = (
+    "16-bit activations: int8 weights (int8's size) but ONNX Runtime has no 16-bit convolution or MatMul "
+    "kernels on CPU, so these nodes run in float32 between Q/DQ pairs, slower than the base"
+)
 
 
 def most_accurate_full_trial(trials: list[Trial], full_samples: int) -> int:
@@ -66,6 +74,8 @@ class Int8Config:
     exclude: tuple[str, ...] = ()
     weight_ops_only: bool = False  # static: quantize only weight ops' activations (not Add/Mul/Reduce...)
     calibration: str | None = None  # static: calibration method; None = the params' method
+    bias_correction: bool = False  # static: biases absorb the mean output shift int8 weights cause
+    activations16: bool = False  # static: 16-bit activations (weights stay int8)
 
     def as_dict(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -77,6 +87,10 @@ class Int8Config:
             config["weightOpsOnly"] = True
         if self.calibration:
             config["calibrationMethod"] = self.calibration
+        if self.bias_correction:
+            config["biasCorrection"] = True
+        if self.activations16:
+            config["activations16Bit"] = True
         return config
 
     @classmethod
@@ -87,6 +101,8 @@ class Int8Config:
             tuple(config.get("nodesToExclude", ())),
             bool(config.get("weightOpsOnly")),
             config.get("calibrationMethod"),
+            bool(config.get("biasCorrection")),
+            bool(config.get("activations16Bit")),
         )
 
 
@@ -338,6 +354,135 @@ def node_sensitivity(
     }
 
 
+def input_means(model_path: Path, nodes: list[str], dataset: Dataset, work_dir: Path) -> dict[str, Any]:
+    """Mean of each node's activation input over ``dataset``, per channel: axis 1 for a Conv's
+    [N, C, ...] input, the last axis for a MatMul's [..., K] input (one float run)."""
+    import numpy as np
+    import onnx
+
+    from kondense.compression.model_files import open_session
+
+    model = onnx.load(str(model_path))
+    initializers = {i.name for i in model.graph.initializer}
+    wanted = set(nodes)
+    reads = {n.name: (n.op_type, n.input[0]) for n in model.graph.node if n.name in wanted}
+    reads = {k: v for k, v in reads.items() if v[1] and v[1] not in initializers}
+    tensors = sorted({tensor for _, tensor in reads.values()})
+    present = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    probe = work_dir / "bias-means.onnx"
+    onnx.save(model, str(probe))
+    del model
+    try:
+        session = open_session(probe, threads=1)
+        names = [o.name for o in session.get_outputs()]
+        totals: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for batch in dataset.batches(1):
+            values = dict(zip(names, session.run(None, batch), strict=True))
+            values.update({k: v for k, v in batch.items() if k in tensors})
+            for name in tensors:
+                array = np.asarray(values[name], dtype=np.float64)
+                conv = any(op in CONV_OPS and t == name for op, t in reads.values())
+                if array.ndim < 2 or (conv and array.ndim < 3):
+                    continue
+                axes = tuple(i for i in range(array.ndim) if i != (1 if conv else array.ndim - 1))
+                totals[name] = totals.get(name, 0.0) + array.mean(axis=axes)
+                counts[name] = counts.get(name, 0) + 1
+    finally:
+        probe.unlink(missing_ok=True)
+    return {node: totals[t] / counts[t] for node, (_, t) in reads.items() if t in totals}
+
+
+def bias_corrected(
+    model: Any, means: dict[str, Any], nodes: list[str], *, per_channel: bool, reduce_range: bool
+) -> tuple[Any, list[str]]:
+    """``model`` with the biases of ``nodes`` absorbing the mean output shift their int8 weights cause.
+
+    Rounding a weight changes the response of its node to the input's mean: a convolution whose taps
+    nearly cancel (an edge filter on a flat background) gains a constant offset larger than the
+    response itself, and every later layer sees shifted activations. With ``Wq`` the weight's int8
+    round trip (symmetric, at the configuration's granularity, as ORT's quantizer writes it) and
+    ``E[x]`` the input's per-channel mean on the calibration data, the bias becomes
+    ``b - (Wq - W) E[x]`` (empirical bias correction, Nagel et al. 2019, "Data-Free Quantization").
+    Corrects a Conv's bias (added when it has none) and the bias a MatMul's only consumer, an Add of
+    an initializer, adds; other nodes are left as they are. Returns (model copy, nodes corrected).
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    corrected = onnx.ModelProto()
+    corrected.CopyFrom(model)
+    graph = corrected.graph
+    initializers = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    done: list[str] = []
+
+    def weight_of(node: Any) -> Any:
+        init = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        if init is None or init.data_type != TensorProto.FLOAT:
+            return None
+        return numpy_helper.to_array(init).astype(np.float64)
+
+    for node in graph.node:
+        if node.name not in nodes or node.name not in means or node.op_type not in ("Conv", "MatMul"):
+            continue
+        weight = weight_of(node)
+        mean = np.asarray(means[node.name], dtype=np.float64)
+        if weight is None or weight.ndim < 2:
+            continue
+        error = fake_quant_weight(weight, per_channel, _weight_axis(node), reduce_range) - weight
+        if node.op_type == "Conv":
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            out_channels, per_group = weight.shape[0], weight.shape[1]
+            if mean.shape != (group * per_group,) or out_channels % group:
+                continue
+            taps = error.reshape(out_channels, per_group, -1).sum(axis=2)  # [O, C/group]
+            group_means = mean.reshape(group, per_group)[np.arange(out_channels) // (out_channels // group)]
+            shift = (taps * group_means).sum(axis=1)
+            bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+            if bias_name and bias_name not in initializers:
+                continue  # a bias computed at run time
+            bias = numpy_helper.to_array(initializers[bias_name]) if bias_name else np.zeros(out_channels)
+            target, new = node, (bias - shift).astype(np.float32)
+            index = 2
+        else:
+            if weight.ndim != 2 or mean.shape != (weight.shape[0],) or node.output[0] in outputs:
+                continue
+            readers = consumers.get(node.output[0], [])
+            if len(readers) != 1 or readers[0].op_type != "Add":
+                continue
+            target = readers[0]
+            index = 1 if target.input[0] == node.output[0] else 0
+            bias_name = target.input[index]
+            init = initializers.get(bias_name)
+            if init is None or init.data_type != TensorProto.FLOAT:
+                continue
+            bias = numpy_helper.to_array(init)
+            if bias.size != weight.shape[1] or (bias.ndim and bias.shape[-1] != weight.shape[1]):
+                continue
+            shift = mean @ error
+            new = (bias - shift.reshape(bias.shape)).astype(np.float32)
+        name = f"{node.name}_bias_corrected"
+        graph.initializer.append(numpy_helper.from_array(new, name))
+        while len(target.input) <= index:
+            target.input.append("")
+        target.input[index] = name
+        done.append(node.name)
+    used = {name for node in graph.node for name in node.input}
+    stale = [i for i in graph.initializer if i.name not in used]  # biases replaced by corrected ones
+    for init in stale:
+        graph.initializer.remove(init)
+    return corrected, done
+
+
 def calibrated_ranges(cache: Path) -> dict[str, tuple[float, float]] | None:
     """Tensor ranges from ORT's calibration cache (its TensorsData JSON), or None if unreadable."""
     import json
@@ -388,6 +533,19 @@ def smallest_passing_count(limit: int, passes: Callable[[int], bool]) -> int | N
         else:
             low = middle
     return high
+
+
+def _extras(config: Int8Config) -> str:
+    """What a configuration adds to plain int8, as a clause for the tuning sentence ('' if nothing)."""
+    extras = [
+        what
+        for what, on in (
+            ("bias correction", config.bias_correction),
+            ("16-bit activations", config.activations16),
+        )
+        if on
+    ]
+    return f", the rest int8 with {' and '.join(extras)}" if extras else ""
 
 
 def _decibels(ratio: float) -> float:
@@ -610,6 +768,8 @@ class Int8Pass(Pass):
         self._tuning: str | None = None
         self._sensitivity: dict[str, float] = {}
         if chosen is None:
+            chosen = self.after_ladder(attempt, trials, user_exclude, context)
+        if chosen is None:
             # after a recovery the graph quantized may be the unfused one: its own node names
             best_pc = bool(
                 trials[most_accurate_full_trial(trials, len(context.reference.dataset))].config["perChannel"]
@@ -634,6 +794,8 @@ class Int8Pass(Pass):
         )
         if self._tuning:
             details["tuning"] = self._tuning
+        if trials[chosen].config.get("activations16Bit"):
+            details["activationsNote"] = ACTIVATIONS16_NOTE
         if self._sensitivity:
             details["sensitivityDb"] = self._sensitivity  # most sensitive first: noise/signal in dB
         return PassResult(details, trials, within)
@@ -716,6 +878,13 @@ class Int8Pass(Pass):
         """Activation ranges the quantized model would use (static: calibrated); None: per batch."""
         return None
 
+    def after_ladder(
+        self, attempt: Any, trials: list[Trial], user_exclude: tuple[str, ...], context: PassContext
+    ) -> int | None:
+        """A configuration a technique tries when the ladder missed the budget, before any node is
+        kept in float32 (none by default): the index of its trial if within budget, else None."""
+        return None
+
     def _fp32_fallback(
         self,
         attempt: Any,
@@ -752,6 +921,7 @@ class Int8Pass(Pass):
             ranges=self.sensitivity_ranges(best),
             per_channel=best.per_channel,
             reduce_range=best.reduce_range,
+            activations=not best.activations16,  # 16-bit rounding is 256x finer: weights' noise only
         )
         context.progress.finish()
         ranked = [n for n in sorted(pool, key=lambda n: -scores[n]) if scores[n] > 0]
@@ -803,7 +973,7 @@ class Int8Pass(Pass):
         context.progress.finish()
         self._tuning = (
             f"within budget with the {high} most sensitive of {len(pool)} weight node(s) in float32 "
-            f"({len(results)} count(s) tried by doubling and bisection)"
+            f"({len(results)} count(s) tried by doubling and bisection){_extras(best)}"
         )
         return results[high][0]
 
@@ -874,8 +1044,14 @@ class StaticInt8Pass(Int8Pass):
         """Activation quantization of non-weight ops (Add, Mul, ReduceSum of a hand-written layer
         norm: magika) can ruin accuracy where no weight node is to blame: quantize weight ops only.
         Then the other calibration methods on that configuration: Percentile and Entropy clip the
-        outliers that make MinMax ranges coarse (a recalibration each)."""
-        weight_ops = replace(ladder[-1], per_channel=True, weight_ops_only=True)
+        outliers that make MinMax ranges coarse (a recalibration each).
+
+        8-bit per-channel weights unless the user asked for reduce-range: 7-bit weights (the ladder's last
+        rung) double the rounding error and are a remedy for int16 saturation on CPUs without VNNI, not
+        for activations (OCR recogniser: 0.078 with 7-bit, 0.057 with 8-bit weights)."""
+        weight_ops = replace(
+            ladder[-1], per_channel=True, reduce_range=self.params.reduceRange, weight_ops_only=True
+        )
         others = [m for m in CALIBRATION_METHODS if m != self.params.calibrationMethod]
         return [weight_ops, *(replace(weight_ops, calibration=method) for method in others)]
 
@@ -886,10 +1062,93 @@ class StaticInt8Pass(Int8Pass):
         }
         for cache in self._caches.values():
             cache.unlink(missing_ok=True)
+        self._means: dict[str, dict[str, Any]] = {}  # graph -> weight node -> its input's channel means
 
     def sensitivity_ranges(self, config: Int8Config) -> dict[str, tuple[float, float]] | None:
         cache = self._caches[config.calibration or self.params.calibrationMethod]
         return calibrated_ranges(cache) if cache.is_file() else None
+
+    def after_ladder(
+        self, attempt: Any, trials: list[Trial], user_exclude: tuple[str, ...], context: PassContext
+    ) -> int | None:
+        """On the most accurate configuration: bias correction (``bias_corrected``), then bias
+        correction with 16-bit activations. Weights stay int8 in both, so the variant keeps int8's
+        size; 16-bit activations run as float kernels between Q/DQ pairs (ONNX Runtime has no 16-bit
+        convolution or MatMul kernels on CPU), slower than int8 and than the base. The float32
+        fallback then starts from whichever trial is most accurate. Bias correction only for int8
+        weights (ORT rounds uint8 weights asymmetrically)."""
+        budget = context.max_accuracy_delta
+        if budget is None:
+            return None
+        best = replace(
+            Int8Config.from_dict(
+                trials[most_accurate_full_trial(trials, len(context.reference.dataset))].config
+            ),
+            exclude=user_exclude,
+        )
+        correct = False
+        if self.params.weightType == "int8":
+            try:
+                correct = (
+                    self.corrected_source(self._graphs[0], replace(best, bias_correction=True), context)
+                    != self._graphs[0]
+                )
+            except Exception:  # an option, not a requirement (e.g. a graph too large to save as one file)
+                correct = False
+        options = [(replace(best, bias_correction=True), "bias correction")] if correct else []
+        options.append(
+            (
+                replace(best, bias_correction=correct, activations16=True),
+                "16-bit activations" + (" and bias correction" if correct else ""),
+            )
+        )
+        context.progress.start(f"{self.technique}: bias correction, 16-bit activations", total=len(options))
+        try:
+            for config, what in options:
+                try:
+                    delta = attempt(config, context.reference, f"{what} on the most accurate configuration")
+                except UnsupportedModelError:  # an option, not a requirement
+                    continue
+                finally:
+                    context.progress.advance()
+                if delta <= budget:
+                    self._tuning = (
+                        f"within budget with {what} on the most accurate configuration, every weight int8"
+                    )
+                    return len(trials) - 1
+        finally:
+            context.progress.finish()
+        return None
+
+    def corrected_source(self, source: Path, config: Int8Config, context: PassContext) -> Path:
+        """``source`` with bias correction for the nodes ``config`` quantizes (input means measured
+        once per graph on the calibration data)."""
+        import onnx
+
+        assert context.calibration is not None
+        model = onnx.load(str(source))
+        nodes = [
+            n
+            for n in weight_nodes(model, self.weight_ops())
+            if n not in config.exclude and n not in self._forced[config.per_channel]
+        ]
+        key = str(source)
+        if key not in self._means:
+            self._means[key] = input_means(
+                source, nodes, context.calibration.take(self.params.calibrationSamples), context.work_dir
+            )
+        corrected, done = bias_corrected(
+            model,
+            self._means[key],
+            nodes,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+        )
+        if not done:
+            return source
+        path = (context.work_dir / "bias-corrected.onnx").resolve()
+        onnx.save(corrected, str(path))
+        return path
 
     def quantize(self, source: Path, destination: Path, config: Int8Config, context: PassContext) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -902,6 +1161,7 @@ class StaticInt8Pass(Int8Pass):
             "percentile": CalibrationMethod.Percentile,
         }
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        wide = {"int8": QuantType.QInt16, "uint8": QuantType.QUInt16}  # ORT converts the graph to opset 21
         reader = None
         if context.calibration is None:
             raise BadInputError("calibration", "static-int8 needs calibration data")
@@ -912,17 +1172,22 @@ class StaticInt8Pass(Int8Pass):
             reader = CalibrationReader(
                 context.calibration, self.params.calibrationSamples, 16 if dynamic else 1
             )
+        # the corrected graph differs only in biases: the activation ranges calibrated on the graph as
+        # given (cached by an earlier trial) hold for it
+        quantized = self.corrected_source(source, config, context) if config.bias_correction else source
         # ORT 1.32's quantize_static leaves a <uuid>.data copy of the weights in the current directory
         # (its model_input copy is saved with external data); run it from the step's work directory.
         with contextlib.chdir(context.work_dir.resolve()):
             quantize_static(
-                str(source.resolve()),
+                str(quantized.resolve()),
                 str(destination.resolve()),
                 reader,  # duck-typed CalibrationDataReader
                 quant_format=QuantFormat.QDQ,
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
-                activation_type=types[self.params.activationType],
+                activation_type=wide[self.params.activationType]
+                if config.activations16
+                else types[self.params.activationType],
                 weight_type=types[self.params.weightType],
                 nodes_to_exclude=list(config.exclude),
                 op_types_to_quantize=sorted(WEIGHT_OPS - {"LSTM", "Attention"})
@@ -930,4 +1195,6 @@ class StaticInt8Pass(Int8Pass):
                 else None,
                 calibrate_method=methods[method],
                 calibration_cache_path=str(cache),
+                # ORT 1.32 folds a removable Relu/Clip into a 16-bit output's range wrongly: keep them
+                extra_options={"QDQKeepRemovableActivations": True} if config.activations16 else {},
             )
