@@ -723,7 +723,8 @@ def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESU
         "the stable server's work too (about a tenth of the machine at saturation): the goals are checked on "
         "the rows without shadowing, the canary's ratios follow for comparison. In-process ORT is the best of "
         "1 and 2 intra-op threads (2: with and without spinning), one request per `session.run`, `c` threads. "
-        "`kondense serve` does not let ONNX Runtime threads spin (`--no-spin-wait`, the default).",
+        "The canary does not let ONNX Runtime threads spin (`--no-spin-wait`, the default); the server without "
+        "shadowing gets each model's extra flags for a pod with whole CPUs of its own (listed at the end).",
         "",
         "| model | system | c | req/s | p50 ms | p90 ms | p99 ms | errors | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
