@@ -572,6 +572,7 @@ def benchmark(
     shadow_sample: float,
     mlserver_on: bool,
     plain_on: bool,
+    canary_on: bool,
     rows: list[Row],
     meta: dict[str, object],
 ) -> None:
@@ -579,13 +580,19 @@ def benchmark(
     infer = f"/v2/models/{model.name}/infer"
     args = " ".join(model.server_args)
     with contextlib.ExitStack() as stack:
-        stable = stack.enter_context(kondense(model, "--threads", "1"))
-        shadow = ["--shadow-of", stable, "--shadow-sample", str(shadow_sample)]
-        grpc_port = free_port()
-        canary = stack.enter_context(
-            kondense(model, *model.server_args, *shadow, "--grpc-port", str(grpc_port), variant="canary")
-        )
-        grpc_address = f"127.0.0.1:{grpc_port}"
+        canary: tuple[str, str] | None = None
+        if canary_on:
+            stable = stack.enter_context(kondense(model, "--threads", "1"))
+            shadow = ["--shadow-of", stable, "--shadow-sample", str(shadow_sample)]
+            grpc_port = free_port()
+            canary = (
+                stack.enter_context(
+                    kondense(
+                        model, *model.server_args, *shadow, "--grpc-port", str(grpc_port), variant="canary"
+                    )
+                ),
+                f"127.0.0.1:{grpc_port}",
+            )
         plain: tuple[str, str] | None = None
         if plain_on:
             # As a promoted (stable) server runs: no shadowing. In a cluster the shadow target has its
@@ -609,10 +616,12 @@ def benchmark(
                     ),
                     key=lambda row: row.requests_per_s,
                 )
-                points = [best, measure_http(model, CANARY_REST, canary + infer, concurrency, duration, warmup,
-                                             args=args, shadow_sample=shadow_sample),
-                          measure_grpc(model, CANARY_GRPC, grpc_address, canary, concurrency, duration, warmup,
-                                       args=args, shadow_sample=shadow_sample)]  # fmt: skip
+                points = [best]
+                if canary is not None:
+                    points += [measure_http(model, CANARY_REST, canary[0] + infer, concurrency, duration, warmup,
+                                            args=args, shadow_sample=shadow_sample),
+                               measure_grpc(model, CANARY_GRPC, canary[1], canary[0], concurrency, duration, warmup,
+                                            args=args, shadow_sample=shadow_sample)]  # fmt: skip
                 if plain is not None:
                     points += [measure_http(model, PLAIN_REST, plain[0] + infer, concurrency, duration, warmup, args=args),
                                measure_grpc(model, PLAIN_GRPC, plain[1], plain[0], concurrency, duration, warmup,
@@ -629,11 +638,12 @@ def benchmark(
                         flush=True,
                     )
             rows.extend(median_row(points) for points in measured.values())
-        seen = scrape(
-            canary,
-            ("kondense_shadow_comparisons_total", "kondense_batch_rows_sum", "kondense_batch_rows_count"),
-        )
-        meta.setdefault("canary_counters", {})[model.name] = seen  # type: ignore[index]
+        if canary is not None:
+            seen = scrape(
+                canary[0],
+                ("kondense_shadow_comparisons_total", "kondense_batch_rows_sum", "kondense_batch_rows_count"),
+            )
+            meta.setdefault("canary_counters", {})[model.name] = seen  # type: ignore[index]
 
 
 def _row(rows: list[Row], model: str, system: str, concurrency: int) -> Row | None:
@@ -687,12 +697,12 @@ def _goal_lines(checks: list[tuple[str, float | None, str, bool | None]]) -> lis
     return lines
 
 
-def write_results(rows: list[Row], meta: dict[str, object]) -> None:
-    RESULTS.mkdir(exist_ok=True)
+def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESULTS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
     plain_on = any(r.system == PLAIN_REST for r in rows) or not rows
     checks = goals(rows, PLAIN_REST, PLAIN_GRPC) if plain_on else []
     canary_checks = goals(rows, CANARY_REST, CANARY_GRPC)
-    (RESULTS / "serving.json").write_text(
+    (results / "serving.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "goals": [
             {"goal": g, "value": v, "target": t, "met": m} for g, v, t, m in checks], "canary_goals": [
             {"goal": g, "value": v, "target": t, "met": m} for g, v, t, m in canary_checks]}, indent=2) + "\n"
@@ -713,7 +723,8 @@ def write_results(rows: list[Row], meta: dict[str, object]) -> None:
         "the stable server's work too (about a tenth of the machine at saturation): the goals are checked on "
         "the rows without shadowing, the canary's ratios follow for comparison. In-process ORT is the best of "
         "1 and 2 intra-op threads (2: with and without spinning), one request per `session.run`, `c` threads. "
-        "`kondense serve` does not let ONNX Runtime threads spin (`--no-spin-wait`, the default).",
+        "The canary does not let ONNX Runtime threads spin (`--no-spin-wait`, the default); the server without "
+        "shadowing gets each model's extra flags for a pod with whole CPUs of its own (listed at the end).",
         "",
         "| model | system | c | req/s | p50 ms | p90 ms | p99 ms | errors | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -758,7 +769,7 @@ def write_results(rows: list[Row], meta: dict[str, object]) -> None:
     for name, args in meta["server_args"].items():  # type: ignore[attr-defined]
         lines.append(f"- {name}: `kondense serve {args}`")
     lines.append("")
-    (RESULTS / "serving.md").write_text("\n".join(lines))
+    (results / "serving.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -779,7 +790,20 @@ def main() -> None:
         action="store_true",
         help="measure only the canary, not kondense serve without shadowing",
     )
+    parser.add_argument(
+        "--skip-canary",
+        action="store_true",
+        help="measure only kondense serve without shadowing, not the canary (and its stable server)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS,
+        help="directory for serving.json and serving.md (scratch runs: somewhere outside the repository)",
+    )
     args = parser.parse_args()
+    if args.skip_canary and args.skip_plain:
+        sys.exit("--skip-canary and --skip-plain leave nothing of kondense serve to measure")
     if shutil.which("wrk") is None or shutil.which("h2load") is None:
         sys.exit("wrk or h2load is not installed: apt-get install -y wrk nghttp2-client")
     WORK.mkdir(exist_ok=True)
@@ -819,11 +843,11 @@ def main() -> None:
     rows: list[Row] = []
     for model in models:
         benchmark(model, args.concurrency, args.duration, args.warmup, args.rounds, args.shadow_sample,
-                  not args.skip_mlserver, not args.skip_plain, rows, meta)  # fmt: skip
-        write_results(rows, meta)  # after each model, so a later failure keeps what was measured
+                  not args.skip_mlserver, not args.skip_plain, not args.skip_canary, rows, meta)  # fmt: skip
+        write_results(rows, meta, args.output)  # after each model, so a later failure keeps what was measured
     meta["load_at_end"] = os.getloadavg()
-    write_results(rows, meta)
-    print((RESULTS / "serving.md").read_text())
+    write_results(rows, meta, args.output)
+    print((args.output / "serving.md").read_text())
 
 
 if __name__ == "__main__":

@@ -57,6 +57,24 @@ def test_l2_norm_and_tasks() -> None:
     assert observations(Task.CLASSIFICATION, "absent", outputs).size == 0  # not asked for
 
 
+@pytest.mark.parametrize("columns", [1, 2, 10, 64, 65])
+def test_a_lone_row_is_measured_as_in_a_batch(columns: int) -> None:
+    """One answered row takes a plain-Python path: the same values as the row inside a batch."""
+    rng = np.random.default_rng(columns)
+    for row in (
+        rng.normal(0, 4, (1, columns)),
+        softmax(rng.normal(0, 4, (1, columns))),
+        rng.uniform(0, 1, (1, columns)),
+        np.full((1, columns), -800.0),
+    ):
+        for dtype in (np.float32, np.float64):
+            output = row.astype(dtype)
+            batch = np.vstack([output, output])
+            assert top1_confidence(output) == pytest.approx(top1_confidence(batch)[:1], rel=1e-9)
+            assert l2_norm(output) == pytest.approx(l2_norm(batch)[:1], rel=1e-9)
+    assert top1_confidence(np.array([[np.inf] + [0.0] * (columns - 1)])).size == 0
+
+
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_scaled_logits_keep_the_argmax_and_lower_the_confidence(probabilities: bool) -> None:
     logits = np.random.default_rng(0).normal(0, 3, (50, 10)).astype(np.float32)

@@ -16,6 +16,7 @@ Non-float outputs (labels, indices, strings) and non-finite rows are not observe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,15 +37,52 @@ def _rows(output: np.ndarray) -> np.ndarray | None:
     return rows[np.isfinite(rows).all(axis=1)]
 
 
+SMALL_ROW = 64
+"""A lone row of at most this many values is measured in plain Python: one answer's few values cost
+more in numpy's per-call overhead (tens of µs a request) than in arithmetic."""
+
+
+def _lone_row(output: np.ndarray) -> list[float] | None:
+    """The values of a float output that is one small row (every axis but the last is 1), else None."""
+    if output.dtype.kind != "f" or not 0 < output.size <= SMALL_ROW:
+        return None
+    if output.ndim <= 1:
+        return output.tolist() if output.size == 1 else None  # [N]: N rows of one value
+    return output.reshape(-1).tolist() if output.size == output.shape[-1] else None
+
+
+def _top1_of_row(values: list[float]) -> float | None:
+    """``top1_confidence`` of one row (None when it is not finite); same rule, in Python floats."""
+    if not all(math.isfinite(value) for value in values):
+        return None
+    if len(values) == 1:
+        score = values[0]
+        if not 0 <= score <= 1:
+            try:
+                score = 1.0 / (1.0 + math.exp(-score))
+            except OverflowError:  # numpy: exp overflows to inf, the sigmoid to 0
+                score = 0.0
+        return max(score, 1.0 - score)
+    top = max(values)
+    # np.allclose(sum, 1, atol): |sum - 1| <= atol + 1e-5 (its default rtol) * 1
+    if min(values) >= 0 and top <= 1 and abs(math.fsum(values) - 1.0) <= PROBABILITY_TOLERANCE + 1e-5:
+        return top
+    return 1.0 / math.fsum(math.exp(value - top) for value in values)  # the softmax at the top value
+
+
 def top1_confidence(output: np.ndarray) -> np.ndarray:
     """Top-1 confidence per row of a classification output (see the module's rule)."""
+    if (row := _lone_row(output)) is not None:
+        value = _top1_of_row(row)
+        return np.empty(0) if value is None else np.array([value])
     rows = _rows(output)
     if rows is None or len(rows) == 0:
         return np.empty(0)
     if rows.shape[1] == 1:
         scores = rows[:, 0]
         if not ((scores >= 0) & (scores <= 1)).all():
-            scores = 1.0 / (1.0 + np.exp(-scores))
+            with np.errstate(over="ignore"):  # exp overflows to inf: the sigmoid is 0
+                scores = 1.0 / (1.0 + np.exp(-scores))
         return np.maximum(scores, 1.0 - scores)
     probabilities = (
         (rows >= 0).all()
@@ -60,6 +98,11 @@ def top1_confidence(output: np.ndarray) -> np.ndarray:
 
 def l2_norm(output: np.ndarray) -> np.ndarray:
     """L2 norm per row of an embedding output."""
+    if output.dtype.kind == "f" and output.ndim >= 2 and 0 < output.size == output.shape[-1]:
+        row = output.reshape(-1).astype(np.float64)
+        squares = float(row @ row)
+        if math.isfinite(squares):  # else a value is not finite (or squares overflow): the general rule
+            return np.array([math.sqrt(squares)])
     rows = _rows(output)
     if rows is None or len(rows) == 0:
         return np.empty(0)

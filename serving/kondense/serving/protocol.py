@@ -191,7 +191,7 @@ def _from_json(data: list[Any], datatype: str, shape: list[int], count: int, whe
         raise ProtocolError(
             f"{where}: data must be {_KIND_WORDS[target.kind]} for {datatype}, got {_got(values.dtype.kind)}"
         )
-    if count and target.kind in "iu":
+    if count and target.kind in "iu" and values.dtype != target:  # the same dtype holds every value
         info = np.iinfo(target)
         low, high = values.min(), values.max()
         if low < info.min or high > info.max:

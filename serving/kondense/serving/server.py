@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -22,6 +23,15 @@ class ListenOptions:
     """How long in-flight requests may take to finish after SIGTERM."""
     grpc_port: int | None = None
     """The Open Inference Protocol over gRPC on this port too (off when None)."""
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """httptools with one send per response when httptools is installed, else uvicorn's choice."""
+    try:
+        from kondense.serving.http_protocol import CoalescingHttpToolsProtocol
+    except ImportError:  # httptools missing: uvicorn falls back to h11
+        return "auto"
+    return CoalescingHttpToolsProtocol
 
 
 def serve(
@@ -60,9 +70,10 @@ def serve(
         host=listen.host,
         port=listen.port,
         loop="auto",  # uvloop and httptools when installed (the serving extra installs them)
-        http="auto",
+        http=_http_protocol(),
         lifespan="on",
         access_log=False,  # one log line per request would cost more than the inference
+        proxy_headers=False,  # nothing reads the client address: no X-Forwarded-For rewriting per request
         timeout_graceful_shutdown=listen.graceful_timeout_s,
         limit_concurrency=settings.max_connections,
         log_level="info",
