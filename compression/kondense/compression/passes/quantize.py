@@ -929,7 +929,7 @@ class Int8Pass(Pass):
 
         # How many nodes can stay float32 while the variant remains useful (estimated from weights).
         costs = float_weight_bytes(onnx.load(str(graph), load_external_data=False), ranked)
-        base_bytes = context.reference.base_path.stat().st_size
+        base_bytes = context.reference.base_bytes
         size, limit = best_size, 0
         for node in ranked[: max(len(pool) - 1, 0)]:  # at least one weight node stays int8
             size += 0.75 * costs.get(node, 0) / base_bytes
