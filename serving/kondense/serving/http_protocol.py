@@ -7,7 +7,10 @@ microseconds that is a good part of the request. ``CoalescingHttpToolsProtocol``
 public ``http`` option) gives uvicorn's protocol a transport that holds a header block until the write
 that follows it and sends both together; a header block with nothing after it in the same event-loop
 step (HEAD, 204, ``100 Continue``, a body still being produced) goes out on the loop's next step.
-Everything else is uvicorn's own code, unchanged.
+Everything else is uvicorn's own code, unchanged: the wrapper sits at asyncio's public seam
+(``connection_made`` receives the transport), nothing of uvicorn is patched. uvicorn writing the
+header block and a complete body with one ``writelines`` (or buffering ``http.response.start`` until
+the first body message, as its h11 path already builds the bytes) would make this module unnecessary.
 """
 
 from __future__ import annotations
