@@ -119,6 +119,10 @@ def test_external_data_is_pinned_copied_and_listed(external_model, inputs, tmp_p
     manifest = Manifest.model_validate_json((variant / "manifest.json").read_text())
     assert manifest.base.sha256 == digest and manifest.base.externalData == ["weights.bin"]
     assert manifest.artifact.sha256 == artifact_digest(variant / "model.onnx", manifest.artifact.externalData)
+    # sizes count the external weights: the base is model.onnx + weights.bin, fp16 is well under it
+    on_disk = external_model.stat().st_size + (external_model.parent / "weights.bin").stat().st_size
+    assert manifest.base.sizeBytes == on_disk
+    assert manifest.metrics.sizeRatio is not None and manifest.metrics.sizeRatio < 0.75
 
     # changing only the external weights is caught by the pin
     weights = external_model.parent / "weights.bin"

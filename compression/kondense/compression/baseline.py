@@ -16,7 +16,12 @@ from kondense.api.artifacts import MANIFEST_FILE, MODEL_FILE, ArtifactRef, Manif
 from kondense.api.techniques import Task
 from kondense.compression.data import load_for_model
 from kondense.compression.evaluation import Reference, evaluate_variant
-from kondense.compression.integrity import copy_with_external_data, digest_of, external_data_files
+from kondense.compression.integrity import (
+    copy_with_external_data,
+    digest_of,
+    external_data_files,
+    model_bytes,
+)
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.pipeline import install_output, tool_versions
 
@@ -51,13 +56,13 @@ def prepare_baseline(
         ref = ArtifactRef(
             uri=model_uri or model_path.resolve().as_uri(),
             sha256=base_digest,
-            sizeBytes=_total_size(model_path, external),
+            sizeBytes=model_bytes(model_path),
             externalData=external,
         )
         artifact = ArtifactRef(
             uri=output_uri,
             sha256=digest_of(final, external, str(final)),
-            sizeBytes=_total_size(final, external),
+            sizeBytes=model_bytes(final),
             externalData=external,
         )
         manifest = Manifest(
@@ -75,7 +80,3 @@ def prepare_baseline(
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
     return manifest
-
-
-def _total_size(model_path: Path, external: list[str]) -> int:
-    return model_path.stat().st_size + sum((model_path.parent / name).stat().st_size for name in external)

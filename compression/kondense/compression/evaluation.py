@@ -26,7 +26,6 @@ The metric functions are pure (arrays in, numbers out); ``measure_*`` do the run
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from kondense.api.artifacts import VariantMetrics
 from kondense.api.techniques import Task
 from kondense.compression.data import Dataset
 from kondense.compression.hardware import evaluation_hardware
+from kondense.compression.integrity import model_bytes
 from kondense.compression.model_files import open_session, run_outputs
 
 
@@ -345,7 +345,7 @@ class Reference:
 
     @property
     def base_bytes(self) -> int:
-        return os.path.getsize(self.size_path or self.base_path)
+        return model_bytes(self.size_path or self.base_path)
 
     @classmethod
     def compute(
@@ -381,7 +381,7 @@ class Reference:
         return AccuracyResult(result.delta, details)
 
     def size_ratio_of(self, variant_path: str | Path) -> float:
-        return os.path.getsize(variant_path) / self.base_bytes
+        return model_bytes(variant_path) / self.base_bytes
 
 
 def evaluate_variant(
@@ -425,7 +425,7 @@ def evaluate_variant(
         "judgedOutput": reference.judged,
         "hardware": {**hardware.record(), "summary": hardware.summary()},
         "baseSizeBytes": reference.base_bytes,
-        "sizeBytes": os.path.getsize(variant_path),
+        "sizeBytes": model_bytes(variant_path),
         "latencyRuns": latency.samples,
         "latencyWarmup": warmup,
         "threads": threads,

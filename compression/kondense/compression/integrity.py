@@ -76,6 +76,15 @@ def external_data_files(model_path: str | Path, where: str | None = None) -> lis
     return sorted(names)
 
 
+def model_bytes(model_path: str | Path) -> int:
+    """Bytes of a model on disk: its protobuf plus every external-data file it references (a model
+    exported with external data keeps nearly all of its weights beside the ``.onnx`` file)."""
+    model_path = Path(model_path)
+    return model_path.stat().st_size + sum(
+        (model_path.parent / name).stat().st_size for name in external_data_files(model_path)
+    )
+
+
 def digest_of(model_path: Path, external: list[str], where: str) -> str:
     """``artifact_digest`` with a clear error when an external-data file is missing."""
     for name in external:

@@ -36,7 +36,7 @@ from kondense.compression.data import Dataset, load_for_model
 from kondense.compression.errors import BadInputError, UnsupportedModelError
 from kondense.compression.evaluation import Reference, evaluate_variant
 from kondense.compression.intake import normalise, ort_reason
-from kondense.compression.integrity import digest_of, external_data_files
+from kondense.compression.integrity import digest_of, external_data_files, model_bytes
 from kondense.compression.model_files import load_model, open_session, signature_of
 from kondense.compression.passes import PassContext, ProgressReporter, SilentProgress, pass_for
 
@@ -292,7 +292,7 @@ def compress_model(
         manifest.base = ArtifactRef(
             uri=model_uri or model_path.resolve().as_uri(),
             sha256=digest_of(model_path, base_external, str(model_path)),
-            sizeBytes=model_path.stat().st_size,
+            sizeBytes=model_bytes(model_path),
             externalData=base_external,
         )
         manifest.data = {  # type: ignore[attr-defined]  # provenance of the data, extra field
@@ -372,12 +372,12 @@ def _run_steps(
     shutil.move(current, final)
     # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
     grown = reference.size_ratio_of(final)
-    if grown > MAX_GROWTH and os.path.getsize(final) - reference.base_bytes > MAX_GROWTH_BYTES:
+    if grown > MAX_GROWTH and model_bytes(final) - reference.base_bytes > MAX_GROWTH_BYTES:
         chain = " -> ".join(step.technique for step in spec.steps)
         raise UnsupportedModelError(
             str(reference.size_path or reference.base_path),  # the user's model, never intake's copy
             f"target {spec.name!r}: {chain} made a variant {grown:.3g}x the base's size "
-            f"({os.path.getsize(final)} vs {reference.base_bytes} bytes): nothing to gain "
+            f"({model_bytes(final)} vs {reference.base_bytes} bytes): nothing to gain "
             "(weights the base computes at run time are stored in the variant; try another technique)",
         )
     progress.start("evaluating variant against base (interleaved)", total=None)
@@ -390,7 +390,7 @@ def _run_steps(
         base=ArtifactRef(sha256="0" * 64, sizeBytes=0),  # filled in by the caller
         artifact=ArtifactRef(
             sha256=digest_of(final, external, str(final)),
-            sizeBytes=final.stat().st_size,
+            sizeBytes=model_bytes(final),
             externalData=external,
         ),
         steps=steps,

@@ -13,6 +13,7 @@ import numpy as np
 
 from kondense.api.techniques import LowRankParams, Technique
 from kondense.compression.errors import UnsupportedModelError
+from kondense.compression.integrity import model_bytes
 from kondense.compression.passes import Pass, PassContext, PassResult, register
 
 
@@ -136,7 +137,7 @@ class LowRankPass(Pass):
 def refuse_if_not_smaller(source: Path, destination: Path, factored: int) -> None:
     """Factoring weights whose rank cut saves too little (the A and B factors and the extra nodes
     outweigh it) leaves a variant no smaller than its source: refuse it rather than evaluate it."""
-    before, after = source.stat().st_size, destination.stat().st_size
+    before, after = model_bytes(source), model_bytes(destination)
     if after >= before:
         raise UnsupportedModelError(
             str(source),
