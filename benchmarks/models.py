@@ -308,8 +308,8 @@ def run_one(
     else:
         m = manifest.metrics
         row.update(
-            # the base's size includes its external data files (the manifest's sizeRatio reads only
-            # the .onnx file: wrong for external-data bases, see the evaluation helper's issue)
+            # the corpus's own byte count of the base (with external data); manifestSize is the
+            # operator's figure, which must agree
             size=entry["sizeBytes"] / manifest.artifact.sizeBytes if manifest.artifact.sizeBytes else None,
             manifestSize=1 / m.sizeRatio if m.sizeRatio else None,
             speedup=(m.baseP50Ms / m.p50Ms) if m.p50Ms and m.baseP50Ms else None,
