@@ -231,3 +231,35 @@ def test_pruned_mobilenet_block_keeps_block_multiples_and_runs_in_ort(tmp_path: 
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ort_run(str(path), {"x": x}), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_training_keeps_batch_norm_statistics_and_trains_the_rest():
+    """The training passes start from the base's weights on few samples: batch statistics of 16
+    samples and the running averages they move made a detector's student worse than where it
+    started. The norm's statistics stay; its scale, shift and the convolutions train."""
+    from kondense.api.techniques import Task
+    from kondense.compression.data import Dataset
+    from kondense.compression.passes import SilentProgress
+    from kondense.compression.training import TrainingSettings, train_against_teacher
+
+    model = mobilenet_block()
+    module = build_module(model, "block.onnx", traceable=True)
+    norm = next(m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    assert norm.running_mean is not None
+    mean, scale = norm.running_mean.clone(), norm.weight.detach().clone()
+    x = f32(16, 4, 8, 8) * 3 + 1  # other statistics than the norm's
+    teacher = ort_run(model, {"x": x}) + 0.5  # a target the student does not already give
+    losses = train_against_teacher(
+        module,
+        signature_of(model),
+        Dataset("train.npz", {"x": x}),
+        teacher,
+        Task.REGRESSION,
+        TrainingSettings(epochs=5, learning_rate=1e-2, batch_size=8),
+        SilentProgress(),
+        "train",
+    )
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(norm.running_mean, mean)
+    assert not torch.equal(norm.weight.detach(), scale)
+    assert not norm.training and not module.training
