@@ -263,3 +263,15 @@ def test_training_keeps_batch_norm_statistics_and_trains_the_rest():
     torch.testing.assert_close(norm.running_mean, mean)
     assert not torch.equal(norm.weight.detach(), scale)
     assert not norm.training and not module.training
+
+
+def test_a_coupling_the_analysis_misses_is_refused_naming_the_node_that_broke():
+    """Were a constant-shape Reshape not seen (here: the converter's record of it dropped), the torch
+    error of the check run becomes one sentence naming the ONNX node and op, not torch's alone."""
+    module = build_module(heads_model(), "heads.onnx", traceable=True)
+    module.fixed_reshapes = []
+    with pytest.raises(UnsupportedModelError) as refused:
+        shrink_channels(module, (torch.zeros(2, 16),), 0.5, "heads.onnx")
+    message = str(refused.value)
+    assert "removed channels that node split_heads (Reshape) still expects" in message
+    assert "structured: false" in message and "\n" not in message

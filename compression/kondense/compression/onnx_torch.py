@@ -67,6 +67,16 @@ def _symmetric_padding(pads: Sequence[int], where: str) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
+class StepError(RuntimeError):
+    """A step of an ``OnnxModule`` failed: ``node`` says which ONNX node it runs, ``error`` what torch
+    said (e.g. a Reshape whose constant target no longer fits after channels were removed)."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        said = (str(error).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"{node}: {said}")
+        self.node, self.said = node, said
+
+
 class OnnxModule(nn.Module):
     """A program of (input names, output names, function) steps over an environment of tensors."""
 
@@ -85,13 +95,20 @@ class OnnxModule(nn.Module):
         # other than 0/-1, e.g. attention heads [N, T, 3, 8, 15]): channels reaching them cannot be
         # removed, so structured pruning leaves the layers that produce them whole
         self.fixed_reshapes: list[tuple[str, str]] = []
+        self.node_of: dict[str, str] = {}  # output name -> "node <name> (<op>)", for StepError
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
         env.update(self.constants)
         env.update({name: self.weights[key] for name, key in self.weight_keys.items()})
         for input_names, output_names, fn in self.program:
-            result = fn(*[env[n] if n else None for n in input_names])
+            try:
+                result = fn(*[env[n] if n else None for n in input_names])
+            except RuntimeError as exc:  # say which node of the ONNX graph the failing step is
+                where = self.node_of.get(output_names[0]) if output_names else None
+                if where is None:
+                    raise
+                raise StepError(where, exc) from exc
             if len(output_names) == 1:
                 env[output_names[0]] = result
             else:
@@ -576,6 +593,8 @@ def build_module(model: Any, where: str, *, traceable: bool = True) -> Any:
         fn = CONVERTERS[node.op_type](build)
         if fn is None:
             continue
+        for name in build.outs:
+            module.node_of[name] = f"node {node.name or f'n{index}'} ({node.op_type})"
         if node.op_type == "Reshape" and _fixes_channels(node, plan, initializers, module.constants):
             module.fixed_reshapes.append((build.where, node.input[0]))
         _bind_initializers(module, build.ins, initializers)

@@ -162,8 +162,13 @@ def shrink_channels(
         with torch.no_grad():
             module(*example)
     except RuntimeError as exc:
+        from kondense.compression.onnx_torch import StepError
+
+        node, said = (exc.node, exc.said) if isinstance(exc, StepError) else ("a node", str(exc)[:200])
         raise UnsupportedModelError(
-            where, f"the graph is inconsistent after removing channels: {exc}"
+            where,
+            f"structured pruning removed channels that {node} still expects (torch: {said}); use "
+            "unstructured pruning (structured: false), low-rank or weight-only instead",
         ) from exc
     return {"parametersBefore": before, "parametersAfter": sum(p.numel() for p in module.parameters())}
 
