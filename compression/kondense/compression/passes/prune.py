@@ -5,7 +5,9 @@ fine-tune). ONNX stores the zeros densely, so the file does not shrink and dense
 speed up: the result reports the measured sparsity and says exactly that.
 
 Structured pruning (``torch-pruning``) removes whole channels/neurons and everything that depends on
-them, so the exported graph really is smaller and faster.
+them, so the exported graph really is smaller and faster. Two limits keep it so on third-party graphs:
+layers whose channels reach a Reshape to a constant shape (attention heads) keep them, and kept channel
+counts stay multiples of the CPU kernels' block (``CHANNEL_BLOCK``), or the pass says it removes none.
 """
 
 from __future__ import annotations
