@@ -181,6 +181,7 @@ CASES = [
     case("Transpose", {"x": f32(2, 3)}, id="Transpose-default"),
     case("Reshape", {"x": X4}, {"s": i64(0, -1, 4)}),
     case("Flatten", {"x": X4}, axis=2),
+    *[case("Flatten", {"x": X4}, axis=a, id=f"Flatten-axis{a}") for a in (0, 1, 3, 4, -1, -3)],
     case("Unsqueeze", {"x": f32(2, 3)}, {"a": i64(0, -1)}),
     case("Squeeze", {"x": f32(2, 1, 3, 1)}, {"a": i64(1)}),
     case("Concat", {"a": f32(2, 3), "b": f32(2, 5)}, axis=-1),
@@ -198,6 +199,14 @@ CASES = [
     case("ReduceMax", {"x": X4}, {"a": i64(-1)}),
     case("ReduceMin", {"x": X4}, keepdims=0),
     case("ReduceL2", {"x": X4}, {"a": i64(1)}),
+    # noop_with_empty_axes (ReduceSum opset 13, the others opset 18): empty axes = identity when 1,
+    # every axis when 0; given axes reduce as usual (a tf2onnx export writes it on every ReduceSum)
+    case("ReduceSum", {"x": X4}, {"a": i64()}, noop_with_empty_axes=1, id="ReduceSum-noop-empty-axes"),
+    case("ReduceSum", {"x": X4}, noop_with_empty_axes=1, keepdims=0, id="ReduceSum-noop-no-axes"),
+    case("ReduceSum", {"x": X4}, {"a": i64()}, noop_with_empty_axes=0, keepdims=0, id="ReduceSum-empty-axes-all"),
+    case("ReduceSum", {"x": X4}, {"a": i64(1)}, noop_with_empty_axes=1, keepdims=0, opset=15, id="ReduceSum-noop-axes"),
+    case("ReduceMax", {"x": X4}, noop_with_empty_axes=1, id="ReduceMax-noop-no-axes"),
+    case("ReduceMean", {"x": X4}, {"a": i64(-1)}, noop_with_empty_axes=1, id="ReduceMean-noop-axes"),
     case("Range", {"x": f32(1)}, {"a": np.array(1, np.int64), "b": np.array(9, np.int64), "d": np.array(3, np.int64)}, order=["a", "b", "d"]),
     case("ConstantOfShape", {"x": f32(1)}, {"s": i64(2, 3)}, order=["s"], value=numpy_helper.from_array(np.array([1.5], np.float32))),
 ]
@@ -308,6 +317,23 @@ def test_dynamic_batch_shape_arithmetic_traces_back_with_a_dynamic_batch(tmp_pat
         np.testing.assert_allclose(
             traced.run(None, {"x": sample})[0], session.run(None, {"x": sample})[0], rtol=1e-5, atol=1e-4
         )
+
+
+def test_flatten_past_the_batch_traces_back_with_dynamic_leading_dims(tmp_path: Path):
+    """An OCR recogniser flattens [N, T, C] to [N*T, C] (Flatten axis=2, N and T dynamic): traced
+    with one batch/width, the export must run at others (it froze N*T = 80 and failed at 1x40)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", 6])
+    node = helper.make_node("Flatten", ["x"], ["y"], axis=2)
+    graph = helper.make_graph([node], "g", [x], [helper.make_empty_tensor_value_info("y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9
+    model = onnx.shape_inference.infer_shapes(model)
+    module = build_module(model, "case.onnx", traceable=True).eval()
+    export_onnx(module, signature_of(model), {"x": f32(2, 40, 6)}, tmp_path / "rt.onnx")
+    traced = ort.InferenceSession(str(tmp_path / "rt.onnx"), providers=["CPUExecutionProvider"])
+    for batch, steps in ((1, 40), (3, 7)):
+        sample = f32(batch, steps, 6)
+        np.testing.assert_array_equal(traced.run(None, {"x": sample})[0], sample.reshape(batch * steps, 6))
 
 
 def test_shape_arithmetic_a_trace_cannot_keep_is_refused_for_traced_passes():

@@ -67,6 +67,16 @@ def _symmetric_padding(pads: Sequence[int], where: str) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
+class StepError(RuntimeError):
+    """A step of an ``OnnxModule`` failed: ``node`` says which ONNX node it runs, ``error`` what torch
+    said (e.g. a Reshape whose constant target no longer fits after channels were removed)."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        said = (str(error).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"{node}: {said}")
+        self.node, self.said = node, said
+
+
 class OnnxModule(nn.Module):
     """A program of (input names, output names, function) steps over an environment of tensors."""
 
@@ -81,13 +91,24 @@ class OnnxModule(nn.Module):
         self.program: list[tuple[list[str], list[str], Callable[..., Any]]] = []
         self.input_names = input_names
         self.output_names = output_names
+        # (where, data input) of the Reshapes whose target fixes a channel count (a constant entry
+        # other than 0/-1, e.g. attention heads [N, T, 3, 8, 15]): channels reaching them cannot be
+        # removed, so structured pruning leaves the layers that produce them whole
+        self.fixed_reshapes: list[tuple[str, str]] = []
+        self.node_of: dict[str, str] = {}  # output name -> "node <name> (<op>)", for StepError
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
         env.update(self.constants)
         env.update({name: self.weights[key] for name, key in self.weight_keys.items()})
         for input_names, output_names, fn in self.program:
-            result = fn(*[env[n] if n else None for n in input_names])
+            try:
+                result = fn(*[env[n] if n else None for n in input_names])
+            except RuntimeError as exc:  # say which node of the ONNX graph the failing step is
+                where = self.node_of.get(output_names[0]) if output_names else None
+                if where is None:
+                    raise
+                raise StepError(where, exc) from exc
             if len(output_names) == 1:
                 env[output_names[0]] = result
             else:
@@ -572,9 +593,33 @@ def build_module(model: Any, where: str, *, traceable: bool = True) -> Any:
         fn = CONVERTERS[node.op_type](build)
         if fn is None:
             continue
+        for name in build.outs:
+            module.node_of[name] = f"node {node.name or f'n{index}'} ({node.op_type})"
+        if node.op_type == "Reshape" and _fixes_channels(node, plan, initializers, module.constants):
+            module.fixed_reshapes.append((build.where, node.input[0]))
         _bind_initializers(module, build.ins, initializers)
         module.program.append((build.ins, build.outs, fn))
     return module
+
+
+def _fixes_channels(
+    node: Any, plan: ShapePlan, initializers: dict[str, np.ndarray], constants: dict[str, torch.Tensor]
+) -> bool:
+    """Whether a Reshape's target holds a constant dim (other than 0 = copy, -1 = infer, 1): such a
+    target stays the same when a structured pass removes channels, so the reshape would break.
+    A target computed at run time from other tensors is taken to fix them too (it cannot be seen)."""
+    if len(node.input) < 2:
+        return True
+    target = node.input[1]
+    value = plan.values.get(target)
+    if value is not None:
+        return any(isinstance(e, int) and e not in (0, -1, 1) for e in value.entries)
+    known = initializers.get(target)
+    if known is None and target in constants:
+        known = constants[target].numpy()
+    if known is None:
+        return True
+    return any(int(e) not in (0, -1, 1) for e in np.asarray(known).reshape(-1))
 
 
 def to_torch(model_path: str | Path, *, traceable: bool = True) -> tuple[Any, ModelSignature]:
@@ -782,9 +827,19 @@ def _matmul(b: NodeBuild) -> Callable[..., Any]:
     return torch.matmul
 
 
+class AnyRankBatchNorm(nn.BatchNorm1d):
+    """One batch norm module for N x C (x ...) inputs of any rank. Applied to a 4-D map as it is
+    (no flatten/view around it), it exports as a BatchNormalization the exporter folds into the
+    convolution before it, as the base graph had it; the flatten/view added Shape/Reshape per norm
+    and kept it unfused (3x slower in ONNX Runtime)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of rank 2 or more (N, C, ...), got rank {input.dim()}")
+
+
 def _batch_norm(x: Any, norm: Any) -> Any:
-    # BatchNorm1d takes N x C x L: flatten spatial dims so one module covers 1-D and 2-D maps.
-    return norm(x.flatten(2)).view_as(x) if x.dim() > 3 else norm(x)
+    return norm(x)
 
 
 @converter("BatchNormalization")
@@ -792,7 +847,7 @@ def _batch_normalization(b: NodeBuild) -> Callable[..., Any]:
     scale = b.constant(b.ins[1])
     if scale is None or any(b.constant(n) is None for n in b.ins[2:5]):
         raise b.refuse("batch norm parameters must be constants")
-    bn = nn.BatchNorm1d(
+    bn = AnyRankBatchNorm(
         scale.shape[0], eps=b.attrs.get("epsilon", 1e-5), momentum=1 - b.attrs.get("momentum", 0.9)
     )
     bn.weight.data, bn.bias.data = _tensor(scale), _tensor(b.initializers[b.ins[2]])
@@ -953,8 +1008,30 @@ def _gelu(b: NodeBuild) -> Callable[..., Any]:
     return partial(functional.gelu, approximate=_text(b.attrs.get("approximate", "none")))
 
 
+class _HardSigmoid(torch.autograd.Function):
+    """``clamp(alpha * x + beta, 0, 1)`` that exports as one ``HardSigmoid`` node with these
+    attributes (``symbolic``, torch's documented hook for custom ops): written out as Mul/Add/Clip, a
+    pruned MobileNet ran slower in ONNX Runtime than its unpruned base."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, alpha: float, beta: float) -> Any:
+        linear = alpha * x + beta
+        ctx.save_for_backward((linear >= 0) & (linear <= 1))  # as clamp: ends included
+        ctx.alpha = alpha
+        return linear.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> Any:
+        (inside,) = ctx.saved_tensors
+        return grad * inside.to(grad.dtype) * ctx.alpha, None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, alpha: float, beta: float) -> Any:
+        return g.op("HardSigmoid", x, alpha_f=alpha, beta_f=beta)
+
+
 def _hard_sigmoid(x: Any, alpha: float, beta: float) -> Any:
-    return torch.clamp(alpha * x + beta, 0.0, 1.0)
+    return _HardSigmoid.apply(x, alpha, beta)
 
 
 @converter("HardSigmoid")
@@ -1014,6 +1091,9 @@ def _pool(b: NodeBuild) -> Callable[..., Any]:
 
 
 def _global_average_pool(x: Any) -> Any:
+    if x.dim() in (3, 4):  # exports as GlobalAveragePool, not ReduceMean
+        pool = functional.adaptive_avg_pool1d if x.dim() == 3 else functional.adaptive_avg_pool2d
+        return pool(x, 1)
     return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
@@ -1089,7 +1169,14 @@ def _resize_op(b: NodeBuild) -> Callable[..., Any]:
 
 
 def _flatten(x: Any, axis: int) -> Any:
-    return x.flatten(1) if axis == 1 else x.reshape(int(np.prod(x.shape[:axis])), -1)
+    # torch's flatten only (no int(prod(x.shape[:axis])), which tracing would freeze at the example's
+    # batch and sequence length: an OCR recogniser's [N, T, C] -> [N*T, C] then failed at other widths)
+    axis = axis % x.dim() if axis < 0 else axis
+    if axis == 1:
+        return x.flatten(1)
+    if axis in (0, x.dim()):
+        return x.flatten().unsqueeze(1 if axis else 0)
+    return x.flatten(axis).flatten(0, axis - 1)
 
 
 @converter("Flatten")
@@ -1190,13 +1277,16 @@ REDUCERS: dict[str, Callable[..., Any]] = {
 @converter(*REDUCERS)
 def _reduce(b: NodeBuild) -> Callable[..., Any]:
     attr_axes, keep, reducer = b.attrs.get("axes"), bool(b.attrs.get("keepdims", 1)), REDUCERS[b.node.op_type]
-    if b.attrs.get("noop_with_empty_axes", 0):
-        raise b.refuse("noop_with_empty_axes is not supported")
+    # ReduceSum (opset 13) and the other reductions (opset 18) take ``axes`` as an input and say with
+    # ``noop_with_empty_axes`` what no/empty axes mean: 1 = the input unchanged, 0 = reduce every axis.
+    noop = bool(b.attrs.get("noop_with_empty_axes", 0))
 
     def reduce(x: Any, axes: Any = None) -> Any:
         chosen = attr_axes if attr_axes is not None else (None if axes is None else [int(a) for a in axes])
         if chosen:
             return reducer(x, dim=tuple(chosen), keepdim=keep)
+        if noop:
+            return x
         if keep:
             return reducer(x, dim=tuple(range(x.dim())), keepdim=True)
         return reducer(x)
