@@ -129,6 +129,8 @@ class DynamicBatcher:
         """Requests between arriving and choosing the inline path (``run(inline_if_lone=True)``)."""
         self.inline_runs = 0
         """Requests that ran inline, alone, without the batcher (``run(inline_if_lone=True)``)."""
+        self._last_requests = 0
+        """Requests in the last session call (batched or inline)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._collect())
@@ -150,8 +152,8 @@ class DynamicBatcher:
         inline_if_lone: bool = False,
     ) -> dict[str, np.ndarray]:
         """``inline_if_lone``: a request that finds nothing queued, no batch running and no request
-        that came with it (one turn of the event loop later), after a batch of one row, runs right
-        here on the event loop thread, as a batch of its own; a burst is still batched."""
+        that came with it (one turn of the event loop later), after a session call for one request,
+        runs right here on the event loop thread, as a batch of its own; a burst is still batched."""
         loop = asyncio.get_running_loop()
         rows = _batch_rows(inputs)
         if rows is None or rows >= self._max_batch_size:
@@ -173,12 +175,13 @@ class DynamicBatcher:
         return result if outputs is None else {name: result[name] for name in outputs}
 
     def _alone(self) -> bool:
-        return not self._pending and not self._running and self.companion_target() == 1
+        return not self._pending and not self._running and self._last_requests <= 1
 
     def _run_inline(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, rows: int
     ) -> dict[str, np.ndarray]:
         self.inline_runs += 1
+        self._last_requests = 1
         self._recent_rows.append(rows)
         if self._on_batch is not None:
             self._on_batch(rows)
@@ -224,6 +227,7 @@ class DynamicBatcher:
             if self._compatible_rows() < target:
                 self._recent_rows.clear()  # fewer clients now: wait for as many as came this time
             batch = self._take_batch()
+            self._last_requests = len(batch)
             self._recent_rows.append(sum(item.rows for item in batch))
             task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
