@@ -122,3 +122,79 @@ def test_both_spin_modes_give_the_same_answers(digits: Digits, spin_wait: bool) 
 def test_spinning_threads_stop_when_the_last_call_returns() -> None:
     assert spin_config(True) == {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
     assert spin_config(False) == {"session.intra_op.allow_spinning": "0"}
+
+
+def _slow_runner(digits: Digits, batches: list[int]) -> AdaptiveRunner:
+    """A runner that treats the digits model as slow (micro-batches on a worker) but fast enough for a
+    lone request to run inline."""
+    model = OnnxModel(digits.directory / MODEL_FILE, threads=1)
+    return AdaptiveRunner(
+        model, inline_below_s=0.0, lone_inline_below_s=10.0, max_batch_size=16, on_batch=batches.append
+    )
+
+
+def test_a_lone_request_runs_inline_and_a_burst_is_still_batched(digits: Digits) -> None:
+    batches: list[int] = []
+    runner = _slow_runner(digits, batches)
+    rows = [digits.inputs[i : i + 1 + (1 <= i <= 2)] for i in range(8)]
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], list[int]]:
+        await runner.start()
+        inline_after: list[int] = []
+        try:
+            answers = []
+            for row in rows[:3]:  # one client, one request at a time (of 1, then 2 rows)
+                answers.append(await runner.run({"input": row}, None))
+                inline_after.append(runner.lone_inline_runs)
+            answers += await asyncio.gather(*(runner.run({"input": row}, None) for row in rows[3:]))
+            inline_after.append(runner.lone_inline_runs)
+            return answers, inline_after
+        finally:
+            await runner.stop()
+
+    answers, inline_after = asyncio.run(main())
+    assert not runner.inline  # the model counts as slow: only lone requests skip the batcher
+    assert inline_after == [1, 2, 3, 3]  # the burst of 5 did not run inline...
+    assert batches == [1, 2, 2, 5]  # ...but as one batch (every session call is a batch in the metric)
+    for row, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+
+
+def test_a_request_that_comes_while_a_batch_runs_is_not_run_inline(digits: Digits) -> None:
+    batches: list[int] = []
+    runner = _slow_runner(digits, batches)
+    rows = [digits.inputs[i : i + 1] for i in range(4)]
+
+    async def main() -> None:
+        await runner.start()
+        try:
+            burst = [asyncio.create_task(runner.run({"input": row}, None)) for row in rows[:3]]
+            for _ in range(5):  # the burst is queued and its batch handed to the worker
+                await asyncio.sleep(0)
+            late = await runner.run({"input": rows[3]}, None)
+            np.testing.assert_allclose(late["logits"], digits.reference(rows[3]), rtol=1e-5, atol=1e-6)
+            await asyncio.gather(*burst)
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
+    assert runner.lone_inline_runs == 0 and sum(batches) == 4 and batches[0] == 3
+
+
+def test_a_model_slower_than_the_lone_limit_never_runs_inline(digits: Digits) -> None:
+    batches: list[int] = []
+    model = OnnxModel(digits.directory / MODEL_FILE, threads=1)
+    runner = AdaptiveRunner(model, inline_below_s=0.0, lone_inline_below_s=0.0, on_batch=batches.append)
+    rows = [digits.inputs[i : i + 1] for i in range(3)]
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        await runner.start()
+        try:
+            return [await runner.run({"input": row}, None) for row in rows]
+        finally:
+            await runner.stop()
+
+    results = asyncio.run(main())
+    assert runner.lone_inline_runs == 0 and batches == [1, 1, 1]
+    for row, result in zip(rows, results, strict=True):
+        np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)

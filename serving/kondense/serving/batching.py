@@ -9,7 +9,9 @@ the event loop keeps parsing requests) and splits the outputs again; with severa
 run side by side. It is the way past one request per session call for compute-bound models. Unlike
 Triton it only waits while traffic is concurrent (the previous batch had more than one row): a lone
 client pays no batching delay; and only for as many rows as recent batches had (``c`` clients in a
-closed loop never send ``max_batch_size``), not until the delay is over.
+closed loop never send ``max_batch_size``), not until the delay is over. The adaptive runner lets a
+lone request skip the batcher altogether: it runs on the event loop thread, saving the hand-off to a
+worker and back (two thread wake-ups and three turns of the loop).
 """
 
 from __future__ import annotations
@@ -123,6 +125,12 @@ class DynamicBatcher:
         """Rows of the last batches: how many companions are worth waiting for."""
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._deciding = 0
+        """Requests between arriving and choosing the inline path (``run(inline_if_lone=True)``)."""
+        self.inline_runs = 0
+        """Requests that ran inline, alone, without the batcher (``run(inline_if_lone=True)``)."""
+        self._last_requests = 0
+        """Requests in the last session call (batched or inline)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._collect())
@@ -137,18 +145,49 @@ class DynamicBatcher:
         self._executor.shutdown(wait=True)
 
     async def run(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        *,
+        inline_if_lone: bool = False,
     ) -> dict[str, np.ndarray]:
+        """``inline_if_lone``: a request that finds nothing queued, no batch running and no request
+        that came with it (one turn of the event loop later), after a session call for one request,
+        runs right here on the event loop thread, as a batch of its own; a burst is still batched."""
         loop = asyncio.get_running_loop()
         rows = _batch_rows(inputs)
         if rows is None or rows >= self._max_batch_size:
             # Nothing to gain from waiting for others.
             return await loop.run_in_executor(self._executor, self._model.predict, inputs, outputs)
+        if inline_if_lone and self._alone():
+            self._deciding += 1
+            try:
+                await asyncio.sleep(0)  # requests that arrived with this one get to run() meanwhile
+            finally:
+                self._deciding -= 1
+            if self._alone() and not self._deciding:
+                return self._run_inline(inputs, outputs, rows)
         signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
         pending = _Pending(inputs, rows, signature, loop.time(), loop.create_future())
         self._pending.append(pending)
         self._arrival.set()
         result = await pending.future
+        return result if outputs is None else {name: result[name] for name in outputs}
+
+    def _alone(self) -> bool:
+        return not self._pending and not self._running and self._last_requests <= 1
+
+    def _run_inline(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, rows: int
+    ) -> dict[str, np.ndarray]:
+        self.inline_runs += 1
+        self._last_requests = 1
+        self._recent_rows.append(rows)
+        if self._on_batch is not None:
+            self._on_batch(rows)
+        result = self._model.predict(inputs, None)
+        if (error := _split_error(result, rows)) is not None:  # the same answer as in a batch of its own
+            raise error
         return result if outputs is None else {name: result[name] for name in outputs}
 
     def companion_target(self) -> int:
@@ -188,6 +227,7 @@ class DynamicBatcher:
             if self._compatible_rows() < target:
                 self._recent_rows.clear()  # fewer clients now: wait for as many as came this time
             batch = self._take_batch()
+            self._last_requests = len(batch)
             self._recent_rows.append(sum(item.rows for item in batch))
             task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
@@ -238,12 +278,7 @@ class DynamicBatcher:
             for item in batch:
                 _settle(item, exc)
             return
-        total = sum(item.rows for item in batch)
-        if any(array.ndim == 0 or array.shape[0] != total for array in result.values()):
-            error = BatchSplitError(
-                "the model's outputs do not keep the batch as their first dimension; serve it without "
-                "--max-batch-size"
-            )
+        if (error := _split_error(result, sum(item.rows for item in batch))) is not None:
             for item in batch:
                 _settle(item, error)
             return
@@ -251,6 +286,15 @@ class DynamicBatcher:
         for item in batch:
             _settle(item, {name: array[start : start + item.rows] for name, array in result.items()})
             start += item.rows
+
+
+def _split_error(result: Mapping[str, np.ndarray], rows: int) -> BatchSplitError | None:
+    if all(array.ndim and array.shape[0] == rows for array in result.values()):
+        return None
+    return BatchSplitError(
+        "the model's outputs do not keep the batch as their first dimension; serve it without "
+        "--max-batch-size"
+    )
 
 
 class _TimedModel:
@@ -291,7 +335,10 @@ class AdaptiveRunner:
     than the inference), requests run inline on the event loop. Slower models go through a
     ``DynamicBatcher`` with one worker: a lone client gets the whole machine on its request (all
     intra-op threads, no waiting), concurrent clients pile up while the worker is busy and run as one
-    batch on all cores. Models without a batch dimension run on one worker thread.
+    batch on all cores. A lone request (nothing queued or running, none with it) still runs inline
+    while the model answers faster than ``lone_inline_below_s``: the event loop has nothing else to
+    do meanwhile, and slower calls would keep health and metrics waiting. Models without a batch
+    dimension run on one worker thread.
     """
 
     def __init__(
@@ -301,10 +348,12 @@ class AdaptiveRunner:
         max_batch_size: int = 16,
         max_delay_s: float = 0.002,
         inline_below_s: float = 0.0005,
+        lone_inline_below_s: float = 0.05,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._timed = _TimedModel(model)
         self._inline_below_s = inline_below_s
+        self._lone_inline_below_s = lone_inline_below_s
         self._offloaded: DynamicBatcher | PooledRunner = (
             DynamicBatcher(
                 self._timed,
@@ -332,7 +381,15 @@ class AdaptiveRunner:
     ) -> dict[str, np.ndarray]:
         if self.inline:
             return self._timed.predict(inputs, outputs)
+        if isinstance(self._offloaded, DynamicBatcher):
+            lone_inline = self._timed.seconds < self._lone_inline_below_s
+            return await self._offloaded.run(inputs, outputs, inline_if_lone=lone_inline)
         return await self._offloaded.run(inputs, outputs)
+
+    @property
+    def lone_inline_runs(self) -> int:
+        """Requests of a slower model that ran inline because they came alone."""
+        return self._offloaded.inline_runs if isinstance(self._offloaded, DynamicBatcher) else 0
 
 
 def _settle(item: _Pending, outcome: dict[str, np.ndarray] | BaseException) -> None:
