@@ -119,6 +119,7 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
 _ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
 _SOURCE_LOCATION = re.compile(r"^\S+\.(?:cc|cpp|cxx|h|hpp):\d+\s+")
 _INNER_LOCATION = re.compile(r"\S+\.(?:cc|cpp|cxx|h|hpp):\d+\s+")
+_LOAD_FROM = re.compile(r"^Load model from \S+ failed:\s*")  # a scratch path says nothing to a user
 
 
 def _skip_signature(text: str) -> str:
@@ -138,12 +139,13 @@ def _skip_signature(text: str) -> str:
 def ort_reason(exc: BaseException | str, limit: int = 300) -> str:
     """ONNX Runtime's own reason from one of its errors, in one line: without the
     ``[ONNXRuntimeError] : 1 : FAIL :`` prefixes, the C++ source location and the C++ function
-    signature ORT prints before the reason (``onnxruntime::Graph::Graph(const onnxruntime::Model&...``)."""
+    signature ORT prints before the reason (``onnxruntime::Graph::Graph(const onnxruntime::Model&...``)
+    and the ``Load model from <scratch path> failed:`` preamble."""
     text = " ".join(str(exc).split())
     if not text:
         return type(exc).__name__ if isinstance(exc, BaseException) else "unknown error"
     pieces = [p.strip() for p in _ORT_PREFIX.split(text)]
-    reason = next((p for p in reversed(pieces) if p), text)
+    reason = _LOAD_FROM.sub("", next((p for p in reversed(pieces) if p), text))
     located = _SOURCE_LOCATION.sub("", reason)
     if located != reason:
         reason = _skip_signature(located) or located
