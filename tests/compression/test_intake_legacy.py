@@ -154,7 +154,7 @@ def test_ort_reason_strips_prefixes_location_and_signature() -> None:
     assert ort_reason(plain) == "This is an invalid model. Error in node (n)"
     loaded = (
         "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from /tmp/work/step-0/trial-6.onnx "
-        "failed:This is an invalid model. In Node, (\"n\", Conv) : error"
+        'failed:This is an invalid model. In Node, ("n", Conv) : error'
     )
     assert ort_reason(loaded) == 'This is an invalid model. In Node, ("n", Conv) : error'
     assert ort_reason("something else\nsecond line") == "something else second line"
