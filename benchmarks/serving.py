@@ -707,14 +707,22 @@ def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESU
             {"goal": g, "value": v, "target": t, "met": m} for g, v, t, m in checks], "canary_goals": [
             {"goal": g, "value": v, "target": t, "met": m} for g, v, t, m in canary_checks]}, indent=2) + "\n"
     )  # fmt: skip
+    start_load = meta.get("load_at_start")
+    load0 = float(start_load[0]) if isinstance(start_load, (list, tuple)) else None
+    idle = load0 is not None and load0 < 0.5
+    machine = (
+        f"otherwise idle: 1-minute load average {load0:.2f} at the start"
+        if idle
+        else "shared with other work"
+    )
     lines = [
         "# Serving benchmark",
         "",
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores, shared with other work), "
+        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores, {machine}), "
         f"{meta['duration_s']} s per point after {meta['warmup_s']} s warm-up, systems interleaved point by point, "
         f"median of {meta['rounds']} rounds; load generators `wrk -t1` with `serving_post.lua` (REST) and "
         "`h2load -t1 -m1` (gRPC, raw tensor contents); 1-minute load average at the start of each point in the "
-        "last column. The machine is shared with other work and noisy: compare rows of one run, not runs.",
+        "last column (the benchmark's own load generators and servers raise it). Compare rows of one run, not runs.",
         "",
         "`kondense serve` runs twice, with the same flags: as it runs once promoted (`no shadowing`: metrics and "
         "validation on), and as a canary with shadowing on as well (`--shadow-sample "
