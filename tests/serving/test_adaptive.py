@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -198,3 +200,53 @@ def test_a_model_slower_than_the_lone_limit_never_runs_inline(digits: Digits) ->
     assert runner.lone_inline_runs == 0 and batches == [1, 1, 1]
     for row, result in zip(rows, results, strict=True):
         np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+
+
+class _SlowModel:
+    """The digits session with a fixed extra cost per call: batches take long enough that the
+    requests of other clients queue behind them, as with a compute-bound model."""
+
+    def __init__(self, model: OnnxModel, seconds: float) -> None:
+        self._model = model
+        self._seconds = seconds
+        self.inputs = model.inputs
+        self.outputs = model.outputs
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        time.sleep(self._seconds)
+        return self._model.predict(inputs, outputs)
+
+
+def test_clients_split_into_two_half_batches_join_again(digits: Digits) -> None:
+    """Four clients in a closed loop, then four more that start while the first four's batch runs:
+    the second four queue behind it and form the next batch. Counting only recent batch sizes (4),
+    the two halves would alternate for good; the batcher waits for the answered clients too (the
+    most rows in flight), so all eight run as one batch from the second batch on."""
+    batches: list[int] = []
+    model = _SlowModel(OnnxModel(digits.directory / MODEL_FILE, threads=1), seconds=0.02)
+    batcher = DynamicBatcher(model, max_batch_size=16, max_delay_s=0.5, on_batch=batches.append)
+    rounds = 8
+
+    async def client(index: int) -> None:
+        row = digits.inputs[index : index + 1]
+        for _ in range(rounds):
+            result = await batcher.run({"input": row}, None)
+            np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+            await asyncio.sleep(0.002)  # the answer's way back to the client and its next request's way in
+
+    async def main() -> None:
+        await batcher.start()
+        try:
+            first = [asyncio.create_task(client(i)) for i in range(4)]
+            while not batches:  # the first four's batch is running on the worker
+                await asyncio.sleep(0.001)
+            second = [asyncio.create_task(client(i)) for i in range(4, 8)]
+            await asyncio.gather(*first, *second)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    # the first four finish a batch ahead of the second four, whose last requests come alone
+    assert batches == [4] + [8] * (rounds - 1) + [4]

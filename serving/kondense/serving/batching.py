@@ -3,7 +3,8 @@
 Inline runs the model on the event loop thread: for a model that answers in microseconds a thread
 hop costs more than the inference. ``PooledRunner`` runs up to ``workers`` session calls at once on
 threads (ONNX Runtime sessions are thread-safe and release the GIL). The ``DynamicBatcher`` works
-like Triton's dynamic batcher: it holds a request up to ``max_delay`` for others of the same shape,
+like Triton's dynamic batcher: it holds a request up to ``max_delay`` for others of the same shape
+(counted from when a worker is free to run the batch, not from the request's arrival),
 concatenates them along the first dimension, runs one session call per batch on a worker thread (so
 the event loop keeps parsing requests) and splits the outputs again; with several workers, batches
 run side by side. It is the way past one request per session call for compute-bound models. Unlike
@@ -85,7 +86,6 @@ class _Pending:
     inputs: Mapping[str, np.ndarray]
     rows: int
     signature: tuple[object, ...]
-    arrived: float
     future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
 
 
@@ -123,6 +123,15 @@ class DynamicBatcher:
         self._free_workers = asyncio.Semaphore(workers)
         self._recent_rows: deque[int] = deque(maxlen=RECENT_BATCHES)
         """Rows of the last batches: how many companions are worth waiting for."""
+        self._one_worker = workers == 1
+        self._in_flight_rows = 0
+        """Rows queued or in the running batch (the batcher's path, not inline runs)."""
+        self._peak_rows = 0
+        """The most rows in flight since the last batch formed: with one worker, the clients of the
+        batch that just finished are about to send again (a closed loop), so they are worth waiting
+        for too; otherwise c clients that once split into two half batches stay split for good."""
+        self._peak_off = 0
+        """Batches to form before the peak counts again: it last waited in vain (open-loop traffic)."""
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._deciding = 0
@@ -168,10 +177,15 @@ class DynamicBatcher:
             if self._alone() and not self._deciding:
                 return self._run_inline(inputs, outputs, rows)
         signature = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
-        pending = _Pending(inputs, rows, signature, loop.time(), loop.create_future())
+        pending = _Pending(inputs, rows, signature, loop.create_future())
         self._pending.append(pending)
+        self._in_flight_rows += rows
+        self._peak_rows = max(self._peak_rows, self._in_flight_rows)
         self._arrival.set()
-        result = await pending.future
+        try:
+            result = await pending.future
+        finally:
+            self._in_flight_rows -= rows
         return result if outputs is None else {name: result[name] for name in outputs}
 
     def _alone(self) -> bool:
@@ -192,10 +206,15 @@ class DynamicBatcher:
 
     def companion_target(self) -> int:
         """Rows a batch waits for (up to the delay): none after a lone request, else the most any of
-        the recent batches had (since a batch last waited in vain), at most ``max_batch_size``."""
+        the recent batches had (since a batch last waited in vain), at most ``max_batch_size``. With
+        one worker, also the most rows in flight since the last batch formed (queued plus running):
+        the clients answered by the batch that just finished send again in a moment."""
         if not self._recent_rows or self._recent_rows[-1] <= 1:
             return 1
-        return min(self._max_batch_size, max(self._recent_rows))
+        target = max(self._recent_rows)
+        if self._one_worker and not self._peak_off:
+            target = max(target, self._peak_rows)
+        return min(self._max_batch_size, target)
 
     def _compatible_rows(self) -> int:
         first = self._pending[0]
@@ -216,8 +235,12 @@ class DynamicBatcher:
             await self._free_workers.acquire()
             # Waiting for companions only pays while they are coming: the last batch had some. And only
             # for as many as recent batches had: c closed-loop clients send c, never max_batch_size.
+            # The delay counts from when the batch could start: requests queued behind a busy worker have
+            # not waited for companions yet. (Counted from their arrival, a few stragglers that missed
+            # one batch start the next at once, alone, while the answered clients' next requests are on
+            # their way: c clients split into two alternating half batches for good.)
             target = self.companion_target()
-            deadline = self._pending[0].arrived + (self._max_delay_s if target > 1 else 0.0)
+            deadline = loop.time() + (self._max_delay_s if target > 1 else 0.0)
             while self._compatible_rows() < target and (remaining := deadline - loop.time()) > 0:
                 self._arrival.clear()
                 try:
@@ -226,7 +249,11 @@ class DynamicBatcher:
                     break
             if self._compatible_rows() < target:
                 self._recent_rows.clear()  # fewer clients now: wait for as many as came this time
+                self._peak_off = RECENT_BATCHES  # nor count the answered clients: they may not come back
+            elif self._peak_off:
+                self._peak_off -= 1
             batch = self._take_batch()
+            self._peak_rows = self._in_flight_rows  # the new batch's rows are in flight until answered
             self._last_requests = len(batch)
             self._recent_rows.append(sum(item.rows for item in batch))
             task = asyncio.create_task(self._execute(batch))
