@@ -295,6 +295,11 @@ def test_inspect_describes_a_foreign_model_and_what_applies(tmp_path):
     assert verdicts["dynamic-int8"]["applies"] and "3 weight node(s)" in verdicts["dynamic-int8"]["reason"]
     assert "1 quantized by default" in verdicts["dynamic-int8"]["reason"]  # the 2 Conv stay float32
     assert verdicts["fp16"]["applies"]
+    # weight-only sees the MatMul's weight although it is a Constant node (intake folds it)
+    assert verdicts["weight-only"] == {
+        "applies": True,
+        "reason": "1 MatMul weight(s) to block-quantize (MatMulNBits/GatherBlockQuantized)",
+    }
     assert any("upgrades it to 13" in n for n in found["notes"])
     for name in ("prune", "distill", "low-rank"):  # each has a reason, whichever way it goes
         assert verdicts[name]["reason"]
@@ -334,3 +339,37 @@ def test_static_tuning_ends_with_weight_ops_only():
     ]
     assert pass_for("dynamic-int8", {}).extra_rungs(ladder) == []  # type: ignore[attr-defined]
     assert "weightOpsOnly" not in ladder[0].as_dict()  # unchanged configs for everything else
+
+
+def _lstm_model() -> onnx.ModelProto:
+    """Conv then LSTM (silero-vad's sequence form in miniature): the LSTM's weights are int8-able."""
+    rng = np.random.default_rng(0)
+    hidden, features = 8, 4
+    w = numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, features)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32), "R")
+    k = numpy_helper.from_array(rng.normal(size=(features, features, 1)).astype(np.float32), "k")
+    nodes = [
+        helper.make_node("Conv", ["x", "k"], ["c"], name="conv"),  # [N, C, T]
+        helper.make_node("Transpose", ["c"], ["seq"], name="to_seq", perm=[2, 0, 1]),  # [T, N, C]
+        helper.make_node("LSTM", ["seq", "W", "R"], ["y"], name="lstm", hidden_size=hidden),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, features, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10, 1, 1, 8])],
+        [w, r, k],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_inspect_counts_lstm_weights_as_the_int8_passes_do(tmp_path):
+    path = tmp_path / "lstm.onnx"
+    model = _lstm_model()
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    verdicts = json.loads(_inspect(path, "--json").stdout)["techniques"]
+    assert verdicts["dynamic-int8"]["applies"] is True  # the LSTM is quantized, the Conv stays float32
+    assert "(1 Conv, 1 LSTM), 1 quantized by default" in verdicts["dynamic-int8"]["reason"]
+    assert verdicts["weight-only"]["applies"] is False
+    assert "transformer-like" in verdicts["weight-only"]["reason"]

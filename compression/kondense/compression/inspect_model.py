@@ -19,8 +19,6 @@ from kondense.compression.intake import (
     run_time_constants,
 )
 
-WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
-
 
 @dataclass
 class Inspection:
@@ -141,9 +139,13 @@ def applicability(
     model: Any, const_params: int, sub_params: int, subs: list[tuple[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Which techniques apply, with a reason for each that does not (as the passes would decide)."""
+    import onnx
     from onnx import TensorProto
 
+    from kondense.api.techniques import WeightOnlyParams
     from kondense.compression.onnx_torch import unsupported_ops
+    from kondense.compression.passes import weight_only
+    from kondense.compression.passes.quantize import CONV_OPS, WEIGHT_OPS
 
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
@@ -169,7 +171,7 @@ def applicability(
     if weight_nodes:
         kinds = Counter(n.op_type for n in weight_nodes)
         listing = ", ".join(f"{c} {op}" for op, c in kinds.most_common())
-        conv_count = kinds.get("Conv", 0) + kinds.get("ConvTranspose", 0)
+        conv_count = sum(kinds.get(op, 0) for op in CONV_OPS)
         dynamic = len(weight_nodes) - conv_count
         kept = (
             f"; its {conv_count} Conv node(s) stay float32 unless params.quantizeConv (ONNX Runtime's "
@@ -249,4 +251,21 @@ def applicability(
         if dense
         else "no MatMul/Gemm with a 2-D weight to factor (convolutions are not factored)",
     )
+    # weight-only decides on the graph intake makes (Constant weights as initializers), with its defaults
+    folded = onnx.GraphProto(node=[n for n in graph.node if n.output and n.output[0] not in weights])
+    folded.initializer.extend(  # names, types and shapes are all it reads: no weight data is copied
+        TensorProto(name=name, data_type=t.data_type, dims=t.dims) for name, t in weights.items()
+    )
+    defaults = WeightOnlyParams()
+    found = weight_only.weight_nodes(onnx.ModelProto(graph=folded), defaults.blockSize)
+    if found.matmuls or (defaults.embeddings != "none" and found.gathers):
+        taken = f"{len(found.matmuls)} MatMul weight(s)" + (
+            f" and {len(found.gathers)} embedding table(s)"
+            if defaults.embeddings != "none" and found.gathers
+            else ""
+        )
+        verdict(Technique.WEIGHT_ONLY, True, f"{taken} to block-quantize (MatMulNBits/GatherBlockQuantized)")
+    else:
+        reason = weight_only.nothing_to_quantize(found, defaults.embeddings, defaults.blockSize)
+        verdict(Technique.WEIGHT_ONLY, False, reason.removeprefix("nothing to quantize: "))
     return out
