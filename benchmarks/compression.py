@@ -180,7 +180,8 @@ def main() -> None:
         f"Hardware: {hardware.summary()}; ISA flags: {' '.join(hardware.cpu.isa)}. int8 numbers depend on "
         "the int8 kernel (AVX2, AVX-512 VNNI, AVX-VNNI, AMX).",
         f"Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-        f"after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} (shared machine); "
+        f"after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} "
+        f"({'otherwise idle' if load_before[0] < 0.5 else 'shared machine'}); "
         f"total {time.time() - started:.0f} s. Every ratio compares base and variant measured in the same run, "
         f"interleaved sample by sample ({args.latency_runs} timed runs each, warm-up excluded).",
         "",
