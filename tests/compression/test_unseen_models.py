@@ -392,3 +392,36 @@ def test_a_scalar_output_is_one_value_per_run(tmp_path: Path) -> None:
     outputs = model_outputs(path, dataset)
 
     np.testing.assert_allclose(outputs, x.reshape(3, 2, 3).sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_fp16_on_a_model_without_float_weights_is_refused(tmp_path: Path) -> None:
+    """AveragePool alone (the onnx wheel's test_AvgPool1d): float16 would only add Casts; the sweep
+    measured such variants at 2.6x the base. One float weight is enough to convert."""
+
+    def pool(weights: list[onnx.TensorProto]) -> onnx.ModelProto:
+        nodes = [helper.make_node("AveragePool", ["x"], ["p"], name="pool", kernel_shape=[2])]
+        if weights:
+            nodes.append(helper.make_node("Mul", ["p", "scale"], ["y"], name="scale"))
+        else:
+            nodes.append(helper.make_node("Identity", ["p"], ["y"], name="out"))
+        graph = helper.make_graph(
+            nodes,
+            "pool",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 7])],
+            weights,
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    evaluation = _data(tmp_path / "eval.npz", x=RNG.normal(size=(4, 2, 8)).astype(np.float32))
+    bare = _save(pool([]), tmp_path / "bare.onnx")
+    with pytest.raises(UnsupportedModelError) as refused:
+        compress_model(bare, {"name": "h", "technique": "fp16"}, DataFiles(evaluation=evaluation),
+                       tmp_path / "out", task="regression", latency_runs=10)  # fmt: skip
+    message = str(refused.value)
+    assert message.startswith(f"{bare}: no float32 weight to convert") and "\n" not in message
+
+    scaled = _save(pool([_weight("scale", 1, 2, 1)]), tmp_path / "scaled.onnx")
+    manifest = compress_model(scaled, {"name": "h", "technique": "fp16"}, DataFiles(evaluation=evaluation),
+                              tmp_path / "out2", task="regression", latency_runs=10)  # fmt: skip
+    assert manifest.metrics.accuracyDelta is not None and manifest.metrics.accuracyDelta < 0.01

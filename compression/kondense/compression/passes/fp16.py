@@ -256,6 +256,24 @@ def node_sensitivity(
     return [s for s in scores if s[0] > 0]
 
 
+def float32_weight_values(model: Any) -> int:
+    """float32 values the model stores (initializers and Constant nodes, subgraphs included): what
+    float16 would halve."""
+    from onnx import AttributeProto, TensorProto
+
+    def stored(graph: Any) -> int:
+        total = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == TensorProto.FLOAT)
+        for node in graph.node:
+            for attr in node.attribute:
+                if node.op_type == "Constant" and attr.type == AttributeProto.TENSOR:
+                    total += int(np.prod(attr.t.dims)) if attr.t.data_type == TensorProto.FLOAT else 0
+                for body in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                    total += stored(body)
+        return total
+
+    return stored(model.graph)
+
+
 def clamped_weight_nodes(model: Any) -> list[str]:
     """Nodes reading a float weight the converter would clamp (|w| > 1e4, e.g. a BatchNormalization
     running variance of 1e8): float16 would change the weight itself, so they always stay float32."""
@@ -281,6 +299,14 @@ class Fp16Pass(Pass):
         from onnxconverter_common import float16
 
         model = onnx.load(str(source))
+        if not float32_weight_values(model):
+            from kondense.compression.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                str(source),
+                "no float32 weight to convert: the model stores no float32 initializer or constant, so "
+                "float16 would only add Cast nodes (a larger model, not a smaller one)",
+            )
         block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(self.params.opBlockList))
         keep_io = self.params.keepIoTypes
         context.progress.start("fp16: converting", total=None)
