@@ -221,14 +221,15 @@ def test_fp16_output_of_a_cast_to_float_loads_in_ort(tmp_path):
             helper.make_node("Mul", ["m", "w"], ["y"]),
         ],
         "g",
-        [helper.make_tensor_value_info("mask", TensorProto.INT64, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-        [numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")],
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, [None, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 256])],
+        # enough weights for float16 to make the model smaller (else fp16 refuses it)
+        [numpy_helper.from_array(np.arange(256, dtype=np.float32), "w")],
     )
     source = tmp_path / "cast.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), source)
     evaluation = tmp_path / "eval.npz"
-    np.savez(evaluation, mask=np.ones((3, 4), np.int64))
+    np.savez(evaluation, mask=np.ones((3, 256), np.int64))
     manifest = compress_model(
         source, {"name": "h", "technique": "fp16"}, DataFiles(evaluation=evaluation), tmp_path / "out",
         task=Task.REGRESSION, latency_runs=10,

@@ -314,6 +314,15 @@ class Fp16Pass(Pass):
         repaired: list[str] = []
         converted, casts = convert(model, keep_io, block_list, out_of_range, repaired)
         context.progress.finish()
+        if converted.ByteSize() >= model.ByteSize():  # keeping nodes float32 later only adds bytes
+            from kondense.compression.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                str(source),
+                f"float16 does not make this model smaller ({converted.ByteSize()} vs {model.ByteSize()} "
+                f"bytes): its {float32_weight_values(model)} float32 weight value(s) save less than the "
+                "Cast nodes float16 needs cost",
+            )
         always = [*out_of_range, *repaired]  # kept float32 in every configuration
         details: dict[str, Any] = {"keepIoTypes": keep_io, "castsAligned": casts}
         if out_of_range:
