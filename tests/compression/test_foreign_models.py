@@ -206,6 +206,11 @@ def test_weights_inside_an_if_subgraph_get_a_clear_refusal(tmp_path):
     )
     with pytest.raises(UnsupportedModelError, match=r"inside the subgraphs of If 'dispatch'"):
         pass_for("dynamic-int8", {}).run(path, tmp_path / "out.onnx", context)
+    # fp16's converter leaves subgraph weights float32 too: a variant that is not smaller is refused
+    with pytest.raises(UnsupportedModelError) as refused:
+        pass_for("fp16", {}).run(path, tmp_path / "half.onnx", context)
+    assert "does not make this model smaller" in str(refused.value)
+    assert "of them sit inside If/Loop/Scan subgraphs" in str(refused.value)
 
 
 def overflowing_model() -> onnx.ModelProto:

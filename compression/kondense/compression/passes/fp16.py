@@ -256,9 +256,9 @@ def node_sensitivity(
     return [s for s in scores if s[0] > 0]
 
 
-def float32_weight_values(model: Any) -> int:
-    """float32 values the model stores (initializers and Constant nodes, subgraphs included): what
-    float16 would halve."""
+def float32_weight_values(model: Any, *, subgraphs: bool = True) -> int:
+    """float32 values the model stores (initializers and Constant nodes; with ``subgraphs``, those of
+    If/Loop/Scan bodies too): what float16 would halve."""
     from onnx import AttributeProto, TensorProto
 
     def stored(graph: Any) -> int:
@@ -267,11 +267,31 @@ def float32_weight_values(model: Any) -> int:
             for attr in node.attribute:
                 if node.op_type == "Constant" and attr.type == AttributeProto.TENSOR:
                     total += int(np.prod(attr.t.dims)) if attr.t.data_type == TensorProto.FLOAT else 0
-                for body in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
-                    total += stored(body)
+                if subgraphs:
+                    for body in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                        total += stored(body)
         return total
 
     return stored(model.graph)
+
+
+def _not_smaller_reason(model: Any, converted: Any) -> str:
+    """Why a float16 conversion is not smaller than ``model``, in one sentence."""
+    total, left = float32_weight_values(model), float32_weight_values(converted)
+    sizes = f"({converted.ByteSize()} vs {model.ByteSize()} bytes)"
+    if 2 * left <= total:
+        return (
+            f"float16 does not make this model smaller {sizes}: its {total} float32 weight value(s) save "
+            "less than the Cast nodes float16 needs cost"
+        )
+    inside = total - float32_weight_values(model, subgraphs=False)
+    why = (
+        f"{inside} of them sit inside If/Loop/Scan subgraphs, which the converter (onnxconverter-common) "
+        "leaves float32"
+        if 2 * inside > total
+        else "the converter keeps them float32 (ops blocked for float16, or values outside its range)"
+    )
+    return f"float16 does not make this model smaller {sizes}: {left} of its {total} float32 weight values stay float32 ({why})"
 
 
 def clamped_weight_nodes(model: Any) -> list[str]:
@@ -317,12 +337,7 @@ class Fp16Pass(Pass):
         if converted.ByteSize() >= model.ByteSize():  # keeping nodes float32 later only adds bytes
             from kondense.compression.errors import UnsupportedModelError
 
-            raise UnsupportedModelError(
-                str(source),
-                f"float16 does not make this model smaller ({converted.ByteSize()} vs {model.ByteSize()} "
-                f"bytes): its {float32_weight_values(model)} float32 weight value(s) save less than the "
-                "Cast nodes float16 needs cost",
-            )
+            raise UnsupportedModelError(str(source), _not_smaller_reason(model, converted))
         always = [*out_of_range, *repaired]  # kept float32 in every configuration
         details: dict[str, Any] = {"keepIoTypes": keep_io, "castsAligned": casts}
         if out_of_range:
