@@ -47,8 +47,10 @@ TARGET_NAME_MAX = 63
 MAX_GROWTH = 1.5
 MAX_GROWTH_BYTES = 64 * 1024
 """A variant over MAX_GROWTH times the base's size and more than MAX_GROWTH_BYTES larger is refused, not
-evaluated: that is no compression (a tiny graph may grow by a few hundred bytes of casts or quantization
-parameters, and is still evaluated)."""
+evaluated, naming the usual cause (weights the base computes at run time, stored once folded). From a
+base of MAX_GROWTH_BYTES up, any variant larger than its base is refused (unless unstructured pruning,
+which keeps the size by design): that is no compression. Under it (test-sized graphs) a variant may
+grow by a few hundred bytes of casts or quantization parameters and is still evaluated."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,14 @@ class TargetSpec:
     @property
     def technique_label(self) -> str:
         return "+".join(step.technique.value for step in self.steps)
+
+
+def _keeps_size(spec: TargetSpec) -> bool:
+    """A target whose variant is meant to keep the base's size: unstructured pruning zeroes weights
+    in place (dense ONNX files do not shrink; a sparse-aware runtime benefits)."""
+    return any(
+        step.technique is Technique.PRUNE and not step.params.get("structured", False) for step in spec.steps
+    )
 
 
 def parse_target(raw: Mapping[str, Any], where: str = "target") -> TargetSpec:
@@ -379,6 +389,14 @@ def _run_steps(
             f"target {spec.name!r}: {chain} made a variant {grown:.3g}x the base's size "
             f"({model_bytes(final)} vs {reference.base_bytes} bytes): nothing to gain "
             "(weights the base computes at run time are stored in the variant; try another technique)",
+        )
+    if grown > 1.0 and reference.base_bytes >= MAX_GROWTH_BYTES and not _keeps_size(spec):
+        chain = " -> ".join(step.technique for step in spec.steps)
+        raise UnsupportedModelError(
+            str(reference.size_path or reference.base_path),
+            f"target {spec.name!r}: {chain} made a variant larger than the base ({model_bytes(final)} vs "
+            f"{reference.base_bytes} bytes): what it adds (quantization parameters, conversion nodes, "
+            "factor pairs) outweighs what it saves on this model's weights; nothing to gain",
         )
     progress.start("evaluating variant against base (interleaved)", total=None)
     metrics, details = evaluate_variant(reference, final, latency_runs=latency_runs, threads=threads)
