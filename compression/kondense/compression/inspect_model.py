@@ -258,11 +258,10 @@ def applicability(
     )
     defaults = WeightOnlyParams()
     found = weight_only.weight_nodes(onnx.ModelProto(graph=folded), defaults.blockSize)
-    if found.matmuls or (defaults.embeddings != "none" and found.gathers):
+    tables = found.gathers if defaults.embeddings != "none" else ()
+    if found.matmuls or tables:
         taken = f"{len(found.matmuls)} MatMul weight(s)" + (
-            f" and {len(found.gathers)} embedding table(s)"
-            if defaults.embeddings != "none" and found.gathers
-            else ""
+            f" and {len(tables)} embedding table(s)" if tables else ""
         )
         verdict(Technique.WEIGHT_ONLY, True, f"{taken} to block-quantize (MatMulNBits/GatherBlockQuantized)")
     else:

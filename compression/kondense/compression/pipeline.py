@@ -70,7 +70,7 @@ class TargetSpec:
         return "+".join(step.technique.value for step in self.steps)
 
 
-def _keeps_size(spec: TargetSpec) -> bool:
+def keeps_size(spec: TargetSpec) -> bool:
     """A target whose variant is meant to keep the base's size: unstructured pruning zeroes weights
     in place (dense ONNX files do not shrink; a sparse-aware runtime benefits)."""
     return any(
@@ -380,23 +380,26 @@ def _run_steps(
         (stage / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current.parent / name, stage / name)
     shutil.move(current, final)
-    # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
-    grown = reference.size_ratio_of(final)
-    if grown > MAX_GROWTH and model_bytes(final) - reference.base_bytes > MAX_GROWTH_BYTES:
+    grown, variant_bytes = reference.size_ratio_of(final), model_bytes(final)
+    sizes = f"({variant_bytes} vs {reference.base_bytes} bytes)"
+    if grown > MAX_GROWTH and variant_bytes - reference.base_bytes > MAX_GROWTH_BYTES:
+        # e.g. weights the base computes at run time (ConstantOfShape fills) stored once folded
+        made = (
+            f"a variant {grown:.3g}x the base's size {sizes}: nothing to gain (weights the base computes at "
+            "run time are stored in the variant; try another technique)"
+        )
+    elif grown > 1.0 and reference.base_bytes >= MAX_GROWTH_BYTES and not keeps_size(spec):
+        made = (
+            f"a variant larger than the base {sizes}: what it adds (quantization parameters, conversion "
+            "nodes, factor pairs) outweighs what it saves on this model's weights; nothing to gain"
+        )
+    else:
+        made = ""
+    if made:
         chain = " -> ".join(step.technique for step in spec.steps)
         raise UnsupportedModelError(
             str(reference.size_path or reference.base_path),  # the user's model, never intake's copy
-            f"target {spec.name!r}: {chain} made a variant {grown:.3g}x the base's size "
-            f"({model_bytes(final)} vs {reference.base_bytes} bytes): nothing to gain "
-            "(weights the base computes at run time are stored in the variant; try another technique)",
-        )
-    if grown > 1.0 and reference.base_bytes >= MAX_GROWTH_BYTES and not _keeps_size(spec):
-        chain = " -> ".join(step.technique for step in spec.steps)
-        raise UnsupportedModelError(
-            str(reference.size_path or reference.base_path),
-            f"target {spec.name!r}: {chain} made a variant larger than the base ({model_bytes(final)} vs "
-            f"{reference.base_bytes} bytes): what it adds (quantization parameters, conversion nodes, "
-            "factor pairs) outweighs what it saves on this model's weights; nothing to gain",
+            f"target {spec.name!r}: {chain} made {made}",
         )
     progress.start("evaluating variant against base (interleaved)", total=None)
     metrics, details = evaluate_variant(reference, final, latency_runs=latency_runs, threads=threads)

@@ -28,6 +28,7 @@ import numpy as np
 
 from kondense.api.artifacts import Trial
 from kondense.api.techniques import Fp16Params, Technique
+from kondense.compression.errors import UnsupportedModelError
 from kondense.compression.passes import Pass, PassContext, PassResult, register
 
 FP16_MAX = 65504.0
@@ -137,7 +138,6 @@ def convert(
     once, e.g. on skl2onnx graphs). The result is loaded; a node named in the load error is kept
     float32 (appended to ``repaired``) and the conversion redone; if none can be named, one sentence.
     """
-    from kondense.compression.errors import UnsupportedModelError
     from kondense.compression.passes.quantize import offending_nodes
 
     blocked = list(node_block_list)
@@ -320,8 +320,6 @@ class Fp16Pass(Pass):
 
         model = onnx.load(str(source))
         if not float32_weight_values(model):
-            from kondense.compression.errors import UnsupportedModelError
-
             raise UnsupportedModelError(
                 str(source),
                 "no float32 weight to convert: the model stores no float32 initializer or constant, so "
@@ -335,8 +333,6 @@ class Fp16Pass(Pass):
         converted, casts = convert(model, keep_io, block_list, out_of_range, repaired)
         context.progress.finish()
         if converted.ByteSize() >= model.ByteSize():  # keeping nodes float32 later only adds bytes
-            from kondense.compression.errors import UnsupportedModelError
-
             raise UnsupportedModelError(str(source), _not_smaller_reason(model, converted))
         always = [*out_of_range, *repaired]  # kept float32 in every configuration
         details: dict[str, Any] = {"keepIoTypes": keep_io, "castsAligned": casts}
