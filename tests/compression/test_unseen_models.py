@@ -12,6 +12,7 @@ with onnx.helper): a variant, or one clear sentence naming the user's model, nev
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -463,11 +464,11 @@ def test_a_variant_larger_than_a_real_sized_base_is_refused(tmp_path: Path) -> N
                               latency_runs=10)  # fmt: skip
     assert manifest.metrics.sizeRatio == 1.0
     # where intake's copy is larger than the user's file, such a variant would be larger: it is exempt
-    exempt = [
+    exempt: list[dict[str, Any]] = [
         {"name": "u", "technique": "prune", "params": {"amount": 0.3}},
         {"name": "c", "steps": [{"technique": "prune", "params": {"amount": 0.3}}, {"technique": "fp16"}]},
     ]
-    held = [
+    held: list[dict[str, Any]] = [
         {"name": "s", "technique": "prune", "params": {"amount": 0.3, "structured": True}},
         {"name": "q", "technique": "dynamic-int8"},
     ]
