@@ -4,7 +4,10 @@ hostile messages, against real ``kondense serve --grpc-port`` processes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,6 +78,45 @@ def test_health_and_metadata(digits_grpc: GrpcServer) -> None:
             call()
         assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert "model 'resnet' is not served here" in _rpc_error(lambda: client.is_model_ready("resnet"))
+
+
+_SETTINGS = """
+import sys
+if sys.argv[1] == "late":
+    import grpc
+from kondense.serving.server import grpc_core_settings
+import os
+print(grpc_core_settings(), os.environ.get("GRPC_EXPERIMENTS"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "when", "expected"),
+    [
+        (None, "early", "-event_engine_listener -event_engine_listener"),
+        ("event_engine_listener", "early", "event_engine_listener event_engine_listener"),
+        (None, "late", "None None"),
+    ],
+)
+def test_grpc_core_defaults_apply_before_grpc_is_imported_and_yield_to_the_user(
+    env: str | None, when: str, expected: str
+) -> None:
+    """The server's gRPC core default (the pre-EventEngine listener) is set only while grpc is not
+    imported yet (gRPC reads GRPC_EXPERIMENTS once, on import) and never over the user's own choice."""
+    environ = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    if env is not None:
+        environ["GRPC_EXPERIMENTS"] = env
+    out = subprocess.run(
+        [sys.executable, "-c", _SETTINGS, when], env=environ, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected
+
+
+def test_the_server_applies_and_logs_the_grpc_core_experiments(digits: Digits) -> None:
+    with grpc_server(digits.directory, "digits") as server:
+        assert server.client().is_server_ready()
+        _, log = server.http.stop()
+    assert "gRPC core experiments: -event_engine_listener (GRPC_EXPERIMENTS)" in log
 
 
 def _rpc_error(call: Callable[[], object]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from dataclasses import dataclass
 
 import uvicorn
@@ -34,6 +36,24 @@ def _http_protocol() -> type[asyncio.Protocol] | str:
     return CoalescingHttpToolsProtocol
 
 
+GRPC_EXPERIMENTS = "GRPC_EXPERIMENTS"
+GRPC_CORE_DEFAULTS = "-event_engine_listener"
+"""gRPC core's experiments the server turns off unless ``GRPC_EXPERIMENTS`` says otherwise (gRPC's
+documented switch, read once when grpc is imported). With the EventEngine listener, gRPC core reads
+an accepted connection on its own threads and hands every event on to the ``grpc.aio`` poller: on
+2 cores a unary call with nothing to compute took 0.42 ms at c=1 against 0.25 ms with the listener
+it had before (h2load, an echo server); at c=8 the same. A gRPC release where the EventEngine
+listener costs no extra hop, or where the experiment is gone, makes this unnecessary."""
+
+
+def grpc_core_settings() -> str | None:
+    """Set gRPC core's defaults for this process before grpc is imported; returns the experiments
+    in force, or None when grpc was imported already (they can no longer change)."""
+    if "grpc" in sys.modules:
+        return None
+    return os.environ.setdefault(GRPC_EXPERIMENTS, GRPC_CORE_DEFAULTS)
+
+
 def serve(
     artifact: CheckedArtifact,
     settings: ServerSettings,
@@ -60,7 +80,11 @@ def serve(
 
     front_ends = []
     if listen.grpc_port is not None:
+        experiments = grpc_core_settings()
         from kondense.serving.grpc_server import GrpcFrontEnd  # grpcio: imported only when asked for
+
+        if experiments is not None:
+            log.info("gRPC core experiments: %s (%s)", experiments, GRPC_EXPERIMENTS)
 
         host = f"[{listen.host}]" if ":" in listen.host else listen.host
         front_ends.append(GrpcFrontEnd(f"{host}:{listen.grpc_port}", grace_s=listen.graceful_timeout_s))
