@@ -37,7 +37,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -548,6 +548,19 @@ def scrape(base: str, names: tuple[str, ...]) -> dict[str, float]:
     return totals
 
 
+def bracketed(before: Row, after: Row) -> Row:
+    """One in-process point from two runs of the same configuration around a round: throughput the mean
+    of both, latencies the first run's."""
+    return replace(
+        before,
+        requests_per_s=(before.requests_per_s + after.requests_per_s) / 2,
+        notes={
+            **before.notes,
+            "before_after": [round(before.requests_per_s, 1), round(after.requests_per_s, 1)],
+        },
+    )
+
+
 def median_row(rounds: list[Row]) -> Row:
     """One row per system and concurrency: the median of the interleaved rounds, metric by metric."""
     first = rounds[0]
@@ -629,6 +642,13 @@ def benchmark(
                 if other is not None:
                     points.append(measure_http(model, "MLServer (custom ORT runtime)", other + infer, concurrency,
                                                duration, warmup, intra_op_threads=model.mlserver_threads))  # fmt: skip
+                # The reference brackets the round: its best configuration again after the other points,
+                # throughput the mean of both (the load drifts over a round; a linear drift cancels).
+                after = measure_inprocess(
+                    model, concurrency, duration, int(best.notes["intra_op_threads"]),  # type: ignore[call-overload]
+                    bool(best.notes["spinning"]),
+                )  # fmt: skip
+                points[0] = bracketed(best, after)
                 for point in points:
                     measured.setdefault(point.system, []).append(point)
                     print(
@@ -730,7 +750,9 @@ def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESU
         "stable server runs on its own pods' CPU; here it shares the same 2 cores, so the canary rows pay for "
         "the stable server's work too (about a tenth of the machine at saturation): the goals are checked on "
         "the rows without shadowing, the canary's ratios follow for comparison. In-process ORT is the best of "
-        "1 and 2 intra-op threads (2: with and without spinning), one request per `session.run`, `c` threads. "
+        "1 and 2 intra-op threads (2: with and without spinning), one request per `session.run`, `c` threads; "
+        "each round measures it first and its best configuration again last, and takes the mean throughput "
+        "of both as the round's reference (the load drifts within a round; a linear drift cancels). "
         "The canary does not let ONNX Runtime threads spin (`--no-spin-wait`, the default); the server without "
         "shadowing gets each model's extra flags for a pod with whole CPUs of its own (listed at the end).",
         "",
