@@ -57,7 +57,7 @@ def test_l2_norm_and_tasks() -> None:
     assert observations(Task.CLASSIFICATION, "absent", outputs).size == 0  # not asked for
 
 
-@pytest.mark.parametrize("columns", [1, 2, 10, 64, 65])
+@pytest.mark.parametrize("columns", [1, 2, 10, 64, 65, 384, 4096, 4097])
 def test_a_lone_row_is_measured_as_in_a_batch(columns: int) -> None:
     """One answered row takes a plain-Python path: the same values as the row inside a batch."""
     rng = np.random.default_rng(columns)
@@ -73,6 +73,8 @@ def test_a_lone_row_is_measured_as_in_a_batch(columns: int) -> None:
             assert top1_confidence(output) == pytest.approx(top1_confidence(batch)[:1], rel=1e-9)
             assert l2_norm(output) == pytest.approx(l2_norm(batch)[:1], rel=1e-9)
     assert top1_confidence(np.array([[np.inf] + [0.0] * (columns - 1)])).size == 0
+    for bad in (np.inf, np.nan):
+        assert l2_norm(np.array([[bad] + [0.0] * (columns - 1)], dtype=np.float32)).size == 0
 
 
 @pytest.mark.parametrize("probabilities", [False, True])
