@@ -406,12 +406,20 @@ class ModelServer:
 
     def answered(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every successful inference's outputs, REST or gRPC, before they are encoded: the demo's
-        logit scaling, then the confidence histogram."""
+        logit scaling, then the confidence histogram (observed on the event loop's next turn, after the
+        answer has left: right after a session call each of its numpy calls costs tens of µs, which a
+        lone client would otherwise wait for)."""
         if self.settings.inject_logit_scale != 1.0 and self._first_output:
             outputs = scale_logits(outputs, self.settings.inject_logit_scale, [self._first_output])
         if self._confidence is not None:
-            self._confidence.observe_many(observations(self.settings.task, self._first_output, outputs))
+            asyncio.get_running_loop().call_soon(self._observe_confidence, self._confidence, outputs)
         return outputs
+
+    def _observe_confidence(self, histogram: ConfidenceHistogram, outputs: dict[str, np.ndarray]) -> None:
+        try:
+            histogram.observe_many(observations(self.settings.task, self._first_output, outputs))
+        except Exception:  # a callback's error would only reach the loop's handler: say which
+            log.exception("the confidence histogram could not observe an answer")
 
     async def infer(self, request: Request) -> Response:
         """Every answer, client error or not, is counted in kondense_requests_total (a mirrored copy
