@@ -621,13 +621,13 @@ def benchmark(
         for concurrency in concurrencies:
             measured: dict[str, list[Row]] = {}
             for _ in range(rounds):
-                best = max(
+                best, threads, spin = max(
                     (
-                        measure_inprocess(model, concurrency, duration, t, spin)
+                        (measure_inprocess(model, concurrency, duration, t, spinning), t, spinning)
                         for t in model.inprocess_threads
-                        for spin in ((True, False) if t > 1 else (True,))
+                        for spinning in ((True, False) if t > 1 else (True,))
                     ),
-                    key=lambda row: row.requests_per_s,
+                    key=lambda measured_with: measured_with[0].requests_per_s,
                 )
                 points = [best]
                 if canary is not None:
@@ -644,11 +644,7 @@ def benchmark(
                                                duration, warmup, intra_op_threads=model.mlserver_threads))  # fmt: skip
                 # The reference brackets the round: its best configuration again after the other points,
                 # throughput the mean of both (the load drifts over a round; a linear drift cancels).
-                after = measure_inprocess(
-                    model, concurrency, duration, int(best.notes["intra_op_threads"]),  # type: ignore[call-overload]
-                    bool(best.notes["spinning"]),
-                )  # fmt: skip
-                points[0] = bracketed(best, after)
+                points[0] = bracketed(best, measure_inprocess(model, concurrency, duration, threads, spin))
                 for point in points:
                     measured.setdefault(point.system, []).append(point)
                     print(

@@ -112,7 +112,7 @@ def test_grpc_core_defaults_apply_before_grpc_is_imported_and_yield_to_the_user(
     assert out.stdout.strip() == expected
 
 
-def test_the_server_applies_and_logs_the_grpc_core_experiments(digits: Digits) -> None:
+def test_the_server_logs_the_grpc_core_experiments_in_force(digits: Digits) -> None:
     with grpc_server(digits.directory, "digits") as server:
         assert server.client().is_server_ready()
         _, log = server.http.stop()
