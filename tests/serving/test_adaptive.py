@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from kondense.api.artifacts import MODEL_FILE
-from kondense.serving.batching import AdaptiveRunner, DynamicBatcher
+from kondense.serving.batching import MAX_SHARED_DELAY_S, AdaptiveRunner, DynamicBatcher
 from kondense.serving.model import OnnxModel, available_cpus, spin_config
 
 from .conftest import Digits
@@ -250,3 +252,101 @@ def test_clients_split_into_two_half_batches_join_again(digits: Digits) -> None:
     asyncio.run(main())
     # the first four finish a batch ahead of the second four, whose last requests come alone
     assert batches == [4] + [8] * (rounds - 1) + [4]
+
+
+def _one_call_at_a_time(
+    batcher: DynamicBatcher, rows: list[np.ndarray], rounds: int
+) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Clients in a closed loop behind a front end that hands their requests over as grpc.aio does:
+    one call at a time, taken from a queue that another thread serves (gRPC core's), then a turn
+    for the message to arrive; never two in one turn of the event loop."""
+    answers: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    core: queue.Queue[tuple[np.ndarray, asyncio.Future[dict[str, np.ndarray]]] | None] = queue.Queue()
+
+    async def handle(row: np.ndarray, answer: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        answer.set_result(await batcher.run({"input": row}, None, inline_if_lone=True))
+
+    async def front_end() -> None:
+        loop = asyncio.get_running_loop()
+        handlers = set()
+        with ThreadPoolExecutor(1) as poller:
+            while (call := await loop.run_in_executor(poller, core.get)) is not None:
+                await asyncio.sleep(0.0005)  # the request message's own round trip
+                handlers.add(task := asyncio.create_task(handle(*call)))
+                task.add_done_callback(handlers.discard)
+
+    async def client(row: np.ndarray) -> None:
+        for _ in range(rounds):
+            answer = asyncio.get_running_loop().create_future()
+            core.put((row, answer))
+            answers.append((row, await answer))
+
+    async def main() -> None:
+        await batcher.start()
+        accepting = asyncio.create_task(front_end())
+        try:
+            await asyncio.gather(*(client(row) for row in rows))
+        finally:
+            core.put(None)
+            await accepting
+            await batcher.stop()
+
+    asyncio.run(main())
+    return answers
+
+
+@pytest.mark.parametrize("probe_every", [4, 10**9])
+def test_clients_behind_a_one_call_at_a_time_front_end_are_not_served_one_by_one(
+    digits: Digits, probe_every: int
+) -> None:
+    """Each lone request runs inline and blocks the loop; the front end then hands over the next
+    waiting request, alone again: without probing, four concurrent clients are served one at a time
+    for good (the control). Every ``probe_every``-th lone request in a row runs on the worker,
+    the loop takes the waiting requests in meanwhile and they form batches from then on."""
+    batches: list[int] = []
+    model = _SlowModel(OnnxModel(digits.directory / MODEL_FILE, threads=1), seconds=0.005)
+    batcher = DynamicBatcher(
+        model, max_batch_size=16, max_delay_s=0.01, on_batch=batches.append, probe_every=probe_every
+    )
+    rows = [digits.inputs[i : i + 1] for i in range(4)]
+    answers = _one_call_at_a_time(batcher, rows, rounds=8)
+    assert sum(batches) == len(answers) == 32
+    for row, answer in answers:
+        np.testing.assert_allclose(answer["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+    if probe_every > 32:
+        assert batcher.inline_runs == 32 and batches == [1] * 32  # the trap the probe gets out of
+    else:
+        assert batches[: probe_every + 1] == [1] * (probe_every + 1)  # 4 inline, then the probe
+        assert batcher.inline_runs <= probe_every + 2 and max(batches) >= 3
+
+
+def test_a_batch_waits_a_share_of_its_session_time_for_spread_out_companions(digits: Digits) -> None:
+    """Four clients answered by a slow batch come back 1.5 ms apart (a front end that takes calls one
+    at a time): with a 1 ms delay alone the batch would start with the first and the rest would
+    trail; a tenth of the batch's session time (100 ms per call: 10 ms for 4 rows) keeps them together."""
+    batches: list[int] = []
+    model = _SlowModel(OnnxModel(digits.directory / MODEL_FILE, threads=1), seconds=0.1)
+    batcher = DynamicBatcher(
+        model, max_batch_size=16, max_delay_s=0.001, delay_share=0.1, on_batch=batches.append
+    )
+    rows = [digits.inputs[i : i + 1] for i in range(4)]
+
+    async def main() -> float:
+        await batcher.start()
+        try:
+            await asyncio.gather(*(batcher.run({"input": row}, None) for row in rows))
+            delay = batcher.companion_delay(4)
+            tasks = []
+            for row in rows:
+                tasks.append(asyncio.create_task(batcher.run({"input": row}, None)))
+                await asyncio.sleep(0.0015)
+            await asyncio.gather(*tasks)
+            return delay
+        finally:
+            await batcher.stop()
+
+    delay = asyncio.run(main())
+    assert batches == [4, 4]
+    assert 0.1 * 0.1 <= delay <= MAX_SHARED_DELAY_S  # a tenth of at least 100 ms, capped
+    fixed = DynamicBatcher(model, max_batch_size=16, max_delay_s=0.001)
+    assert fixed.companion_delay(4) == 0.001  # without a share: the delay as given

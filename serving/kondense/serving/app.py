@@ -98,7 +98,9 @@ class ServerSettings:
     """uvicorn's limit_concurrency: connections plus tasks beyond it get 503 from uvicorn itself."""
     allow_non_finite: bool = False
     max_batch_size: int = 1
-    max_batch_delay_s: float = 0.002
+    max_batch_delay_s: float | None = None
+    """How long a batch waits for companions; None: ``DEFAULT_BATCH_DELAY_S``, and the adaptive
+    runner waits up to ``ADAPTIVE_DELAY_SHARE`` of the batch's session time when that is longer."""
     inference_workers: int = 1
     """Concurrent session calls; 1 without batching runs the model inline on the event loop."""
     adaptive: bool = False
@@ -119,6 +121,8 @@ class ServerSettings:
 
 RETRY_AFTER_S = 1
 ADAPTIVE_MAX_BATCH = 16
+DEFAULT_BATCH_DELAY_S = 0.002
+ADAPTIVE_DELAY_SHARE = 0.1
 
 
 class ClientError(Exception):
@@ -286,18 +290,20 @@ class ModelServer:
         try:
             model = await asyncio.to_thread(self._load_model)
             runner: InferenceRunner
+            delay = settings.max_batch_delay_s
             if settings.adaptive:
                 runner = AdaptiveRunner(
                     model,
                     max_batch_size=max(settings.max_batch_size, ADAPTIVE_MAX_BATCH),
-                    max_delay_s=settings.max_batch_delay_s,
+                    max_delay_s=DEFAULT_BATCH_DELAY_S if delay is None else delay,
+                    delay_share=ADAPTIVE_DELAY_SHARE if delay is None else 0.0,
                     on_batch=self.metrics.batch_rows.observe,
                 )
             elif settings.max_batch_size > 1:
                 runner = DynamicBatcher(
                     model,
                     max_batch_size=settings.max_batch_size,
-                    max_delay_s=settings.max_batch_delay_s,
+                    max_delay_s=DEFAULT_BATCH_DELAY_S if delay is None else delay,
                     workers=settings.inference_workers,
                     on_batch=self.metrics.batch_rows.observe,
                 )

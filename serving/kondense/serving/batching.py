@@ -31,6 +31,10 @@ import numpy as np
 from kondense.serving.tensors import InferenceModel, InputRejectedError, TensorSpec
 
 RECENT_BATCHES = 8
+PROBE_EVERY = 16
+MAX_SHARED_DELAY_S = 0.025
+"""The longest a batch waits for companions when the wait is a share of its session time."""
+"""Lone requests in a row that run inline before one goes through the worker (see ``DynamicBatcher.run``)."""
 
 
 class BatchSplitError(RuntimeError):
@@ -106,7 +110,11 @@ class DynamicBatcher:
         max_delay_s: float,
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
+        probe_every: int = PROBE_EVERY,
+        delay_share: float = 0.0,
     ) -> None:
+        """``delay_share``: a batch waits for companions up to this share of the session time it is
+        expected to take (at most ``MAX_SHARED_DELAY_S``) when that is longer than ``max_delay_s``."""
         if not_batchable := [spec.name for spec in model.inputs if not spec.shape or spec.shape[0] >= 0]:
             raise ValueError(
                 "micro-batching needs a dynamic first (batch) dimension on every input; fixed or missing on: "
@@ -115,6 +123,9 @@ class DynamicBatcher:
         self._model = model
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_delay_s
+        self._delay_share = delay_share
+        self._row_seconds = 0.0
+        """Moving average of a batch's session time per row (timed from the event loop)."""
         self._on_batch = on_batch
         self._pending: deque[_Pending] = deque()
         self._arrival = asyncio.Event()
@@ -140,6 +151,9 @@ class DynamicBatcher:
         """Requests that ran inline, alone, without the batcher (``run(inline_if_lone=True)``)."""
         self._last_requests = 0
         """Requests in the last session call (batched or inline)."""
+        self._probe_every = probe_every
+        self._inline_streak = 0
+        """Inline runs since the last batch formed."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._collect())
@@ -162,13 +176,21 @@ class DynamicBatcher:
     ) -> dict[str, np.ndarray]:
         """``inline_if_lone``: a request that finds nothing queued, no batch running and no request
         that came with it (one turn of the event loop later), after a session call for one request,
-        runs right here on the event loop thread, as a batch of its own; a burst is still batched."""
+        runs right here on the event loop thread, as a batch of its own; a burst is still batched.
+
+        Every ``probe_every``-th lone request in a row goes through the worker all the same: while an
+        inline call runs, the event loop cannot take in other requests, so a front end that hands
+        them over one per turn of the loop (grpc.aio takes each call from gRPC core's queue in a round
+        trip through its poller thread) shows concurrent clients as a train of lone requests, each
+        run inline while the others wait: c clients served one at a time, never batched. A request
+        on the worker leaves the loop free: the waiting requests queue up behind it and the batcher
+        takes over. One client pays a thread hand-off every ``probe_every`` requests."""
         loop = asyncio.get_running_loop()
         rows = _batch_rows(inputs)
         if rows is None or rows >= self._max_batch_size:
             # Nothing to gain from waiting for others.
             return await loop.run_in_executor(self._executor, self._model.predict, inputs, outputs)
-        if inline_if_lone and self._alone():
+        if inline_if_lone and self._alone() and self._inline_streak < self._probe_every:
             self._deciding += 1
             try:
                 await asyncio.sleep(0)  # requests that arrived with this one get to run() meanwhile
@@ -195,6 +217,7 @@ class DynamicBatcher:
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, rows: int
     ) -> dict[str, np.ndarray]:
         self.inline_runs += 1
+        self._inline_streak += 1
         self._last_requests = 1
         self._recent_rows.append(rows)
         if self._on_batch is not None:
@@ -203,6 +226,18 @@ class DynamicBatcher:
         if (error := _split_error(result, rows)) is not None:  # the same answer as in a batch of its own
             raise error
         return result if outputs is None else {name: result[name] for name in outputs}
+
+    def companion_delay(self, target: int) -> float:
+        """How long a batch that waits for ``target`` rows may wait: ``max_delay_s``, or a share of the
+        session time such a batch takes when that is longer. Companions that travel through a slower
+        front end arrive spread out: after a batch of 8 MiniLM rows, gRPC's (``grpc.aio`` takes one
+        call at a time from gRPC core) came over 1.3-2 ms on 2 cores, REST's over 0.6 ms; at 2 ms a
+        straggler missed its batch and c clients split into smaller batches for good. Waiting a tenth
+        of a 55 ms batch to make it whole costs less than the extra session call it saves."""
+        if not self._delay_share:
+            return self._max_delay_s
+        shared = min(MAX_SHARED_DELAY_S, self._delay_share * self._row_seconds * target)
+        return max(self._max_delay_s, shared)
 
     def companion_target(self) -> int:
         """Rows a batch waits for (up to the delay): none after a lone request, else the most any of
@@ -240,7 +275,7 @@ class DynamicBatcher:
             # one batch start the next at once, alone, while the answered clients' next requests are on
             # their way: c clients split into two alternating half batches for good.)
             target = self.companion_target()
-            deadline = loop.time() + (self._max_delay_s if target > 1 else 0.0)
+            deadline = loop.time() + (self.companion_delay(target) if target > 1 else 0.0)
             while self._compatible_rows() < target and (remaining := deadline - loop.time()) > 0:
                 self._arrival.clear()
                 try:
@@ -253,6 +288,7 @@ class DynamicBatcher:
             elif self._peak_off:
                 self._peak_off -= 1
             batch = self._take_batch()
+            self._inline_streak = 0
             self._peak_rows = self._in_flight_rows  # the new batch's rows are in flight until answered
             self._last_requests = len(batch)
             self._recent_rows.append(sum(item.rows for item in batch))
@@ -280,12 +316,14 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        rows = sum(item.rows for item in batch)
         if self._on_batch is not None:
-            self._on_batch(sum(item.rows for item in batch))
+            self._on_batch(rows)
         if len(batch) == 1:
             feed = batch[0].inputs
         else:
             feed = {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
+        started = loop.time()
         try:
             result = await loop.run_in_executor(self._executor, self._model.predict, feed, None)
         except InputRejectedError as exc:
@@ -305,7 +343,9 @@ class DynamicBatcher:
             for item in batch:
                 _settle(item, exc)
             return
-        if (error := _split_error(result, sum(item.rows for item in batch))) is not None:
+        per_row = (loop.time() - started) / max(rows, 1)
+        self._row_seconds = per_row if not self._row_seconds else 0.8 * self._row_seconds + 0.2 * per_row
+        if (error := _split_error(result, rows)) is not None:
             for item in batch:
                 _settle(item, error)
             return
@@ -374,6 +414,7 @@ class AdaptiveRunner:
         *,
         max_batch_size: int = 16,
         max_delay_s: float = 0.002,
+        delay_share: float = 0.0,
         inline_below_s: float = 0.0005,
         lone_inline_below_s: float = 0.05,
         on_batch: Callable[[int], None] | None = None,
@@ -386,6 +427,7 @@ class AdaptiveRunner:
                 self._timed,
                 max_batch_size=max_batch_size,
                 max_delay_s=max_delay_s,
+                delay_share=delay_share,
                 workers=1,
                 on_batch=on_batch,
             )

@@ -170,13 +170,14 @@ def serve(
         ),
     ] = None,
     max_batch_delay_ms: Annotated[
-        float,
+        float | None,
         _at_least(
             0.0,
             "How long a request may wait for others to batch with (only while requests arrive "
-            "concurrently: a lone client is never delayed).",
+            "concurrently: a lone client is never delayed). Default: 2 ms, and when the server adapts, "
+            "up to a tenth of the batch's session time (at most 25 ms) when that is longer.",
         ),
-    ] = 2.0,
+    ] = None,
     inference_workers: Annotated[
         int | None,
         _at_least(
@@ -282,7 +283,7 @@ def serve(
         max_connections=max_connections,
         allow_non_finite=allow_non_finite,
         max_batch_size=max_batch_size or 1,
-        max_batch_delay_s=max_batch_delay_ms / 1000.0,
+        max_batch_delay_s=None if max_batch_delay_ms is None else max_batch_delay_ms / 1000.0,
         inference_workers=inference_workers or 1,
         adaptive=max_batch_size is None and inference_workers is None,
         inject_latency_s=inject_latency_ms / 1000.0,
