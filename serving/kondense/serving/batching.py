@@ -12,7 +12,10 @@ Triton it only waits while traffic is concurrent (the previous batch had more th
 client pays no batching delay; and only for as many rows as recent batches had (``c`` clients in a
 closed loop never send ``max_batch_size``), not until the delay is over. The adaptive runner lets a
 lone request skip the batcher altogether: it runs on the event loop thread, saving the hand-off to a
-worker and back (two thread wake-ups and three turns of the loop).
+worker and back (two thread wake-ups and three turns of the loop); every 16th lone request in a row
+still goes through the worker, so that clients whose requests a front end hands over one at a time
+(gRPC) are seen to be concurrent. Without a fixed delay it waits for companions up to a tenth of the
+batch's session time when that is longer than the delay.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from kondense.serving.tensors import InferenceModel, InputRejectedError, TensorS
 
 RECENT_BATCHES = 8
 PROBE_EVERY = 16
+"""Lone requests in a row that run inline before one goes through the worker (see ``DynamicBatcher.run``)."""
 MAX_SHARED_DELAY_S = 0.025
 """The longest a batch waits for companions when the wait is a share of its session time."""
-"""Lone requests in a row that run inline before one goes through the worker (see ``DynamicBatcher.run``)."""
 
 
 class BatchSplitError(RuntimeError):
