@@ -21,6 +21,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from kondense.serving.grpc_server import InferenceServicer, implemented_handlers
+
 from .conftest import DATATYPE_FEED, Digits, Server, assert_datatypes_answer, free_port, running_server
 
 MAX_BODY = 200_000
@@ -78,6 +80,30 @@ def test_health_and_metadata(digits_grpc: GrpcServer) -> None:
             call()
         assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert "model 'resnet' is not served here" in _rpc_error(lambda: client.is_model_ready("resnet"))
+
+
+def test_only_the_implemented_methods_are_registered_and_the_others_are_unimplemented(
+    digits_grpc: GrpcServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """grpc.aio waits on one pending call request per registered method for every call it takes in:
+    the server registers the six methods it serves; the rest of the service answers UNIMPLEMENTED."""
+    servicer = InferenceServicer.__new__(InferenceServicer)  # the handlers only bind its methods
+    assert sorted(implemented_handlers(servicer)) == [
+        "ModelInfer", "ModelMetadata", "ModelReady", "ServerLive", "ServerMetadata", "ServerReady"
+    ]  # fmt: skip
+    client = digits_grpc.client()
+    for call in (
+        lambda: client.get_inference_statistics("digits"),
+        lambda: client.get_model_config("digits"),
+        lambda: client.get_model_repository_index(),
+    ):
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
+    with pytest.raises(grpc.RpcError) as raw:
+        stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits"))
+    assert raw.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert stub.ServerLive(pb.ServerLiveRequest()).live  # the registered ones still answer
 
 
 _SETTINGS = """
