@@ -290,20 +290,21 @@ class ModelServer:
         try:
             model = await asyncio.to_thread(self._load_model)
             runner: InferenceRunner
-            delay = settings.max_batch_delay_s
+            given = settings.max_batch_delay_s
+            delay = DEFAULT_BATCH_DELAY_S if given is None else given
             if settings.adaptive:
                 runner = AdaptiveRunner(
                     model,
                     max_batch_size=max(settings.max_batch_size, ADAPTIVE_MAX_BATCH),
-                    max_delay_s=DEFAULT_BATCH_DELAY_S if delay is None else delay,
-                    delay_share=ADAPTIVE_DELAY_SHARE if delay is None else 0.0,
+                    max_delay_s=delay,
+                    delay_share=ADAPTIVE_DELAY_SHARE if given is None else 0.0,
                     on_batch=self.metrics.batch_rows.observe,
                 )
             elif settings.max_batch_size > 1:
                 runner = DynamicBatcher(
                     model,
                     max_batch_size=settings.max_batch_size,
-                    max_delay_s=DEFAULT_BATCH_DELAY_S if delay is None else delay,
+                    max_delay_s=delay,
                     workers=settings.inference_workers,
                     on_batch=self.metrics.batch_rows.observe,
                 )

@@ -299,7 +299,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return encode_infer_response(settings.model_name, settings.model_version, decoded.id, outputs)
 
 
-SERVICE = "inference.GRPCInferenceService"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE = _SERVICE.full_name
 
 
 def implemented_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -311,10 +312,9 @@ def implemented_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMetho
     ``asyncio.wait`` for every call it takes in: with 21 the bookkeeping cost more per call than our
     handler's own Python for a small model. The other methods still answer UNIMPLEMENTED, from
     grpc.aio itself (no handler)."""
-    methods = pb.DESCRIPTOR.services_by_name[SERVICE.rsplit(".", 1)[1]].methods
     handlers = {}
-    for method in methods:
-        if method.name not in InferenceServicer.__dict__:
+    for method in _SERVICE.methods:
+        if method.name not in type(servicer).__dict__:
             continue
         if method.client_streaming or method.server_streaming:
             raise TypeError(f"{method.name}: only unary methods are served")
