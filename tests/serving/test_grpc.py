@@ -3,11 +3,13 @@ hostile messages, against real ``kondense serve --grpc-port`` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,11 +19,14 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from kondense.serving.grpc_server import InferenceServicer, implemented_handlers
+from kondense.serving.app import ModelServer, ServerSettings
+from kondense.serving.grpc_server import SERVICE, GrpcFrontEnd, InferenceServicer, implemented_handlers
+from kondense.serving.model import OnnxModel
 
 from .conftest import DATATYPE_FEED, Digits, Server, assert_datatypes_answer, free_port, running_server
 
@@ -80,6 +85,63 @@ def test_health_and_metadata(digits_grpc: GrpcServer) -> None:
             call()
         assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert "model 'resnet' is not served here" in _rpc_error(lambda: client.is_model_ready("resnet"))
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_standard_grpc_health_check_answers_for_the_server_and_the_inference_service(
+    digits_grpc: GrpcServer,
+) -> None:
+    """grpc.health.v1, as grpc_health_probe and Kubernetes' grpc probes call it."""
+    with grpc.insecure_channel(digits_grpc.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="resnet"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == SERVING
+        watch.cancel()
+
+
+def test_grpc_health_follows_the_model_from_loading_to_shutdown(digits: Digits) -> None:
+    """NOT_SERVING while the model loads, SERVING once it is ready, NOT_SERVING from the start of
+    shutdown: what a Watch stream sees over a server's whole life (the model load held on an event)."""
+    loaded = threading.Event()
+
+    def load() -> OnnxModel:
+        assert loaded.wait(30)
+        return OnnxModel(digits.directory / "model.onnx", threads=1)
+
+    async def life() -> tuple[list[int], list[int]]:
+        port = free_port()
+        server = ModelServer(
+            ServerSettings(model_name="digits", sha256="0" * 64),
+            load,
+            pytest.fail,
+            [GrpcFrontEnd(f"127.0.0.1:{port}", grace_s=0.5)],  # the open Watch waits out the grace
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            seen: list[int] = []
+            async with server.lifespan(None):  # type: ignore[arg-type]  # the app is not used
+                checked = [(await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))).status]
+                watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+                seen.append((await watch.read()).status)
+                loaded.set()
+                seen.append((await asyncio.wait_for(watch.read(), 30)).status)
+                checked.append((await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))).status)
+                assert server.ready
+                stopping = asyncio.ensure_future(watch.read())
+            seen.append((await asyncio.wait_for(stopping, 30)).status)
+        return checked, seen
+
+    checked, seen = asyncio.run(life())
+    assert checked == [NOT_SERVING, SERVING]
+    assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
 
 
 def test_only_the_implemented_methods_are_registered_and_the_others_are_unimplemented(

@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -326,13 +328,43 @@ def implemented_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMetho
     return handlers
 
 
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def health_handler(health: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
+    """gRPC's standard health checking service (``grpc.health.v1.Health``: Check and Watch, as
+    ``grpc_health_probe``, Kubernetes' ``grpc`` probes and gRPC load balancers call it), served by
+    grpc's own implementation. Through a generic handler, not registered methods: a health check
+    comes every few seconds, and every registered method costs each inference call (see
+    ``implemented_handlers``)."""
+    request, response = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            health.Check,
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            health.Watch,
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, handlers)
+
+
 class GrpcFrontEnd:
-    """A ``grpc.aio`` server on the running (uvicorn's) event loop, started by the app's lifespan."""
+    """A ``grpc.aio`` server on the running (uvicorn's) event loop, started by the app's lifespan.
+
+    Its health service answers for the server as a whole (service ``""``) and for the inference
+    service (``inference.GRPCInferenceService``): NOT_SERVING until the model is ready and again from
+    the start of shutdown, SERVING in between (``/v2/health/ready``'s answer); other names NOT_FOUND."""
 
     def __init__(self, address: str, *, grace_s: float) -> None:
         self.address = address
         self._grace_s = grace_s
         self._server: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
 
     async def start(self, server: ModelServer) -> None:
         limit = server.settings.max_body_bytes
@@ -346,7 +378,12 @@ class GrpcFrontEnd:
         )
         handlers = implemented_handlers(InferenceServicer(server))
         grpc_server.add_registered_method_handlers(SERVICE, handlers)
-        grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        health = health_aio.HealthServicer()
+        grpc_server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers), health_handler(health))
+        )
+        self._health = health
+        await self.set_ready(server.ready)
         try:
             grpc_server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -355,6 +392,18 @@ class GrpcFrontEnd:
         self._server = grpc_server
         log.info("gRPC (Open Inference Protocol) listening on %s", self.address)
 
+    async def set_ready(self, ready: bool) -> None:
+        """The health service's answer (ignored once shutdown began)."""
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE):
+            await self._health.set(service, status)
+
     async def stop(self) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()  # NOT_SERVING while calls drain
         if self._server is not None:
             await self._server.stop(self._grace_s)
