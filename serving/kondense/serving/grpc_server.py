@@ -332,33 +332,30 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 def health_handler(health: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
-    """gRPC's standard health checking service (``grpc.health.v1.Health``: Check and Watch, as
-    ``grpc_health_probe``, Kubernetes' ``grpc`` probes and gRPC load balancers call it), served by
-    grpc's own implementation. Through a generic handler, not registered methods: a health check
-    comes every few seconds, and every registered method costs each inference call (see
-    ``implemented_handlers``)."""
-    request, response = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
-    handlers = {
-        "Check": grpc.unary_unary_rpc_method_handler(
-            health.Check,
-            request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
-        ),
-        "Watch": grpc.unary_stream_rpc_method_handler(
-            health.Watch,
-            request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
-        ),
-    }
-    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, handlers)
+    """gRPC's standard health checking service (``grpc.health.v1.Health/Check``, as
+    ``grpc_health_probe``, Kubernetes' ``grpc`` probes and gRPC load balancers call it), answered by
+    grpc's own implementation.
+
+    Check only, as Triton serves it. Watch answers UNIMPLEMENTED, which gRPC clients' health
+    checking takes as "healthy, nothing to watch": an open Watch stream never ends on its own, so
+    every watcher would hold the server's shutdown for its whole grace period (30 s by default).
+    Through a generic handler, not a registered method: grpc.aio waits on one pending call request
+    per registered method for every call it takes in (every ModelInfer would pay for it), and health
+    checks come every few seconds."""
+    check = grpc.unary_unary_rpc_method_handler(
+        health.Check,
+        request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {"Check": check})
 
 
 class GrpcFrontEnd:
     """A ``grpc.aio`` server on the running (uvicorn's) event loop, started by the app's lifespan.
 
-    Its health service answers for the server as a whole (service ``""``) and for the inference
-    service (``inference.GRPCInferenceService``): NOT_SERVING until the model is ready and again from
-    the start of shutdown, SERVING in between (``/v2/health/ready``'s answer); other names NOT_FOUND."""
+    Its health service (``health_handler``) answers for the server as a whole (service ``""``) and
+    for the inference service (``inference.GRPCInferenceService``): NOT_SERVING until the model is
+    ready, SERVING from then on (``/v2/health/ready``'s answer); other names NOT_FOUND."""
 
     def __init__(self, address: str, *, grace_s: float) -> None:
         self.address = address
@@ -393,7 +390,7 @@ class GrpcFrontEnd:
         log.info("gRPC (Open Inference Protocol) listening on %s", self.address)
 
     async def set_ready(self, ready: bool) -> None:
-        """The health service's answer (ignored once shutdown began)."""
+        """The health service's answer."""
         if self._health is None:
             return
         status = (
@@ -403,7 +400,5 @@ class GrpcFrontEnd:
             await self._health.set(service, status)
 
     async def stop(self) -> None:
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()  # NOT_SERVING while calls drain
         if self._server is not None:
             await self._server.stop(self._grace_s)
