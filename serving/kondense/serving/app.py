@@ -186,10 +186,6 @@ class FrontEnd(Protocol):
 
     async def start(self, server: ModelServer) -> None: ...
 
-    async def set_ready(self, ready: bool) -> None:
-        """The model became ready (its own health answer, if the protocol has one)."""
-        ...
-
     async def stop(self) -> None: ...
 
 
@@ -362,8 +358,6 @@ class ModelServer:
         self.model = model
         self._runner = runner
         self.metrics.set_model(settings.sha256, ready=True)
-        for front_end in self._front_ends:
-            await front_end.set_ready(True)
         log.info(
             "model '%s' (%s, sha256 %s) is ready", settings.model_name, settings.variant, settings.sha256
         )

@@ -28,7 +28,6 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -331,10 +330,12 @@ def implemented_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMetho
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
-def health_handler(health: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
-    """gRPC's standard health checking service (``grpc.health.v1.Health/Check``, as
-    ``grpc_health_probe``, Kubernetes' ``grpc`` probes and gRPC load balancers call it), answered by
-    grpc's own implementation.
+def health_handler(server: ModelServer) -> grpc.GenericRpcHandler:
+    """gRPC's standard health check (``grpc.health.v1.Health/Check``, as ``grpc_health_probe``,
+    Kubernetes' ``grpc`` probes and gRPC load balancers call it; messages from
+    ``grpcio-health-checking``) for the server as a whole (service ``""``) and the inference service:
+    SERVING exactly while ``server.ready`` (``/v2/health/ready``'s answer), read at each call, so it
+    cannot drift from it; other names NOT_FOUND.
 
     Check only, as Triton serves it. Watch answers UNIMPLEMENTED, which gRPC clients' health
     checking takes as "healthy, nothing to watch": an open Watch stream never ends on its own, so
@@ -342,26 +343,34 @@ def health_handler(health: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
     Through a generic handler, not a registered method: grpc.aio waits on one pending call request
     per registered method for every call it takes in (every ModelInfer would pay for it), and health
     checks come every few seconds."""
-    check = grpc.unary_unary_rpc_method_handler(
-        health.Check,
+    answer = health_pb2.HealthCheckResponse
+
+    async def check(
+        request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        if request.service not in ("", SERVICE):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no health is reported for '{request.service}'; services: '' (the server), '{SERVICE}'",
+            )
+        return answer(status=answer.SERVING if server.ready else answer.NOT_SERVING)
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        check,
         request_deserializer=health_pb2.HealthCheckRequest.FromString,
-        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        response_serializer=answer.SerializeToString,
     )
-    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {"Check": check})
+    return grpc.method_handlers_generic_handler(HEALTH_SERVICE, {"Check": handler})
 
 
 class GrpcFrontEnd:
-    """A ``grpc.aio`` server on the running (uvicorn's) event loop, started by the app's lifespan.
-
-    Its health service (``health_handler``) answers for the server as a whole (service ``""``) and
-    for the inference service (``inference.GRPCInferenceService``): NOT_SERVING until the model is
-    ready, SERVING from then on (``/v2/health/ready``'s answer); other names NOT_FOUND."""
+    """A ``grpc.aio`` server on the running (uvicorn's) event loop, started by the app's lifespan,
+    with the standard health check (``health_handler``) beside the inference service."""
 
     def __init__(self, address: str, *, grace_s: float) -> None:
         self.address = address
         self._grace_s = grace_s
         self._server: grpc.aio.Server | None = None
-        self._health: health_aio.HealthServicer | None = None
 
     async def start(self, server: ModelServer) -> None:
         limit = server.settings.max_body_bytes
@@ -375,12 +384,9 @@ class GrpcFrontEnd:
         )
         handlers = implemented_handlers(InferenceServicer(server))
         grpc_server.add_registered_method_handlers(SERVICE, handlers)
-        health = health_aio.HealthServicer()
         grpc_server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, handlers), health_handler(health))
+            (grpc.method_handlers_generic_handler(SERVICE, handlers), health_handler(server))
         )
-        self._health = health
-        await self.set_ready(server.ready)
         try:
             grpc_server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -388,16 +394,6 @@ class GrpcFrontEnd:
         await grpc_server.start()
         self._server = grpc_server
         log.info("gRPC (Open Inference Protocol) listening on %s", self.address)
-
-    async def set_ready(self, ready: bool) -> None:
-        """The health service's answer."""
-        if self._health is None:
-            return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for service in ("", SERVICE):
-            await self._health.set(service, status)
 
     async def stop(self) -> None:
         if self._server is not None:
