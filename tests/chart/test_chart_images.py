@@ -173,3 +173,30 @@ def test_operator_image_matches_the_chart() -> None:
     assert exposed == {8080, 8000}
     (cmd,) = [c for c in final if c.cmd == "CMD"]
     assert list(cmd.value) == ["operator", "--all-namespaces"]
+
+
+def test_serving_image_defaults_are_the_operators_pods() -> None:
+    """`docker run kondense-serving` serves what the operator's pods serve: REST on the CRD's default
+    port and gRPC next to it (the Services' ports), with flags `kondense serve` knows."""
+    import subprocess
+    import sys
+
+    from kondense.api.resource import ServingSpec
+    from kondense.operator.objects import grpc_port
+
+    final = final_stage(parse("serving/Dockerfile"))
+    http = ServingSpec.model_fields["port"].default
+    exposed = {int(p) for c in final if c.cmd == "EXPOSE" for p in c.value}
+    assert exposed == {http, grpc_port(http)}
+    (cmd,) = [c for c in final if c.cmd == "CMD"]
+    assert cmd.json, "CMD must be exec form"
+    args = list(cmd.value)
+    assert args[0] == "serve"
+    assert args[args.index("--port") + 1] == str(http)
+    assert args[args.index("--grpc-port") + 1] == str(grpc_port(http))
+    usage = subprocess.run(
+        [sys.executable, "-m", "kondense.cli", "serve", "--help"],
+        capture_output=True, text=True, check=True, env={"COLUMNS": "200", "PATH": ""},
+    ).stdout  # fmt: skip
+    unknown = [a for a in args if a.startswith("--") and a not in usage]
+    assert not unknown, f"serving/Dockerfile CMD passes flags `kondense serve` does not know: {unknown}"
