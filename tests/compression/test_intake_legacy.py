@@ -92,7 +92,10 @@ def test_legacy_model_quantizes_dynamically(legacy: Path, tmp_path: Path) -> Non
 
     result = normalise(legacy, tmp_path / "intake", sample=_sample())
     quantized = tmp_path / "int8.onnx"
-    quantize_dynamic(str(result.path), str(quantized))
+    # 7-bit weights: on AVX2 without VNNI (AMD EPYC Zen 3, older Xeons) MLAS's u8*s8 kernel adds pairs
+    # of products into int16, which 8-bit weights saturate (this model's first row: 22% off there,
+    # exact on VNNI); 255 * 63 * 2 fits. The outcome must not depend on the CPU that runs the test.
+    quantize_dynamic(str(result.path), str(quantized), reduce_range=True)
 
     ops = {n.op_type for n in onnx.load(str(quantized)).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
