@@ -296,6 +296,11 @@ def test_bias_correction_restores_the_mean_response_rounded_weights_shift(tmp_pa
 
 
 def test_static_int8_tuner_reaches_the_budget_with_bias_correction(tmp_path):
+    """Bias correction takes back what no calibration or granularity can, and every weight stays int8.
+    Whether it reaches the budget alone depends on the CPU's int8 kernels (VNNI Xeons: alone; AMD EPYC
+    Zen 3, AVX2 without VNNI: delta 0.56 of 0.69, then 16-bit activations on top reach it), so the test
+    asserts what holds on any CPU: the corrected trial beats the ladder, the tuner ends within budget
+    on a bias-corrected configuration, and the correction changes only biases."""
     model, data = offset_image_classifier(tmp_path)
     budget = 0.15
     manifest = compress_model(
@@ -310,13 +315,20 @@ def test_static_int8_tuner_reaches_the_budget_with_bias_correction(tmp_path):
     assert selected["biasCorrection"] is True and selected["nodesToExclude"] == []  # every weight int8
     assert "bias correction" in details["tuning"]
     best_ladder = min(t.accuracyDelta for t in ladder if t.accuracyDelta is not None)
+    (corrected,) = [
+        t
+        for t in trials
+        if t.config.get("biasCorrection")
+        and not t.config.get("activations16Bit")
+        and not t.config["nodesToExclude"]
+    ]
+    assert corrected.accuracyDelta is not None and corrected.accuracyDelta < best_ladder
     assert manifest.metrics.accuracyDelta is not None and manifest.metrics.accuracyDelta < best_ladder
     # only biases change: as small as the same configuration without bias correction
-    plain = {k: v for k, v in selected.items() if k != "biasCorrection"}
+    plain = {k: v for k, v in corrected.config.items() if k != "biasCorrection"}
     source = next(t for t in ladder if t.config == plain)
-    chosen = next(t for t in trials if t.config == selected)
-    assert source.sizeRatio and chosen.sizeRatio
-    assert (chosen.sizeRatio - source.sizeRatio) * model.stat().st_size < 256  # new bias names only
+    assert source.sizeRatio and corrected.sizeRatio
+    assert (corrected.sizeRatio - source.sizeRatio) * model.stat().st_size < 256  # new bias names only
 
 
 def classifier_with_one_wide_activation(tmp_path: Path) -> tuple[Path, DataFiles]:
