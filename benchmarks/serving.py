@@ -713,6 +713,40 @@ def _goal_lines(checks: list[tuple[str, float | None, str, bool | None]]) -> lis
     return lines
 
 
+def cpu_meta(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, object]:
+    """The CPU the figures belong to: its name, and what the name may hide under a hypervisor (a guest
+    often sees only "AMD EPYC"): vendor, family and model numbers, and the int8 kernel class and ISA
+    extensions that decide which ONNX Runtime kernels run (``kondense.compression.hardware``)."""
+    from kondense.compression.hardware import evaluation_hardware
+
+    info = evaluation_hardware(cpuinfo=cpuinfo).cpu
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if not sep and fields:
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
+    return {
+        "cpu": info.model or platform.processor() or platform.machine(),
+        "cpu_vendor": info.vendor,
+        "cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields else None,
+        "int8_kernel": info.int8_kernel,
+        "isa": list(info.isa),
+    }
+
+
+def cpu_line(meta: dict[str, object]) -> str:
+    """``Intel(R) Xeon(R) Processor (GenuineIntel, family/model 6/143; int8 kernel amx: avx2 fma ...)``."""
+    details = [str(meta[key]) for key in ("cpu_vendor",) if meta.get(key)]
+    if meta.get("cpu_family_model"):
+        details.append(f"family/model {meta['cpu_family_model']}")
+    if meta.get("int8_kernel"):
+        isa = " ".join(meta.get("isa") or [])  # type: ignore[arg-type]
+        details.append(f"int8 kernel {meta['int8_kernel']}" + (f": {isa}" if isa else ""))
+    return f"{meta['cpu']}" + (f" ({'; '.join(details)})" if details else "")
+
+
 def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESULTS) -> None:
     results.mkdir(parents=True, exist_ok=True)
     plain_on = any(r.system == PLAIN_REST for r in rows) or not rows
@@ -734,7 +768,7 @@ def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESU
     lines = [
         "# Serving benchmark",
         "",
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores, {machine}), "
+        f"Measured {meta['date']} on {cpu_line(meta)}, {meta['cores']} cores ({machine}), "
         f"{meta['duration_s']} s per point after {meta['warmup_s']} s warm-up, systems interleaved point by point, "
         f"median of {meta['rounds']} rounds; load generators `wrk -t1` with `serving_post.lua` (REST) and "
         "`h2load -t1 -m1` (gRPC, raw tensor contents); 1-minute load average at the start of each point in the "
@@ -839,17 +873,9 @@ def main() -> None:
         ensure_mlserver()
     import onnxruntime
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     meta: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": cpu,
+        **cpu_meta(),
         "cores": os.cpu_count(),
         "load_at_start": os.getloadavg(),
         "duration_s": args.duration,
