@@ -737,7 +737,7 @@ def cpu_meta(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, object]:
 
 
 def cpu_line(meta: dict[str, object]) -> str:
-    """``Intel(R) Xeon(R) Processor (GenuineIntel, family/model 6/143; int8 kernel amx: avx2 fma ...)``."""
+    """``Intel(R) Xeon(R) Processor (GenuineIntel; family/model 6/143; int8 kernel amx: avx2 fma ...)``."""
     details = [str(meta[key]) for key in ("cpu_vendor",) if meta.get(key)]
     if meta.get("cpu_family_model"):
         details.append(f"family/model {meta['cpu_family_model']}")
