@@ -713,6 +713,25 @@ def _goal_lines(checks: list[tuple[str, float | None, str, bool | None]]) -> lis
     return lines
 
 
+IMAGE_ENV = ("GLIBC_TUNABLES",)
+"""Variables of the serving image's ENV that change how any process runs (malloc): the benchmark gives
+every system the image's values, the in-process reference and MLServer included."""
+
+
+def image_env(dockerfile: Path = ROOT / "serving" / "Dockerfile") -> dict[str, str]:
+    """``IMAGE_ENV`` as the serving image's final stage sets them (``ENV A=1 \\`` lines)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM ") :]
+    found: dict[str, str] = {}
+    for line in final.splitlines():
+        if line.startswith("ENV "):
+            for item in line.split()[1:]:
+                name, sep, value = item.partition("=")
+                if sep and name in IMAGE_ENV:
+                    found[name] = value
+    return found
+
+
 def cpu_meta(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, object]:
     """The CPU the figures belong to: its name, and what the name may hide under a hypervisor (a guest
     often sees only "AMD EPYC"): vendor, family and model numbers, and the int8 kernel class and ISA
@@ -784,7 +803,14 @@ def write_results(rows: list[Row], meta: dict[str, object], results: Path = RESU
         "each round measures it first and its best configuration again last, and takes the mean throughput "
         "of both as the round's reference (the load drifts within a round; a linear drift cancels). "
         "The canary does not let ONNX Runtime threads spin (`--no-spin-wait`, the default); the server without "
-        "shadowing gets each model's extra flags for a pod with whole CPUs of its own (listed at the end).",
+        "shadowing gets each model's extra flags for a pod with whole CPUs of its own (listed at the end)."
+        + (
+            " Every system runs with the serving image's "
+            + ", ".join(f"`{k}={v}`" for k, v in meta["image_env"].items())  # type: ignore[attr-defined]
+            + " (serving/Dockerfile), the in-process reference included."
+            if meta.get("image_env")
+            else ""
+        ),
         "",
         "| model | system | c | req/s | p50 ms | p90 ms | p99 ms | errors | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -866,6 +892,11 @@ def main() -> None:
         sys.exit("--skip-canary and --skip-plain leave nothing of kondense serve to measure")
     if shutil.which("wrk") is None or shutil.which("h2load") is None:
         sys.exit("wrk or h2load is not installed: apt-get install -y wrk nghttp2-client")
+    wanted = image_env()
+    if any(os.environ.get(name) != value for name, value in wanted.items()):
+        # glibc reads its tunables when a process starts: run again with the serving image's values, so
+        # the in-process reference, kondense serve and MLServer (children inherit them) all run alike
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
     WORK.mkdir(exist_ok=True)
     builders: dict[str, Callable[[], Model]] = {"digits": build_digits, "minilm": build_minilm}
     models = [builders[name]() for name in args.models]
@@ -883,6 +914,7 @@ def main() -> None:
         "rounds": args.rounds,
         "shadow_sample": args.shadow_sample,
         "onnxruntime": onnxruntime.__version__,
+        "image_env": image_env(),
         "python": platform.python_version(),
         "server_args": {
             m.name: " ".join(m.server_args)

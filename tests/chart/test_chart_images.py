@@ -200,3 +200,32 @@ def test_serving_image_defaults_are_the_operators_pods() -> None:
     ).stdout  # fmt: skip
     unknown = [a for a in args if a.startswith("--") and a not in usage]
     assert not unknown, f"serving/Dockerfile CMD passes flags `kondense serve` does not know: {unknown}"
+
+
+def test_serving_image_gives_onnx_runtime_huge_pages() -> None:
+    """glibc's malloc asks for transparent huge pages (hugetlb=1) in one arena (arena_max=1: weights
+    loaded on a worker thread too), on a base whose glibc knows the tunable (2.35+: Debian 12 and
+    later); the benchmark runs every system with the same value (benchmarks/serving.py)."""
+    commands = parse("serving/Dockerfile")
+    final = final_stage(commands)
+    env: dict[str, str] = {}
+    for command in final:
+        if command.cmd == "ENV":
+            values = list(command.value)
+            env.update(zip(values[::2], values[1::2], strict=True))
+    tunables = dict(item.split("=", 1) for item in env.get("GLIBC_TUNABLES", "").split(":") if item)
+    assert tunables == {"glibc.malloc.hugetlb": "1", "glibc.malloc.arena_max": "1"}, env
+    base = resolve_args(commands, final[0].value[0])
+    assert re.search(r"-(bookworm|trixie|forky)\b", base), f"{base}: glibc older than 2.35 ignores hugetlb"
+
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "kondense_benchmark_serving", REPO / "benchmarks" / "serving.py"
+    )
+    assert spec and spec.loader
+    benchmark = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = benchmark  # its dataclasses look their module up
+    spec.loader.exec_module(benchmark)
+    assert benchmark.image_env() == {"GLIBC_TUNABLES": env["GLIBC_TUNABLES"]}
