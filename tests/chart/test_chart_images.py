@@ -218,14 +218,7 @@ def test_serving_image_gives_onnx_runtime_huge_pages() -> None:
     base = resolve_args(commands, final[0].value[0])
     assert re.search(r"-(bookworm|trixie|forky)\b", base), f"{base}: glibc older than 2.35 ignores hugetlb"
 
-    import importlib.util
-    import sys
+    from kondense_testing.benchmarks import load_benchmark
 
-    spec = importlib.util.spec_from_file_location(
-        "kondense_benchmark_serving", REPO / "benchmarks" / "serving.py"
-    )
-    assert spec and spec.loader
-    benchmark = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = benchmark  # its dataclasses look their module up
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("serving")
     assert benchmark.image_env() == {"GLIBC_TUNABLES": env["GLIBC_TUNABLES"]}

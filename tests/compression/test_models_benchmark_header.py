@@ -8,14 +8,12 @@ row carries its own CPU record. Pure tests on sample ``/proc/cpuinfo`` text; no 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from kondense_testing.benchmarks import load_benchmark
 
 # this machine's kind: an Intel Xeon with AVX-512 VNNI, AVX-VNNI and AMX (first block of /proc/cpuinfo)
 XEON_AMX = """processor\t: 0
@@ -39,14 +37,7 @@ flags\t\t: fpu avx avx2 fma f16c avx512f avx512bw avx512_vnni
 
 @pytest.fixture(scope="module")
 def models() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "kondense_benchmark_models", ROOT / "benchmarks" / "models.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("models")
 
 
 def test_the_cpu_record_reads_every_int8_flag_of_an_amx_xeon(models: ModuleType, tmp_path: Path) -> None:

@@ -3,23 +3,13 @@ refusals naming the user's model). Pure tests on messages; no model runs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
+from kondense_testing.benchmarks import load_benchmark
 
 
 def _sweep() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "sweep_onnx_wheel", ROOT / "benchmarks" / "sweep_onnx_wheel.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sweep_onnx_wheel")
 
 
 def test_a_refusal_is_one_clean_line() -> None:

@@ -7,14 +7,12 @@ Pure tests on sample ``/proc/cpuinfo`` text; nothing is measured.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from kondense_testing.benchmarks import load_benchmark
 
 EPYC_ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -34,14 +32,7 @@ flags\t\t: fpu
 
 @pytest.fixture(scope="module")
 def serving() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "kondense_benchmark_serving", ROOT / "benchmarks" / "serving.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("serving")
 
 
 def test_a_bare_cpu_name_comes_with_family_model_and_int8_kernel(serving: ModuleType, tmp_path: Path) -> None:
