@@ -236,10 +236,10 @@ class Recorder:
     def __init__(self, endpoint: str) -> None:
         self.endpoint, self.closed = endpoint, False
 
-    def query(self, promql: str) -> float | None:
+    def query(self, promql: str, at: float | None = None) -> float | None:
         return None
 
-    def query_buckets(self, promql: str) -> list[tuple[float, float]] | None:
+    def query_buckets(self, promql: str, at: float | None = None) -> list[tuple[float, float]] | None:
         return None
 
     def is_online(self) -> bool:

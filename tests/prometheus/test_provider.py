@@ -23,6 +23,7 @@ from kondense_testing.onnx_models import artifact_dir
 from kondense_testing.servers import ServerProcess, start_server
 
 NAMESPACE, MODEL = "ml", "digits"
+LOAD: dict[str, float] = {}  # when the fixture's load began (unix seconds)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def stack(
         )
         prometheus.start()
         prometheus.wait_for_targets(2)
-        time.sleep(1.5)  # counters start from a scraped value, so the whole load is counted
+        time.sleep(2.5)  # two scrapes of every counter at 0 before the load: all of it is counted
+        LOAD["started"] = time.time()
         rng = np.random.default_rng(3)
         bodies = request_bodies({"x": rng.normal(size=(50, 64)).astype(np.float32)})
 
@@ -132,6 +134,19 @@ def test_relative_gates_on_real_histograms(stack: tuple[LocalPrometheus, dict[st
     same = analyse(spec, readings, "2026-01-01T00:00:00Z", "30s", Comparison(stable, stable))
     assert same.verdict is Verdict.PASS
     assert {c.sli: c.value for c in same.checks}["p99LatencyRatio"] == 1.0
+
+
+def test_a_track_is_read_at_one_instant(stack: tuple[LocalPrometheus, dict[str, ServerProcess]]) -> None:
+    """``at`` is the evaluation time of every part: before the load the window holds no request;
+    now it holds the whole load, the counter and the histogram's +Inf bucket agreeing."""
+    prometheus, _ = stack
+    provider = PrometheusProvider(prometheus.url)
+    queries = OnnxRuntimeBackend().comparison_queries(NAMESPACE, MODEL, "canary", "30s")
+    before = read_track(provider, queries, at=LOAD["started"] - 0.2)
+    assert before.requests == 0.0 and before.latency is not None and before.latency[-1][1] == 0.0
+    now = read_track(provider, queries, at=time.time())
+    assert (now.requests or 0) > 150 and now.latency is not None
+    assert now.latency[-1][1] == pytest.approx(now.requests, rel=0.01)
 
 
 def test_comparison_of_prometheus_down_is_no_data_with_the_reason() -> None:

@@ -547,13 +547,15 @@ class Controller:
         name: str,
         window: str,
     ) -> Comparison:
-        """Both tracks over the same window, each limited to the pods serving its artifact."""
+        """Both tracks over the same window, each limited to the pods serving its artifact, every
+        query evaluated at one instant of the wall clock (a reconcile's ``now`` may be simulated)."""
         stable_sha = status.stable.artifact.sha256 if status.stable and status.stable.artifact else None
+        at = time.time()
         sides = {}
         for track, sha in (("canary", _canary_sha(status)), ("stable", stable_sha)):
             pods = self._serving_pods(namespace, name, track, sha)
             sides[track] = read_track(
-                provider, backend.comparison_queries(namespace, name, track, window, pods)
+                provider, backend.comparison_queries(namespace, name, track, window, pods), at
             )
         return Comparison(canary=sides["canary"], stable=sides["stable"])
 

@@ -15,6 +15,7 @@ Prometheus' own error type.
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,13 +48,14 @@ class MalformedAnswer(MetricUnavailable):
 
 
 class MetricProvider(Protocol):
-    def query(self, promql: str) -> float | None:
-        """A scalar reading, or None when the query has no data."""
+    def query(self, promql: str, at: float | None = None) -> float | None:
+        """A scalar reading, or None when the query has no data; evaluated at ``at`` (unix seconds)
+        when given, else now."""
         ...
 
-    def query_buckets(self, promql: str) -> list[tuple[float, float]] | None:
+    def query_buckets(self, promql: str, at: float | None = None) -> list[tuple[float, float]] | None:
         """A histogram's buckets (``le``, cumulative count) from a vector answer grouped by ``le``,
-        ``+Inf`` last; None when the query has no data."""
+        ``+Inf`` last; None when the query has no data; evaluated at ``at`` when given, else now."""
         ...
 
     def is_online(self) -> bool: ...
@@ -189,14 +191,17 @@ class PrometheusProvider:
                 f"Prometheus at {self.url} unreachable: {exc.__class__.__name__}"
             ) from exc
 
-    def query(self, promql: str) -> float | None:
-        return parse_answer(self._answer(promql))
+    def query(self, promql: str, at: float | None = None) -> float | None:
+        return parse_answer(self._answer(promql, at))
 
-    def query_buckets(self, promql: str) -> list[tuple[float, float]] | None:
-        return parse_buckets(self._answer(promql))
+    def query_buckets(self, promql: str, at: float | None = None) -> list[tuple[float, float]] | None:
+        return parse_buckets(self._answer(promql, at))
 
-    def _answer(self, promql: str) -> Any:
-        response = self._get("/api/v1/query", {"query": promql})
+    def _answer(self, promql: str, at: float | None = None) -> Any:
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        response = self._get("/api/v1/query", params)
         try:
             body = response.json()
         except ValueError:
@@ -235,9 +240,13 @@ def read_slis(provider: MetricProvider, queries: Mapping[SLI, str]) -> list[Read
     return readings
 
 
-def read_track(provider: MetricProvider, queries: ComparisonQueries) -> TrackSample:
-    """One track's counts and latency histogram for the relative gates. A provider that cannot
-    answer, or an unreadable answer, leaves the part missing with the reason (no data, never a pass)."""
+def read_track(provider: MetricProvider, queries: ComparisonQueries, at: float | None = None) -> TrackSample:
+    """One track's counts and latency histogram for the relative gates, every part evaluated at one
+    instant ``at`` (unix seconds; now when None) so that they cover the same window: ``increase()``
+    extrapolates to the window's end, and parts read a scrape apart could differ by a scrape
+    interval's share of the window. A provider that cannot answer, or an unreadable answer, leaves
+    the part missing with the reason (no data, never a pass)."""
+    at = time.time() if at is None else at
     values: dict[str, Any] = {}
     reasons: list[str] = []
     parts: list[tuple[str, str | None]] = [
@@ -252,7 +261,7 @@ def read_track(provider: MetricProvider, queries: ComparisonQueries) -> TrackSam
             continue
         try:
             histogram = part in ("latency", "confidence")
-            value = provider.query_buckets(promql) if histogram else provider.query(promql)
+            value = provider.query_buckets(promql, at) if histogram else provider.query(promql, at)
         except MalformedAnswer as exc:
             reasons.append(f"{part}: unreadable answer from the metric provider: {exc}")
             continue
