@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from kondense.api.resource import AnalysisSpec
 from kondense.operator.analysis import SLI, Verdict, analyse
 from kondense.operator.providers import (
+    ComparisonQueries,
     MalformedAnswer,
     MetricUnavailable,
     PrometheusProvider,
@@ -24,6 +26,7 @@ from kondense.operator.providers import (
     ProviderRejected,
     parse_answer,
     read_slis,
+    read_track,
     url_allowed,
 )
 from kondense.operator.settings import OperatorSettings
@@ -92,11 +95,15 @@ class HostileEndpoint:
 
     def __init__(self, answers: dict[str, tuple[int, Any]]) -> None:
         answers_ = answers
+        self.times: list[str] = []  # the `time` parameter of each query, in order ("" when absent)
+        times_ = self.times
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 url = urlparse(self.path)
-                query = parse_qs(url.query).get("query", [""])[0]
+                params = parse_qs(url.query)
+                query = params.get("query", [""])[0]
+                times_.append(params.get("time", [""])[0])
                 status, body = answers_.get(query, (404, {"status": "error", "error": SECRET}))
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
@@ -156,6 +163,23 @@ def test_one_unreadable_answer_is_no_data_for_that_sli_only(endpoint: HostileEnd
     spec = AnalysisSpec(p99LatencyMs={"max": 100}, errorRate={"max": 0.01}, accuracyDelta={"max": 0.02})
     analysis = analyse(spec, list(readings.values()), "t")
     assert analysis.verdict is Verdict.ABORT  # the +Inf p99 is a (severe) breach, whatever else is missing
+
+
+def test_a_track_is_read_at_one_instant(endpoint: HostileEndpoint) -> None:
+    """Every part of a track's comparison is evaluated at one ``time``: now when none is given,
+    ``at`` when it is (canary and stable then share it)."""
+    provider = PrometheusProvider(endpoint.url, timeout=5)
+    queries = ComparisonQueries("requests", "requests", "requests", "requests")
+    try:
+        before = time.time()
+        read_track(provider, queries)
+        after = time.time()
+        read_track(provider, queries, at=1767225600.25)
+    finally:
+        provider.close()
+    now, given = endpoint.times[:4], endpoint.times[4:]
+    assert len(set(now)) == 1 and before <= float(now[0]) <= after + 0.001
+    assert given == ["1767225600.250"] * 4
 
 
 @pytest.mark.parametrize(("query", "says"), [
