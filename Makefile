@@ -31,11 +31,11 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-# Two lanes. The tests that do not judge real-time SLIs run WORKERS at a time (pytest-xdist; a file
-# stays on one worker, so its module fixtures start once): on a 2-core AMD EPYC guest 6.5 minutes
-# instead of 11.3. The local-cluster scenarios and the operator-as-a-process tests then run alone:
-# their canaries are judged on p99 latencies that a second CPU-bound test would distort. Both lanes
-# always run; `make test` fails if either failed.
+# Two lanes. Every test but the local-cluster scenarios and the operator-as-a-process tests runs
+# WORKERS at a time (pytest-xdist; a file stays on one worker, so its module fixtures start once): on a
+# 2-core AMD EPYC guest 6 minutes instead of 11.3. The scenarios and operator-process tests then run
+# alone: their canaries are judged on p99 latencies with narrow margins that a second CPU-bound test
+# would distort. Both lanes always run; `make test` fails if either failed.
 WORKERS ?= 2
 SERIAL_MARKERS := localcluster or integration or e2e
 PARALLEL := -n $(WORKERS) --dist loadfile
