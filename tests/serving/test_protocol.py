@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kondense.serving import protocol
 from kondense.serving.protocol import (
     DecodedRequest,
     ProtocolError,
@@ -203,3 +204,59 @@ def test_fuzzed_requests_either_decode_or_raise_protocol_error(
         for spec in INPUTS:
             array = decoded.inputs[spec.name]
             assert array.dtype == spec.dtype and spec.accepts_shape(array.shape)
+
+
+def _outcome(body: bytes) -> tuple[str, object]:
+    try:
+        decoded = decode_request(body, None, INPUTS, OUTPUTS)
+    except ProtocolError as exc:
+        return "refused", str(exc)
+    arrays = {name: (array.dtype.str, array.shape, array.tolist()) for name, array in decoded.inputs.items()}
+    return "decoded", (decoded.id, arrays, decoded.outputs, sorted(decoded.binary_outputs))
+
+
+well_formed_requests = st.fixed_dictionaries(
+    {"inputs": st.lists(tensor, min_size=1, max_size=4)},
+    optional={
+        "id": st.none() | st.text(max_size=3) | st.integers(),
+        "parameters": st.none() | st.dictionaries(st.sampled_from(["binary_data_output", "y"]), json_values),
+        "outputs": st.none()
+        | st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["y", "z"])},
+                optional={"parameters": st.dictionaries(st.sampled_from(["binary_data", "x"]), json_values)},
+            ),
+            max_size=2,
+        ),
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=well_formed_requests | requests | json_values)
+def test_the_orjson_fast_path_decides_as_the_pydantic_model(payload: object) -> None:
+    """A request the fast path reads (orjson, Python type checks) decodes to exactly what the pydantic
+    model makes of it, and is refused with exactly the same message."""
+    body = json.dumps(payload).encode()  # stdlib json: big integers, NaN and Infinity too
+    fast = _outcome(body)
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(protocol, "_well_formed", lambda _parsed: False)
+        assert _outcome(body) == fast
+
+
+def test_the_fast_path_takes_a_well_formed_request() -> None:
+    assert protocol._well_formed(_request())
+    assert protocol._well_formed(
+        {**_request(), "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    )
+    bad: dict[str, Any]
+    for bad in (
+        {"inputs": []},
+        _request(x={"shape": [2, True]}),
+        _request(x={"shape": [2, 4.0]}),
+        _request(x={"dtype": "FP32"}),
+        {**_request(), "id": 5},
+        {**_request(), "outputs": [{"name": "y", "extra": 1}]},
+    ):
+        assert not protocol._well_formed(bad)

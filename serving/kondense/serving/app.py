@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter
@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -133,9 +133,47 @@ class ClientError(Exception):
         self.status = status
 
 
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+"""A REST answer: status, body and raw response headers (content-length included)."""
+
+_JSON_TYPE = (b"content-type", JSON.encode())
+_BINARY_TYPE = (b"content-type", b"application/octet-stream")
+_MIRROR = MIRROR_HEADER.encode()
+_HEADER_LENGTH = HEADER_LENGTH.encode()
+_WANTED_HEADERS = frozenset((b"content-length", b"content-encoding", _HEADER_LENGTH, _MIRROR))
+
+
+def _error(status: int, message: str) -> Answer:
+    content = orjson.dumps({"error": message})
+    headers = [(b"content-length", str(len(content)).encode()), _JSON_TYPE]
+    if status == 503:
+        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    return status, content, headers
+
+
+def _wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The request headers the inference handler reads, in one pass over the ASGI list (names are
+    lower case in ASGI); the first of repeated headers counts, as in Starlette's ``Headers.get``."""
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in _WANTED_HEADERS and name not in found:
+            found[name] = value
+    return found
+
+
+class RawResponse(Response):
+    """A Starlette response whose raw headers are given whole (no per-response header assembly)."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        self.status_code = status
+        self.body = content
+        self.background = None
+        self.raw_headers = raw_headers
+
+
 def error_response(status: int, message: str) -> Response:
-    headers = {"retry-after": str(RETRY_AFTER_S)} if status == 503 else None
-    return Response(orjson.dumps({"error": message}), status, headers=headers, media_type=JSON)
+    status, content, headers = _error(status, message)
+    return RawResponse(status, headers, content)
 
 
 class ByteBudget:
@@ -216,6 +254,7 @@ class ModelServer:
         self._has_bytes_inputs = False
         self._confidence: ConfidenceHistogram | None = None
         self._first_output = ""
+        self._variant_header = (VARIANT_HEADER.encode(), settings.variant.encode())
         try:
             self._server_version = version("kondense")
         except PackageNotFoundError:
@@ -429,36 +468,43 @@ class ModelServer:
             log.exception("the confidence histogram could not observe an answer")
 
     async def infer(self, request: Request) -> Response:
-        """Every answer, client error or not, is counted in kondense_requests_total (a mirrored copy
-        in kondense_mirrored_requests_total instead: it answers no user)."""
+        """The Starlette route of the inference URLs the fast path does not take (another name, or a
+        version in the URL that is not the served one): the same handler, after the name check."""
+        problem = self.model_problem(request.path_params["name"], request.path_params.get("version"))
+        status, content, headers = await self.infer_rest(request.scope["headers"], request.receive, problem)
+        return RawResponse(status, headers, content)
+
+    async def infer_rest(
+        self, raw_headers: Iterable[tuple[bytes, bytes]], receive: Receive, problem: str | None = None
+    ) -> Answer:
+        """One REST inference of the served model (``problem``: why the URL's model is not served
+        here, answered 404): its status, body and raw response headers. Every answer, client error or
+        not, is counted in kondense_requests_total (a mirrored copy in kondense_mirrored_requests_total
+        instead: it answers no user); never raises."""
         started = perf_counter()
+        headers = _wanted_headers(raw_headers)
         # Only a canary takes mirrored copies: on stable the header is ignored, so no client can keep its
         # requests out of the SLIs the relative gates, the bake and the burn-rate alerts read from stable.
-        mirrored = self.settings.variant != "stable" and request.headers.get(MIRROR_HEADER) == "1"
+        mirrored = self.settings.variant != "stable" and headers.get(_MIRROR) == b"1"
         try:
-            response = await self._admit(request, mirrored)
+            if problem is not None:
+                answer = _error(404, problem)
+            else:
+                answer = await self._admit(headers, receive, mirrored)
         except Exception:  # a bug must still be an answer on a healthy connection, and be counted
             log.exception("inference request failed")
-            response = error_response(
-                500, "internal server error while answering the request (see the server log)"
-            )
+            answer = _error(500, "internal server error while answering the request (see the server log)")
         if mirrored:
-            self.metrics.observe_mirrored(response.status_code, perf_counter() - started)
+            self.metrics.observe_mirrored(answer[0], perf_counter() - started)
         else:
-            self.metrics.observe_request(response.status_code, perf_counter() - started, "rest")
-        return response
+            self.metrics.observe_request(answer[0], perf_counter() - started, "rest")
+        return answer
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Reservation]:
         """One inference request's admission, shared by REST and gRPC: bounded in number, and the
         bytes it holds bounded by the in-flight budget. Raises ``ClientError(503)`` when busy."""
-        limit = self.settings.max_concurrent_requests
-        if self._in_flight >= limit:
-            raise ClientError(
-                503,
-                f"the server is busy: {limit} inference requests are in flight (--max-concurrent-requests)",
-            )
-        self._in_flight += 1
+        self._enter()
         reservation = Reservation(self._budget)
         try:
             yield reservation
@@ -466,59 +512,87 @@ class ModelServer:
             self._in_flight -= 1
             reservation.release()
 
-    async def _admit(self, request: Request, mirrored: bool = False) -> Response:
-        try:
-            with self.admitted() as reservation:
-                return await self._infer(request, reservation, mirrored)
-        except ClientError as exc:
-            return error_response(exc.status, str(exc))
+    def _enter(self) -> None:
+        limit = self.settings.max_concurrent_requests
+        if self._in_flight >= limit:
+            raise ClientError(
+                503,
+                f"the server is busy: {limit} inference requests are in flight (--max-concurrent-requests)",
+            )
+        self._in_flight += 1
 
-    async def _infer(self, request: Request, reservation: Reservation, mirrored: bool = False) -> Response:
-        if (problem := self._check_name(request)) is not None:
-            return problem
+    async def _admit(self, headers: dict[bytes, bytes], receive: Receive, mirrored: bool) -> Answer:
+        # ``admitted`` written out: a generator-based context manager costs a few µs a request
+        try:
+            self._enter()
+        except ClientError as exc:
+            return _error(exc.status, str(exc))
+        reservation = Reservation(self._budget)
+        try:
+            return await self._infer(headers, receive, reservation, mirrored)
+        except ClientError as exc:
+            return _error(exc.status, str(exc))
+        finally:
+            self._in_flight -= 1
+            reservation.release()
+
+    async def _infer(
+        self, headers: dict[bytes, bytes], receive: Receive, reservation: Reservation, mirrored: bool
+    ) -> Answer:
         model, runner, settings = self.model, self._runner, self.settings
         if model is None or runner is None:
-            return error_response(503, f"model '{settings.model_name}' is not ready yet")
+            return _error(503, f"model '{settings.model_name}' is not ready yet")
         try:
-            body = await self._read_body(request, reservation)
-            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            body = await self._read_body(headers, receive, reservation)
+            length = headers.get(_HEADER_LENGTH)
+            header_length = parse_header_length(
+                None if length is None else length.decode("latin-1"), len(body)
+            )
             decoded = await self._decode(body, header_length, model)
         except ClientError as exc:
-            return error_response(exc.status, str(exc))
+            return _error(exc.status, str(exc))
         except RequestError as exc:
-            return error_response(400, str(exc))
+            return _error(400, str(exc))
         except DecoderUnavailableError as exc:
-            return error_response(503, f"{exc}; retry later")
+            return _error(503, f"{exc}; retry later")
 
         if settings.inject_latency_s:
             await asyncio.sleep(settings.inject_latency_s)
         if settings.inject_error_rate and random.random() < settings.inject_error_rate:
-            return error_response(500, "injected error (--inject-error-rate, for tests and demos only)")
+            return _error(500, "injected error (--inject-error-rate, for tests and demos only)")
         try:
             outputs = await runner.run(decoded.inputs, decoded.outputs)
         except InputRejectedError as exc:
-            return error_response(400, f"the model rejected the inputs: {exc}")
+            return _error(400, f"the model rejected the inputs: {exc}")
         except Exception as exc:
             log.exception("inference failed")
-            return error_response(500, f"inference failed: {exc}")
+            return _error(500, f"inference failed: {exc}")
         outputs = self.answered(outputs)
         try:
             content, response_header_length = encode_response(
                 settings.model_name, settings.model_version, decoded.id, outputs, decoded.binary_outputs
             )
         except RequestError as exc:
-            return error_response(400, str(exc))
+            return _error(400, str(exc))
         if not mirrored:  # a mirrored copy is never shadowed back nor mirrored on
             for comparer in (self._shadow, self._mirror):
                 if comparer is not None:
                     comparer.offer(body, header_length, outputs)
         # Which track answered (the metrics' `variant` label): clients, benchmarks and session affinity
         # can tell a canary answer from a stable one without timing heuristics.
-        headers = {VARIANT_HEADER: settings.variant}
+        length_bytes = str(len(content)).encode()
         if response_header_length is None:
-            return Response(content, headers=headers, media_type=JSON)
-        headers[HEADER_LENGTH] = str(response_header_length)
-        return Response(content, headers=headers, media_type="application/octet-stream")
+            return 200, content, [(b"content-length", length_bytes), _JSON_TYPE, self._variant_header]
+        return (
+            200,
+            content,
+            [
+                (b"content-length", length_bytes),
+                _BINARY_TYPE,
+                self._variant_header,
+                (_HEADER_LENGTH, str(response_header_length).encode()),
+            ],
+        )
 
     async def _decode(self, body: bytes, header_length: int | None, model: InferenceModel) -> DecodedRequest:
         settings = self.settings
@@ -549,22 +623,29 @@ class ModelServer:
             limits=self._limits,
         )
 
-    async def _read_body(self, request: Request, reservation: Reservation) -> bytes:
+    async def _read_body(
+        self, headers: dict[bytes, bytes], receive: Receive, reservation: Reservation
+    ) -> bytes:
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ClientError(
-                413, f"request body of {declared} bytes is over the limit of {limit} bytes (--max-body-bytes)"
+                413,
+                f"request body of {declared.decode()} bytes is over the limit of {limit} bytes (--max-body-bytes)",
             )
-        encoding = request.headers.get("content-encoding", "identity").lower()
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").lower()
         if encoding not in ("identity", "gzip", "deflate"):
             raise ClientError(
                 415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or identity)"
             )
         chunks = []
         size = 0
-        try:
-            async for chunk in request.stream():
+        while True:  # the ASGI messages themselves: what Starlette's Request.stream() reads
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                raise ClientError(400, "the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            if chunk:
                 size += len(chunk)
                 if size > limit:
                     raise ClientError(
@@ -572,9 +653,9 @@ class ModelServer:
                     )
                 reservation.take(len(chunk))
                 chunks.append(chunk)
-        except ClientDisconnect:
-            raise ClientError(400, "the client disconnected before sending the whole body") from None
-        body = b"".join(chunks)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         del chunks
         if encoding == "identity":
             return body
@@ -653,7 +734,7 @@ def build_app(
 
 
 class InferFastPath:
-    """ASGI entry point: the served model's inference URLs go straight to ``ModelServer.infer``,
+    """ASGI entry point: the served model's inference URLs go straight to ``ModelServer.infer_rest``,
     everything else (other names and versions, health, metadata, metrics, lifespan) through Starlette.
 
     For a model that answers in microseconds Starlette's middleware layers and router cost a good part
@@ -664,17 +745,17 @@ class InferFastPath:
         self.app = app
         self.server = server
         name, version = server.settings.model_name, server.settings.model_version
-        self._paths: dict[str, dict[str, str]] = {
-            f"/v2/models/{name}/infer": {"name": name},
-            f"/v2/models/{name}/versions/{version}/infer": {"name": name, "version": version},
-        }
+        self._paths = frozenset((f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{version}/infer"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            params = self._paths.get(scope["path"])
-            if params is not None:
-                scope["path_params"] = params
-                response = await self.server.infer(Request(scope, receive))
-                await response(scope, receive, send)
-                return
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in self._paths
+            and not scope.get("root_path")
+        ):
+            status, content, headers = await self.server.infer_rest(scope["headers"], receive)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+            return
         await self.app(scope, receive, send)

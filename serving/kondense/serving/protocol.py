@@ -12,7 +12,7 @@ import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import orjson
@@ -115,57 +115,125 @@ def decode_request(
     any tensor data is converted.
     """
     header, blob = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    try:
-        request = _InferenceRequest.model_validate_json(header)
-    except ValidationError as exc:
-        raise ProtocolError(_describe_validation(exc)) from None
-
-    check_inputs([TensorHeader(i.name, i.datatype, i.shape) for i in request.inputs], inputs, limits)
+    request = _parse(header)
+    items: list[dict[str, Any]] = request["inputs"]
+    check_inputs([TensorHeader(i["name"], i["datatype"], i["shape"]) for i in items], inputs, limits)
     arrays: dict[str, np.ndarray] = {}
     offset = 0
-    for item in request.inputs:
-        size = _binary_size(item.parameters, f"input '{item.name}'")
+    for item in items:
+        where = f"input '{item['name']}'"
+        size = _binary_size(item.get("parameters"), where)
         chunk = None
         if size is not None:
             if offset + size > len(blob):
                 raise ProtocolError(
-                    f"input '{item.name}': binary_data_size {size} runs past the end of the binary data "
+                    f"{where}: binary_data_size {size} runs past the end of the binary data "
                     f"({len(blob) - offset} bytes left)"
                 )
             chunk = blob[offset : offset + size]
             offset += size
-        arrays[item.name] = _decode_input(item, chunk, allow_non_finite)
+        arrays[item["name"]] = _decode_input(item, chunk, allow_non_finite, where)
     if offset != len(blob):
         raise ProtocolError(f"{len(blob) - offset} bytes of binary data are not claimed by any input")
 
-    binary_all = _flag((request.parameters or {}).get("binary_data_output"), "parameters.binary_data_output")
+    binary_all = _flag(
+        (request.get("parameters") or {}).get("binary_data_output"), "parameters.binary_data_output"
+    )
     requested: list[str] | None = None
     binary: set[str] = {spec.name for spec in outputs} if binary_all else set()
-    if request.outputs is not None:
-        requested = [out.name for out in request.outputs]
+    wanted: list[dict[str, Any]] | None = request.get("outputs")
+    if wanted is not None:
+        requested = [out["name"] for out in wanted]
         check_outputs(requested, outputs)
-        for out in request.outputs:
-            params = out.parameters or {}
+        for out in wanted:
+            params = out.get("parameters") or {}
             if "classification" in params:
-                raise ProtocolError(f"output '{out.name}': the classification extension is not supported")
-            if _flag(params.get("binary_data"), f"output '{out.name}' parameters.binary_data"):
-                binary.add(out.name)
-    return DecodedRequest(request.id, arrays, requested, frozenset(binary))
+                raise ProtocolError(f"output '{out['name']}': the classification extension is not supported")
+            if _flag(params.get("binary_data"), f"output '{out['name']}' parameters.binary_data"):
+                binary.add(out["name"])
+    return DecodedRequest(request.get("id"), arrays, requested, frozenset(binary))
 
 
-def _decode_input(item: _RequestInput, chunk: bytes | None, allow_non_finite: bool) -> np.ndarray:
-    where = f"input '{item.name}'"
-    count = math.prod(item.shape)
+def _parse(header: bytes) -> dict[str, Any]:
+    """The request's JSON as plain values in the shape of ``_InferenceRequest`` (optional fields may
+    be missing). A well-formed request is read by orjson and checked in Python (several times cheaper
+    than through pydantic for a small request); anything else goes through the pydantic model, which
+    accepts what orjson does not (NaN, Infinity, integers beyond 64 bits) and names what is wrong."""
+    try:
+        parsed = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if _well_formed(parsed):
+        return cast(dict[str, Any], parsed)
+    try:
+        return _InferenceRequest.model_validate_json(header).model_dump()
+    except ValidationError as exc:
+        raise ProtocolError(_describe_validation(exc)) from None
+
+
+_INPUT_FIELDS = frozenset(_RequestInput.model_fields)
+_OUTPUT_FIELDS = frozenset(_RequestOutput.model_fields)
+
+
+def _well_formed(parsed: Any) -> bool:
+    """Whether ``_InferenceRequest`` accepts ``parsed`` as it is (strict types: no coercion). False
+    means "not sure", never "invalid": the pydantic model then decides and names the problem."""
+    if type(parsed) is not dict:
+        return False
+    if not _optional(parsed.get("id"), str) or not _optional(parsed.get("parameters"), dict):
+        return False
+    items = parsed.get("inputs")
+    if type(items) is not list or not items:
+        return False
+    for item in items:
+        if type(item) is not dict or not _INPUT_FIELDS.issuperset(item):
+            return False
+        shape = item.get("shape")
+        if (
+            type(item.get("name")) is not str
+            or type(item.get("datatype")) is not str
+            or type(shape) is not list
+        ):
+            return False
+        for size in shape:
+            if type(size) is not int or size < 0:
+                return False
+        if not _optional(item.get("parameters"), dict) or not _optional(item.get("data"), list):
+            return False
+    wanted = parsed.get("outputs")
+    if wanted is None:
+        return True
+    if type(wanted) is not list:
+        return False
+    for out in wanted:
+        if type(out) is not dict or not _OUTPUT_FIELDS.issuperset(out):
+            return False
+        if type(out.get("name")) is not str or not _optional(out.get("parameters"), dict):
+            return False
+    return True
+
+
+def _optional(value: Any, kind: type) -> bool:
+    return value is None or type(value) is kind
+
+
+def _decode_input(
+    item: dict[str, Any], chunk: bytes | None, allow_non_finite: bool, where: str
+) -> np.ndarray:
+    shape: list[int] = item["shape"]
+    datatype: str = item["datatype"]
+    data: list[Any] | None = item.get("data")
+    count = math.prod(shape)
     if chunk is not None:
-        if item.data is not None:
+        if data is not None:
             raise ProtocolError(f"{where}: has both 'data' and binary_data_size; give one")
-        array = _from_binary(chunk, item.datatype, item.shape, count, where)
-    elif item.data is None:
+        array = _from_binary(chunk, datatype, shape, count, where)
+    elif data is None:
         raise ProtocolError(f"{where}: has no 'data' (and no binary_data_size)")
     else:
-        array = _from_json(item.data, item.datatype, item.shape, count, where)
+        array = _from_json(data, datatype, shape, count, where)
     if not allow_non_finite:
-        check_finite(array, item.datatype, where)
+        check_finite(array, datatype, where)
     return array
 
 
@@ -307,7 +375,7 @@ def encode_response(
         elif datatype == "BYTES":
             entry["data"] = [_as_text(value, name) for value in array.reshape(-1)]
         else:
-            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+            entry["data"] = array.reshape(-1)  # a view, or a C-contiguous copy (what orjson takes)
         described.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:

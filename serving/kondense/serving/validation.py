@@ -67,30 +67,21 @@ def check_inputs(
         raise RequestError(f"missing input {_quoted(missing)}; the model needs: {names(specs)}")
 
     counts: dict[str, int] = {}
+    max_elements = limits.max_elements
     for header in headers:
-        where = f"input '{header.name}'"
         spec = by_name[header.name]
-        if header.datatype not in DATATYPES:
-            raise RequestError(
-                f"{where}: unknown datatype {header.datatype!r}; known: {', '.join(DATATYPES)}"
-            )
         if header.datatype != spec.datatype:
+            where = f"input '{header.name}'"
+            if header.datatype not in DATATYPES:
+                raise RequestError(
+                    f"{where}: unknown datatype {header.datatype!r}; known: {', '.join(DATATYPES)}"
+                )
             raise RequestError(
                 f"{where}: datatype {header.datatype} does not match the model's {spec.datatype}"
             )
         shape = list(header.shape)
-        if any(size < 0 for size in shape):
-            raise RequestError(f"{where}: shape {shape} has a negative dimension")
-        if not spec.accepts_shape(shape):
-            raise RequestError(
-                f"{where}: shape {shape} does not match the model's {list(spec.shape)} (-1 means any size)"
-            )
-        for axis, size in enumerate(shape):
-            if size > limits.max_elements:
-                raise RequestError(
-                    f"{where}: dimension {axis} of shape {shape} is over the limit of "
-                    f"{limits.max_elements} elements per request (--max-elements)"
-                )
+        if (shape and (min(shape) < 0 or max(shape) > max_elements)) or not spec.accepts_shape(shape):
+            _refuse_shape(header.name, shape, spec, max_elements)
         counts[header.name] = math.prod(shape)
     total = sum(counts.values())
     if total > limits.max_elements:
@@ -101,12 +92,31 @@ def check_inputs(
     return counts
 
 
+def _refuse_shape(name: str, shape: list[int], spec: TensorSpec, max_elements: int) -> None:
+    """Raise the first problem of a shape ``check_inputs`` found wrong: a negative dimension, one
+    that does not match the model's, or one over the element limit (in that order)."""
+    where = f"input '{name}'"
+    if any(size < 0 for size in shape):
+        raise RequestError(f"{where}: shape {shape} has a negative dimension")
+    if not spec.accepts_shape(shape):
+        raise RequestError(
+            f"{where}: shape {shape} does not match the model's {list(spec.shape)} (-1 means any size)"
+        )
+    for axis, size in enumerate(shape):
+        if size > max_elements:
+            raise RequestError(
+                f"{where}: dimension {axis} of shape {shape} is over the limit of "
+                f"{max_elements} elements per request (--max-elements)"
+            )
+    raise AssertionError(f"{where}: shape {shape} has no problem")  # pragma: no cover - callers checked
+
+
 def check_finite(array: np.ndarray, datatype: str, where: str) -> None:
     """Float inputs must be finite unless the server allows otherwise."""
     if array.dtype.kind != "f":
         return
     finite = np.isfinite(array)
-    if not finite.all():
+    if not np.logical_and.reduce(finite, axis=None):  # ``finite.all()`` without its Python wrapper
         index = int(np.argmin(finite.reshape(-1)))
         raise RequestError(
             f"{where}: value at flat index {index} is {array.reshape(-1)[index]} as {datatype}; "
