@@ -502,15 +502,15 @@ class ModelServer:
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Reservation]:
-        """One inference request's admission, shared by REST and gRPC: bounded in number, and the
-        bytes it holds bounded by the in-flight budget. Raises ``ClientError(503)`` when busy."""
+        """One inference request's admission (gRPC's; REST's ``_admit`` makes the same two calls,
+        ``_enter`` and ``_leave``): bounded in number, and the bytes it holds bounded by the in-flight
+        budget. Raises ``ClientError(503)`` when busy."""
         self._enter()
         reservation = Reservation(self._budget)
         try:
             yield reservation
         finally:
-            self._in_flight -= 1
-            reservation.release()
+            self._leave(reservation)
 
     def _enter(self) -> None:
         limit = self.settings.max_concurrent_requests
@@ -520,6 +520,10 @@ class ModelServer:
                 f"the server is busy: {limit} inference requests are in flight (--max-concurrent-requests)",
             )
         self._in_flight += 1
+
+    def _leave(self, reservation: Reservation) -> None:
+        self._in_flight -= 1
+        reservation.release()
 
     async def _admit(self, headers: dict[bytes, bytes], receive: Receive, mirrored: bool) -> Answer:
         # ``admitted`` written out: a generator-based context manager costs a few µs a request
@@ -533,8 +537,7 @@ class ModelServer:
         except ClientError as exc:
             return _error(exc.status, str(exc))
         finally:
-            self._in_flight -= 1
-            reservation.release()
+            self._leave(reservation)
 
     async def _infer(
         self, headers: dict[bytes, bytes], receive: Receive, reservation: Reservation, mirrored: bool

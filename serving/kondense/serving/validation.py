@@ -81,7 +81,7 @@ def check_inputs(
             )
         shape = list(header.shape)
         if (shape and (min(shape) < 0 or max(shape) > max_elements)) or not spec.accepts_shape(shape):
-            _refuse_shape(header.name, shape, spec, max_elements)
+            raise RequestError(_shape_problem(header.name, shape, spec, max_elements))
         counts[header.name] = math.prod(shape)
     total = sum(counts.values())
     if total > limits.max_elements:
@@ -92,23 +92,19 @@ def check_inputs(
     return counts
 
 
-def _refuse_shape(name: str, shape: list[int], spec: TensorSpec, max_elements: int) -> None:
-    """Raise the first problem of a shape ``check_inputs`` found wrong: a negative dimension, one
-    that does not match the model's, or one over the element limit (in that order)."""
+def _shape_problem(name: str, shape: list[int], spec: TensorSpec, max_elements: int) -> str:
+    """What is wrong with a shape ``check_inputs`` found wrong: a negative dimension, one that does
+    not match the model's, or else one over the element limit (in that order)."""
     where = f"input '{name}'"
     if any(size < 0 for size in shape):
-        raise RequestError(f"{where}: shape {shape} has a negative dimension")
+        return f"{where}: shape {shape} has a negative dimension"
     if not spec.accepts_shape(shape):
-        raise RequestError(
-            f"{where}: shape {shape} does not match the model's {list(spec.shape)} (-1 means any size)"
-        )
-    for axis, size in enumerate(shape):
-        if size > max_elements:
-            raise RequestError(
-                f"{where}: dimension {axis} of shape {shape} is over the limit of "
-                f"{max_elements} elements per request (--max-elements)"
-            )
-    raise AssertionError(f"{where}: shape {shape} has no problem")  # pragma: no cover - callers checked
+        return f"{where}: shape {shape} does not match the model's {list(spec.shape)} (-1 means any size)"
+    axis = next(axis for axis, size in enumerate(shape) if size > max_elements)
+    return (
+        f"{where}: dimension {axis} of shape {shape} is over the limit of "
+        f"{max_elements} elements per request (--max-elements)"
+    )
 
 
 def check_finite(array: np.ndarray, datatype: str, where: str) -> None:
