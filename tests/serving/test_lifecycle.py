@@ -106,6 +106,10 @@ def test_bad_flags_get_clear_errors(digits: Digits) -> None:
     assert result.returncode == 2 and "only applies with --shadow-of" in result.stderr
     result = _serve_and_fail(digits.directory, *pinned, "--inject-logit-scale", "0")
     assert result.returncode == 2 and "--inject-logit-scale" in result.stderr
+    result = _serve_and_fail(digits.directory, *pinned, "--split-batches", "--max-batch-size", "4")
+    assert result.returncode == 2 and "--split-batches applies when the server adapts" in result.stderr
+    result = _serve_and_fail(digits.directory, *pinned, "--split-batches", "--threads", "1")
+    assert result.returncode == 2 and "--split-batches needs 2 or more --threads" in result.stderr
 
 
 def test_unloadable_model_exits_non_zero(tmp_path: Path) -> None:

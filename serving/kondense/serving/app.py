@@ -106,6 +106,9 @@ class ServerSettings:
     adaptive: bool = False
     """Ignore max_batch_size/inference_workers: inline while the model is fast, else micro-batches on
     one worker whose session uses every core (``AdaptiveRunner``)."""
+    split_batches: bool | None = None
+    """With ``adaptive``: run a batch of several rows as one slice per core on a second, one-thread
+    session (``RowSplitModel``); None: when the second session fits (``second_session_fits``)."""
     inject_latency_s: float = 0.0
     """Tests and demos only: a fixed delay added to every inference."""
     inject_error_rate: float = 0.0

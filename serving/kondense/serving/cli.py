@@ -186,6 +186,17 @@ def serve(
             "best for tiny models). With --threads 1, set it to the cores to use.",
         ),
     ] = None,
+    split_batches: Annotated[
+        bool | None,
+        typer.Option(
+            "--split-batches/--no-split-batches",
+            help="When the server adapts: run a batch of several rows as one slice per core, side by "
+            "side, on a second ONNX Runtime session with one thread (a compute-bound model does more "
+            "per core that way; a single row still gets every thread). Costs that session's memory, "
+            "about what the first one took. Default: on with 2 or more threads when the process stays "
+            "within 80%% of its memory limit (cgroup memory.max, else the machine's free memory).",
+        ),
+    ] = None,
     allow_non_finite: Annotated[
         bool, typer.Option("--allow-non-finite", help="Pass NaN/Infinity inputs to the model instead of 400.")
     ] = False,
@@ -223,6 +234,13 @@ def serve(
         raise _fail("--mirror-sample and --mirror-variant only apply with --mirror-to")
     if mirror_to is not None and shadow_of is not None:
         raise _fail("--mirror-to (a stable server) and --shadow-of (a canary) cannot be combined")
+    if split_batches and (max_batch_size is not None or inference_workers is not None):
+        raise _fail(
+            "--split-batches applies when the server adapts; drop --max-batch-size and --inference-workers "
+            "(with them, --threads 1 --inference-workers N runs N calls side by side)"
+        )
+    if split_batches and threads == 1:
+        raise _fail("--split-batches needs 2 or more --threads: one slice per thread")
     if max_inflight_bytes < max_body_bytes:
         raise _fail(
             f"--max-inflight-bytes {max_inflight_bytes} is below --max-body-bytes {max_body_bytes}: "
@@ -286,6 +304,7 @@ def serve(
         max_batch_delay_s=None if max_batch_delay_ms is None else max_batch_delay_ms / 1000.0,
         inference_workers=inference_workers or 1,
         adaptive=max_batch_size is None and inference_workers is None,
+        split_batches=split_batches,
         inject_latency_s=inject_latency_ms / 1000.0,
         inject_error_rate=inject_error_rate,
         inject_logit_scale=inject_logit_scale,

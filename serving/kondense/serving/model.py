@@ -46,6 +46,29 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def resident_bytes() -> int:
+    """This process's resident memory (0 where /proc cannot tell)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process may use: its cgroup's limit (a pod's memory limit, cgroup v2 or v1),
+    else what it holds plus the machine's available memory; None when neither can be read."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text().strip()
+            if text != "max" and int(text) < 1 << 60:  # cgroup v1 says "no limit" with a huge number
+                return int(text)
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return resident_bytes() + int(line.split()[1]) * 1024
+    return None
+
+
 SPIN_KEY = "session.intra_op.allow_spinning"
 SPIN_STOP_KEY = "session.force_spinning_stop"
 

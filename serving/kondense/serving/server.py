@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
@@ -54,6 +55,48 @@ def grpc_core_settings() -> str | None:
     return os.environ.setdefault(GRPC_EXPERIMENTS, GRPC_CORE_DEFAULTS)
 
 
+def load_model(
+    path: Path, settings: ServerSettings, threads: int | None, spin_wait: bool = False
+) -> InferenceModel:
+    """The ONNX Runtime session(s) for ``path``: one session with ``threads`` intra-op threads (the
+    CPUs available when None), warmed up; with the adaptive runner also a second, one-thread session
+    that batches run on in slices (``RowSplitModel``) when ``settings.split_batches`` asks for it or,
+    left unset, when it fits the memory limit."""
+    from kondense.serving.batching import RowSplitModel, batchable, second_session_fits
+    from kondense.serving.model import OnnxModel, available_cpus, memory_limit_bytes, resident_bytes
+
+    intra_op = threads or available_cpus()
+    log.info("ONNX Runtime intra-op threads: %d%s", intra_op, "" if threads else " (the CPUs available)")
+    before = resident_bytes()
+    model = OnnxModel(path, threads=intra_op, spin_wait=spin_wait)
+    model.warm_up()
+    session_bytes = max(resident_bytes() - before, path.stat().st_size)  # the file: at least its weights
+    if not settings.adaptive or settings.split_batches is False:
+        return model
+    asked = settings.split_batches is True
+    why_not = None
+    if intra_op < 2:
+        why_not = "one intra-op thread"
+    elif not batchable(model):
+        why_not = "an input without a dynamic first (batch) dimension"
+    elif not asked and not second_session_fits(resident_bytes(), session_bytes, memory_limit_bytes()):
+        why_not = (
+            f"a second session (about {session_bytes / 2**20:.0f} MiB) does not fit the memory limit; "
+            "--split-batches loads it all the same"
+        )
+    if why_not is not None:
+        (log.warning if asked else log.info)("batches run as one session call: %s", why_not)
+        return model
+    narrow = OnnxModel(path, threads=1, spin_wait=spin_wait)
+    narrow.warm_up()
+    log.info(
+        "batches of several rows run as %d slices side by side on a second, one-thread session (about %.0f MiB)",
+        intra_op,
+        session_bytes / 2**20,
+    )
+    return RowSplitModel(model, narrow, parts=intra_op)
+
+
 def serve(
     artifact: CheckedArtifact,
     settings: ServerSettings,
@@ -64,14 +107,8 @@ def serve(
     """Serve until SIGTERM/SIGINT; returns the process exit code (non-zero if the model never loaded)."""
     fatal: list[str] = []
 
-    def load_model() -> InferenceModel:
-        from kondense.serving.model import OnnxModel, available_cpus  # onnxruntime: only when serving
-
-        intra_op = threads or available_cpus()
-        log.info("ONNX Runtime intra-op threads: %d%s", intra_op, "" if threads else " (the CPUs available)")
-        model = OnnxModel(artifact.model_path, threads=intra_op, spin_wait=spin_wait)
-        model.warm_up()
-        return model
+    def load() -> InferenceModel:
+        return load_model(artifact.model_path, settings, threads, spin_wait)
 
     def on_fatal(message: str) -> None:
         log.error("%s", message)
@@ -88,7 +125,7 @@ def serve(
 
         host = f"[{listen.host}]" if ":" in listen.host else listen.host
         front_ends.append(GrpcFrontEnd(f"{host}:{listen.grpc_port}", grace_s=listen.graceful_timeout_s))
-    app = build_app(settings, load_model, on_fatal, front_ends)
+    app = build_app(settings, load, on_fatal, front_ends)
     config = uvicorn.Config(
         app,
         host=listen.host,
