@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -350,3 +351,58 @@ def test_a_batch_waits_a_share_of_its_session_time_for_spread_out_companions(dig
     assert 0.1 * 0.1 <= delay <= MAX_SHARED_DELAY_S  # a tenth of at least 100 ms, capped
     fixed = DynamicBatcher(model, max_batch_size=16, max_delay_s=0.001)
     assert fixed.companion_delay(4) == 0.001  # without a share: the delay as given
+
+
+class _RowCostModel:
+    """The digits session with an extra cost per row, released like a compute-bound session call
+    releases the GIL; counts the calls running at once."""
+
+    def __init__(self, model: OnnxModel, seconds_per_row: float) -> None:
+        self._model = model
+        self._seconds = seconds_per_row
+        self.inputs = model.inputs
+        self.outputs = model.outputs
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        try:
+            time.sleep(self._seconds * len(next(iter(inputs.values()))))
+            return self._model.predict(inputs, outputs)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+def test_clients_of_a_batcher_with_several_workers_keep_every_worker_busy(digits: Digits) -> None:
+    """Eight clients in a closed loop, two workers: the batches share the rows in flight (at most
+    four each) and run side by side. Taking every queued row, the first batch took all eight and
+    its clients came back together for good: one worker ran batches of eight, the other idled."""
+    batches: list[int] = []
+    model = _RowCostModel(OnnxModel(digits.directory / MODEL_FILE, threads=1), seconds_per_row=0.003)
+    batcher = DynamicBatcher(model, max_batch_size=16, max_delay_s=0.002, workers=2, on_batch=batches.append)
+    rounds = 6
+
+    async def client(index: int) -> None:
+        row = digits.inputs[index : index + 1]
+        for _ in range(rounds):
+            result = await batcher.run({"input": row}, None)
+            np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+
+    async def main() -> None:
+        await batcher.start()
+        try:
+            await asyncio.gather(*(client(i) for i in range(8)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert sum(batches) == 8 * rounds and max(batches) <= 4
+    assert model.most_at_once == 2
+    assert batcher.batch_share() == 1  # nothing in flight any more
