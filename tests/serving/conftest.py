@@ -7,6 +7,7 @@ subprocesses on free ports, always stopped.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -27,6 +28,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kondense.api.artifacts import MANIFEST_FILE, MODEL_FILE, ArtifactRef, Manifest, sha256_file
+from kondense.serving.batching import InferenceRunner
 
 KONDENSE = [sys.executable, "-m", "kondense.cli"]
 
@@ -265,3 +267,16 @@ def digits_server(digits: Digits) -> Iterator[Server]:
 def datatypes_server(datatypes_dir: Path) -> Iterator[Server]:
     with running_server(datatypes_dir, "datatypes") as server:
         yield server
+
+
+def run_all(runner: InferenceRunner, rows: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Start ``runner``, hand it every row of digits at once (one request each), stop it."""
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        await runner.start()
+        try:
+            return await asyncio.gather(*(runner.run({"input": row}, None) for row in rows))
+        finally:
+            await runner.stop()
+
+    return asyncio.run(main())

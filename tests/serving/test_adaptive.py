@@ -9,7 +9,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,18 +19,7 @@ from kondense.api.artifacts import MODEL_FILE
 from kondense.serving.batching import MAX_SHARED_DELAY_S, AdaptiveRunner, DynamicBatcher
 from kondense.serving.model import OnnxModel, available_cpus, spin_config
 
-from .conftest import Digits
-
-
-def _run_all(runner: AdaptiveRunner, rows: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    async def main() -> list[dict[str, np.ndarray]]:
-        await runner.start()
-        try:
-            return await asyncio.gather(*(runner.run({"input": row}, None) for row in rows))
-        finally:
-            await runner.stop()
-
-    return asyncio.run(main())
+from .conftest import Digits, run_all
 
 
 def test_a_fast_model_runs_inline(digits: Digits) -> None:
@@ -38,7 +27,7 @@ def test_a_fast_model_runs_inline(digits: Digits) -> None:
     model = OnnxModel(digits.directory / MODEL_FILE, threads=1)
     runner = AdaptiveRunner(model, inline_below_s=10.0, on_batch=batches.append)
     rows = [digits.inputs[i : i + 1] for i in range(8)]
-    results = _run_all(runner, rows)
+    results = run_all(runner, rows)
     assert runner.inline and batches == []
     for row, result in zip(rows, results, strict=True):
         np.testing.assert_array_equal(result["logits"], digits.reference(row))
@@ -49,7 +38,7 @@ def test_a_slow_model_batches_concurrent_requests_and_splits_the_answers(digits:
     model = OnnxModel(digits.directory / MODEL_FILE, threads=available_cpus())
     runner = AdaptiveRunner(model, inline_below_s=0.0, max_batch_size=16, on_batch=batches.append)
     rows = [digits.inputs[i : i + 1 + i % 2] for i in range(24)]  # 1 or 2 rows each
-    results = _run_all(runner, rows)
+    results = run_all(runner, rows)
     assert not runner.inline
     # all 24 requests arrive before the collector runs: batches of up to 16 rows, every row once
     assert sum(batches) == sum(len(row) for row in rows) and max(batches) > 2 and max(batches) <= 16
@@ -206,20 +195,44 @@ def test_a_model_slower_than_the_lone_limit_never_runs_inline(digits: Digits) ->
 
 
 class _SlowModel:
-    """The digits session with a fixed extra cost per call: batches take long enough that the
-    requests of other clients queue behind them, as with a compute-bound model."""
+    """The digits session with an extra cost per call and per row, released like a compute-bound
+    session call releases the GIL: batches take long enough that the requests of other clients
+    queue behind them. Counts the calls running at once."""
 
-    def __init__(self, model: OnnxModel, seconds: float) -> None:
+    def __init__(self, model: OnnxModel, seconds: float = 0.0, *, seconds_per_row: float = 0.0) -> None:
         self._model = model
         self._seconds = seconds
+        self._seconds_per_row = seconds_per_row
         self.inputs = model.inputs
         self.outputs = model.outputs
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        time.sleep(self._seconds)
-        return self._model.predict(inputs, outputs)
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        try:
+            time.sleep(self._seconds + self._seconds_per_row * len(next(iter(inputs.values()))))
+            return self._model.predict(inputs, outputs)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+async def _closed_loop(
+    batcher: DynamicBatcher, digits: Digits, index: int, rounds: int, pause_s: float = 0.0
+) -> None:
+    """One client: a request with digit ``index``, its answer checked, ``pause_s``, the next."""
+    row = digits.inputs[index : index + 1]
+    for _ in range(rounds):
+        result = await batcher.run({"input": row}, None)
+        np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
+        if pause_s:
+            await asyncio.sleep(pause_s)
 
 
 def test_clients_split_into_two_half_batches_join_again(digits: Digits) -> None:
@@ -232,12 +245,9 @@ def test_clients_split_into_two_half_batches_join_again(digits: Digits) -> None:
     batcher = DynamicBatcher(model, max_batch_size=16, max_delay_s=0.5, on_batch=batches.append)
     rounds = 8
 
-    async def client(index: int) -> None:
-        row = digits.inputs[index : index + 1]
-        for _ in range(rounds):
-            result = await batcher.run({"input": row}, None)
-            np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
-            await asyncio.sleep(0.002)  # the answer's way back to the client and its next request's way in
+    def client(index: int) -> Coroutine[None, None, None]:
+        # 2 ms: the answer's way back to the client and its next request's way in
+        return _closed_loop(batcher, digits, index, rounds, pause_s=0.002)
 
     async def main() -> None:
         await batcher.start()
@@ -353,52 +363,19 @@ def test_a_batch_waits_a_share_of_its_session_time_for_spread_out_companions(dig
     assert fixed.companion_delay(4) == 0.001  # without a share: the delay as given
 
 
-class _RowCostModel:
-    """The digits session with an extra cost per row, released like a compute-bound session call
-    releases the GIL; counts the calls running at once."""
-
-    def __init__(self, model: OnnxModel, seconds_per_row: float) -> None:
-        self._model = model
-        self._seconds = seconds_per_row
-        self.inputs = model.inputs
-        self.outputs = model.outputs
-        self._lock = threading.Lock()
-        self._running = 0
-        self.most_at_once = 0
-
-    def predict(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        with self._lock:
-            self._running += 1
-            self.most_at_once = max(self.most_at_once, self._running)
-        try:
-            time.sleep(self._seconds * len(next(iter(inputs.values()))))
-            return self._model.predict(inputs, outputs)
-        finally:
-            with self._lock:
-                self._running -= 1
-
-
 def test_clients_of_a_batcher_with_several_workers_keep_every_worker_busy(digits: Digits) -> None:
     """Eight clients in a closed loop, two workers: the batches share the rows in flight (at most
     four each) and run side by side. Taking every queued row, the first batch took all eight and
     its clients came back together for good: one worker ran batches of eight, the other idled."""
     batches: list[int] = []
-    model = _RowCostModel(OnnxModel(digits.directory / MODEL_FILE, threads=1), seconds_per_row=0.003)
+    model = _SlowModel(OnnxModel(digits.directory / MODEL_FILE, threads=1), seconds_per_row=0.003)
     batcher = DynamicBatcher(model, max_batch_size=16, max_delay_s=0.002, workers=2, on_batch=batches.append)
     rounds = 6
-
-    async def client(index: int) -> None:
-        row = digits.inputs[index : index + 1]
-        for _ in range(rounds):
-            result = await batcher.run({"input": row}, None)
-            np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)
 
     async def main() -> None:
         await batcher.start()
         try:
-            await asyncio.gather(*(client(i) for i in range(8)))
+            await asyncio.gather(*(_closed_loop(batcher, digits, i, rounds) for i in range(8)))
         finally:
             await batcher.stop()
 

@@ -4,8 +4,8 @@ one call; ``kondense serve`` loads the second session only when it may."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from kondense.serving.batching import AdaptiveRunner, RowSplitModel, second_sess
 from kondense.serving.model import ModelInputError, OnnxModel, memory_limit_bytes, resident_bytes
 from kondense.serving.server import load_model
 
-from .conftest import Digits, _model, write_model_dir
+from .conftest import Digits, _model, run_all, write_model_dir
 
 
 def _split(path: Path, parts: int = 2) -> RowSplitModel:
@@ -90,41 +90,37 @@ def test_outputs_that_do_not_keep_the_rows_are_answered_in_one_call(
         model.close()
 
 
-def test_a_slice_that_runtime_rejects_fails_the_call_and_the_model_goes_on(
-    digits: Digits, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def eager_split(digits: Digits, monkeypatch: pytest.MonkeyPatch) -> Iterator[RowSplitModel]:
+    """The digits model split in 2, cutting every batch however fast the model; closed afterwards."""
     monkeypatch.setattr(batching, "SPLIT_ABOVE_S", 0.0)
     model = _split(digits.directory / MODEL_FILE)
-    try:
-        model.predict({"input": digits.inputs[:2]})  # the time per row is known: the next batch splits
-        with pytest.raises(ModelInputError, match="input"):
-            model.predict({"input": np.zeros((4, 63), np.float32)})
-        batch = digits.inputs[:4]
-        np.testing.assert_allclose(
-            model.predict({"input": batch})["logits"], digits.reference(batch), rtol=1e-5, atol=1e-6
-        )
-        assert model.split_calls == 2
-    finally:
-        model.close()
+    yield model
+    model.close()
+
+
+def test_a_slice_that_runtime_rejects_fails_the_call_and_the_model_goes_on(
+    digits: Digits, eager_split: RowSplitModel
+) -> None:
+    model = eager_split
+    model.predict({"input": digits.inputs[:2]})  # the time per row is known: the next batch splits
+    with pytest.raises(ModelInputError, match="input"):
+        model.predict({"input": np.zeros((4, 63), np.float32)})
+    batch = digits.inputs[:4]
+    np.testing.assert_allclose(
+        model.predict({"input": batch})["logits"], digits.reference(batch), rtol=1e-5, atol=1e-6
+    )
+    assert model.split_calls == 2
 
 
 def test_the_adaptive_runner_batches_on_the_split_model_and_closes_it(
-    digits: Digits, monkeypatch: pytest.MonkeyPatch
+    digits: Digits, eager_split: RowSplitModel
 ) -> None:
-    monkeypatch.setattr(batching, "SPLIT_ABOVE_S", 0.0)
-    model = _split(digits.directory / MODEL_FILE)
+    model = eager_split
     batches: list[int] = []
     runner = AdaptiveRunner(model, inline_below_s=0.0, lone_inline_below_s=0.0, on_batch=batches.append)
     rows = [digits.inputs[i : i + 1] for i in range(12)]
-
-    async def main() -> list[dict[str, np.ndarray]]:
-        await runner.start()
-        try:
-            return await asyncio.gather(*(runner.run({"input": row}, None) for row in rows))
-        finally:
-            await runner.stop()
-
-    results = asyncio.run(main())
+    results = run_all(runner, rows)
     assert sum(batches) == 12 and max(batches) > 1 and model.split_calls >= 1
     for row, result in zip(rows, results, strict=True):
         np.testing.assert_allclose(result["logits"], digits.reference(row), rtol=1e-5, atol=1e-6)

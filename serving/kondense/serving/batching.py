@@ -422,7 +422,9 @@ class RowSplitModel:
     rows/s for one row on the 2-thread session against about 56 on one thread. The price is the
     second session's memory (about what the first one takes; ``kondense serve`` only loads it when
     it fits, see ``--split-batches``). A batch that takes less than ``SPLIT_ABOVE_S`` in one call,
-    or a model whose outputs do not keep the rows as their first dimension, runs on ``wide``."""
+    or a model whose outputs do not keep the rows as their first dimension, runs on ``wide``. Built
+    for one call at a time (the adaptive runner's one worker); concurrent calls stay correct, their
+    slices wait for the helper threads in turn."""
 
     def __init__(self, wide: InferenceModel, narrow: InferenceModel, *, parts: int) -> None:
         if parts < 2:

@@ -194,7 +194,7 @@ def serve(
             "side, on a second ONNX Runtime session with one thread (a compute-bound model does more "
             "per core that way; a single row still gets every thread). Costs that session's memory, "
             "about what the first one took. Default: on with 2 or more threads when the process stays "
-            "within 80%% of its memory limit (cgroup memory.max, else the machine's free memory).",
+            "within 80% of its memory limit (cgroup memory.max, else the machine's free memory).",
         ),
     ] = None,
     allow_non_finite: Annotated[

@@ -70,7 +70,7 @@ def load_model(
     before = resident_bytes()
     model = OnnxModel(path, threads=intra_op, spin_wait=spin_wait)
     model.warm_up()
-    session_bytes = max(resident_bytes() - before, path.stat().st_size)  # the file: at least its weights
+    session_bytes = max(resident_bytes() - before, path.stat().st_size)  # at least model.onnx itself
     if not settings.adaptive or settings.split_batches is False:
         return model
     asked = settings.split_batches is True
