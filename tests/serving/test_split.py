@@ -140,7 +140,6 @@ def test_a_split_needs_two_parts(digits: Digits) -> None:
         (100, 50, 200, True),  # 150 <= 160
         (100, 70, 200, False),  # 170 > 160
         (100, 50, None, False),  # no limit known: do not guess
-        (100, 0, 200, False),  # the first session's cost is unknown
     ],
 )
 def test_the_second_session_loads_only_when_it_fits(

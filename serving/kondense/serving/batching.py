@@ -45,6 +45,12 @@ class BatchSplitError(RuntimeError):
     """The model's outputs do not have the batch as their first dimension."""
 
 
+def moving_average(average: float, value: float, keep: float) -> float:
+    """``keep`` of ``average`` plus the rest of ``value``; ``value`` itself while ``average`` is 0
+    (nothing measured yet)."""
+    return value if not average else keep * average + (1.0 - keep) * value
+
+
 class InferenceRunner(Protocol):
     async def start(self) -> None: ...
 
@@ -359,8 +365,7 @@ class DynamicBatcher:
             for item in batch:
                 _settle(item, exc)
             return
-        per_row = (loop.time() - started) / max(rows, 1)
-        self._row_seconds = per_row if not self._row_seconds else 0.8 * self._row_seconds + 0.2 * per_row
+        self._row_seconds = moving_average(self._row_seconds, (loop.time() - started) / max(rows, 1), 0.8)
         if (error := _split_error(result, rows)) is not None:
             for item in batch:
                 _settle(item, error)
@@ -402,8 +407,7 @@ class _TimedModel:
         try:
             return self.model.predict(inputs, outputs)
         finally:
-            elapsed = perf_counter() - started
-            self.seconds = elapsed if self.seconds == 0.0 else 0.9 * self.seconds + 0.1 * elapsed
+            self.seconds = moving_average(self.seconds, perf_counter() - started, 0.9)
 
 
 SPLIT_ABOVE_S = 0.001
@@ -434,8 +438,8 @@ class RowSplitModel:
         self.parts = parts
         self._helpers = ThreadPoolExecutor(parts - 1, thread_name_prefix="kondense-slice")
         self._row_seconds = 0.0
-        """Moving average of a row's seconds: a call on ``wide`` counts its time, a split batch its
-        time times its slices (what its rows cost on one thread); 0 until the first call."""
+        """Moving average of a batch row's seconds: a batch on ``wide`` counts its time, a split batch
+        its time times its slices (what its rows cost on one thread); 0 until the first batch."""
         self._keeps_rows = True
         """False once the outputs turned out not to have the rows as their first dimension."""
         self.split_calls = 0
@@ -452,10 +456,12 @@ class RowSplitModel:
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         rows = _batch_rows(inputs)
+        if rows is None or rows < 2:  # nothing to cut (and nothing to time: the row time is a batch's)
+            return self._wide.predict(inputs, outputs)
         started = perf_counter()
-        if rows is None or rows < 2 or not self._keeps_rows or rows * self._row_seconds < SPLIT_ABOVE_S:
+        if not self._keeps_rows or rows * self._row_seconds < SPLIT_ABOVE_S:
             result = self._wide.predict(inputs, outputs)
-            self._observe(perf_counter() - started, rows or 1)
+            self._row_seconds = moving_average(self._row_seconds, (perf_counter() - started) / rows, 0.8)
             return result
         spans = list(pairwise(np.linspace(0, rows, min(self.parts, rows) + 1).astype(int).tolist()))
         slices = [{name: array[start:stop] for name, array in inputs.items()} for start, stop in spans]
@@ -473,12 +479,9 @@ class RowSplitModel:
             self._keeps_rows = False
             return self._wide.predict(inputs, outputs)
         self.split_calls += 1
-        self._observe((perf_counter() - started) * len(spans), rows)
+        per_row = (perf_counter() - started) * len(spans) / rows
+        self._row_seconds = moving_average(self._row_seconds, per_row, 0.8)
         return {name: np.concatenate([result[name] for result in results]) for name in first}
-
-    def _observe(self, seconds: float, rows: int) -> None:
-        per_row = seconds / rows
-        self._row_seconds = per_row if not self._row_seconds else 0.8 * self._row_seconds + 0.2 * per_row
 
     def close(self) -> None:
         self._helpers.shutdown(wait=True)
@@ -492,8 +495,8 @@ process, with it, stays within this share of its memory limit (``second_session_
 def second_session_fits(resident: int, session_bytes: int, limit: int | None) -> bool:
     """Whether a second session that costs ``session_bytes`` (what the first one added to the
     process) fits: ``resident`` plus it within ``SPLIT_MEMORY_SHARE`` of ``limit``; never when the
-    limit or the cost is unknown."""
-    if limit is None or session_bytes <= 0:
+    limit is unknown."""
+    if limit is None:
         return False
     return resident + session_bytes <= SPLIT_MEMORY_SHARE * limit
 
