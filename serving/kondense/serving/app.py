@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import orjson
@@ -49,6 +49,9 @@ from kondense.serving.protocol import (
 from kondense.serving.shadow import ShadowComparer
 from kondense.serving.tensors import InferenceModel, InputRejectedError
 from kondense.serving.validation import RequestError, RequestLimits
+
+if TYPE_CHECKING:
+    from kondense.serving.workers import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,7 @@ def _json(payload: object, status: int = 200) -> Response:
 
 class FrontEnd(Protocol):
     """Another protocol serving the same model (gRPC): started before the model loads (health
-    answers meanwhile), stopped after the HTTP server drained."""
+    answers meanwhile; a worker of several starts it after), stopped after the HTTP server drained."""
 
     async def start(self, server: ModelServer) -> None: ...
 
@@ -239,9 +242,11 @@ class ModelServer:
         load_model: Callable[[], InferenceModel],
         on_fatal: Callable[[str], None],
         front_ends: Sequence[FrontEnd] = (),
+        group: WorkerGroup | None = None,
     ) -> None:
         self.settings = settings
-        self._front_ends = list(front_ends)
+        self._front_ends = list(front_ends) if group is None else [group, *front_ends]
+        self._group = group
         self.metrics = ServerMetrics(settings.model_name, settings.variant)
         self.metrics.set_model(settings.sha256, ready=False)
         self._load_model = load_model
@@ -300,15 +305,20 @@ class ModelServer:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         started: list[FrontEnd] = []
-        for front_end in self._front_ends:
-            try:
-                await front_end.start(self)
-            except Exception as exc:
-                self._on_fatal(str(exc))
-                break
-            started.append(front_end)
-        # Load in the background: liveness answers while a large model loads.
+        # Load in the background: liveness answers while a large model loads. A worker of several
+        # (``workers``) loads first: uvicorn opens its listeners after the lifespan started, so the
+        # worker takes connections only once it can answer them (its siblings take them meanwhile).
         loading = asyncio.create_task(self._load())
+        if self._group is not None:
+            await asyncio.shield(loading)
+        if self._group is None or self.ready:
+            for front_end in self._front_ends:
+                try:
+                    await front_end.start(self)
+                except Exception as exc:
+                    self._on_fatal(str(exc))
+                    break
+                started.append(front_end)
         try:
             yield
         finally:
@@ -449,7 +459,13 @@ class ModelServer:
         )
 
     async def metrics_endpoint(self, _request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        own = self.own_exposition()
+        body = own if self._group is None else await self._group.exposition(own)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    def own_exposition(self) -> bytes:
+        """This process's metrics (with ``--workers``, ``/metrics`` adds up every worker's)."""
+        return generate_latest(self.metrics.registry)
 
     # --- inference -------------------------------------------------------------------------------
 
@@ -715,8 +731,9 @@ def build_app(
     load_model: Callable[[], InferenceModel],
     on_fatal: Callable[[str], None],
     front_ends: Sequence[FrontEnd] = (),
+    group: WorkerGroup | None = None,
 ) -> InferFastPath:
-    server = ModelServer(settings, load_model, on_fatal, front_ends)
+    server = ModelServer(settings, load_model, on_fatal, front_ends, group)
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
     routes = [
         Route("/v2/health/live", server.live, methods=["GET"]),

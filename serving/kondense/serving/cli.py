@@ -51,6 +51,15 @@ def serve(
             "included; the operator passes the pod's CPU limit).",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        _at_least(
+            1,
+            "Server processes sharing the port(s), each with its own session: for a small model whose "
+            "requests keep one core busy with HTTP and JSON (the rest of the CPUs idle), set it to the "
+            "cores. Each worker holds the model in memory and has its own request limits.",
+        ),
+    ] = 1,
     spin_wait: Annotated[
         bool,
         typer.Option(
@@ -241,6 +250,10 @@ def serve(
         )
     if split_batches and threads == 1:
         raise _fail("--split-batches needs 2 or more --threads: one slice per thread")
+    if workers > 1 and grpc_port == 0:
+        raise _fail(
+            "--workers needs a fixed --grpc-port: with 0 every worker would take a gRPC port of its own"
+        )
     if max_inflight_bytes < max_body_bytes:
         raise _fail(
             f"--max-inflight-bytes {max_inflight_bytes} is below --max-body-bytes {max_body_bytes}: "
@@ -314,7 +327,9 @@ def serve(
     )
     if grpc_port is not None and grpc_port == port and port != 0:
         raise _fail(f"--grpc-port {grpc_port} is the HTTP --port; give gRPC its own port")
-    listen = ListenOptions(host=host, port=port, graceful_timeout_s=graceful_timeout_s, grpc_port=grpc_port)
+    listen = ListenOptions(
+        host=host, port=port, graceful_timeout_s=graceful_timeout_s, grpc_port=grpc_port, workers=workers
+    )
     code = run_server(artifact, settings, listen, threads, spin_wait)
     if code:
         raise typer.Exit(code)

@@ -367,9 +367,11 @@ class GrpcFrontEnd:
     """A ``grpc.aio`` server on the running (uvicorn's) event loop, started by the app's lifespan,
     with the standard health check (``health_handler``) beside the inference service."""
 
-    def __init__(self, address: str, *, grace_s: float) -> None:
+    def __init__(self, address: str, *, grace_s: float, shared_port: bool = False) -> None:
         self.address = address
         self._grace_s = grace_s
+        self._shared_port = shared_port
+        """One of several workers on the port (``SO_REUSEPORT``; the parent checked it was free)."""
         self._server: grpc.aio.Server | None = None
 
     async def start(self, server: ModelServer) -> None:
@@ -379,7 +381,8 @@ class GrpcFrontEnd:
                 # Larger messages are refused by gRPC itself with RESOURCE_EXHAUSTED (--max-body-bytes).
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+                # a port in use is an error, not a shared port; workers share theirs
+                ("grpc.so_reuseport", 1 if self._shared_port else 0),
             ],
         )
         handlers = implemented_handlers(InferenceServicer(server))

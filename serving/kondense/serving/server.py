@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from kondense.serving.app import ServerSettings, build_app
 from kondense.serving.artifact import CheckedArtifact
 from kondense.serving.tensors import InferenceModel
+
+if TYPE_CHECKING:
+    from kondense.serving.workers import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,8 @@ class ListenOptions:
     """How long in-flight requests may take to finish after SIGTERM."""
     grpc_port: int | None = None
     """The Open Inference Protocol over gRPC on this port too (off when None)."""
+    workers: int = 1
+    """Server processes sharing the ports (``workers.serve_workers``)."""
 
 
 def _http_protocol() -> type[asyncio.Protocol] | str:
@@ -104,7 +111,27 @@ def serve(
     threads: int | None,
     spin_wait: bool = False,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code (non-zero if the model never loaded)."""
+    """Serve until SIGTERM/SIGINT; returns the process exit code (non-zero if the model never loaded,
+    or, with several workers, when one of them ended on its own)."""
+    if listen.workers > 1:
+        from kondense.serving.workers import serve_workers
+
+        return serve_workers(artifact, settings, listen, threads, spin_wait, listen.workers)
+    return serve_one(artifact, settings, listen, threads, spin_wait)
+
+
+def serve_one(
+    artifact: CheckedArtifact,
+    settings: ServerSettings,
+    listen: ListenOptions,
+    threads: int | None,
+    spin_wait: bool = False,
+    *,
+    sockets: list[socket.socket] | None = None,
+    group: WorkerGroup | None = None,
+) -> int:
+    """One server process: on ``sockets`` (bound by the parent) as one of ``group`` when given, else
+    on ``listen``'s host and port."""
     fatal: list[str] = []
 
     def load() -> InferenceModel:
@@ -124,8 +151,12 @@ def serve(
             log.info("gRPC core experiments: %s (%s)", experiments, GRPC_EXPERIMENTS)
 
         host = f"[{listen.host}]" if ":" in listen.host else listen.host
-        front_ends.append(GrpcFrontEnd(f"{host}:{listen.grpc_port}", grace_s=listen.graceful_timeout_s))
-    app = build_app(settings, load, on_fatal, front_ends)
+        front_ends.append(
+            GrpcFrontEnd(
+                f"{host}:{listen.grpc_port}", grace_s=listen.graceful_timeout_s, shared_port=group is not None
+            )
+        )
+    app = build_app(settings, load, on_fatal, front_ends, group)
     config = uvicorn.Config(
         app,
         host=listen.host,
@@ -140,5 +171,5 @@ def serve(
         log_level="info",
     )
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets)
     return 1 if fatal else 0
