@@ -143,7 +143,11 @@ def build_digits() -> Model:
     row = features[:1]
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row.ravel().tolist()}]}
     return Model(
-        "digits", directory, json.dumps(body).encode(), {"input": row}, server_args=["--threads", "1"]
+        "digits",
+        directory,
+        json.dumps(body).encode(),
+        {"input": row},
+        server_args=["--threads", "1", "--workers", "2"],
     )
 
 
