@@ -61,6 +61,7 @@ def test_merged_expositions_add_up_counts_and_keep_what_a_sum_would_break() -> N
     assert merged[("kondense_model_ready", ())] == 0  # ready only when every worker is
     assert merged[("process_start_time_seconds", ())] == 100.0
     assert merged[("kondense_model_info", (("sha256", "ab"),))] == 1.0
+    assert merged[(WORKERS_METRIC, ())] == 2
     created = [value for (name, _), value in merged.items() if name.endswith("_created")]
     assert created and all(value > 1e9 for value in created)
 

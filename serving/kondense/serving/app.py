@@ -309,17 +309,17 @@ class ModelServer:
         # (``workers``) loads first: uvicorn opens its listeners after the lifespan started, so the
         # worker takes connections only once it can answer them (its siblings take them meanwhile).
         loading = asyncio.create_task(self._load())
-        if self._group is not None:
-            await asyncio.shield(loading)
-        if self._group is None or self.ready:
-            for front_end in self._front_ends:
-                try:
-                    await front_end.start(self)
-                except Exception as exc:
-                    self._on_fatal(str(exc))
-                    break
-                started.append(front_end)
         try:
+            if self._group is not None:
+                await loading
+            if self._group is None or self.ready:
+                for front_end in self._front_ends:
+                    try:
+                        await front_end.start(self)
+                    except Exception as exc:
+                        self._on_fatal(str(exc))
+                        break
+                    started.append(front_end)
             yield
         finally:
             for front_end in started:

@@ -57,7 +57,8 @@ def serve(
             1,
             "Server processes sharing the port(s), each with its own session: for a small model whose "
             "requests keep one core busy with HTTP and JSON (the rest of the CPUs idle), set it to the "
-            "cores. Each worker holds the model in memory and has its own request limits.",
+            "cores. Each worker holds the model in memory, has its own request limits and, without "
+            "--threads, an equal share of the CPUs.",
         ),
     ] = 1,
     spin_wait: Annotated[

@@ -61,10 +61,12 @@ def _merged_value(name: str, values: list[float]) -> float:
     return sum(values)
 
 
-def merge_expositions(texts: Iterable[str]) -> bytes:
+def merge_expositions(texts: Sequence[str]) -> bytes:
     """Prometheus text expositions of the workers as one: counters, histograms and most gauges added
     up; ``*_created`` and the start time the earliest; ready the lowest (1 only when every worker is);
-    info series and the fd limit the highest. Families and series keep the order they first appear in."""
+    info series and the fd limit the highest. Families and series keep the order they first appear in.
+    ``kondense_serving_workers`` says how many expositions there were (a scrape that left a worker
+    out shows)."""
     families: dict[str, Metric] = {}
     values: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[float]] = {}
     for text in texts:
@@ -75,6 +77,11 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
                 values.setdefault(key, []).append(sample.value)
     for (family_name, sample_name, labels), seen in values.items():
         families[family_name].add_sample(sample_name, dict(labels), _merged_value(sample_name, seen))
+    counted = Metric(
+        WORKERS_METRIC, "Worker processes whose metrics this scrape adds up (--workers).", "gauge"
+    )
+    counted.add_sample(WORKERS_METRIC, {}, float(len(texts)))
+    families[WORKERS_METRIC] = counted
 
     class _Merged:
         def collect(self) -> Iterable[Metric]:
@@ -83,23 +90,6 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged())
     return generate_latest(registry)
-
-
-def _counted(texts: Sequence[str]) -> list[str]:
-    """The expositions with a gauge of how many there are (a scrape that left a worker out shows)."""
-    family = Metric(
-        WORKERS_METRIC, "Worker processes whose metrics this scrape adds up (--workers).", "gauge"
-    )
-    family.add_sample(WORKERS_METRIC, {}, 1.0)
-
-    class _One:
-        def collect(self) -> Iterable[Metric]:
-            return [family]
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_One())
-    one = generate_latest(registry).decode()
-    return [*texts, *([one] * len(texts))]
 
 
 class WorkerGroup:
@@ -163,7 +153,7 @@ class WorkerGroup:
         """Every worker's metrics as one exposition (this worker's ``own`` and its siblings')."""
         others = [i for i in range(self.workers) if i != self.index]
         answers = await asyncio.gather(*(self._sibling(i) for i in others))
-        return merge_expositions(_counted([own.decode(), *(text for text in answers if text is not None)]))
+        return merge_expositions([own.decode(), *(text for text in answers if text is not None)])
 
 
 # --- the supervisor ------------------------------------------------------------------------------
@@ -202,8 +192,18 @@ def _worker_main(
     logging.basicConfig(
         level=logging.INFO, format=f"%(levelname)s:     [worker {index}] %(name)s: %(message)s"
     )
+    from kondense.serving.model import available_cpus
     from kondense.serving.server import serve_one
 
+    if threads is None:  # each worker its share of the CPUs
+        cpus = available_cpus()
+        threads = max(1, cpus // workers)
+        log.info(
+            "ONNX Runtime intra-op threads: %d of the %d CPUs available, for each of %d workers",
+            threads,
+            cpus,
+            workers,
+        )
     group = WorkerGroup(Path(directory), index, workers)
     code = serve_one(artifact, settings, listen, threads, spin_wait, sockets=sockets, group=group)
     raise SystemExit(code)
