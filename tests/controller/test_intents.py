@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 
 from kondense.api import intents
 from kondense.api.resource import CompressedModelSpec, CompressedModelStatus, Phase, VariantPhase
@@ -32,6 +33,7 @@ from kondense.operator.rollout import (
 )
 from kondense.operator.routers import ReplicaRouter
 from kondense_testing.builders import digits_body, job_result, sha
+from kondense_testing.paths import EXAMPLES
 from kondense_testing.rollouts import GOOD, SLOW, settled_world
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -573,3 +575,20 @@ def test_the_timer_wakes_for_an_unacknowledged_intent_even_when_settled() -> Non
     assert intent_waiting(
         {"kondense.dev/abort": "x"}, {"intents": "garbage"}
     )  # a bad status: pending, no error
+
+
+@pytest.mark.parametrize(
+    ("example", "digest"), [("digits", "267c5267071a"), ("digits-triton", "237c68608a57")]
+)
+def test_fields_added_later_leave_the_rollout_hash_alone_while_unset(example: str, digest: str) -> None:
+    """The examples' rollout hashes as the operator computed them before ``serving.workers`` existed:
+    upgrading the operator must not roll every model out again. Setting the field does."""
+    body = next(
+        doc
+        for doc in yaml.safe_load_all((EXAMPLES / example / "compressedmodel.yaml").read_text())
+        if doc and doc.get("kind") == "CompressedModel"
+    )
+    assert rollout_hash(CompressedModelSpec.model_validate(body["spec"])) == digest
+    if example == "digits":
+        body["spec"]["serving"]["workers"] = 2
+        assert rollout_hash(CompressedModelSpec.model_validate(body["spec"])) != digest

@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from kondense.api.resource import CompressedModelSpec, CompressedModelStatus
 from kondense.operator.backends import SERVING_BACKENDS, OnnxRuntimeBackend, ServingContext, TritonBackend
@@ -192,6 +193,49 @@ def test_server_threads_follow_the_pods_cpu(
         got = args[args.index("--threads") + 1] if "--threads" in args else None
         assert got == expected
         validate(deployment)
+
+
+@pytest.mark.parametrize(
+    ("workers", "threads", "resources", "expected"),
+    [
+        (2, None, {"limits": {"cpu": "4"}}, ("2", "2")),  # each worker its share of the pod's CPUs
+        (3, None, {"limits": {"cpu": "4"}}, ("3", "1")),
+        (2, None, {"limits": {"cpu": "1"}}, ("2", "1")),  # at least one thread each
+        (2, 3, {"limits": {"cpu": "8"}}, ("2", "3")),  # threads as given, per worker
+        (2, None, None, ("2", None)),  # the server shares out its cgroup's CPUs itself
+        (1, None, {"limits": {"cpu": "4"}}, (None, "4")),  # one worker: no flag
+        (None, None, {"limits": {"cpu": "4"}}, (None, "4")),
+    ],
+)
+def test_server_workers_share_the_pods_cpus(
+    workers: int | None,
+    threads: int | None,
+    resources: dict[str, Any] | None,
+    expected: tuple[str | None, str | None],
+) -> None:
+    raw = spec_of("digits").model_dump(mode="json", exclude_none=True)
+    for key in ("threads", "resources", "workers"):
+        raw["serving"].pop(key, None)
+    for key, value in (("workers", workers), ("threads", threads), ("resources", resources)):
+        if value is not None:
+            raw["serving"][key] = value
+    spec = CompressedModelSpec.model_validate(raw)
+    deployments = [o for o in _serving_objects(spec) if o["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        got = tuple(
+            args[args.index(flag) + 1] if flag in args else None for flag in ("--workers", "--threads")
+        )
+        assert got == expected
+        validate(deployment)
+
+
+def test_workers_are_refused_for_triton() -> None:
+    raw = spec_of("digits-triton").model_dump(mode="json", exclude_none=True)
+    raw["serving"]["workers"] = 2
+    with pytest.raises(ValidationError, match="workers: server processes are kondense serve's"):
+        CompressedModelSpec.model_validate(raw)
 
 
 @pytest.mark.parametrize(

@@ -383,6 +383,10 @@ class TritonSpec(StrictModel):
     instanceCount: int = Field(1, ge=1, le=64)
 
 
+WORKERS_NEED_ONNXRUNTIME = (
+    "workers: server processes are kondense serve's (runtime onnxruntime); Triton scales with its "
+    "instance groups (serving.triton)"
+)
 AUTOSCALING_NEEDS_CPU = (
     "autoscaling: resources.requests.cpu is required (the HorizontalPodAutoscaler's CPU utilization is a "
     "percent of it)"
@@ -425,13 +429,24 @@ class ServingSpec(Placement):
                 "&& 'cpu' in self.resources.requests)",
                 AUTOSCALING_NEEDS_CPU,
                 ".autoscaling",
-            )
+            ),
+            cel("!has(self.workers) || self.runtime == 'onnxruntime'", WORKERS_NEED_ONNXRUNTIME, ".workers"),
         )
     )
 
     runtime: Runtime = Field(Runtime.ONNXRUNTIME, description="onnxruntime (kondense's server) or triton.")
     replicas: int = Field(4, ge=1, le=100, description="Pods serving the model (stable + canary).")
-    threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads per pod.")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="ONNX Runtime intra-op threads per pod (per worker with workers)."
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Server processes per pod (kondense serve --workers), each with its own session and an "
+        "equal share of the pod's CPUs: for a small model whose requests keep one core busy with HTTP and "
+        "JSON. Each holds the model in memory: size the memory limit for all of them. onnxruntime only.",
+    )
     image: str | None = Field(None, max_length=512, description="Override the serving image.")
     port: int = Field(8080, ge=1, le=65535)
     triton: TritonSpec | None = None
@@ -443,6 +458,8 @@ class ServingSpec(Placement):
     def _autoscaling_needs_cpu(self) -> ServingSpec:
         if self.autoscaling is not None and "cpu" not in ((self.resources and self.resources.requests) or {}):
             raise ValueError(AUTOSCALING_NEEDS_CPU)
+        if self.workers is not None and self.runtime != Runtime.ONNXRUNTIME:
+            raise ValueError(WORKERS_NEED_ONNXRUNTIME)
         return self
 
 

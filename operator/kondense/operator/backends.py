@@ -121,6 +121,11 @@ def cpu_threads(resources: ResourceRequirements | None) -> int | None:
     return max(1, math.floor(parse_quantity(str(cpu))))
 
 
+def worker_threads(cpus: int | None, workers: int) -> int | None:
+    """Each worker's share of the pod's whole CPUs, at least 1 (None: not known)."""
+    return None if cpus is None else max(1, cpus // workers)
+
+
 def dedicated_cpus(resources: ResourceRequirements | None) -> bool:
     """Whether a pod with these resources owns whole CPUs: Guaranteed QoS (cpu and memory requested
     equal to their limits) with an integer CPU count, the pods the kubelet's static CPU manager gives
@@ -196,8 +201,11 @@ class OnnxRuntimeBackend:
         ]  # fmt: skip
         grpc = grpc_port(port)
         args += ["--grpc-port", str(grpc)]
-        threads = spec.serving.threads or cpu_threads(spec.serving.resources)
-        if threads:  # else the server reads its cgroup's CPU quota itself
+        workers = spec.serving.workers or 1
+        if workers > 1:
+            args += ["--workers", str(workers)]
+        threads = spec.serving.threads or worker_threads(cpu_threads(spec.serving.resources), workers)
+        if threads:  # else the server reads its cgroup's CPU quota itself (and shares it out)
             args += ["--threads", str(threads)]
         if dedicated_cpus(spec.serving.resources):  # whole CPUs of its own: threads may spin
             args += ["--spin-wait"]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from kondense.api.artifacts import ArtifactRef, JobResult, VariantMetrics
 from kondense.api.intents import Intent, Intents, Request
@@ -191,15 +192,20 @@ def compression_hash(spec: CompressedModelSpec) -> str:
     return _digest(payload)
 
 
+UNHASHED_WHEN_UNSET = {"serving": {"workers"}}
+"""Fields added after v0.x shipped: left unset they are left out of ``rollout_hash``, so that upgrading
+the operator does not roll every model out again."""
+
+
 def rollout_hash(spec: CompressedModelSpec) -> str:
     # approval and webhooks gate how the canary moves on, not what it serves: changing them restarts nothing
-    return _digest(
-        spec.model_dump(
-            mode="json",
-            include={"selection", "serving", "rollout"},
-            exclude={"rollout": {"approval", "webhooks"}},
-        )
-    )
+    exclude: dict[str, Any] = {"rollout": {"approval", "webhooks"}}
+    unset = {
+        section: {name for name in names if getattr(getattr(spec, section), name) is None}
+        for section, names in UNHASHED_WHEN_UNSET.items()
+    }
+    exclude.update({section: names for section, names in unset.items() if names})
+    return _digest(spec.model_dump(mode="json", include={"selection", "serving", "rollout"}, exclude=exclude))
 
 
 # ------------------------------------------------------------------------------------------------
