@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kondense.localcluster.scenarios import relative_latency_problems
+from kondense.localcluster.scenarios import drift_problems, relative_latency_problems
 
 
 def check(variant: str, sli: str, value: float | None, passed: bool, **extra: Any) -> dict[str, Any]:
@@ -78,6 +78,34 @@ def status(*checks: dict[str, Any], phase: str = "Promoted", promoted: str | Non
 )
 def test_relative_latency_verdict(name: str, body: dict[str, Any], problem: str | None) -> None:
     problems = relative_latency_problems(body)
+    if problem is None:
+        assert problems == [], name
+    else:
+        assert any(problem in p for p in problems), (name, problems)
+
+
+DRIFT_BREACH = check("int8", "confidencePSI", 13.9, False, threshold=0.25, pValue=1e-50, alpha=0.05)
+
+
+def agrees(value: float) -> dict[str, Any]:
+    return check("int8", "accuracyDelta", value, value <= 0.02, threshold=0.02)
+
+
+@pytest.mark.parametrize(
+    ("name", "readings", "problem"),
+    [
+        ("agreed in every window", [agrees(0.0), agrees(0.0), agrees(0.011)], None),
+        (
+            "one short window over the threshold by chance (CI: 0.026 over 4 s), agreed overall",
+            [agrees(0.0), agrees(0.0), agrees(0.026), agrees(0.011)],
+            None,
+        ),
+        ("disagreed overall", [agrees(0.03), agrees(0.05), agrees(0.0)], "did not agree with stable"),
+        ("never read", [], "did not agree with stable"),
+    ],
+)
+def test_drift_verdict(name: str, readings: list[dict[str, Any]], problem: str | None) -> None:
+    problems = drift_problems(status(DRIFT_BREACH, *readings))
     if problem is None:
         assert problems == [], name
     else:
