@@ -146,7 +146,7 @@ def test_a_worker_that_dies_stops_the_server(digits: Digits) -> None:
         workers = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(workers) == 2, children
         os.kill(workers[0], signal.SIGKILL)
-        code = server.process.wait(timeout=60)
+        server.process.wait(timeout=60)
     finally:
         code, log = server.stop()
     assert code == 1, log

@@ -116,7 +116,7 @@ def serve(
     if listen.workers > 1:
         from kondense.serving.workers import serve_workers
 
-        return serve_workers(artifact, settings, listen, threads, spin_wait, listen.workers)
+        return serve_workers(artifact, settings, listen, threads, spin_wait)
     return serve_one(artifact, settings, listen, threads, spin_wait)
 
 

@@ -130,24 +130,21 @@ class WorkerGroup:
                 await writer.wait_closed()
 
     async def _sibling(self, index: int) -> str | None:
-        path = self.socket_path(index)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(path)), SIBLING_TIMEOUT_S
-            )
+            return await asyncio.wait_for(self._read(self.socket_path(index)), SIBLING_TIMEOUT_S)
         except (FileNotFoundError, ConnectionRefusedError):
             return None  # not loaded yet (it has answered nothing) or gone (the parent stops everything)
         except (OSError, TimeoutError) as exc:
             log.warning("worker %d's metrics are left out of this scrape: %s", index, exc or "timed out")
             return None
+
+    @staticmethod
+    async def _read(path: Path) -> str:
+        reader, writer = await asyncio.open_unix_connection(str(path))
         try:
-            data = await asyncio.wait_for(reader.read(), SIBLING_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:
-            log.warning("worker %d's metrics are left out of this scrape: %s", index, exc or "timed out")
-            return None
+            return (await reader.read()).decode()
         finally:
             writer.close()
-        return data.decode()
 
     async def exposition(self, own: bytes) -> bytes:
         """Every worker's metrics as one exposition (this worker's ``own`` and its siblings')."""
@@ -159,9 +156,12 @@ class WorkerGroup:
 # --- the supervisor ------------------------------------------------------------------------------
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _check_port_free(host: str, port: int, what: str) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -169,9 +169,8 @@ def _check_port_free(host: str, port: int, what: str) -> None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family, backlog=2048)
+        sock = socket.create_server((host, port), family=_family(host), backlog=2048)
     except OSError as exc:
         raise RuntimeError(f"the HTTP port {host}:{port} cannot be opened: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
@@ -215,9 +214,8 @@ def serve_workers(
     listen: ListenOptions,
     threads: int | None,
     spin_wait: bool,
-    workers: int,
 ) -> int:
-    """Run ``workers`` server processes on the same ports until SIGTERM/SIGINT; returns the exit code:
+    """Run ``listen.workers`` server processes on the same ports until SIGTERM/SIGINT; returns the exit code:
     0 after a requested stop, 1 when a worker ended on its own (the others are stopped then)."""
     try:
         directory = tempfile.mkdtemp(prefix=f"kondense-workers-{os.getpid()}-")
@@ -233,6 +231,7 @@ def serve_workers(
         log.error("%s", exc)
         shutil.rmtree(directory, ignore_errors=True)
         return 1
+    workers = listen.workers
     context = multiprocessing.get_context("spawn")  # no fork: the parent's threads and state stay its own
     processes = [
         context.Process(
@@ -285,8 +284,7 @@ def _stop(processes: Sequence[Any], grace_s: float) -> None:
     """SIGTERM to every live worker (each finishes its requests within ``grace_s``), then SIGKILL."""
     for process in processes:
         if process.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
+            process.terminate()  # SIGTERM
     deadline = time.monotonic() + grace_s + 10
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
